@@ -1,0 +1,124 @@
+"""Pooled, multiplexed HTTP/2 connections to upstream endpoints.
+
+Each endpoint address has a few sessions; a request takes a stream on the first
+one with room under the peer's ``max_concurrent_streams`` and opens another
+connection only when all are full. Connecting is serialized per endpoint, so a
+burst of requests on a cold pool opens one connection, not a hundred. A session
+that received GOAWAY stops taking streams and leaves the pool when its last
+stream ends; the next request connects afresh. Sessions idle for longer than
+``idle_timeout`` are closed with a GOAWAY by a sweeper.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from meshnode.errors import UpstreamConnectFailure
+from meshnode.net.session import H2Session, Headers, Stream
+from meshnode.policy.units import Address
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_IDLE_TIMEOUT = 60.0
+
+
+class _Endpoint:
+    __slots__ = ("connect_lock", "sessions")
+
+    def __init__(self) -> None:
+        self.sessions: list[H2Session] = []
+        self.connect_lock = trio.Lock()
+
+    def usable(self) -> H2Session | None:
+        for session in self.sessions:
+            if session.accepts_streams:
+                return session
+        return None
+
+
+class UpstreamPool:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        *,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ) -> None:
+        self._nursery = nursery
+        self._connect_timeout = connect_timeout
+        self._idle_timeout = idle_timeout
+        self._endpoints: dict[Address, _Endpoint] = {}
+        nursery.start_soon(self._sweep_idle)
+
+    async def open_stream(self, address: Address, headers: Headers, *, end_stream: bool) -> Stream:
+        """Send a request's headers to ``address``, connecting if no connection has room."""
+        endpoint = self._endpoints.get(address)
+        if endpoint is None:
+            endpoint = self._endpoints[address] = _Endpoint()
+        session = endpoint.usable()
+        if session is None:
+            session = await self._connect(address, endpoint)
+        return session.open_stream(headers, end_stream=end_stream)
+
+    def connections(self, address: Address) -> int:
+        endpoint = self._endpoints.get(address)
+        return 0 if endpoint is None else len(endpoint.sessions)
+
+    def close_all(self) -> None:
+        """Tell every upstream we are leaving; streams in flight still finish."""
+        for endpoint in self._endpoints.values():
+            for session in endpoint.sessions:
+                session.close_gracefully()
+
+    async def _connect(self, address: Address, endpoint: _Endpoint) -> H2Session:
+        async with endpoint.connect_lock:
+            session = endpoint.usable()
+            if session is not None:
+                return session
+            try:
+                with trio.fail_after(self._connect_timeout):
+                    transport = await trio.open_tcp_stream(address.host, address.port)
+            except (OSError, trio.TooSlowError) as exc:
+                raise UpstreamConnectFailure(
+                    f"cannot connect to {address}: {_reason(exc)}"
+                ) from exc
+            session = H2Session(transport, client_side=True)
+            await self._nursery.start(self._run_session, address, endpoint, session)
+            return session
+
+    async def _run_session(
+        self,
+        address: Address,
+        endpoint: _Endpoint,
+        session: H2Session,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        endpoint.sessions.append(session)
+        try:
+            await session.run(task_status=task_status)
+        except Exception:
+            # A bug in one connection must not reach the pool's nursery (the whole node).
+            log.exception("upstream connection to %s failed", address)
+        finally:
+            endpoint.sessions.remove(session)
+
+    async def _sweep_idle(self) -> None:
+        while True:
+            await trio.sleep(self._idle_timeout / 2)
+            cutoff = trio.current_time() - self._idle_timeout
+            for endpoint in self._endpoints.values():
+                for session in endpoint.sessions:
+                    if not session.streams and session.last_active < cutoff:
+                        session.close_gracefully()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "connect timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,511 @@
+"""Theory of operation: one HTTP/2 connection over any trio stream, either side.
+
+One reader task feeds received bytes through the frame gate into h2 and turns
+h2's events into per-stream items; one writer task flushes whatever h2 has
+queued in a single ``send_all`` (so replies to many streams batch naturally).
+Nothing else touches the transport, and no task is started per stream here: a
+server session hands each new request stream to ``on_request``, a client
+session hands streams to whoever called ``open_stream``.
+
+Flow control runs end to end. Received DATA is acknowledged (window handed
+back) only when the consumer calls ``Stream.ack`` after it has passed the bytes
+on, so a slow reader on one side slows the writer on the other. Senders wait
+for window, and for the writer to drain once more than ``HIGH_WATER`` bytes are
+queued, so a peer that does not read costs bounded memory.
+
+h2 exceptions never leave this module: a send on a stream the peer already
+reset raises ``StreamReset``, and anything that breaks the connection ends this
+session alone (its streams see ``StreamReset(connection_lost=True)``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+import attrs
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import trio
+
+from meshnode.net.framing import FrameError, FrameGate, GoAwayReceived, goaway_frame
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[bytes, bytes]]
+
+RECEIVE_SIZE: Final = 65536
+HIGH_WATER: Final = 256 * 1024
+STREAM_WINDOW: Final = 256 * 1024
+CONNECTION_WINDOW: Final = 1024 * 1024
+MAX_CONCURRENT_STREAMS: Final = 100
+MAX_HEADER_LIST_SIZE: Final = 65536
+MAX_FRAME_SIZE: Final = 16384
+# Until a server's SETTINGS arrive h2 assumes unlimited streams; assume this many.
+ASSUMED_PEER_STREAMS: Final = 100
+LAST_USABLE_STREAM_ID: Final = 2**31 - 1000
+FLUSH_GRACE: Final = 2.0  # seconds to write the last frames once reading has ended
+
+NO_ERROR: Final = int(h2.errors.ErrorCodes.NO_ERROR)
+CANCEL: Final = int(h2.errors.ErrorCodes.CANCEL)
+REFUSED_STREAM: Final = int(h2.errors.ErrorCodes.REFUSED_STREAM)
+INTERNAL_ERROR: Final = int(h2.errors.ErrorCodes.INTERNAL_ERROR)
+
+
+@attrs.frozen(slots=True)
+class ResponseHead:
+    headers: Headers
+
+
+@attrs.frozen(slots=True)
+class Data:
+    data: bytes
+    flow_length: int  # what to ``ack`` once the data has been passed on (padding included)
+
+
+@attrs.frozen(slots=True)
+class Trailers:
+    headers: Headers
+
+
+@attrs.frozen(slots=True)
+class EndOfStream:
+    pass
+
+
+END_OF_STREAM: Final = EndOfStream()
+StreamItem = ResponseHead | Data | Trailers | EndOfStream
+
+_h2_errors = (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError)
+
+
+class StreamReset(Exception):
+    """The stream can no longer carry data: the peer reset it, or its connection went away."""
+
+    def __init__(
+        self, stream: Stream, code: int, *, refused: bool = False, connection_lost: bool = False
+    ) -> None:
+        super().__init__(f"stream {stream.id} reset (code {code})")
+        self.stream = stream
+        self.code = code
+        self.refused = refused  # the peer never processed it: safe to try elsewhere
+        self.connection_lost = connection_lost
+
+
+class Stream:
+    """One HTTP/2 stream: items received in order, and sends that respect flow control."""
+
+    __slots__ = (
+        "_items",
+        "_wakeup",
+        "cancel_scope",
+        "error",
+        "headers",
+        "headers_sent",
+        "id",
+        "local_closed",
+        "remote_closed",
+        "session",
+    )
+
+    def __init__(self, session: H2Session, stream_id: int, headers: Headers | None) -> None:
+        self.session = session
+        self.id = stream_id
+        self.headers = headers  # request headers on a server session
+        self._items: deque[StreamItem] = deque()
+        self._wakeup: trio.Event | None = None
+        self.remote_closed = False
+        self.local_closed = False
+        self.headers_sent = False
+        self.error: StreamReset | None = None
+        # Cancelled when the stream is reset, so the work serving it stops at once.
+        self.cancel_scope: trio.CancelScope | None = None
+
+    async def receive(self) -> StreamItem:
+        """The next item; items that arrived before a reset are still delivered first."""
+        while not self._items:
+            if self.error is not None:
+                raise self.error
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        return self._items.popleft()
+
+    def consume_end(self) -> bool:
+        """If the peer finished with nothing left to read, take the end marker and say so.
+
+        Lets a GET go upstream as one HEADERS frame with END_STREAM, and a
+        header-only response go back the same way.
+        """
+        if self.remote_closed and len(self._items) == 1 and self._items[0] is END_OF_STREAM:
+            self._items.clear()
+            return True
+        return False
+
+    def ack(self, flow_length: int) -> None:
+        """Hand ``flow_length`` bytes of window back to the peer: the data was passed on."""
+        self.session._ack(self, flow_length)
+
+    async def send_headers(self, headers: Headers, *, end_stream: bool = False) -> None:
+        self.session._send_headers(self, headers, end_stream)
+
+    async def send_data(self, data: bytes, *, end_stream: bool = False) -> None:
+        await self.session._send_data(self, data, end_stream)
+
+    async def end(self) -> None:
+        await self.session._send_data(self, b"", True)
+
+    def reset(self, code: int = CANCEL) -> None:
+        """Abandon the stream (a no-op once it is closed both ways or already reset)."""
+        self.session._reset(self, code)
+
+    @property
+    def finished(self) -> bool:
+        return self.error is not None or (self.local_closed and self.remote_closed)
+
+    def _push(self, item: StreamItem) -> None:
+        self._items.append(item)
+        self._wake()
+
+    def _fail(self, error: StreamReset) -> None:
+        if self.error is None:
+            self.error = error
+            self._wake()
+            if self.cancel_scope is not None:
+                self.cancel_scope.cancel()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
+
+
+class H2Session:
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        *,
+        client_side: bool,
+        on_request: Callable[[Stream], None] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.client_side = client_side
+        self._on_request = on_request
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=client_side, header_encoding=None)
+        )
+        self.conn.local_settings = h2.settings.Settings(
+            client=client_side,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            },
+        )
+        self._gate = FrameGate(max_frame_size=MAX_FRAME_SIZE, expect_preface=not client_side)
+        self.streams: dict[int, Stream] = {}
+        self._raw_out: list[bytes] = []
+        self._writer_wakeup = trio.Event()
+        self._drained = trio.Event()
+        self._window_opened = trio.Event()
+        self._queued = 0
+        self._peer_settings_seen = False
+        self.goaway_received: GoAwayReceived | None = None
+        self.goaway_sent_last_id: int | None = None
+        self.closing = False  # no new streams; the session ends when the last one does
+        self.dead = False
+        self.last_active = trio.current_time()
+        self._cancel_scope = trio.CancelScope()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the connection until it closes; the transport is closed on return."""
+        self.conn.initiate_connection()
+        self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self._wake_writer()
+        try:
+            with self._cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_loop, nursery.cancel_scope)
+                    task_status.started()
+                    await self._read_loop()
+                    # Let the writer flush what is queued (a GOAWAY, last replies), briefly.
+                    self.closing = True
+                    self._lose_all_streams()
+                    self._wake_writer()
+                    nursery.cancel_scope.deadline = trio.current_time() + FLUSH_GRACE
+        finally:
+            self._lose_all_streams()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.transport)
+
+    def close_gracefully(self, error_code: int = NO_ERROR) -> None:
+        """Send GOAWAY: streams already opened by the peer finish, new ones are refused."""
+        if self.goaway_sent_last_id is None:
+            last_id = self.conn.highest_inbound_stream_id
+            self.goaway_sent_last_id = last_id
+            self._raw_out.append(goaway_frame(last_id, error_code))
+        self.closing = True
+        self._finish_if_idle()
+
+    def abort(self) -> None:
+        """End the connection now; streams in flight see a reset."""
+        self.dead = True
+        self._cancel_scope.cancel()
+
+    @property
+    def accepts_streams(self) -> bool:
+        """Whether a new outbound stream may be opened here now (client side)."""
+        return (
+            not self.dead
+            and not self.closing
+            and self.goaway_received is None
+            and len(self.streams) < self.max_outbound_streams
+            and self.conn.highest_outbound_stream_id < LAST_USABLE_STREAM_ID
+        )
+
+    @property
+    def max_outbound_streams(self) -> int:
+        if not self._peer_settings_seen:
+            return ASSUMED_PEER_STREAMS
+        return int(self.conn.remote_settings.max_concurrent_streams)
+
+    def open_stream(self, headers: Headers, *, end_stream: bool) -> Stream:
+        """Start a request (client side); the caller checked ``accepts_streams``."""
+        stream_id = self.conn.get_next_available_stream_id()
+        stream = Stream(self, stream_id, None)
+        self.streams[stream_id] = stream
+        self.last_active = trio.current_time()
+        self._send_headers(stream, headers, end_stream)
+        return stream
+
+    # -- reading -----------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                data = await self.transport.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+            if not data:
+                return
+            try:
+                passed, goaways = self._gate.feed(bytes(data))
+                events = self.conn.receive_data(passed) if passed else []
+            except FrameError as exc:
+                self._fatal(exc.error_code, str(exc))
+                return
+            except h2.exceptions.ProtocolError as exc:
+                # h2 has queued its own GOAWAY; let the writer send it, then stop.
+                log.info("HTTP/2 protocol error from peer: %s", exc)
+                self._fatal(None, str(exc))
+                return
+            for event in events:
+                self._dispatch(event)
+            for goaway in goaways:
+                self._on_goaway(goaway)
+            self._wake_writer()
+
+    def _dispatch(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is None:
+                self._ack_connection(event.stream_id, event.flow_controlled_length)
+            else:
+                stream._push(Data(event.data, event.flow_controlled_length))
+        elif isinstance(event, h2.events.RequestReceived):
+            self._on_request_received(event)
+        elif isinstance(event, h2.events.ResponseReceived):
+            self._push(event.stream_id, ResponseHead(event.headers))
+        elif isinstance(event, h2.events.TrailersReceived):
+            self._push(event.stream_id, Trailers(event.headers))
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.remote_closed = True
+                stream._push(END_OF_STREAM)
+                self._forget_if_finished(stream)
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                refused = event.error_code == REFUSED_STREAM
+                self._forget(stream, StreamReset(stream, int(event.error_code), refused=refused))
+        elif isinstance(event, h2.events.WindowUpdated):
+            self._pulse_window()
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self._peer_settings_seen = True
+            self._pulse_window()
+
+    def _on_request_received(self, event: h2.events.RequestReceived) -> None:
+        stream = Stream(self, event.stream_id, event.headers)
+        if self._on_request is None or self.closing:
+            # Opened after our GOAWAY (or on a client session): never processed.
+            self._reset(stream, REFUSED_STREAM)
+            return
+        self.streams[event.stream_id] = stream
+        self.last_active = trio.current_time()
+        self._on_request(stream)
+
+    def _push(self, stream_id: int, item: StreamItem) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream._push(item)
+
+    def _on_goaway(self, goaway: GoAwayReceived) -> None:
+        """RFC 9113 6.8: streams above ``last_stream_id`` were never processed."""
+        self.goaway_received = goaway
+        self.closing = True
+        if goaway.error_code != NO_ERROR:
+            log.info("peer sent GOAWAY with error %d: %r", goaway.error_code, goaway.debug_data)
+        if self.client_side:
+            for stream in list(self.streams.values()):
+                if stream.id > goaway.last_stream_id:
+                    self._forget(stream, StreamReset(stream, REFUSED_STREAM, refused=True))
+        self._finish_if_idle()
+
+    def _fatal(self, error_code: int | None, reason: str) -> None:
+        if error_code is not None:
+            self.goaway_sent_last_id = self.conn.highest_inbound_stream_id
+            self._raw_out.append(
+                goaway_frame(self.goaway_sent_last_id, error_code, reason.encode())
+            )
+        self.closing = True
+        self._lose_all_streams()
+        self._wake_writer()
+
+    # -- writing -----------------------------------------------------------
+
+    async def _write_loop(self, scope: trio.CancelScope) -> None:
+        try:
+            while True:
+                data = self.conn.data_to_send()
+                if self._raw_out:
+                    data += b"".join(self._raw_out)
+                    self._raw_out.clear()
+                if data:
+                    self._queued = 0
+                    await self.transport.send_all(data)
+                    self._drained.set()
+                    self._drained = trio.Event()
+                    continue
+                if self.closing and not self.streams:
+                    break
+                await self._writer_wakeup.wait()
+                self._writer_wakeup = trio.Event()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        self.dead = True
+        scope.cancel()
+
+    def _wake_writer(self) -> None:
+        self._writer_wakeup.set()
+
+    def _pulse_window(self) -> None:
+        self._window_opened.set()
+        self._window_opened = trio.Event()
+
+    def _send_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
+        self._check_open(stream)
+        try:
+            self.conn.send_headers(stream.id, headers, end_stream=end_stream)
+        except _h2_errors as exc:
+            self._forget(stream, StreamReset(stream, CANCEL))
+            raise stream.error from exc  # type: ignore[misc]
+        stream.headers_sent = True
+        if end_stream:
+            stream.local_closed = True
+            self._forget_if_finished(stream)
+        self._wake_writer()
+
+    async def _send_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
+        conn = self.conn
+        offset = 0
+        remaining = len(data)
+        while True:
+            self._check_open(stream)
+            try:
+                window = conn.local_flow_control_window(stream.id)
+            except _h2_errors as exc:
+                self._forget(stream, StreamReset(stream, CANCEL))
+                raise stream.error from exc  # type: ignore[misc]
+            size = min(window, conn.max_outbound_frame_size, remaining)
+            if size <= 0 < remaining:
+                await self._window_opened.wait()
+                continue
+            last = end_stream and size == remaining
+            try:
+                conn.send_data(stream.id, data[offset : offset + size], end_stream=last)
+            except _h2_errors as exc:
+                self._forget(stream, StreamReset(stream, CANCEL))
+                raise stream.error from exc  # type: ignore[misc]
+            offset += size
+            remaining -= size
+            self._queued += size
+            self._wake_writer()
+            if self._queued > HIGH_WATER:
+                await self._drained.wait()
+            if remaining == 0:
+                break
+        if end_stream:
+            stream.local_closed = True
+            self._forget_if_finished(stream)
+
+    def _check_open(self, stream: Stream) -> None:
+        if stream.error is not None:
+            raise stream.error
+        if self.dead:
+            stream._fail(StreamReset(stream, CANCEL, connection_lost=True))
+            raise stream.error  # type: ignore[misc]
+
+    def _reset(self, stream: Stream, code: int) -> None:
+        if stream.finished or self.dead:
+            return
+        try:
+            self.conn.reset_stream(stream.id, code)
+        except _h2_errors:
+            pass
+        self._forget(stream, StreamReset(stream, code))
+        self._wake_writer()
+
+    def _ack(self, stream: Stream, flow_length: int) -> None:
+        if flow_length:
+            self._ack_connection(stream.id, flow_length)
+            self._wake_writer()
+
+    def _ack_connection(self, stream_id: int, flow_length: int) -> None:
+        try:
+            self.conn.acknowledge_received_data(flow_length, stream_id)
+        except _h2_errors:
+            pass
+
+    # -- bookkeeping -------------------------------------------------------
+
+    def _forget_if_finished(self, stream: Stream) -> None:
+        if stream.local_closed and stream.remote_closed:
+            self._forget(stream, None)
+
+    def _forget(self, stream: Stream, error: StreamReset | None) -> None:
+        if error is not None:
+            stream._fail(error)
+        if self.streams.pop(stream.id, None) is not None:
+            self.last_active = trio.current_time()
+            self._pulse_window()  # wake its senders so they see the reset
+            self._finish_if_idle()
+
+    def _finish_if_idle(self) -> None:
+        if self.closing and not self.streams:
+            self._wake_writer()
+
+    def _lose_all_streams(self) -> None:
+        self.dead = True
+        for stream in list(self.streams.values()):
+            self._forget(stream, StreamReset(stream, CANCEL, connection_lost=True))
+        self._pulse_window()
+        self._drained.set()

@@ -1,0 +1,227 @@
+"""Read a policies directory into a validated ``PolicySet``, or list every error.
+
+Every problem of every file is collected before giving up, each as
+``file: key.path: reason``, so an operator fixes a directory in one pass. The
+directory is read once into memory first, so the set that is validated is the
+set that is versioned (a file changed mid-read is caught by the next reload).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from meshnode.policy.convert import converter, error_lines
+from meshnode.policy.models import NodePolicy, UpstreamPolicy
+
+NODE_FILE = "node.toml"
+
+# Sections of SPEC that a later piece of work implements. Until then a file
+# using them is rejected with this reason rather than silently half-applied.
+_NOT_YET_NODE = {
+    "listeners.inbound": "mTLS identity and authorization",
+    "tls": "mTLS identity and authorization",
+    "limits": "hardening",
+    "health_checks": "health checking",
+    "admin.token_file": "the admin plane",
+}
+_NOT_YET_UPSTREAM = {
+    "balancer": "load balancing",
+    "circuit_breaker": "resilience",
+    "retry": "resilience",
+    "rate_limit": "resilience",
+    "fallback": "resilience",
+    "chaos": "resilience",
+    "health_check": "health checking",
+    "outlier_detection": "health checking",
+}
+_NOT_YET_VALUES = {
+    ("upstream.tls", "mesh"): "mTLS identity and authorization",
+    ("upstream.protocol", "http1"): "HTTP/1.1 support",
+    **{
+        ("discovery.backend", backend): "service discovery"
+        for backend in ("file", "dns", "consul", "kubernetes", "etcd")
+    },
+}
+# A value that selects a table's whole shape: when it is not supported yet, the
+# rest of its table is not checked either (its keys would all look unknown).
+_SELECTORS = {"discovery.backend"}
+_UPSTREAM_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+
+
+class PolicyError(Exception):
+    """A policies directory that cannot be used; ``lines`` holds every problem found."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+@attrs.frozen
+class PolicySet:
+    directory: Path
+    node: NodePolicy
+    upstreams: Mapping[str, UpstreamPolicy]
+    version: str  # a content hash of every file, so two nodes can compare what they run
+    files: Mapping[str, str]  # upstream name -> the file that defines it
+
+
+def load_policies(directory: Path | str) -> PolicySet:
+    """Read, parse and validate every ``*.toml`` file of ``directory``."""
+    directory = Path(directory)
+    errors: list[str] = []
+    sources = _read_sources(directory, errors)
+    digest = hashlib.sha256()
+    for path, text in sources.items():
+        digest.update(path.name.encode() + b"\0" + text + b"\0")
+
+    node_path = directory / NODE_FILE
+    node: NodePolicy | None = None
+    defaults: dict[str, Any] = {}
+    if node_path not in sources:
+        if node_path.exists() or not errors:
+            errors.append(f"{node_path}: the node's policy file is missing")
+    else:
+        raw = _parse(node_path, sources[node_path], errors)
+        if raw is not None:
+            node, defaults = _node_policy(node_path, raw, errors)
+
+    upstreams: dict[str, UpstreamPolicy] = {}
+    files: dict[str, str] = {}
+    for path, text in sources.items():
+        if path == node_path:
+            continue
+        raw = _parse(path, text, errors)
+        if raw is None:
+            continue
+        policy = _upstream_policy(path, _merged(defaults, raw), errors)
+        if policy is None:
+            continue
+        if policy.name in upstreams:
+            errors.append(
+                f"{path}: upstream.name: {policy.name!r} is also defined in {files[policy.name]}"
+            )
+            continue
+        upstreams[policy.name] = policy
+        files[policy.name] = str(path)
+
+    errors.extend(_route_conflicts(upstreams, files))
+    if errors or node is None:
+        raise PolicyError(errors)
+    return PolicySet(directory, node, upstreams, digest.hexdigest()[:16], files)
+
+
+def _read_sources(directory: Path, errors: list[str]) -> dict[Path, bytes]:
+    if not directory.is_dir():
+        errors.append(f"{directory}: not a directory")
+        return {}
+    sources = {}
+    for path in sorted(directory.glob("*.toml")):
+        try:
+            sources[path] = path.read_bytes()
+        except OSError as exc:
+            errors.append(f"{path}: cannot read: {exc.strerror or exc}")
+    return sources
+
+
+def _parse(path: Path, text: bytes, errors: list[str]) -> dict[str, Any] | None:
+    try:
+        return tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        errors.append(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}")
+    except tomllib.TOMLDecodeError as exc:
+        errors.append(f"{path}: TOML syntax: {exc}")
+    return None
+
+
+def _node_policy(
+    path: Path, raw: dict[str, Any], errors: list[str]
+) -> tuple[NodePolicy | None, dict[str, Any]]:
+    errors.extend(f"{path}: {key}: {reason}" for key, reason in _not_yet(raw, _NOT_YET_NODE))
+    defaults = raw.get("defaults", {})
+    if isinstance(defaults, dict):
+        errors.extend(
+            f"{path}: defaults.{key}: {reason}"
+            for key, reason in _not_yet(defaults, _NOT_YET_UPSTREAM)
+        )
+    policy = _structure(path, raw, NodePolicy, errors)
+    return policy, defaults if policy is not None else {}
+
+
+def _upstream_policy(path: Path, raw: dict[str, Any], errors: list[str]) -> UpstreamPolicy | None:
+    before = len(errors)
+    errors.extend(f"{path}: {key}: {reason}" for key, reason in _not_yet(raw, _NOT_YET_UPSTREAM))
+    policy = _structure(path, raw, UpstreamPolicy, errors)
+    if policy is None or len(errors) > before:
+        return None
+    name = policy.upstream.name
+    if not _UPSTREAM_NAME.match(name):
+        errors.append(
+            f"{path}: upstream.name: {name!r} must be a lowercase host name "
+            "(letters, digits, '-' and '.'), since it is matched against :authority"
+        )
+    if not policy.discovery.endpoints:
+        errors.append(f"{path}: discovery.endpoints: a static upstream needs at least one endpoint")
+    for index, route in enumerate(policy.routes):
+        if not route.path_prefix.startswith("/"):
+            errors.append(f"{path}: routes.{index}.path_prefix: must start with '/'")
+    return policy if len(errors) == before else None
+
+
+def _structure(path: Path, raw: dict[str, Any], kind: type[Any], errors: list[str]) -> Any:
+    try:
+        return converter.structure(raw, kind)
+    except Exception as exc:  # cattrs raises groups of any leaf error; all of them are reported
+        errors.extend(f"{path}: {key}: {reason}" for key, reason in error_lines(exc))
+        return None
+
+
+def _not_yet(raw: dict[str, Any], sections: Mapping[str, str]) -> Iterator[tuple[str, str]]:
+    """Remove what a later piece of work implements from ``raw`` and say so, key by key."""
+    for dotted, work in sections.items():
+        *parents, leaf = dotted.split(".")
+        table: Any = raw
+        for parent in parents:
+            table = table.get(parent) if isinstance(table, dict) else None
+        if isinstance(table, dict) and leaf in table:
+            del table[leaf]
+            yield dotted, f"not supported yet (arrives with {work})"
+    for (dotted, value), work in _NOT_YET_VALUES.items():
+        section, key = dotted.split(".")
+        table = raw.get(section)
+        if isinstance(table, dict) and table.get(key) == value:
+            if dotted in _SELECTORS:
+                raw[section] = {}
+            else:
+                del table[key]
+            yield dotted, f'"{value}" is not supported yet (arrives with {work})'
+
+
+def _merged(defaults: Mapping[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
+    """Apply node.toml's ``[defaults]`` under an upstream file, key by key within a section."""
+    merged = dict(raw)
+    for section, values in defaults.items():
+        own = raw.get(section)
+        if isinstance(values, dict) and isinstance(own, dict):
+            merged[section] = {**values, **own}
+        elif section not in raw:
+            merged[section] = values
+    return merged
+
+
+def _route_conflicts(
+    upstreams: Mapping[str, UpstreamPolicy], files: Mapping[str, str]
+) -> Iterator[str]:
+    claimed: dict[tuple[object, ...], str] = {}
+    for name, policy in upstreams.items():
+        for index, route in enumerate(policy.routes):
+            key = (route.authority, route.path_prefix, tuple(sorted(route.headers.items())))
+            other = claimed.setdefault(key, name)
+            if other != name:
+                yield f"{files[name]}: routes.{index}: the same route is claimed by {other!r}"

@@ -1,0 +1,1 @@
+"""The request path: routing (pure), header rules (pure), forwarding, mesh responses."""

@@ -1,0 +1,132 @@
+"""Shared fixtures: real upstream servers and meshnode itself, all on loopback port 0."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from meshnode.node import Node, NodeAddresses
+from meshnode.policy import load_policies
+from tests.support.upstream_app import app
+
+NODE_TOML = """
+[node]
+name = "test-node"
+drain_timeout = "{drain}"
+
+[listeners.outbound]
+address = "127.0.0.1:0"
+
+[admin]
+address = "127.0.0.1:0"
+"""
+
+
+def upstream_toml(name: str, *endpoints: str, extra: str = "") -> str:
+    listed = ", ".join(f'"{endpoint}"' for endpoint in endpoints)
+    return textwrap.dedent(f"""
+        [upstream]
+        name = "{name}"
+        tls = "none"
+
+        [discovery]
+        backend = "static"
+        endpoints = [{listed}]
+    """) + textwrap.dedent(extra)
+
+
+def write_policies(directory: Path, upstreams: dict[str, str], *, drain: str = "5s") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "node.toml").write_text(NODE_TOML.format(drain=drain))
+    for name, text in upstreams.items():
+        (directory / f"{name}.toml").write_text(text)
+    return directory
+
+
+@pytest.fixture
+async def hypercorn_upstream(nursery: trio.Nursery) -> str:
+    """A Hypercorn HTTP/2 server running the test app; yields "127.0.0.1:PORT"."""
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.loglevel = "warning"
+    config.graceful_timeout = 0.1
+    binds = await nursery.start(functools.partial(serve, app, config))
+    return binds[0].removeprefix("http://")
+
+
+@pytest.fixture
+def start_node(nursery: trio.Nursery) -> Callable[[Path], Awaitable[NodeAddresses]]:
+    """Start meshnode in this test's trio loop on a policies directory; return its addresses."""
+
+    async def start(directory: Path) -> NodeAddresses:
+        node = Node(load_policies(directory))
+        addresses: NodeAddresses = await nursery.start(
+            functools.partial(node.run, handle_signals=False)
+        )
+        return addresses
+
+    return start
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} is not installed: run ./dev test, which installs it")
+    return path
+
+
+class NodeProcess:
+    """``meshnode serve`` as a user runs it, in its own process."""
+
+    def __init__(self, directory: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "meshnode", "serve", "--policies", str(directory)],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.log: list[str] = []
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log.append(line)
+            ready = re.search(r"meshnode ready: outbound=(\S+) admin=(\S+)", line)
+            if ready:
+                self.outbound, self.admin = ready.group(1), ready.group(2)
+                return
+        raise AssertionError("meshnode exited before it was ready:\n" + "".join(self.log))
+
+    def rest_of_log(self) -> str:
+        assert self.process.stderr is not None
+        self.log.extend(self.process.stderr)
+        return "".join(self.log)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def node_process() -> Iterator[Callable[[Path], NodeProcess]]:
+    started: list[NodeProcess] = []
+
+    def start(directory: Path) -> NodeProcess:
+        node = NodeProcess(directory)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()

@@ -1,0 +1,46 @@
+"""A bare h2 server scripted per request, for upstreams that misbehave on cue.
+
+Hypercorn is a well-behaved server; resets mid-body and GOAWAYs at chosen
+moments need frames written by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import h2.config
+import h2.connection
+import h2.events
+import trio
+
+Script = Callable[[h2.connection.H2Connection, h2.events.RequestReceived], None]
+
+
+class RawH2Server:
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.requests = 0
+        self.resets_received: list[int] = []
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._connection, listeners)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        try:
+            await stream.send_all(conn.data_to_send())
+            while data := await stream.receive_some(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        self.requests += 1
+                        self.script(conn, event)
+                    elif isinstance(event, h2.events.StreamReset):
+                        self.resets_received.append(event.stream_id)
+                    elif isinstance(event, h2.events.DataReceived):
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                await stream.send_all(conn.data_to_send())
+        except (trio.BrokenResourceError, h2.exceptions.ProtocolError):
+            pass

@@ -62,6 +62,9 @@ async def hypercorn_upstream(nursery: trio.Nursery) -> str:
     config.bind = ["127.0.0.1:0"]
     config.loglevel = "warning"
     config.graceful_timeout = 0.1
+    # Hypercorn's GOAWAY after keep_alive_max_requests moves h2 to CLOSED, so the
+    # requests already in flight on that connection die with it (python-hyper/h2#1181).
+    config.keep_alive_max_requests = 10**9
     binds = await nursery.start(functools.partial(serve, app, config))
     return binds[0].removeprefix("http://")
 

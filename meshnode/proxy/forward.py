@@ -36,6 +36,10 @@ from meshnode.proxy.upstreams import Upstream
 
 log = logging.getLogger(__name__)
 
+# A request the upstream provably never processed is sent again this many times,
+# whatever the retry policy says; it is how a proxy rides out an upstream's GOAWAY.
+UNPROCESSED_RETRIES = 1
+
 
 class Proxy:
     """The outbound request path. ``routes`` and ``upstreams`` are swapped whole on reload."""
@@ -94,31 +98,46 @@ class Proxy:
             raise timeout_error
 
     async def _exchange(self, stream: Stream, upstream: Upstream, headers: HeaderList) -> None:
-        endpoint = upstream.pick()
         no_body = stream.consume_end()
-        upstream_stream = await self.pool.open_stream(endpoint.address, headers, end_stream=no_body)
-        try:
-            if no_body:
-                await _relay_response(upstream_stream, stream)
-                return
-            failure: BaseException | None = None
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_upload, stream, upstream_stream)
-                try:
+        for attempt in range(1, 1 + UNPROCESSED_RETRIES + 1):
+            upstream_stream = await self.pool.open_stream(
+                upstream.pick().address, headers, end_stream=no_body
+            )
+            try:
+                if no_body:
                     await _relay_response(upstream_stream, stream)
-                except (StreamReset, MeshError) as exc:
-                    failure = exc
-                nursery.cancel_scope.cancel()
-            if failure is not None:
-                raise failure
-        finally:
-            upstream_stream.reset(CANCEL)
+                    return
+                failure: BaseException | None = None
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_upload, stream, upstream_stream)
+                    try:
+                        await _relay_response(upstream_stream, stream)
+                    except (StreamReset, MeshError, _Unprocessed) as exc:
+                        failure = exc
+                    nursery.cancel_scope.cancel()
+                if failure is not None:
+                    raise failure
+                return
+            except _Unprocessed as unprocessed:
+                # RFC 9113 8.7: the upstream never processed it (GOAWAY, REFUSED_STREAM), so
+                # sending it again is safe, provided no body was consumed.
+                if not no_body or attempt > UNPROCESSED_RETRIES:
+                    raise UpstreamReset(_reset_detail(unprocessed.reset)) from unprocessed.reset
+            finally:
+                upstream_stream.reset(CANCEL)
+
+
+class _Unprocessed(Exception):
+    def __init__(self, reset: StreamReset) -> None:
+        self.reset = reset
 
 
 async def _relay_response(source: Stream, client: Stream) -> None:
     try:
         head = await source.receive()
     except StreamReset as reset:
+        if reset.refused:
+            raise _Unprocessed(reset) from reset
         raise UpstreamReset(_reset_detail(reset)) from reset
     if not isinstance(head, ResponseHead):
         raise UpstreamReset("the upstream sent no response head")
@@ -140,8 +159,14 @@ async def relay_body(source: Stream, sink: Stream) -> None:
     while True:
         item = await source.receive()
         if type(item) is Data:
-            await sink.send_data(item.data)
+            # The end marker rides on the last DATA frame, and empty DATA frames are never
+            # relayed alone: peers (nghttp2 among them) treat a run of them as a flood.
+            end = source.consume_end()
+            if item.data or end:
+                await sink.send_data(item.data, end_stream=end)
             source.ack(item.flow_length)
+            if end:
+                return
         elif type(item) is Trailers:
             await sink.send_headers(strip_hop_by_hop(item.headers), end_stream=True)
             return
@@ -151,6 +176,7 @@ async def relay_body(source: Stream, sink: Stream) -> None:
 
 
 async def _answer(stream: Stream, error: MeshError) -> None:
+    log.info("stream %d: %s (%s): %s", stream.id, error.reason, error.upstream, error.detail)
     if stream.headers_sent:
         stream.reset(CANCEL)
         return

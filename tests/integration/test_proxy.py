@@ -13,7 +13,7 @@ import trio
 
 from meshnode.node import NodeAddresses
 from tests.conftest import require, upstream_toml, write_policies
-from tests.support.rawh2 import RawH2Server
+from tests.support.rawh2 import RawH2Server, respond
 from tests.support.upstream_app import pattern
 
 Start = Callable[[Path], Awaitable[NodeAddresses]]
@@ -37,12 +37,16 @@ def split_response(output: bytes) -> tuple[int, dict[str, str], bytes]:
 
 
 async def request(node: NodeAddresses, authority: str, path: str, *extra: str):
-    result = await curl("-i", "-H", f"host: {authority}", *extra, f"http://{node.outbound[0]}{path}")
+    result = await curl(
+        "-i", "-H", f"host: {authority}", *extra, f"http://{node.outbound[0]}{path}"
+    )
     return split_response(result.stdout)
 
 
 async def test_get_is_forwarded_with_proxy_headers(tmp_path, start_node: Start, hypercorn_upstream):
-    node = await start_node(write_policies(tmp_path, {"api": upstream_toml("api", hypercorn_upstream)}))
+    node = await start_node(
+        write_policies(tmp_path, {"api": upstream_toml("api", hypercorn_upstream)})
+    )
     status, _, body = await request(node, "api:8080", "/headers", "-H", "x-forwarded-for: 10.1.1.1")
     assert status == 200
     seen = json.loads(body)
@@ -53,7 +57,9 @@ async def test_get_is_forwarded_with_proxy_headers(tmp_path, start_node: Start, 
 
 
 async def test_caller_request_id_is_kept(tmp_path, start_node: Start, hypercorn_upstream):
-    node = await start_node(write_policies(tmp_path, {"api": upstream_toml("api", hypercorn_upstream)}))
+    node = await start_node(
+        write_policies(tmp_path, {"api": upstream_toml("api", hypercorn_upstream)})
+    )
     _, _, body = await request(node, "api", "/headers", "-H", "x-request-id: abc-123")
     assert json.loads(body)["x-request-id"] == "abc-123"
 
@@ -68,22 +74,31 @@ async def test_route_by_path_prefix(tmp_path, start_node: Start, hypercorn_upstr
 
 
 async def test_unknown_authority_is_no_route(tmp_path, start_node: Start, hypercorn_upstream):
-    node = await start_node(write_policies(tmp_path, {"api": upstream_toml("api", hypercorn_upstream)}))
+    node = await start_node(
+        write_policies(tmp_path, {"api": upstream_toml("api", hypercorn_upstream)})
+    )
     status, headers, body = await request(node, "nowhere", "/")
     assert status == 404
     assert headers["x-meshnode-error"] == "no-route"
     assert json.loads(body) == {
-        "error": "no-route", "upstream": None, "detail": "no upstream serves nowhere"
+        "error": "no-route",
+        "upstream": None,
+        "detail": "no upstream serves nowhere",
     }
 
 
-async def test_ten_mebibytes_each_way_arrive_identical(tmp_path, start_node: Start, hypercorn_upstream):
-    node = await start_node(write_policies(tmp_path, {"api": upstream_toml("api", hypercorn_upstream)}))
+async def test_ten_mebibytes_each_way_arrive_identical(
+    tmp_path, start_node: Start, hypercorn_upstream
+):
+    node = await start_node(
+        write_policies(tmp_path, {"api": upstream_toml("api", hypercorn_upstream)})
+    )
     upload = pattern(10 * 1024 * 1024 + 123)
     source = tmp_path / "upload.bin"
     source.write_bytes(upload)
-    echoed = await curl("-H", "host: api", "--data-binary", f"@{source}",
-                        f"http://{node.outbound[0]}/echo")
+    echoed = await curl(
+        "-H", "host: api", "--data-binary", f"@{source}", f"http://{node.outbound[0]}/echo"
+    )
     assert hashlib.sha256(echoed.stdout).digest() == hashlib.sha256(upload).digest()
     size = 12 * 1024 * 1024
     downloaded = await curl("-H", "host: api", f"http://{node.outbound[0]}/bytes/{size}")
@@ -91,7 +106,9 @@ async def test_ten_mebibytes_each_way_arrive_identical(tmp_path, start_node: Sta
 
 
 async def test_trailers_pass_through(tmp_path, start_node: Start, hypercorn_upstream):
-    node = await start_node(write_policies(tmp_path, {"api": upstream_toml("api", hypercorn_upstream)}))
+    node = await start_node(
+        write_policies(tmp_path, {"api": upstream_toml("api", hypercorn_upstream)})
+    )
     result = await curl(
         "-v", "-H", "host: api", "-H", "te: trailers", f"http://{node.outbound[0]}/trailers"
     )
@@ -104,7 +121,9 @@ async def test_upstream_down_is_connect_failure(tmp_path, start_node: Start):
     await closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()
-    node = await start_node(write_policies(tmp_path, {"api": upstream_toml("api", f"127.0.0.1:{port}")}))
+    node = await start_node(
+        write_policies(tmp_path, {"api": upstream_toml("api", f"127.0.0.1:{port}")})
+    )
     status, headers, body = await request(node, "api", "/")
     assert status == 503
     assert headers["x-meshnode-error"] == "upstream-connect-failure"
@@ -127,7 +146,9 @@ async def test_upstream_reset_before_head_is_502(tmp_path, start_node: Start, nu
         conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
 
     port = await nursery.start(RawH2Server(reset_at_once).serve)
-    node = await start_node(write_policies(tmp_path, {"api": upstream_toml("api", f"127.0.0.1:{port}")}))
+    node = await start_node(
+        write_policies(tmp_path, {"api": upstream_toml("api", f"127.0.0.1:{port}")})
+    )
     status, headers, _ = await request(node, "api", "/")
     assert status == 502
     assert headers["x-meshnode-error"] == "upstream-reset"
@@ -142,7 +163,9 @@ async def test_upstream_reset_mid_body_reaches_the_client_as_a_reset(
         conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
 
     port = await nursery.start(RawH2Server(reset_mid_body).serve)
-    node = await start_node(write_policies(tmp_path, {"api": upstream_toml("api", f"127.0.0.1:{port}")}))
+    node = await start_node(
+        write_policies(tmp_path, {"api": upstream_toml("api", f"127.0.0.1:{port}")})
+    )
     result = await curl("-v", "-H", "host: api", f"http://{node.outbound[0]}/", check=False)
     assert result.returncode == 92, result.stderr  # CURLE_HTTP2_STREAM: the stream was reset
     assert b"INTERNAL_ERROR" in result.stderr or b"err 2" in result.stderr
@@ -151,9 +174,12 @@ async def test_upstream_reset_mid_body_reaches_the_client_as_a_reset(
 async def test_client_reset_cancels_the_upstream_stream(tmp_path, start_node: Start, nursery):
     server = RawH2Server(lambda conn, event: None)  # never answers
     port = await nursery.start(server.serve)
-    node = await start_node(write_policies(tmp_path, {"api": upstream_toml("api", f"127.0.0.1:{port}")}))
-    result = await curl("-H", "host: api", "--max-time", "0.5", f"http://{node.outbound[0]}/",
-                        check=False)
+    node = await start_node(
+        write_policies(tmp_path, {"api": upstream_toml("api", f"127.0.0.1:{port}")})
+    )
+    result = await curl(
+        "-H", "host: api", "--max-time", "0.5", f"http://{node.outbound[0]}/", check=False
+    )
     assert result.returncode == 28  # curl gave up and reset its stream
     with trio.fail_after(5):
         while not server.resets_received:
@@ -164,12 +190,60 @@ async def test_client_reset_cancels_the_upstream_stream(tmp_path, start_node: St
 async def test_many_concurrent_streams_share_few_upstream_connections(
     tmp_path, start_node: Start, hypercorn_upstream
 ):
-    node = await start_node(write_policies(tmp_path, {"api": upstream_toml("api", hypercorn_upstream)}))
+    node = await start_node(
+        write_policies(tmp_path, {"api": upstream_toml("api", hypercorn_upstream)})
+    )
     h2load = require("h2load")
     result = await trio.run_process(
-        [h2load, "-n", "2000", "-c", "4", "-m", "50", "-H", ":authority: api",
-         f"http://{node.outbound[0]}/"],
-        capture_stdout=True, check=True,
+        [
+            h2load,
+            "-n",
+            "2000",
+            "-c",
+            "4",
+            "-m",
+            "50",
+            "-H",
+            ":authority: api",
+            f"http://{node.outbound[0]}/",
+        ],
+        capture_stdout=True,
+        check=True,
     )
     out = result.stdout.decode()
     assert "2000 succeeded, 0 failed, 0 errored" in out, out
+
+
+async def test_upstream_goaway_leads_to_a_new_connection(tmp_path, start_node: Start, nursery):
+    def answer_then_goaway(conn, event: h2.events.RequestReceived) -> None:
+        respond(conn, event.stream_id)
+        conn.close_connection(last_stream_id=event.stream_id)
+
+    server = RawH2Server(answer_then_goaway)
+    port = await nursery.start(server.serve)
+    node = await start_node(
+        write_policies(tmp_path, {"api": upstream_toml("api", f"127.0.0.1:{port}")})
+    )
+    for _ in range(3):
+        status, _, body = await request(node, "api", "/")
+        assert (status, body) == (200, b"ok")
+    assert server.connections == 3
+
+
+async def test_request_refused_by_goaway_is_sent_again(tmp_path, start_node: Start, nursery):
+    server = RawH2Server(lambda conn, event: None)
+
+    def refuse_first(conn, event: h2.events.RequestReceived) -> None:
+        if server.requests == 1:
+            conn.close_connection(last_stream_id=0)  # "I processed nothing"
+        else:
+            respond(conn, event.stream_id, b"second connection")
+
+    server.script = refuse_first
+    port = await nursery.start(server.serve)
+    node = await start_node(
+        write_policies(tmp_path, {"api": upstream_toml("api", f"127.0.0.1:{port}")})
+    )
+    status, _, body = await request(node, "api", "/")
+    assert (status, body) == (200, b"second connection")
+    assert server.connections == 2

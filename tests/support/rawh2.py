@@ -20,6 +20,7 @@ class RawH2Server:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.requests = 0
+        self.connections = 0
         self.resets_received: list[int] = []
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -28,6 +29,7 @@ class RawH2Server:
         await trio.serve_listeners(self._connection, listeners)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
         conn.initiate_connection()
         try:
@@ -40,7 +42,14 @@ class RawH2Server:
                     elif isinstance(event, h2.events.StreamReset):
                         self.resets_received.append(event.stream_id)
                     elif isinstance(event, h2.events.DataReceived):
-                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                        conn.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
                 await stream.send_all(conn.data_to_send())
         except (trio.BrokenResourceError, h2.exceptions.ProtocolError):
             pass
+
+
+def respond(conn: h2.connection.H2Connection, stream_id: int, body: bytes = b"ok") -> None:
+    conn.send_headers(stream_id, [(":status", "200"), ("content-length", str(len(body)))])
+    conn.send_data(stream_id, body, end_stream=True)

@@ -50,20 +50,39 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if path.startswith("/bytes/"):
         size = int(path.rsplit("/", 1)[1])
         data = pattern(size)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", str(size).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(size).encode())],
+            }
+        )
         for start in range(0, size, CHUNK):
             chunk = data[start : start + CHUNK]
-            await send({"type": "http.response.body", "body": chunk,
-                        "more_body": start + CHUNK < size})
+            await send(
+                {"type": "http.response.body", "body": chunk, "more_body": start + CHUNK < size}
+            )
         if size == 0:
             await send({"type": "http.response.body", "body": b""})
     elif path == "/trailers":
-        await send({"type": "http.response.start", "status": 200, "trailers": True,
-                    "headers": [(b"content-type", b"text/plain")]})
-        await send({"type": "http.response.body", "body": b"body before trailers", "more_body": False})
-        await send({"type": "http.response.trailers", "headers": [(b"x-checksum", b"abc123")],
-                    "more_trailers": False})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "trailers": True,
+                "headers": [(b"content-type", b"text/plain")],
+            }
+        )
+        await send(
+            {"type": "http.response.body", "body": b"body before trailers", "more_body": False}
+        )
+        await send(
+            {
+                "type": "http.response.trailers",
+                "headers": [(b"x-checksum", b"abc123")],
+                "more_trailers": False,
+            }
+        )
     elif path.startswith("/slow/"):
         await trio.sleep(float(path.rsplit("/", 1)[1]))
         await _reply(send, 200, b"slow answer")
@@ -86,6 +105,11 @@ async def _drain(receive: Any) -> None:
 
 
 async def _reply(send: Any, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

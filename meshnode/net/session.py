@@ -253,7 +253,7 @@ class H2Session:
             self.goaway_sent_last_id = last_id
             self._raw_out.append(goaway_frame(last_id, error_code))
         self.closing = True
-        self._finish_if_idle()
+        self._wake_writer()
 
     def abort(self) -> None:
         """End the connection now; streams in flight see a reset."""

@@ -9,11 +9,15 @@ headers as JSON, ``/fail-mid-body`` breaks after part of the body.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 CHUNK = 65536
+
+# Told each request path as it arrives, so a test can wait for "in flight" without sleeping.
+on_request: Callable[[str], None] | None = None
 
 
 def pattern(size: int) -> bytes:
@@ -37,6 +41,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     path: str = scope["path"]
+    if on_request is not None:
+        on_request(path)
     if path == "/echo":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         while True:

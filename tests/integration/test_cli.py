@@ -1,0 +1,165 @@
+"""meshnode as a user runs it: the command line, signals, and load from real clients."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import NodeProcess, require, upstream_toml, write_policies
+
+EXAMPLES = Path(__file__).parents[2] / "policies"
+
+
+def meshnode(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshnode", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_validate_accepts_the_examples() -> None:
+    result = meshnode("policy", "validate", str(EXAMPLES))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{EXAMPLES}: valid (version ")
+
+
+def test_validate_lists_every_error_and_exits_1(tmp_path: Path) -> None:
+    write_policies(tmp_path, {"a": "[upstream]\nname = 1\n", "b": "[upstream\n"})
+    result = meshnode("policy", "validate", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{tmp_path}/a.toml: upstream.name: expected a string, got 1",
+        f"{tmp_path}/a.toml: discovery: required key is missing",
+        f"{tmp_path}/b.toml: TOML syntax: Expected ']' at the end of a table declaration "
+        "(at line 1, column 10)",
+        f"3 error(s) in {tmp_path}",
+    ]
+
+
+def test_serve_refuses_bad_policies(tmp_path: Path) -> None:
+    write_policies(tmp_path, {"a": "[upstream]\nname = 1\n"})
+    result = meshnode("serve", "--policies", str(tmp_path))
+    assert result.returncode == 1
+    assert f"{tmp_path}/a.toml: upstream.name: expected a string, got 1" in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def nghttpd(tmp_path: Path) -> Iterator[str]:
+    """nghttpd from Debian, serving a 1 KiB file over cleartext HTTP/2."""
+    docroot = tmp_path / "htdocs"
+    docroot.mkdir()
+    (docroot / "index.html").write_bytes(b"k" * 1024)
+    port = free_port()
+    server = subprocess.Popen(
+        [require("nghttpd"), "--no-tls", "-a", "127.0.0.1", "-d", str(docroot), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"127.0.0.1:{port}"
+    server.kill()
+    server.wait()
+
+
+def test_h2load_thousands_of_requests_none_failed(tmp_path: Path, node_process, nghttpd) -> None:
+    node: NodeProcess = node_process(
+        write_policies(tmp_path / "p", {"web": upstream_toml("web", nghttpd)})
+    )
+    result = subprocess.run(
+        [
+            require("h2load"),
+            "-n",
+            "5000",
+            "-c",
+            "10",
+            "-m",
+            "10",
+            "-H",
+            ":authority: web",
+            f"http://{node.outbound}/index.html",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "5000 succeeded, 0 failed, 0 errored, 0 timeout" in result.stdout, result.stdout
+    assert "status codes: 5000 2xx" in result.stdout
+
+
+def test_health_endpoints(tmp_path: Path, node_process, nghttpd) -> None:
+    node: NodeProcess = node_process(
+        write_policies(tmp_path / "p", {"web": upstream_toml("web", nghttpd)})
+    )
+    for path in ("/health/live", "/health/ready", "/health"):
+        result = subprocess.run(
+            [
+                require("curl"),
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                f"http://{node.admin}{path}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.stdout == "200", path
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_drains_in_flight_requests_then_exits_0(
+    tmp_path: Path, node_process, signum
+) -> None:
+    """A request in flight when the signal arrives still completes; then the node exits 0."""
+    slow = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.slow_upstream"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert slow.stdout is not None
+        upstream = slow.stdout.readline().strip()
+        node: NodeProcess = node_process(
+            write_policies(tmp_path / "p", {"api": upstream_toml("api", upstream)})
+        )
+        client = subprocess.Popen(
+            [
+                require("curl"),
+                "-s",
+                "--http2-prior-knowledge",
+                "-H",
+                "host: api",
+                f"http://{node.outbound}/slow/1",
+            ],
+            stdout=subprocess.PIPE,
+        )
+        assert slow.stdout.readline() == "request /slow/1\n"  # in flight: answered after 1 s
+        node.process.send_signal(signum)
+        out, _ = client.communicate(timeout=30)
+        assert out == b"slow answer"
+        assert node.process.wait(timeout=30) == 0
+        log = node.rest_of_log()
+        assert "draining" in log
+        assert "drained cleanly" in log
+    finally:
+        slow.kill()
+        slow.wait()

@@ -1,0 +1,197 @@
+"""Policy loading: what loads, and the exact error lines for what does not."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from meshnode.policy import PolicyError, load_policies
+from meshnode.policy.units import Duration
+
+EXAMPLES = Path(__file__).parents[2] / "policies"
+
+NODE = """
+[node]
+name = "gateway"
+"""
+
+UPSTREAM = """
+[upstream]
+name = "payments"
+tls = "none"
+
+[discovery]
+backend = "static"
+endpoints = ["127.0.0.1:9000", { address = "127.0.0.1:9001", weight = 3, zone = "a" }]
+"""
+
+
+def write(directory: Path, **files: str) -> Path:
+    for name, text in files.items():
+        (directory / f"{name}.toml").write_text(textwrap.dedent(text))
+    return directory
+
+
+def errors_of(directory: Path) -> list[str]:
+    with pytest.raises(PolicyError) as caught:
+        load_policies(directory)
+    prefix = f"{directory}/"
+    return [line.removeprefix(prefix) for line in caught.value.lines]
+
+
+def test_the_example_policies_load() -> None:
+    policies = load_policies(EXAMPLES)
+    assert set(policies.upstreams) == {"demo"}
+
+
+def test_a_valid_directory(tmp_path: Path) -> None:
+    policies = load_policies(write(tmp_path, node=NODE, payments=UPSTREAM))
+    payments = policies.upstreams["payments"]
+    assert [str(e.address) for e in payments.discovery.endpoints] == [
+        "127.0.0.1:9000",
+        "127.0.0.1:9001",
+    ]
+    assert payments.discovery.endpoints[1].weight == 3
+    assert payments.timeout.request == Duration(10)
+    assert policies.node.listeners.outbound.address.port == 15001
+    assert policies.files["payments"] == str(tmp_path / "payments.toml")
+
+
+def test_version_is_a_content_hash(tmp_path: Path) -> None:
+    first = load_policies(write(tmp_path, node=NODE, payments=UPSTREAM)).version
+    assert load_policies(tmp_path).version == first
+    write(tmp_path, payments=UPSTREAM + "\n# a comment\n")
+    assert load_policies(tmp_path).version != first
+
+
+def test_defaults_apply_per_key_and_files_override(tmp_path: Path) -> None:
+    node = NODE + '[defaults]\ntimeout = { request = "2s", per_try = "500ms" }\n'
+    upstream = UPSTREAM + '[timeout]\nrequest = "7s"\n'
+    policy = load_policies(write(tmp_path, node=node, payments=upstream)).upstreams["payments"]
+    assert policy.timeout.request == Duration(7)
+    assert policy.timeout.per_try == Duration(0.5)
+
+
+def test_every_error_is_listed_with_file_and_key_path(tmp_path: Path) -> None:
+    upstream = """
+    [upstream]
+    name = "payments"
+    tls = "none"
+    critical = "yes"
+    colour = "blue"
+
+    [discovery]
+    endpoints = ["127.0.0.1", { address = "127.0.0.1:1", weight = "3" }]
+
+    [timeout]
+    request = 300000
+    """
+    assert errors_of(write(tmp_path, node=NODE, payments=upstream)) == [
+        "payments.toml: upstream.critical: expected true or false, got 'yes'",
+        "payments.toml: upstream.colour: unknown key",
+        'payments.toml: discovery.endpoints.0: expected an address like "127.0.0.1:8080", '
+        "got '127.0.0.1'",
+        "payments.toml: discovery.endpoints.1.weight: expected an integer, got '3'",
+        'payments.toml: timeout.request: expected a duration like "30s", got 300000',
+    ]
+
+
+def test_errors_of_several_files_are_all_reported(tmp_path: Path) -> None:
+    write(tmp_path, node=NODE + "[admin]\nadress = '127.0.0.1:1'\n", broken="[upstream\n")
+    write(tmp_path, other="[upstream]\ntls = 'none'\n[discovery]\nendpoints = ['a:1']\n")
+    assert errors_of(tmp_path) == [
+        "node.toml: admin.adress: unknown key",
+        "broken.toml: TOML syntax: Expected ']' at the end of a table declaration "
+        "(at line 1, column 10)",
+        "other.toml: upstream.name: required key is missing",
+    ]
+
+
+def test_later_sections_are_refused_not_ignored(tmp_path: Path) -> None:
+    upstream = UPSTREAM + "[circuit_breaker]\nfailure_threshold = 5\n[retry]\nmax_retries = 1\n"
+    node = NODE + "[limits]\nmax = 1\n[listeners.inbound]\naddress = '0.0.0.0:15443'\n"
+    assert errors_of(write(tmp_path, node=node, payments=upstream)) == [
+        "node.toml: listeners.inbound: not supported yet (arrives with mTLS identity and "
+        "authorization)",
+        "node.toml: limits: not supported yet (arrives with hardening)",
+        "payments.toml: circuit_breaker: not supported yet (arrives with resilience)",
+        "payments.toml: retry: not supported yet (arrives with resilience)",
+    ]
+
+
+def test_later_values_are_refused_not_ignored(tmp_path: Path) -> None:
+    upstream = """
+    [upstream]
+    name = "payments"
+    tls = "mesh"
+
+    [discovery]
+    backend = "consul"
+    service = "payments"
+    """
+    assert errors_of(write(tmp_path, node=NODE, payments=upstream)) == [
+        'payments.toml: upstream.tls: "mesh" is not supported yet (arrives with mTLS identity '
+        "and authorization)",
+        'payments.toml: discovery.backend: "consul" is not supported yet (arrives with service '
+        "discovery)",
+    ]
+
+
+def test_unknown_choice_lists_the_choices(tmp_path: Path) -> None:
+    upstream = UPSTREAM.replace('backend = "static"', 'backend = "carrier-pigeon"')
+    assert errors_of(write(tmp_path, node=NODE, payments=upstream)) == [
+        "payments.toml: discovery.backend: expected one of \"static\", got 'carrier-pigeon'"
+    ]
+
+
+def test_semantic_checks(tmp_path: Path) -> None:
+    upstream = """
+    [upstream]
+    name = "Payments_V2"
+
+    [[routes]]
+    path_prefix = "pay"
+
+    [discovery]
+    endpoints = []
+    """
+    assert errors_of(write(tmp_path, node=NODE, payments=upstream)) == [
+        "payments.toml: upstream.name: 'Payments_V2' must be a lowercase host name (letters, "
+        "digits, '-' and '.'), since it is matched against :authority",
+        "payments.toml: discovery.endpoints: a static upstream needs at least one endpoint",
+        "payments.toml: routes.0.path_prefix: must start with '/'",
+    ]
+
+
+def test_duplicate_names_and_routes(tmp_path: Path) -> None:
+    route = '[[routes]]\npath_prefix = "/pay/"\n'
+    write(tmp_path, node=NODE, a=UPSTREAM + route, b=UPSTREAM + route)
+    write(tmp_path, c=UPSTREAM.replace('"payments"', '"refunds"') + route)
+    assert errors_of(tmp_path) == [
+        f"b.toml: upstream.name: 'payments' is also defined in {tmp_path}/a.toml",
+        f"c.toml: routes.0: the same route is claimed by 'payments'",
+    ]
+
+
+def test_missing_node_file(tmp_path: Path) -> None:
+    assert errors_of(write(tmp_path, payments=UPSTREAM)) == [
+        "node.toml: the node's policy file is missing"
+    ]
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    assert errors_of(tmp_path / "nope") == [f"{tmp_path}/nope: not a directory"]
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    write(tmp_path, node=NODE)
+    (tmp_path / "bad.toml").write_bytes(b"\xff\xfe")
+    assert errors_of(tmp_path) == ["bad.toml: not UTF-8 text: invalid start byte at byte 0"]
+
+
+def test_version_does_not_depend_on_where_the_directory_is(tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLES, tmp_path / "p")
+    assert load_policies(tmp_path / "p").version == load_policies(EXAMPLES).version

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from meshnode.errors import Timeout
+from meshnode.proxy.headers import forwarded_request_headers, strip_hop_by_hop
+from meshnode.proxy.responses import error_response
+
+REQUEST = [(b":method", b"GET"), (b":path", b"/"), (b":authority", b"api")]
+
+
+def test_hop_by_hop_headers_and_those_connection_names_are_removed() -> None:
+    headers = [
+        (b"connection", b"keep-alive, X-Secret"),
+        (b"keep-alive", b"timeout=5"),
+        (b"x-secret", b"1"),
+        (b"transfer-encoding", b"chunked"),
+        (b"upgrade", b"websocket"),
+        (b"proxy-connection", b"close"),
+        (b"te", b"gzip"),
+        (b"x-kept", b"yes"),
+    ]
+    assert strip_hop_by_hop(headers) == [(b"x-kept", b"yes")]
+
+
+def test_te_trailers_is_kept() -> None:
+    assert strip_hop_by_hop([(b"te", b"trailers")]) == [(b"te", b"trailers")]
+
+
+def test_request_id_added_when_absent() -> None:
+    out, request_id = forwarded_request_headers(list(REQUEST), b"127.0.0.1")
+    assert len(request_id) == 36
+    assert (b"x-request-id", request_id) in out
+    assert out[:3] == REQUEST
+
+
+def test_request_id_kept_when_present() -> None:
+    out, request_id = forwarded_request_headers([*REQUEST, (b"x-request-id", b"r-1")], b"10.0.0.1")
+    assert request_id == b"r-1"
+    assert [v for k, v in out if k == b"x-request-id"] == [b"r-1"]
+
+
+def test_forwarding_headers_are_appended() -> None:
+    incoming = [
+        *REQUEST,
+        (b"x-forwarded-for", b"1.1.1.1"),
+        (b"x-forwarded-for", b"2.2.2.2"),
+        (b"forwarded", b"for=1.1.1.1"),
+    ]
+    out, _ = forwarded_request_headers(incoming, b"::1")
+    assert [v for k, v in out if k == b"x-forwarded-for"] == [b"1.1.1.1, 2.2.2.2, ::1"]
+    assert [v for k, v in out if k == b"forwarded"] == [b'for=1.1.1.1, for="[::1]";proto=http']
+
+
+def test_connection_named_headers_are_not_forwarded() -> None:
+    incoming = [
+        *REQUEST,
+        (b"connection", b"x-internal"),
+        (b"x-internal", b"1"),
+        (b"te", b"trailers"),
+    ]
+    out, _ = forwarded_request_headers(incoming, b"127.0.0.1")
+    names = [k for k, _ in out]
+    assert b"x-internal" not in names
+    assert b"connection" not in names
+    assert (b"te", b"trailers") in out
+
+
+def test_mesh_error_response() -> None:
+    error = Timeout("no complete response within 3s", "payments")
+    error.request_id = b"abc"
+    headers, body = error_response(error)
+    assert headers == [
+        (b":status", b"504"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-meshnode-error", b"timeout"),
+        (b"x-request-id", b"abc"),
+    ]
+    assert body == (
+        b'{"error": "timeout", "upstream": "payments", "detail": "no complete response within 3s"}'
+    )

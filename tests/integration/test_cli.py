@@ -19,7 +19,11 @@ EXAMPLES = Path(__file__).parents[2] / "policies"
 
 def meshnode(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "meshnode", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "meshnode", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -123,6 +127,7 @@ def test_health_endpoints(tmp_path: Path, node_process, nghttpd) -> None:
             capture_output=True,
             text=True,
             timeout=30,
+            check=True,
         )
         assert result.stdout == "200", path
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hyperframe.frame import DataFrame, PingFrame, SettingsFrame
 from hypothesis import given
@@ -30,7 +32,7 @@ def test_any_chunking_passes_everything_but_goaway(cuts: list[int]) -> None:
     passed = b""
     goaways: list[GoAwayReceived] = []
     bounds = [0, *sorted(set(cuts)), len(STREAM)]
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         out, seen = gate.feed(STREAM[start:end])
         passed += out
         goaways += seen

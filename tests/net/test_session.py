@@ -17,7 +17,6 @@ from meshnode.net.session import (
     ResponseHead,
     Stream,
     StreamReset,
-    Trailers,
 )
 
 REQUEST = [(b":method", b"POST"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"a")]
@@ -51,9 +50,8 @@ async def read_all(stream: Stream) -> list[object]:
         items.append(item)
         if isinstance(item, Data):
             stream.ack(item.flow_length)
-        if item is END_OF_STREAM or isinstance(item, Trailers):
-            if item is END_OF_STREAM:
-                return items
+        if item is END_OF_STREAM:
+            return items
 
 
 async def test_request_and_response_with_body_and_trailers(pair) -> None:

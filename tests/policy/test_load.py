@@ -172,7 +172,7 @@ def test_duplicate_names_and_routes(tmp_path: Path) -> None:
     write(tmp_path, c=UPSTREAM.replace('"payments"', '"refunds"') + route)
     assert errors_of(tmp_path) == [
         f"b.toml: upstream.name: 'payments' is also defined in {tmp_path}/a.toml",
-        f"c.toml: routes.0: the same route is claimed by 'payments'",
+        "c.toml: routes.0: the same route is claimed by 'payments'",
     ]
 
 

@@ -1,0 +1,200 @@
+"""h2load straight to an upstream, then through meshnode, in one run.
+
+Reports requests per second, p50/p99 latency (from h2load's per-request log)
+and the meshnode process's CPU microseconds per request (from /proc), which is
+steadier than req/s on a shared machine. Quote ratios within one run: absolute
+figures move with the machine's neighbours.
+
+    ./dev bench                 # default scenarios
+    ./dev bench --requests 5000 # fewer requests per scenario
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SCENARIOS = [("c10-m10", 10, 10), ("c50-m1", 50, 1), ("c1-m1", 1, 1)]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port}")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def rss_kib(pid: int) -> int:
+    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(match.group(1)) if match else 0
+
+
+def h2load(url: str, requests: int, clients: int, streams: int, authority: str) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
+        out = subprocess.run(
+            [
+                "h2load",
+                "-n",
+                str(requests),
+                "-c",
+                str(clients),
+                "-m",
+                str(streams),
+                "-H",
+                f":authority: {authority}",
+                "--log-file",
+                log.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        ).stdout
+        durations = sorted(int(line.split()[2]) for line in log if line.strip())
+    done = re.search(
+        r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", out
+    )
+    rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    assert done and rate, out
+    quantiles = statistics.quantiles(durations, n=100)
+    return {
+        "req_per_s": float(rate.group(1)),
+        "p50_us": quantiles[49],
+        "p99_us": quantiles[98],
+        "succeeded": int(done.group(1)),
+        "failed": int(done.group(2)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20000, help="per scenario (max 200000)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    requests = min(args.requests, 200_000)
+    for tool in ("h2load", "nghttpd"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing: ./dev bench installs it")
+
+    work = Path(tempfile.mkdtemp(prefix="meshnode-bench-"))
+    (work / "htdocs").mkdir()
+    (work / "htdocs" / "1k").write_bytes(b"k" * 1024)
+    upstream_port, outbound_port, admin_port = free_port(), free_port(), free_port()
+    policies = work / "policies"
+    policies.mkdir()
+    (policies / "node.toml").write_text(
+        textwrap.dedent(f"""
+        [node]
+        name = "bench"
+        [listeners.outbound]
+        address = "127.0.0.1:{outbound_port}"
+        [admin]
+        address = "127.0.0.1:{admin_port}"
+    """)
+    )
+    (policies / "web.toml").write_text(
+        textwrap.dedent(f"""
+        [upstream]
+        name = "web"
+        tls = "none"
+        [discovery]
+        endpoints = ["127.0.0.1:{upstream_port}"]
+    """)
+    )
+    upstream = subprocess.Popen(
+        ["nghttpd", "--no-tls", "-a", "127.0.0.1", "-d", str(work / "htdocs"), str(upstream_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    node = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "meshnode",
+            "serve",
+            "--policies",
+            str(policies),
+            "--log-level",
+            "warning",
+        ],
+    )
+    results: dict[str, dict[str, object]] = {}
+    try:
+        wait_for_port(upstream_port)
+        wait_for_port(outbound_port)
+        h2load(f"http://127.0.0.1:{outbound_port}/1k", 2000, 10, 10, "web")  # warm up
+        for name, clients, streams in SCENARIOS:
+            count = requests if streams > 1 else max(requests // 4, 1000)
+            direct = h2load(f"http://127.0.0.1:{upstream_port}/1k", count, clients, streams, "web")
+            before = cpu_seconds(node.pid)
+            proxied = h2load(f"http://127.0.0.1:{outbound_port}/1k", count, clients, streams, "web")
+            cpu_us = (cpu_seconds(node.pid) - before) / count * 1e6
+            results[name] = {
+                "requests": count,
+                "direct": direct,
+                "meshnode": {**proxied, "cpu_us_per_request": cpu_us, "rss_kib": rss_kib(node.pid)},
+            }
+    finally:
+        node.terminate()
+        upstream.terminate()
+        node.wait(30)
+        upstream.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(
+        f"{'scenario':10} {'path':9} {'req/s':>9} {'p50 µs':>9} {'p99 µs':>9} {'CPU µs/req':>11} {'failed':>7}"
+    )
+    for name, row in results.items():
+        for path in ("direct", "meshnode"):
+            figures = row[path]
+            assert isinstance(figures, dict)
+            cpu = f"{figures['cpu_us_per_request']:.0f}" if "cpu_us_per_request" in figures else ""
+            print(
+                f"{name:10} {path:9} {figures['req_per_s']:>9.0f} {figures['p50_us']:>9.0f} "
+                f"{figures['p99_us']:>9.0f} {cpu:>11} {figures['failed']:>7}"
+            )
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        },
+        "scenarios": results,
+    }
+    target = args.out / f"proxy-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    target.write_text(json.dumps(report, indent=2))
+    print(f"\nwritten to {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Imports flow downwards (docs/architecture.md): checked by walking every module's imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parents[1] / "meshnode"
+
+# Lower layers never import higher ones; a layer may import itself.
+LAYERS = {
+    "errors": 0,
+    "policy": 1,
+    "resilience": 2,
+    "net": 3,
+    "proxy": 4,
+    "admin": 4,
+    "demo": 5,
+    "node": 6,
+    "cli": 7,
+    "__main__": 8,
+}
+# Decisions stay pure: no event loop, no sockets, no clocks of their own.
+PURE = {"policy", "resilience"}
+IMPURE_MODULES = {"trio", "socket", "ssl", "asyncio", "time"}
+
+
+def layer_of(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else "__init__"
+
+
+def imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+MODULES = sorted(p for p in PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_flow_downwards(path: Path) -> None:
+    own = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+    if own == "__init__":
+        return
+    assert own in LAYERS, f"{own} has no layer: add it to LAYERS and docs/architecture.md"
+    for module in imports(path):
+        if module.startswith("meshnode."):
+            other = layer_of(module)
+            assert LAYERS[other] <= LAYERS[own], f"{own} must not import {module}"
+        if own in PURE:
+            assert module.split(".")[0] not in IMPURE_MODULES, f"{own} must stay pure: {module}"

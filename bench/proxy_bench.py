@@ -170,9 +170,8 @@ def main() -> None:
         upstream.wait(30)
         shutil.rmtree(work, ignore_errors=True)
 
-    print(
-        f"{'scenario':10} {'path':9} {'req/s':>9} {'p50 µs':>9} {'p99 µs':>9} {'CPU µs/req':>11} {'failed':>7}"
-    )
+    header = ("scenario", "path", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "failed")
+    print("{:10} {:9} {:>9} {:>9} {:>9} {:>11} {:>7}".format(*header))
     for name, row in results.items():
         for path in ("direct", "meshnode"):
             figures = row[path]

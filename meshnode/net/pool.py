@@ -12,6 +12,7 @@ stream ends; the next request connects afresh. Sessions idle for longer than
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -23,6 +24,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_IDLE_TIMEOUT = 60.0
+
+# Opens a transport to an endpoint: plain TCP today, TLS with the mesh identity later.
+Connector = Callable[[Address], Awaitable[trio.abc.Stream]]
+
+
+async def tcp_connector(address: Address) -> trio.abc.Stream:
+    return await trio.open_tcp_stream(address.host, address.port)
 
 
 class _Endpoint:
@@ -44,10 +52,12 @@ class UpstreamPool:
         self,
         nursery: trio.Nursery,
         *,
+        connector: Connector = tcp_connector,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         self._nursery = nursery
+        self._connector = connector
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
         self._endpoints: dict[Address, _Endpoint] = {}
@@ -80,7 +90,7 @@ class UpstreamPool:
                 return session
             try:
                 with trio.fail_after(self._connect_timeout):
-                    transport = await trio.open_tcp_stream(address.host, address.port)
+                    transport = await self._connector(address)
             except (OSError, trio.TooSlowError) as exc:
                 raise UpstreamConnectFailure(
                     f"cannot connect to {address}: {_reason(exc)}"

@@ -192,6 +192,7 @@ class H2Session:
         *,
         client_side: bool,
         on_request: Callable[[Stream], None] | None = None,
+        max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
     ) -> None:
         self.transport = transport
         self.client_side = client_side
@@ -209,7 +210,7 @@ class H2Session:
         self.conn.local_settings = h2.settings.Settings(
             client=client_side,
             initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
                 h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,

@@ -1,0 +1,121 @@
+"""The upstream pool over in-memory connections, with a mock clock where time matters."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import trio
+import trio.testing
+
+from meshnode.errors import UpstreamConnectFailure
+from meshnode.net.pool import UpstreamPool
+from meshnode.net.session import END_OF_STREAM, H2Session, ResponseHead, Stream
+from meshnode.policy.units import Address
+
+REQUEST = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"a")]
+ENDPOINT = Address("10.9.9.9", 80)  # never dialled: the connector hands out memory streams
+
+
+class MemoryUpstream:
+    """HTTP/2 servers at the far end of in-memory streams, one per connection made."""
+
+    def __init__(self, nursery: trio.Nursery, max_streams: int = 100) -> None:
+        self.nursery = nursery
+        self.max_streams = max_streams
+        self.sessions: list[H2Session] = []
+        self.requests: list[Stream] = []
+
+    async def connect(self, address: Address) -> trio.abc.Stream:
+        client_end, server_end = trio.testing.memory_stream_pair()
+        session = H2Session(
+            server_end,
+            client_side=False,
+            on_request=self.requests.append,
+            max_concurrent_streams=self.max_streams,
+        )
+        self.sessions.append(session)
+        await self.nursery.start(session.run)
+        return client_end
+
+    async def answer_all(self) -> None:
+        while self.requests:
+            await self.requests.pop().send_headers([(b":status", b"204")], end_stream=True)
+
+
+async def test_streams_share_a_connection_until_it_is_full(nursery: trio.Nursery) -> None:
+    upstream = MemoryUpstream(nursery, max_streams=2)
+    pool = UpstreamPool(nursery, connector=upstream.connect)
+    await pool.open_stream(ENDPOINT, REQUEST, end_stream=True)
+    await trio.testing.wait_all_tasks_blocked()  # the server's SETTINGS (2 streams) arrive
+    await pool.open_stream(ENDPOINT, REQUEST, end_stream=True)
+    assert pool.connections(ENDPOINT) == 1
+    await pool.open_stream(ENDPOINT, REQUEST, end_stream=True)
+    assert pool.connections(ENDPOINT) == 2
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(upstream.requests) == 3
+
+
+async def test_a_burst_on_a_cold_pool_opens_one_connection(nursery: trio.Nursery) -> None:
+    upstream = MemoryUpstream(nursery)
+    pool = UpstreamPool(nursery, connector=upstream.connect)
+    async with trio.open_nursery() as burst:
+        for _ in range(20):
+            burst.start_soon(
+                functools.partial(pool.open_stream, ENDPOINT, REQUEST, end_stream=True)
+            )
+    assert pool.connections(ENDPOINT) == 1
+
+
+async def test_idle_connections_are_retired(nursery: trio.Nursery, autojump_clock) -> None:
+    upstream = MemoryUpstream(nursery)
+    pool = UpstreamPool(nursery, connector=upstream.connect, idle_timeout=60)
+    stream = await pool.open_stream(ENDPOINT, REQUEST, end_stream=True)
+    await trio.testing.wait_all_tasks_blocked()
+    await upstream.answer_all()
+    assert isinstance(await stream.receive(), ResponseHead)
+    assert await stream.receive() is END_OF_STREAM
+    await trio.sleep(45)
+    assert pool.connections(ENDPOINT) == 1
+    await trio.sleep(60)
+    assert pool.connections(ENDPOINT) == 0
+    assert upstream.sessions[0].goaway_received is not None  # told, not just dropped
+
+
+async def test_a_busy_connection_is_not_retired(nursery: trio.Nursery, autojump_clock) -> None:
+    upstream = MemoryUpstream(nursery)
+    pool = UpstreamPool(nursery, connector=upstream.connect, idle_timeout=60)
+    await pool.open_stream(ENDPOINT, REQUEST, end_stream=True)
+    await trio.sleep(600)
+    assert pool.connections(ENDPOINT) == 1
+
+
+async def test_after_goaway_a_new_connection_is_made(nursery: trio.Nursery) -> None:
+    upstream = MemoryUpstream(nursery)
+    pool = UpstreamPool(nursery, connector=upstream.connect)
+    await pool.open_stream(ENDPOINT, REQUEST, end_stream=True)
+    await trio.testing.wait_all_tasks_blocked()
+    upstream.sessions[0].close_gracefully()
+    await trio.testing.wait_all_tasks_blocked()
+    await pool.open_stream(ENDPOINT, REQUEST, end_stream=True)
+    assert len(upstream.sessions) == 2
+
+
+async def test_unreachable_endpoint_is_a_connect_failure(nursery: trio.Nursery) -> None:
+    async def refuse(address: Address) -> trio.abc.Stream:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    pool = UpstreamPool(nursery, connector=refuse)
+    with pytest.raises(UpstreamConnectFailure, match=r"10\.9\.9\.9:80: Connection refused$"):
+        await pool.open_stream(ENDPOINT, REQUEST, end_stream=True)
+
+
+async def test_a_slow_connect_times_out(nursery: trio.Nursery, autojump_clock) -> None:
+    async def hang(address: Address) -> trio.abc.Stream:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    pool = UpstreamPool(nursery, connector=hang, connect_timeout=5)
+    with pytest.raises(UpstreamConnectFailure, match="connect timed out"):
+        await pool.open_stream(ENDPOINT, REQUEST, end_stream=True)
+    assert trio.current_time() == pytest.approx(5)

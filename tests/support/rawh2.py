@@ -22,6 +22,11 @@ class RawH2Server:
         self.requests = 0
         self.connections = 0
         self.resets_received: list[int] = []
+        self.trailers_received: list[list[tuple[bytes, bytes]]] = []
+        self.body_received = b""
+        # Streams that get body bytes for ever, as fast as flow control allows.
+        self.endless: set[int] = set()
+        self.bytes_sent = 0
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -42,12 +47,26 @@ class RawH2Server:
                     elif isinstance(event, h2.events.StreamReset):
                         self.resets_received.append(event.stream_id)
                     elif isinstance(event, h2.events.DataReceived):
+                        self.body_received += event.data
                         conn.acknowledge_received_data(
                             event.flow_controlled_length, event.stream_id
                         )
+                    elif isinstance(event, h2.events.TrailersReceived):
+                        self.trailers_received.append(event.headers)
+                        respond(conn, event.stream_id)
+                self._send_endless(conn)
                 await stream.send_all(conn.data_to_send())
         except (trio.BrokenResourceError, h2.exceptions.ProtocolError):
             pass
+
+    def _send_endless(self, conn: h2.connection.H2Connection) -> None:
+        for stream_id in list(self.endless):
+            try:
+                while (size := min(conn.local_flow_control_window(stream_id), 16384)) > 0:
+                    conn.send_data(stream_id, b"e" * size)
+                    self.bytes_sent += size
+            except h2.exceptions.StreamClosedError:
+                self.endless.discard(stream_id)
 
 
 def respond(conn: h2.connection.H2Connection, stream_id: int, body: bytes = b"ok") -> None:

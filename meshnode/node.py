@@ -1,28 +1,40 @@
-"""The node: listeners, the upstream pool and the admin plane under one nursery.
+"""The node: listeners, upstream groups, the pool, reload and the admin plane under one nursery.
 
 ``Node.run`` reports the bound addresses through ``task_status`` once the
-listeners accept and the policies are in force, so "started" means ready.
-SIGINT/SIGTERM (or ``request_drain``) drain: readiness turns 503, the outbound
-listener stops accepting and sends GOAWAY, in-flight requests get up to
-``drain_timeout`` to finish, then the node exits. A second signal exits at once.
+listeners accept and every upstream group has published its first endpoint
+set, so "started" means ready. SIGHUP reloads the policies (as do changes in
+the directory and ``POST /admin/reload``). SIGINT/SIGTERM (or
+``request_drain``) drain: readiness turns 503, the outbound listener stops
+accepting and sends GOAWAY, in-flight requests get up to ``drain_timeout``,
+then the node exits. A second SIGINT/SIGTERM exits at once.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
+import time
+from datetime import UTC, datetime
+from typing import Any
 
 import attrs
 import trio
 
-from meshnode.admin.health import CheckResult, health_report
-from meshnode.admin.http import AdminHTTPServer, AdminRequest, AdminResponse, Handler
+from meshnode.actors.group import UpstreamGroup
+from meshnode.actors.supervisor import RestartPolicy
+from meshnode.admin.api import admin_routes
+from meshnode.admin.health import CheckResult
+from meshnode.admin.http import AdminHTTPServer
+from meshnode.events import EventBus
 from meshnode.net.listener import H2Listener
 from meshnode.net.pool import UpstreamPool
-from meshnode.policy import Address, PolicySet
+from meshnode.policy import Address, PolicySet, UpstreamPolicy
+from meshnode.policy.convert import converter
+from meshnode.policy.diff import PolicyDiff
 from meshnode.proxy.forward import Proxy
 from meshnode.proxy.routing import RouteTable
-from meshnode.proxy.upstreams import upstreams_from
+from meshnode.reload import POLL_INTERVAL, Reloader, ReloadResult, watch_directory
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +46,34 @@ class NodeAddresses:
 
 
 class Node:
-    def __init__(self, policies: PolicySet) -> None:
-        self.policies = policies
+    def __init__(
+        self,
+        policies: PolicySet,
+        *,
+        restart_policy: RestartPolicy = RestartPolicy(),
+        poll_interval: float | None = POLL_INTERVAL,
+    ) -> None:
+        """``poll_interval`` None turns off watching the directory (SIGHUP and admin remain)."""
+        self.bus = EventBus()
+        self.reloader = Reloader(policies, self._apply, self.bus, time.time)
+        self.groups: dict[str, UpstreamGroup] = {}
         self.listening = False
         self.draining = False
+        self._restart_policy = restart_policy
+        self._poll_interval = poll_interval
         self._drain_requested = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._proxy: Proxy | None = None
+
+    @property
+    def policies(self) -> PolicySet:
+        return self.reloader.current
 
     def request_drain(self) -> None:
         self._drain_requested.set()
+
+    async def reload(self, trigger: str) -> ReloadResult:
+        return await self.reloader.reload(trigger)
 
     async def run(
         self,
@@ -51,22 +83,29 @@ class Node:
     ) -> None:
         policy = self.policies.node
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             if handle_signals:
                 await nursery.start(self._watch_signals, nursery.cancel_scope)
             pool = UpstreamPool(nursery)
-            proxy = Proxy(
-                RouteTable.build(self.policies.upstreams),
-                upstreams_from(self.policies.upstreams),
-                pool,
-            )
-            outbound = H2Listener("outbound", proxy.handle)
+            for upstream in self.policies.upstreams.values():
+                await self._start_group(upstream)
+            self._proxy = Proxy(RouteTable.build(self.policies.upstreams), dict(self.groups), pool)
+            outbound = H2Listener("outbound", self._proxy.handle)
             outbound_addresses = await nursery.start(
                 outbound.serve, policy.listeners.outbound.address
             )
-            admin = AdminHTTPServer(self._admin_routes())
+            admin = AdminHTTPServer(admin_routes(self))
             admin_addresses = await nursery.start(admin.serve, policy.admin.address)
+            if self._poll_interval is not None:
+                nursery.start_soon(
+                    functools.partial(
+                        watch_directory,
+                        self.policies.directory,
+                        functools.partial(self.reload, "file-change"),
+                        poll_interval=self._poll_interval,
+                    )
+                )
             self.listening = True
-            addresses = NodeAddresses(outbound_addresses, admin_addresses)
             log.info(
                 "meshnode ready: outbound=%s admin=%s policies=%s version=%s",
                 ",".join(map(str, outbound_addresses)),
@@ -74,15 +113,41 @@ class Node:
                 self.policies.directory,
                 self.policies.version,
             )
-            task_status.started(addresses)
+            task_status.started(NodeAddresses(outbound_addresses, admin_addresses))
 
             await self._drain_requested.wait()
             self.draining = True
-            log.info("draining: up to %gs for requests in flight", policy.node.drain_timeout)
-            finished = await outbound.drain(policy.node.drain_timeout)
+            timeout = self.policies.node.node.drain_timeout
+            log.info("draining: up to %gs for requests in flight", timeout)
+            finished = await outbound.drain(timeout)
             pool.close_all()
             log.info("drained %s; stopping", "cleanly" if finished else "with requests cut short")
             nursery.cancel_scope.cancel()
+
+    async def _start_group(self, policy: UpstreamPolicy) -> None:
+        assert self._nursery is not None
+        group = UpstreamGroup(policy, self.bus, self._restart_policy)
+        await self._nursery.start(group.run)
+        self.groups[policy.name] = group
+
+    async def _apply(self, new: PolicySet, diff: PolicyDiff) -> None:
+        """Bring the running node to ``new``; requests in flight keep their own policy."""
+        assert self._nursery is not None and self._proxy is not None
+        for name in diff.added:
+            await self._start_group(new.upstreams[name])
+        for name in diff.updated:
+            await self.groups[name].update_policy(new.upstreams[name])
+        removed = [self.groups.pop(name) for name in diff.removed]
+        self._proxy.swap(RouteTable.build(new.upstreams), dict(self.groups))
+        for group in removed:
+            self._nursery.start_soon(self._retire, group, new.node.node.drain_timeout)
+
+    async def _retire(self, group: UpstreamGroup, timeout: float) -> None:
+        finished = await group.drain(timeout)
+        group.stop()
+        log.info(
+            "upstream %s removed%s", group.name, "" if finished else " with requests cut short"
+        )
 
     async def _watch_signals(
         self,
@@ -90,18 +155,25 @@ class Node:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             task_status.started()
             async for signum in signals:
-                if self._drain_requested.is_set():
-                    log.warning("second %s: stopping now", signal.Signals(signum).name)
+                name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self.reload, "sighup")
+                elif self._drain_requested.is_set():
+                    log.warning("second %s: stopping now", name)
                     scope.cancel()
                     return
-                log.info("%s received", signal.Signals(signum).name)
-                self.request_drain()
+                else:
+                    log.info("%s received", name)
+                    self.request_drain()
+
+    # -- what the admin API shows ---------------------------------------------
 
     def health_checks(self) -> list[CheckResult]:
-        return [
+        checks = [
             CheckResult("event-loop", "liveness", True, True, "answering"),
             CheckResult(
                 "listeners",
@@ -121,17 +193,43 @@ class Node:
                 "draining" if self.draining else "taking traffic",
             ),
         ]
+        for name, group in sorted(self.groups.items()):
+            healthy, message = True, f"{len(group.endpoints.endpoints)} endpoint(s)"
+            if group.failed:
+                healthy, message = False, "its actors are crash-looping"
+            elif not group.endpoints.endpoints:
+                healthy, message = False, "no endpoint"
+            critical = group.policy.upstream.critical
+            checks.append(CheckResult(f"upstream:{name}", "readiness", critical, healthy, message))
+        return checks
 
-    def _admin_routes(self) -> dict[tuple[str, str], Handler]:
-        def health(kind: str | None) -> Handler:
-            async def answer(_: AdminRequest) -> AdminResponse:
-                status, body = health_report(self.health_checks(), kind)  # type: ignore[arg-type]
-                return AdminResponse.json(status, body)
+    def upstreams_report(self) -> dict[str, Any]:
+        return {"upstreams": {name: group.report() for name, group in sorted(self.groups.items())}}
 
-            return answer
-
+    def policies_report(self) -> dict[str, Any]:
+        reloader = self.reloader
+        policies = reloader.current
+        last_error = reloader.last_error
         return {
-            ("GET", "/health/live"): health("liveness"),
-            ("GET", "/health/ready"): health("readiness"),
-            ("GET", "/health"): health(None),
+            "version": policies.version,
+            "loaded_at": _iso(reloader.loaded_at),
+            "directory": str(policies.directory),
+            "files": dict(policies.files),
+            "node": converter.unstructure(policies.node),
+            "upstreams": {
+                name: converter.unstructure(policy)
+                for name, policy in sorted(policies.upstreams.items())
+            },
+            "reloads": dict(reloader.reloads),
+            "last_error": None
+            if last_error is None
+            else {
+                "at": _iso(last_error.at),
+                "trigger": last_error.trigger,
+                "errors": list(last_error.errors),
+            },
         }
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()

@@ -15,12 +15,15 @@ LAYERS = {
     "policy": 1,
     "resilience": 2,
     "net": 3,
-    "proxy": 4,
-    "admin": 4,
-    "demo": 5,
-    "node": 6,
-    "cli": 7,
-    "__main__": 8,
+    "events": 3,
+    "actors": 4,
+    "proxy": 5,
+    "admin": 5,
+    "reload": 6,
+    "demo": 6,
+    "node": 7,
+    "cli": 8,
+    "__main__": 9,
 }
 # Decisions stay pure: no event loop, no sockets, no clocks of their own.
 PURE = {"policy", "resilience"}

@@ -53,6 +53,9 @@ def _is_literal(kind: Any) -> bool:
 converter.register_structure_hook_func(_is_literal, _structure_literal)
 converter.register_structure_hook(Duration, lambda value, _: Duration.parse(value))
 converter.register_structure_hook(Address, lambda value, _: Address.parse(value))
+# Unstructured (for /admin/policies) the way the files spell them.
+converter.register_unstructure_hook(Duration, str)
+converter.register_unstructure_hook(Address, str)
 
 _endpoint_table = make_dict_structure_fn(Endpoint, converter, _cattrs_forbid_extra_keys=True)
 

@@ -25,8 +25,19 @@ class Duration(float):
                 return cls(float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
         raise ValueError(f'expected a duration like "30s", got {value!r}')
 
+    def __str__(self) -> str:
+        """The shortest way a policy file would write it: "250ms", "3s", "5m", "1h"."""
+        seconds = float(self)
+        if 0 < seconds < 1:
+            return f"{seconds * 1000:g}ms"
+        if seconds and seconds % 3600 == 0:
+            return f"{seconds / 3600:g}h"
+        if seconds and seconds % 60 == 0:
+            return f"{seconds / 60:g}m"
+        return f"{seconds:g}s"
+
     def __repr__(self) -> str:
-        return f"Duration({float(self)}s)"
+        return f"Duration({self})"
 
 
 @attrs.frozen

@@ -17,6 +17,7 @@ import math
 
 import trio
 
+from meshnode.actors.group import UpstreamGroup
 from meshnode.errors import BadRequest, MeshError, NoRoute, Timeout, UpstreamReset
 from meshnode.net.pool import UpstreamPool
 from meshnode.net.session import (
@@ -29,10 +30,10 @@ from meshnode.net.session import (
     StreamReset,
     Trailers,
 )
+from meshnode.policy.models import Endpoint
 from meshnode.proxy.headers import HeaderList, forwarded_request_headers, strip_hop_by_hop
 from meshnode.proxy.responses import error_response
 from meshnode.proxy.routing import RouteTable, authority_host
-from meshnode.proxy.upstreams import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,21 @@ UNPROCESSED_RETRIES = 1
 
 
 class Proxy:
-    """The outbound request path. ``routes`` and ``upstreams`` are swapped whole on reload."""
+    """The outbound request path. ``routes`` and ``upstreams`` are swapped whole on reload.
 
-    def __init__(self, routes: RouteTable, upstreams: dict[str, Upstream], pool: UpstreamPool):
+    A request resolves its upstream group and policy once, at its start, so a
+    reload never changes the rules a request in flight runs under.
+    """
+
+    def __init__(
+        self, routes: RouteTable, upstreams: dict[str, UpstreamGroup], pool: UpstreamPool
+    ) -> None:
         self.routes = routes
         self.upstreams = upstreams
         self.pool = pool
+
+    def swap(self, routes: RouteTable, upstreams: dict[str, UpstreamGroup]) -> None:
+        self.routes, self.upstreams = routes, upstreams
 
     async def handle(self, stream: Stream, client_ip: bytes) -> None:
         """Serve one request stream to the end. Never raises: one request fails alone."""
@@ -80,8 +90,9 @@ class Proxy:
         if upstream_name is None:
             raise NoRoute(f"no upstream serves {authority.decode(errors='replace')}")
         upstream = self.upstreams[upstream_name]
+        policy = upstream.policy
         out_headers, request_id = forwarded_request_headers(headers, client_ip)
-        timeout = upstream.policy.timeout
+        timeout = policy.timeout
         limit = timeout.request or math.inf
         if timeout.per_try:
             limit = min(limit, timeout.per_try)
@@ -97,26 +108,15 @@ class Proxy:
             timeout_error.request_id = request_id
             raise timeout_error
 
-    async def _exchange(self, stream: Stream, upstream: Upstream, headers: HeaderList) -> None:
+    async def _exchange(self, stream: Stream, upstream: UpstreamGroup, headers: HeaderList) -> None:
         no_body = stream.consume_end()
         for attempt in range(1, 1 + UNPROCESSED_RETRIES + 1):
-            upstream_stream = await self.pool.open_stream(
-                upstream.pick().address, headers, end_stream=no_body
-            )
+            endpoint = upstream.pick()
+            load = upstream.request_started(endpoint)
+            started = trio.current_time()
+            outcome = _Outcome()
             try:
-                if no_body:
-                    await _relay_response(upstream_stream, stream)
-                    return
-                failure: BaseException | None = None
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_upload, stream, upstream_stream)
-                    try:
-                        await _relay_response(upstream_stream, stream)
-                    except (StreamReset, MeshError, _Unprocessed) as exc:
-                        failure = exc
-                    nursery.cancel_scope.cancel()
-                if failure is not None:
-                    raise failure
+                await self._attempt(stream, endpoint, headers, no_body, outcome)
                 return
             except _Unprocessed as unprocessed:
                 # RFC 9113 8.7: the upstream never processed it (GOAWAY, REFUSED_STREAM), so
@@ -124,7 +124,44 @@ class Proxy:
                 if not no_body or attempt > UNPROCESSED_RETRIES:
                     raise UpstreamReset(_reset_detail(unprocessed.reset)) from unprocessed.reset
             finally:
-                upstream_stream.reset(CANCEL)
+                upstream.request_finished(
+                    endpoint, load, outcome.status, trio.current_time() - started
+                )
+
+    async def _attempt(
+        self,
+        stream: Stream,
+        endpoint: Endpoint,
+        headers: HeaderList,
+        no_body: bool,
+        outcome: _Outcome,
+    ) -> None:
+        upstream_stream = await self.pool.open_stream(endpoint.address, headers, end_stream=no_body)
+        try:
+            if no_body:
+                await _relay_response(upstream_stream, stream, outcome)
+                return
+            failure: BaseException | None = None
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_upload, stream, upstream_stream)
+                try:
+                    await _relay_response(upstream_stream, stream, outcome)
+                except (StreamReset, MeshError, _Unprocessed) as exc:
+                    failure = exc
+                nursery.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
+        finally:
+            upstream_stream.reset(CANCEL)
+
+
+class _Outcome:
+    """What the attempt learnt, for the breaker and the latency average."""
+
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status = 0
 
 
 class _Unprocessed(Exception):
@@ -132,7 +169,7 @@ class _Unprocessed(Exception):
         self.reset = reset
 
 
-async def _relay_response(source: Stream, client: Stream) -> None:
+async def _relay_response(source: Stream, client: Stream, outcome: _Outcome) -> None:
     try:
         head = await source.receive()
     except StreamReset as reset:
@@ -141,9 +178,17 @@ async def _relay_response(source: Stream, client: Stream) -> None:
         raise UpstreamReset(_reset_detail(reset)) from reset
     if not isinstance(head, ResponseHead):
         raise UpstreamReset("the upstream sent no response head")
+    outcome.status = _status_of(head.headers)
     await client.send_headers(strip_hop_by_hop(head.headers), end_stream=source.consume_end())
     if not client.local_closed:
-        await relay_body(source, client)
+        try:
+            await relay_body(source, client)
+        except StreamReset as reset:
+            if reset.stream is source:
+                outcome.status = (
+                    0  # a broken body is the upstream's failure, whatever its head said
+                )
+            raise
 
 
 async def _upload(client: Stream, upstream: Stream) -> None:
@@ -186,6 +231,13 @@ async def _answer(stream: Stream, error: MeshError) -> None:
         await stream.send_data(body, end_stream=True)
     except StreamReset:
         return
+
+
+def _status_of(headers: HeaderList) -> int:
+    for name, value in headers:
+        if name == b":status":
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 def _reset_detail(reset: StreamReset) -> str:

@@ -1,0 +1,1 @@
+"""One supervised actor group per upstream: discovery, health prober, breaker, balancer."""

@@ -1,0 +1,59 @@
+"""What actors tell each other over their channels. Frozen: a message is a fact or an order.
+
+Discovery speaks ``Reset``/``Add``/``Remove`` (as linkerd2-proxy does): plain data
+the balancer applies in order, whatever backend produced it.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from meshnode.policy.models import Endpoint, UpstreamPolicy
+from meshnode.policy.units import Address
+
+
+@attrs.frozen
+class EndpointsReset:
+    """The whole endpoint set, replacing whatever was known."""
+
+    endpoints: tuple[Endpoint, ...]
+
+
+@attrs.frozen
+class EndpointsAdded:
+    endpoints: tuple[Endpoint, ...]
+
+
+@attrs.frozen
+class EndpointsRemoved:
+    addresses: tuple[Address, ...]
+
+
+DiscoveryUpdate = EndpointsReset | EndpointsAdded | EndpointsRemoved
+
+
+@attrs.frozen
+class PolicyChanged:
+    """A reload changed this upstream's policy; each actor takes what concerns it."""
+
+    policy: UpstreamPolicy
+
+
+@attrs.frozen
+class RequestFinished:
+    """An outcome from the request path, sent without waiting (dropped if the inbox is full)."""
+
+    endpoint: Address
+    status: int  # the upstream's status, or 0 when there was none (reset, connect failure)
+    latency: float
+
+
+@attrs.frozen
+class CrashForTest:
+    """The test-only fault hook: the receiving actor raises ``InjectedFault``."""
+
+    reason: str = "injected by a test"
+
+
+class InjectedFault(Exception):
+    pass

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import click
 import trio
@@ -14,8 +18,10 @@ from meshnode.demo import answer
 from meshnode.net.listener import H2Listener
 from meshnode.node import Node
 from meshnode.policy import Address, PolicyError, load_policies
+from meshnode.reload import POLL_INTERVAL
 
 DEFAULT_POLICIES = "policies"
+DEFAULT_ADMIN = "http://127.0.0.1:15000"
 
 
 def _configure_logging(level: str) -> None:
@@ -47,8 +53,14 @@ def main() -> None:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
-def serve(directory: Path, log_level: str) -> None:
-    """Run the node (SIGTERM or SIGINT drains, then exits)."""
+@click.option(
+    "--watch/--no-watch",
+    default=True,
+    show_default=True,
+    help="Reload when the policies directory changes (SIGHUP and the admin API always do).",
+)
+def serve(directory: Path, log_level: str, watch: bool) -> None:
+    """Run the node (SIGHUP reloads; SIGTERM or SIGINT drains, then exits)."""
     _configure_logging(log_level)
     try:
         policies = load_policies(directory)
@@ -57,7 +69,7 @@ def serve(directory: Path, log_level: str) -> None:
             click.echo(line, err=True)
         raise SystemExit(1) from None
     try:
-        trio.run(Node(policies).run)
+        trio.run(Node(policies, poll_interval=POLL_INTERVAL if watch else None).run)
     except OSError as exc:
         click.echo(f"meshnode: cannot start: {exc}", err=True)
         raise SystemExit(1) from None
@@ -83,6 +95,49 @@ def validate(directory: Path) -> None:
         raise SystemExit(1) from None
     names = ", ".join(sorted(policies.upstreams)) or "none"
     click.echo(f"{directory}: valid (version {policies.version}; upstreams: {names})")
+
+
+def _admin_call(admin: str, method: str, path: str) -> tuple[int, Any]:
+    """One admin API call; exits with one clear line when the node cannot be reached."""
+    request = urllib.request.Request(admin.rstrip("/") + path, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        click.echo(f"meshnode: cannot reach the admin API at {admin}: {reason}", err=True)
+        raise SystemExit(2) from None
+
+
+admin_option = click.option(
+    "--admin", default=DEFAULT_ADMIN, show_default=True, help="The node's admin listener."
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the JSON answer.")
+
+
+@main.command()
+@admin_option
+@json_option
+def reload(admin: str, as_json: bool) -> None:
+    """Reload the node's policies now; exit 1 if they were rejected (the old ones stay)."""
+    status, answer = _admin_call(admin, "POST", "/admin/reload")
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+    elif answer.get("applied"):
+        changes = answer.get("changes") or {}
+        listed = "; ".join(f"{kind} {', '.join(names)}" for kind, names in changes.items() if names)
+        click.echo(
+            f"policies reloaded: version {answer['version']}"
+            + (f" ({listed})" if listed else " (no change)")
+        )
+    else:
+        click.echo(f"policies rejected; version {answer.get('version')} stays in force:", err=True)
+        for line in answer.get("errors", []):
+            click.echo(f"  {line}", err=True)
+    if status != 200:
+        raise SystemExit(1)
 
 
 @main.command("demo-upstream")

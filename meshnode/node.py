@@ -102,6 +102,7 @@ class Node:
                         watch_directory,
                         self.policies.directory,
                         functools.partial(self.reload, "file-change"),
+                        baseline=self.policies.fingerprint,
                         poll_interval=self._poll_interval,
                     )
                 )

@@ -13,7 +13,6 @@ are logged, kept for ``/admin/policies`` and published as ``policy-rejected``.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,40 +23,28 @@ import trio
 from meshnode.events import EventBus, PolicyRejected, PolicyReloaded
 from meshnode.policy import PolicyError, PolicySet, load_policies
 from meshnode.policy.diff import PolicyDiff, diff_policies
+from meshnode.policy.load import Fingerprint, fingerprint
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.25
 QUIET_PERIOD = 0.25
 
-Fingerprint = tuple[tuple[str, int, int, int, int], ...]
-
-
-def fingerprint(directory: Path) -> Fingerprint:
-    """Identity, size and mtime of every ``*.toml`` file, following symlinks."""
-    entries = []
-    try:
-        names = sorted(name for name in os.listdir(directory) if name.endswith(".toml"))
-    except OSError:
-        return ()
-    for name in names:
-        try:
-            info = os.stat(directory / name)
-        except OSError:
-            continue  # a dangling symlink mid-swap: the next poll sees the settled state
-        entries.append((name, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
-    return tuple(entries)
-
 
 async def watch_directory(
     directory: Path,
     on_change: Callable[[], Awaitable[object]],
     *,
+    baseline: Fingerprint,
     poll_interval: float = POLL_INTERVAL,
     quiet: float = QUIET_PERIOD,
 ) -> None:
-    """Call ``on_change`` once per settled burst of changes in ``directory``."""
-    last = fingerprint(directory)
+    """Call ``on_change`` once per settled burst of changes in ``directory``.
+
+    ``baseline`` is the fingerprint taken when the policies in force were read,
+    so a change made between that read and this watcher's start is not missed.
+    """
+    last = baseline
     while True:
         await trio.sleep(poll_interval)
         current = fingerprint(directory)

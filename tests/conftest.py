@@ -6,9 +6,11 @@ import functools
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -90,12 +92,50 @@ def require(tool: str) -> str:
     return path
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def start_nghttpd(tmp_path: Path) -> Iterator[Callable[[], str]]:
+    """Start nghttpd from Debian serving a 1 KiB /index.html over cleartext HTTP/2."""
+    docroot = tmp_path / "htdocs"
+    docroot.mkdir()
+    (docroot / "index.html").write_bytes(b"k" * 1024)
+    servers: list[subprocess.Popen[bytes]] = []
+
+    def start() -> str:
+        port = free_port()
+        servers.append(
+            subprocess.Popen(
+                [require("nghttpd"), "--no-tls", "-a", "127.0.0.1", "-d", str(docroot), str(port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return f"127.0.0.1:{port}"
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"nghttpd did not listen on {port}")
+
+    yield start
+    for server in servers:
+        server.kill()
+        server.wait()
+
+
 class NodeProcess:
     """``meshnode serve`` as a user runs it, in its own process."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *options: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "meshnode", "serve", "--policies", str(directory)],
+            [sys.executable, "-m", "meshnode", "serve", "--policies", str(directory), *options],
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -122,11 +162,11 @@ class NodeProcess:
 
 
 @pytest.fixture
-def node_process() -> Iterator[Callable[[Path], NodeProcess]]:
+def node_process() -> Iterator[Callable[..., NodeProcess]]:
     started: list[NodeProcess] = []
 
-    def start(directory: Path) -> NodeProcess:
-        node = NodeProcess(directory)
+    def start(directory: Path, *options: str) -> NodeProcess:
+        node = NodeProcess(directory, *options)
         started.append(node)
         return node
 

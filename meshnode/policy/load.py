@@ -9,6 +9,7 @@ set that is versioned (a file changed mid-read is caught by the next reload).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -70,12 +71,37 @@ class PolicySet:
     upstreams: Mapping[str, UpstreamPolicy]
     version: str  # a content hash of every file, so two nodes can compare what they run
     files: Mapping[str, str]  # upstream name -> the file that defines it
+    fingerprint: Fingerprint = ()  # the files' identities when they were read (see reload)
+
+
+Fingerprint = tuple[tuple[str, int, int, int, int], ...]
+
+
+def fingerprint(directory: Path) -> Fingerprint:
+    """Identity, size and mtime of every ``*.toml`` file, following symlinks.
+
+    Cheap enough to poll: edits, new and deleted files, a rename over a file
+    and a swapped ``..data`` symlink (Kubernetes ConfigMaps) all change it.
+    """
+    try:
+        names = sorted(name for name in os.listdir(directory) if name.endswith(".toml"))
+    except OSError:
+        return ()
+    entries = []
+    for name in names:
+        try:
+            info = os.stat(directory / name)
+        except OSError:
+            continue  # a dangling symlink mid-swap: the next poll sees the settled state
+        entries.append((name, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
+    return tuple(entries)
 
 
 def load_policies(directory: Path | str) -> PolicySet:
     """Read, parse and validate every ``*.toml`` file of ``directory``."""
     directory = Path(directory)
     errors: list[str] = []
+    seen = fingerprint(directory)
     sources = _read_sources(directory, errors)
     digest = hashlib.sha256()
     for path, text in sources.items():
@@ -114,7 +140,7 @@ def load_policies(directory: Path | str) -> PolicySet:
     errors.extend(_route_conflicts(upstreams, files))
     if errors or node is None:
         raise PolicyError(errors)
-    return PolicySet(directory, node, upstreams, digest.hexdigest()[:16], files)
+    return PolicySet(directory, node, upstreams, digest.hexdigest()[:16], files, seen)
 
 
 def _read_sources(directory: Path, errors: list[str]) -> dict[Path, bytes]:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,34 +50,9 @@ def test_serve_refuses_bad_policies(tmp_path: Path) -> None:
     assert f"{tmp_path}/a.toml: upstream.name: expected a string, got 1" in result.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
-def nghttpd(tmp_path: Path) -> Iterator[str]:
-    """nghttpd from Debian, serving a 1 KiB file over cleartext HTTP/2."""
-    docroot = tmp_path / "htdocs"
-    docroot.mkdir()
-    (docroot / "index.html").write_bytes(b"k" * 1024)
-    port = free_port()
-    server = subprocess.Popen(
-        [require("nghttpd"), "--no-tls", "-a", "127.0.0.1", "-d", str(docroot), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"127.0.0.1:{port}"
-    server.kill()
-    server.wait()
+def nghttpd(start_nghttpd) -> str:
+    return start_nghttpd()
 
 
 def test_h2load_thousands_of_requests_none_failed(tmp_path: Path, node_process, nghttpd) -> None:

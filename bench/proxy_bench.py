@@ -5,8 +5,8 @@ and the meshnode process's CPU microseconds per request (from /proc), which is
 steadier than req/s on a shared machine. Quote ratios within one run: absolute
 figures move with the machine's neighbours.
 
-    ./dev bench                 # default scenarios
-    ./dev bench --requests 5000 # fewer requests per scenario
+    ./dev bench proxy                 # default scenarios
+    ./dev bench proxy --requests 5000 # fewer requests per scenario
 """
 
 from __future__ import annotations
@@ -17,34 +17,16 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
+from common import free_port, start_meshnode, start_nghttpd, write_policies
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SCENARIOS = [("c10-m10", 10, 10), ("c50-m1", 50, 1), ("c1-m1", 1, 1)]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for_port(port: int) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -108,49 +90,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="meshnode-bench-"))
     (work / "htdocs").mkdir()
     (work / "htdocs" / "1k").write_bytes(b"k" * 1024)
-    upstream_port, outbound_port, admin_port = free_port(), free_port(), free_port()
+    outbound_port, admin_port = free_port(), free_port()
+    upstream, upstream_port = start_nghttpd(work / "htdocs")
     policies = work / "policies"
-    policies.mkdir()
-    (policies / "node.toml").write_text(
-        textwrap.dedent(f"""
-        [node]
-        name = "bench"
-        [listeners.outbound]
-        address = "127.0.0.1:{outbound_port}"
-        [admin]
-        address = "127.0.0.1:{admin_port}"
-    """)
-    )
-    (policies / "web.toml").write_text(
-        textwrap.dedent(f"""
-        [upstream]
-        name = "web"
-        tls = "none"
-        [discovery]
-        endpoints = ["127.0.0.1:{upstream_port}"]
-    """)
-    )
-    upstream = subprocess.Popen(
-        ["nghttpd", "--no-tls", "-a", "127.0.0.1", "-d", str(work / "htdocs"), str(upstream_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    node = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "meshnode",
-            "serve",
-            "--policies",
-            str(policies),
-            "--log-level",
-            "warning",
-        ],
-    )
+    write_policies(policies, outbound_port, admin_port, {"web": [f"127.0.0.1:{upstream_port}"]})
+    node = start_meshnode(policies, outbound_port)
     results: dict[str, dict[str, object]] = {}
     try:
-        wait_for_port(upstream_port)
-        wait_for_port(outbound_port)
         h2load(f"http://127.0.0.1:{outbound_port}/1k", 2000, 10, 10, "web")  # warm up
         for name, clients, streams in SCENARIOS:
             count = requests if streams > 1 else max(requests // 4, 1000)

@@ -1,0 +1,77 @@
+"""Helpers the benchmarks share: ports, waiting for listeners, starting nghttpd."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port}")
+
+
+def start_nghttpd(docroot: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """nghttpd from Debian serving ``docroot`` over cleartext HTTP/2 on a free port."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["nghttpd", "--no-tls", "-a", "127.0.0.1", "-d", str(docroot), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port)
+    return server, port
+
+
+def write_policies(
+    directory: Path, outbound_port: int, admin_port: int, upstreams: dict[str, list[str]]
+) -> None:
+    """A node.toml on the given ports and one file per upstream with static endpoints."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "node.toml").write_text(
+        f'[node]\nname = "bench"\n'
+        f'[listeners.outbound]\naddress = "127.0.0.1:{outbound_port}"\n'
+        f'[admin]\naddress = "127.0.0.1:{admin_port}"\n'
+    )
+    for name, endpoints in upstreams.items():
+        write_upstream(directory, name, endpoints)
+
+
+def write_upstream(directory: Path, name: str, endpoints: list[str]) -> None:
+    listed = ", ".join(f'"{endpoint}"' for endpoint in endpoints)
+    (directory / f"{name}.toml").write_text(
+        f'[upstream]\nname = "{name}"\ntls = "none"\n[discovery]\nendpoints = [{listed}]\n'
+    )
+
+
+def start_meshnode(policies: Path, outbound_port: int, *options: str) -> subprocess.Popen[bytes]:
+    node = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "meshnode",
+            "serve",
+            "--policies",
+            str(policies),
+            "--log-level",
+            "warning",
+            *options,
+        ],
+    )
+    wait_for_port(outbound_port)
+    return node

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from meshnode.actors.supervisor import RestartPolicy
 from meshnode.events import PolicyRejected, PolicyReloaded
 from meshnode.node import Node, NodeAddresses
 from meshnode.policy import load_policies
@@ -320,3 +321,51 @@ def test_reloads_under_continuous_load_fail_no_request(
     )
     assert sorted(report["upstreams"]) == ["api", "extra"]
     assert [e["address"] for e in report["upstreams"]["api"]["endpoints"]] == [second, first]
+
+
+async def test_a_request_in_flight_keeps_the_policy_it_started_with(
+    tmp_path, nursery, running, hypercorn_upstream
+) -> None:
+    strict = upstream_toml("api", hypercorn_upstream, extra='[timeout]\nrequest = "500ms"\n')
+    directory = write_policies(tmp_path, {"api": strict})
+    node, addresses = await running(directory)
+    async with trio.open_nursery() as requests:
+        answers: list[tuple[int, bytes]] = []
+
+        async def slow_request() -> None:
+            answers.append(await get(addresses.outbound[0], "api", "/slow/1"))
+
+        requests.start_soon(slow_request)
+        with trio.fail_after(10):
+            while not node.groups["api"].in_flight:
+                await trio.sleep(0.01)
+        relaxed = upstream_toml("api", hypercorn_upstream, extra='[timeout]\nrequest = "5s"\n')
+        write_policies(tmp_path, {"api": relaxed})
+        assert (await node.reload("test")).applied
+    assert answers[0][0] == 504  # timed out on the 500 ms it started with
+    assert await get(addresses.outbound[0], "api", "/slow/1") == (200, b"slow answer")
+
+
+async def test_a_crash_looping_critical_upstream_fails_readiness(tmp_path, nursery) -> None:
+    upstream = await answering(nursery, b"ok")
+    critical = upstream_toml("api", upstream).replace(
+        'tls = "none"', 'tls = "none"\ncritical = true'
+    )
+    policies = load_policies(write_policies(tmp_path, {"api": critical}))
+    node = Node(
+        policies,
+        restart_policy=RestartPolicy(initial_backoff=0.01, max_backoff=0.05, storm_limit=2),
+        poll_interval=None,
+    )
+    addresses = await nursery.start(functools.partial(node.run, handle_signals=False))
+    assert (await admin(addresses.admin[0], "GET", "/health/ready"))[0] == 200
+    for _ in range(3):
+        node.groups["api"].inject_fault("breaker")
+        with trio.fail_after(10):
+            while node.groups["api"].breaker.inbox_recv.statistics().current_buffer_used:
+                await trio.sleep(0.01)
+    status, health = await admin(addresses.admin[0], "GET", "/health/ready")
+    assert status == 503
+    check = next(c for c in health["checks"] if c["name"] == "upstream:api")
+    assert (check["status"], check["message"]) == ("unhealthy", "its actors are crash-looping")
+    assert await get(addresses.outbound[0], "api") == (200, b"ok")  # and it still serves

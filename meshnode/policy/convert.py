@@ -16,7 +16,7 @@ from cattrs.errors import ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn
 
 from meshnode.policy.models import Endpoint
-from meshnode.policy.units import Address, Duration
+from meshnode.policy.units import Address, Duration, Size
 
 converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
 
@@ -53,9 +53,11 @@ def _is_literal(kind: Any) -> bool:
 converter.register_structure_hook_func(_is_literal, _structure_literal)
 converter.register_structure_hook(Duration, lambda value, _: Duration.parse(value))
 converter.register_structure_hook(Address, lambda value, _: Address.parse(value))
+converter.register_structure_hook(Size, lambda value, _: Size.parse(value))
 # Unstructured (for /admin/policies) the way the files spell them.
 converter.register_unstructure_hook(Duration, str)
 converter.register_unstructure_hook(Address, str)
+converter.register_unstructure_hook(Size, str)
 
 _endpoint_table = make_dict_structure_fn(Endpoint, converter, _cattrs_forbid_extra_keys=True)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from meshnode.policy.checks import check_resilience
 from meshnode.policy.convert import converter, error_lines
 from meshnode.policy.models import NodePolicy, UpstreamPolicy
 
@@ -33,26 +34,33 @@ _NOT_YET_NODE = {
     "admin.token_file": "the admin plane",
 }
 _NOT_YET_UPSTREAM = {
-    "balancer": "load balancing",
-    "circuit_breaker": "resilience",
-    "retry": "resilience",
-    "rate_limit": "resilience",
-    "fallback": "resilience",
-    "chaos": "resilience",
+    "balancer.session_affinity": "load balancing",
     "health_check": "health checking",
     "outlier_detection": "health checking",
 }
 _NOT_YET_VALUES = {
     ("upstream.tls", "mesh"): "mTLS identity and authorization",
     ("upstream.protocol", "http1"): "HTTP/1.1 support",
+    ("fallback.kind", "queue"): "the durable queue fallback",
     **{
         ("discovery.backend", backend): "service discovery"
         for backend in ("file", "dns", "consul", "kubernetes", "etcd")
     },
+    **{
+        ("balancer.strategy", strategy): "load balancing"
+        for strategy in (
+            "least-connections",
+            "weighted-round-robin",
+            "least-response-time",
+            "ip-hash",
+            "random",
+        )
+    },
 }
 # A value that selects a table's whole shape: when it is not supported yet, the
 # rest of its table is not checked either (its keys would all look unknown).
-_SELECTORS = {"discovery.backend"}
+# The table is emptied when the section is required, dropped when it is optional.
+_SELECTORS = {"discovery.backend": True, "fallback.kind": False}
 _UPSTREAM_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 
 
@@ -138,6 +146,7 @@ def load_policies(directory: Path | str) -> PolicySet:
         files[policy.name] = str(path)
 
     errors.extend(_route_conflicts(upstreams, files))
+    errors.extend(_fallback_targets(upstreams, files))
     if errors or node is None:
         raise PolicyError(errors)
     return PolicySet(directory, node, upstreams, digest.hexdigest()[:16], files, seen)
@@ -197,6 +206,7 @@ def _upstream_policy(path: Path, raw: dict[str, Any], errors: list[str]) -> Upst
     for index, route in enumerate(policy.routes):
         if not route.path_prefix.startswith("/"):
             errors.append(f"{path}: routes.{index}.path_prefix: must start with '/'")
+    errors.extend(f"{path}: {key}: {reason}" for key, reason in check_resilience(policy))
     return policy if len(errors) == before else None
 
 
@@ -223,7 +233,10 @@ def _not_yet(raw: dict[str, Any], sections: Mapping[str, str]) -> Iterator[tuple
         table = raw.get(section)
         if isinstance(table, dict) and table.get(key) == value:
             if dotted in _SELECTORS:
-                raw[section] = {}
+                if _SELECTORS[dotted]:
+                    raw[section] = {}
+                else:
+                    del raw[section]
             else:
                 del table[key]
             yield dotted, f'"{value}" is not supported yet (arrives with {work})'
@@ -251,3 +264,18 @@ def _route_conflicts(
             other = claimed.setdefault(key, name)
             if other != name:
                 yield f"{files[name]}: routes.{index}: the same route is claimed by {other!r}"
+
+
+def _fallback_targets(
+    upstreams: Mapping[str, UpstreamPolicy], files: Mapping[str, str]
+) -> Iterator[str]:
+    for name, policy in upstreams.items():
+        fallback = policy.fallback
+        if fallback is None or fallback.kind != "upstream":
+            continue
+        if fallback.upstream is None:
+            yield f'{files[name]}: fallback.upstream: required when kind is "upstream"'
+        elif fallback.upstream == name:
+            yield f"{files[name]}: fallback.upstream: an upstream cannot be its own fallback"
+        elif fallback.upstream not in upstreams:
+            yield f"{files[name]}: fallback.upstream: no upstream is named {fallback.upstream!r}"

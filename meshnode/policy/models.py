@@ -11,7 +11,7 @@ from typing import Literal
 
 import attrs
 
-from meshnode.policy.units import Address, Duration
+from meshnode.policy.units import Address, Duration, Size
 
 
 @attrs.frozen
@@ -45,11 +45,104 @@ class TimeoutPolicy:
     per_try: Duration | None = None
 
 
+FAILURE_KINDS = ("connect-failure", "refused-stream", "reset", "timeout", "5xx")
+RETRY_CONDITIONS = ("connect-failure", "refused-stream", "reset", "timeout")
+GRPC_RETRY_STATUSES = {
+    "cancelled": 1,
+    "unknown": 2,
+    "deadline-exceeded": 4,
+    "resource-exhausted": 8,
+    "aborted": 10,
+    "internal": 13,
+    "unavailable": 14,
+}
+FALLBACK_CONDITIONS = ("circuit-open", "no-healthy-endpoints", "retries-exhausted", "timeout")
+
+
+@attrs.frozen
+class CircuitBreakerPolicy:
+    failure_threshold: int = 5
+    failure_threshold_percentage: float = 50.0
+    volume_threshold: int = 10
+    window: Duration = Duration(10)
+    reset_timeout: Duration = Duration(30)
+    half_open_max_requests: int = 3
+    # connect-failure | refused-stream | reset | timeout | 5xx (except 501) | a status like "429"
+    failure_on: tuple[str, ...] = ("connect-failure", "reset", "timeout", "5xx")
+    slow_call_duration: Duration | None = None
+    slow_call_rate_percentage: float = 100.0
+
+
+@attrs.frozen
+class RetryBudgetPolicy:
+    ratio: float = 0.2
+    min_per_second: float = 10.0
+
+
+@attrs.frozen
+class RetryPolicy:
+    max_retries: int = 2
+    initial_delay: Duration = Duration(0.1)
+    max_delay: Duration = Duration(5)
+    backoff: Literal["exponential", "linear", "fibonacci", "constant"] = "exponential"
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    # connect-failure | refused-stream | reset | timeout | an HTTP status | a gRPC status name
+    retry_on: tuple[str, ...] = ("connect-failure", "refused-stream", "reset", "503")
+    budget: RetryBudgetPolicy = RetryBudgetPolicy()
+    retry_non_idempotent: bool = False
+    buffer: Size = Size(64 * 1024)
+
+
+@attrs.frozen
+class FallbackPolicy:
+    kind: Literal["static", "upstream", "stale-cache"]
+    on: tuple[str, ...] = ("circuit-open", "no-healthy-endpoints")
+    status: int = 200
+    body: str = ""
+    headers: dict[str, str] = attrs.field(factory=dict)
+    upstream: str | None = None
+    max_age: Duration = Duration(600)
+    max_entries: int = 1000
+
+
+@attrs.frozen
+class BalancerPolicy:
+    strategy: Literal["round-robin"] = "round-robin"
+    max_connections_per_instance: int = 1024
+    max_pending: int = 1024
+    queue_timeout: Duration = Duration(1)
+
+
+@attrs.frozen
+class RateLimitPolicy:
+    requests_per_second: float
+    burst: int | None = None  # default: one second's worth
+    per: Literal["upstream", "client"] = "upstream"
+    client_header: str = "x-client-id"
+    max_clients: int = 10_000
+
+
+@attrs.frozen
+class ChaosPolicy:
+    abort_percent: float = 0.0
+    abort_status: int = 503
+    delay_percent: float = 0.0
+    delay: Duration = Duration(0)
+    header_faults: bool = False
+
+
 @attrs.frozen
 class UpstreamDefaults:
     """The ``[defaults]`` table of node.toml: upstream sections that every upstream inherits."""
 
     timeout: TimeoutPolicy | None = None
+    balancer: BalancerPolicy | None = None
+    circuit_breaker: CircuitBreakerPolicy | None = None
+    retry: RetryPolicy | None = None
+    rate_limit: RateLimitPolicy | None = None
+    fallback: FallbackPolicy | None = None
+    chaos: ChaosPolicy | None = None
 
 
 @attrs.frozen
@@ -98,6 +191,12 @@ class UpstreamPolicy:
     discovery: Discovery
     routes: tuple[Route, ...] = ()
     timeout: TimeoutPolicy = TimeoutPolicy()
+    balancer: BalancerPolicy = BalancerPolicy()
+    circuit_breaker: CircuitBreakerPolicy | None = None  # absent: no breaker
+    retry: RetryPolicy | None = None  # absent: only never-processed requests are sent again
+    rate_limit: RateLimitPolicy | None = None
+    fallback: FallbackPolicy | None = None
+    chaos: ChaosPolicy | None = None
 
     @property
     def name(self) -> str:

@@ -60,3 +60,36 @@ class Address:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)\s*$")
+_UNIT_BYTES = {
+    "B": 1,
+    "KiB": 1024,
+    "MiB": 1024**2,
+    "GiB": 1024**3,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+}
+
+
+class Size(int):
+    """Bytes, written in policy files as a string with a unit ("64KiB", "1MiB", "512B")."""
+
+    @classmethod
+    def parse(cls, value: object) -> Size:
+        if isinstance(value, str):
+            match = _SIZE.match(value)
+            if match:
+                return cls(int(match.group(1)) * _UNIT_BYTES[match.group(2)])
+        raise ValueError(f'expected a size like "64KiB", got {value!r}')
+
+    def __str__(self) -> str:
+        for unit in ("GiB", "MiB", "KiB"):
+            if self and self % _UNIT_BYTES[unit] == 0:
+                return f"{self // _UNIT_BYTES[unit]}{unit}"
+        return f"{int(self)}B"
+
+    def __repr__(self) -> str:
+        return f"Size({self})"

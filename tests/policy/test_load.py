@@ -111,14 +111,14 @@ def test_errors_of_several_files_are_all_reported(tmp_path: Path) -> None:
 
 
 def test_later_sections_are_refused_not_ignored(tmp_path: Path) -> None:
-    upstream = UPSTREAM + "[circuit_breaker]\nfailure_threshold = 5\n[retry]\nmax_retries = 1\n"
+    upstream = UPSTREAM + "[health_check]\npath = '/health'\n[balancer]\nsession_affinity = {}\n"
     node = NODE + "[limits]\nmax = 1\n[listeners.inbound]\naddress = '0.0.0.0:15443'\n"
     assert errors_of(write(tmp_path, node=node, payments=upstream)) == [
         "node.toml: listeners.inbound: not supported yet (arrives with mTLS identity and "
         "authorization)",
         "node.toml: limits: not supported yet (arrives with hardening)",
-        "payments.toml: circuit_breaker: not supported yet (arrives with resilience)",
-        "payments.toml: retry: not supported yet (arrives with resilience)",
+        "payments.toml: balancer.session_affinity: not supported yet (arrives with load balancing)",
+        "payments.toml: health_check: not supported yet (arrives with health checking)",
     ]
 
 
@@ -195,3 +195,101 @@ def test_not_utf8(tmp_path: Path) -> None:
 def test_version_does_not_depend_on_where_the_directory_is(tmp_path: Path) -> None:
     shutil.copytree(EXAMPLES, tmp_path / "p")
     assert load_policies(tmp_path / "p").version == load_policies(EXAMPLES).version
+
+
+def test_resilience_sections_load(tmp_path: Path) -> None:
+    upstream = (
+        UPSTREAM
+        + """
+[circuit_breaker]
+failure_threshold = 3
+reset_timeout = "5m"
+failure_on = ["connect-failure", "5xx", "429"]
+
+[retry]
+max_retries = 4
+backoff = "fibonacci"
+retry_on = ["reset", "503", "unavailable"]
+budget = { ratio = 0.1, min_per_second = 5 }
+buffer = "1MiB"
+
+[fallback]
+on = ["circuit-open", "timeout"]
+kind = "static"
+status = 503
+body = '{"status":"degraded"}'
+
+[balancer]
+max_connections_per_instance = 10
+
+[rate_limit]
+requests_per_second = 100
+per = "client"
+
+[chaos]
+abort_percent = 1.5
+delay = "200ms"
+"""
+    )
+    policy = load_policies(write(tmp_path, node=NODE, payments=upstream)).upstreams["payments"]
+    assert policy.circuit_breaker is not None and policy.circuit_breaker.reset_timeout == 300
+    assert policy.retry is not None and policy.retry.buffer == 1024 * 1024
+    assert policy.retry.budget.ratio == 0.1
+    assert policy.fallback is not None and policy.fallback.status == 503
+    assert policy.balancer.max_connections_per_instance == 10
+    assert policy.rate_limit is not None and policy.rate_limit.per == "client"
+    assert policy.chaos is not None and policy.chaos.delay == 0.2
+
+
+def test_resilience_values_out_of_range(tmp_path: Path) -> None:
+    upstream = (
+        UPSTREAM
+        + """
+[circuit_breaker]
+failure_threshold = 0
+failure_on = ["teapot"]
+
+[retry]
+jitter = 1.5
+retry_on = ["sometimes"]
+buffer = "lots"
+
+[fallback]
+kind = "upstream"
+on = ["whenever"]
+
+[chaos]
+abort_percent = 150
+"""
+    )
+    assert errors_of(write(tmp_path, node=NODE, payments=upstream)) == [
+        "payments.toml: retry.buffer: expected a size like \"64KiB\", got 'lots'",
+    ]
+    (tmp_path / "payments.toml").write_text(upstream.replace('buffer = "lots"\n', ""))
+    assert errors_of(tmp_path) == [
+        "payments.toml: circuit_breaker.failure_threshold: must be at least 1, got 0",
+        "payments.toml: circuit_breaker.failure_on.0: expected one of connect-failure, "
+        "refused-stream, reset, timeout, 5xx or an HTTP status, got 'teapot'",
+        "payments.toml: retry.jitter: expected a fraction from 0 up to 1, got 1.5",
+        "payments.toml: retry.retry_on.0: expected one of connect-failure, refused-stream, reset, "
+        "timeout, an HTTP status or a gRPC status (cancelled, unknown, deadline-exceeded, "
+        "resource-exhausted, aborted, internal, unavailable), got 'sometimes'",
+        "payments.toml: fallback.on.0: expected one of circuit-open, no-healthy-endpoints, "
+        "retries-exhausted, timeout, got 'whenever'",
+        "payments.toml: chaos.abort_percent: expected a percentage from 0 to 100, got 150",
+    ]
+
+
+def test_fallback_upstream_must_exist(tmp_path: Path) -> None:
+    upstream = UPSTREAM + '[fallback]\nkind = "upstream"\nupstream = "backup"\n'
+    assert errors_of(write(tmp_path, node=NODE, payments=upstream)) == [
+        "payments.toml: fallback.upstream: no upstream is named 'backup'"
+    ]
+
+
+def test_queue_fallback_is_not_yet(tmp_path: Path) -> None:
+    upstream = UPSTREAM + '[fallback]\nkind = "queue"\nmax_depth = 10\n'
+    assert errors_of(write(tmp_path, node=NODE, payments=upstream)) == [
+        'payments.toml: fallback.kind: "queue" is not supported yet (arrives with the durable '
+        "queue fallback)"
+    ]

@@ -1,0 +1,107 @@
+"""Range and vocabulary checks that types alone cannot express (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from meshnode.policy.models import (
+    FAILURE_KINDS,
+    FALLBACK_CONDITIONS,
+    GRPC_RETRY_STATUSES,
+    RETRY_CONDITIONS,
+    UpstreamPolicy,
+)
+
+
+def _is_status(value: str) -> bool:
+    return len(value) == 3 and value.isdigit() and 100 <= int(value) <= 599
+
+
+def check_resilience(policy: UpstreamPolicy) -> Iterator[tuple[str, str]]:
+    """Yield ``(key.path, reason)`` for every value out of its range or vocabulary."""
+    breaker = policy.circuit_breaker
+    if breaker is not None:
+        yield from _at_least("circuit_breaker.failure_threshold", breaker.failure_threshold, 1)
+        yield from _percent(
+            "circuit_breaker.failure_threshold_percentage", breaker.failure_threshold_percentage
+        )
+        yield from _at_least("circuit_breaker.volume_threshold", breaker.volume_threshold, 1)
+        yield from _at_least(
+            "circuit_breaker.half_open_max_requests", breaker.half_open_max_requests, 1
+        )
+        yield from _positive("circuit_breaker.window", breaker.window)
+        yield from _percent(
+            "circuit_breaker.slow_call_rate_percentage", breaker.slow_call_rate_percentage
+        )
+        for index, kind in enumerate(breaker.failure_on):
+            if kind not in FAILURE_KINDS and not _is_status(kind):
+                yield (
+                    f"circuit_breaker.failure_on.{index}",
+                    f"expected one of {', '.join(FAILURE_KINDS)} or an HTTP status, got {kind!r}",
+                )
+    retry = policy.retry
+    if retry is not None:
+        yield from _at_least("retry.max_retries", retry.max_retries, 0)
+        yield from _positive("retry.initial_delay", retry.initial_delay)
+        if retry.max_delay < retry.initial_delay:
+            yield "retry.max_delay", "must not be less than initial_delay"
+        if not 0 <= retry.jitter < 1:
+            yield "retry.jitter", f"expected a fraction from 0 up to 1, got {retry.jitter}"
+        if retry.multiplier < 1:
+            yield "retry.multiplier", f"must be at least 1, got {retry.multiplier}"
+        if retry.budget.ratio < 0 or retry.budget.min_per_second < 0:
+            yield "retry.budget", "ratio and min_per_second must not be negative"
+        for index, condition in enumerate(retry.retry_on):
+            if not (
+                condition in RETRY_CONDITIONS
+                or condition in GRPC_RETRY_STATUSES
+                or _is_status(condition)
+            ):
+                yield (
+                    f"retry.retry_on.{index}",
+                    f"expected one of {', '.join(RETRY_CONDITIONS)}, an HTTP status or a gRPC "
+                    f"status ({', '.join(GRPC_RETRY_STATUSES)}), got {condition!r}",
+                )
+    fallback = policy.fallback
+    if fallback is not None:
+        for index, condition in enumerate(fallback.on):
+            if condition not in FALLBACK_CONDITIONS:
+                yield (
+                    f"fallback.on.{index}",
+                    f"expected one of {', '.join(FALLBACK_CONDITIONS)}, got {condition!r}",
+                )
+        if not 100 <= fallback.status <= 599:
+            yield "fallback.status", f"expected an HTTP status, got {fallback.status}"
+        yield from _at_least("fallback.max_entries", fallback.max_entries, 1)
+    balancer = policy.balancer
+    yield from _at_least(
+        "balancer.max_connections_per_instance", balancer.max_connections_per_instance, 1
+    )
+    yield from _at_least("balancer.max_pending", balancer.max_pending, 0)
+    limit = policy.rate_limit
+    if limit is not None:
+        yield from _positive("rate_limit.requests_per_second", limit.requests_per_second)
+        if limit.burst is not None:
+            yield from _at_least("rate_limit.burst", limit.burst, 1)
+        yield from _at_least("rate_limit.max_clients", limit.max_clients, 1)
+    chaos = policy.chaos
+    if chaos is not None:
+        yield from _percent("chaos.abort_percent", chaos.abort_percent)
+        yield from _percent("chaos.delay_percent", chaos.delay_percent)
+        if not 100 <= chaos.abort_status <= 599:
+            yield "chaos.abort_status", f"expected an HTTP status, got {chaos.abort_status}"
+
+
+def _at_least(key: str, value: int, minimum: int) -> Iterator[tuple[str, str]]:
+    if value < minimum:
+        yield key, f"must be at least {minimum}, got {value}"
+
+
+def _positive(key: str, value: float) -> Iterator[tuple[str, str]]:
+    if value <= 0:
+        yield key, f"must be more than 0, got {value:g}"
+
+
+def _percent(key: str, value: float) -> Iterator[tuple[str, str]]:
+    if not 0 <= value <= 100:
+        yield key, f"expected a percentage from 0 to 100, got {value:g}"

@@ -6,6 +6,7 @@ SPEC section 5: every response the node makes itself carries
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 
@@ -13,13 +14,17 @@ class MeshError(Exception):
     """A request the node answers itself instead of the upstream."""
 
     reason: ClassVar[str]
-    status: ClassVar[int]
+    status: int  # a class default; an instance may carry its own (chaos-abort)
 
     def __init__(self, detail: str, upstream: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.upstream = upstream
         self.request_id: bytes | None = None  # echoed, so a caller can find the request in logs
+        self.retries_exhausted = False  # retries were allowed, and none is left
+
+    def extra_headers(self) -> list[tuple[bytes, bytes]]:
+        return []
 
 
 class NoRoute(MeshError):
@@ -29,6 +34,16 @@ class NoRoute(MeshError):
 
 class NoHealthyEndpoints(MeshError):
     reason = "no-healthy-endpoints"
+    status = 503
+
+
+class CircuitOpen(MeshError):
+    reason = "circuit-open"
+    status = 503
+
+
+class BulkheadFull(MeshError):
+    reason = "bulkhead-full"
     status = 503
 
 
@@ -42,9 +57,45 @@ class UpstreamReset(MeshError):
     status = 502
 
 
+class UpstreamFailed(MeshError):
+    """The upstream's own answer was a failure (a retryable status) and no retry is left.
+
+    Raised instead of relaying that answer only when a fallback is configured
+    for ``retries-exhausted``; it is answered only if the fallback has nothing.
+    """
+
+    reason = "retries-exhausted"
+    status = 503
+
+    def __init__(self, detail: str, upstream: str | None = None) -> None:
+        super().__init__(detail, upstream)
+        self.status_seen = 0  # what the upstream answered
+
+
 class Timeout(MeshError):
     reason = "timeout"
     status = 504
+
+
+class RateLimited(MeshError):
+    reason = "rate-limited"
+    status = 429
+
+    def __init__(self, detail: str, upstream: str | None, retry_after: float) -> None:
+        super().__init__(detail, upstream)
+        self.retry_after = retry_after
+
+    def extra_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", str(max(1, math.ceil(self.retry_after))).encode())]
+
+
+class ChaosAbort(MeshError):
+    reason = "chaos-abort"
+    status = 503
+
+    def __init__(self, detail: str, upstream: str | None, status: int) -> None:
+        super().__init__(detail, upstream)
+        self.status = status
 
 
 class BadRequest(MeshError):

@@ -41,6 +41,20 @@ class ActorRestarted(Event):
 
 
 @attrs.frozen(kw_only=True)
+class BreakerStateChanged(Event):
+    type = "breaker-state-change"
+    upstream: str
+    from_: str
+    to: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        payload = super().to_json()
+        payload["from"] = payload.pop("from_")
+        return payload
+
+
+@attrs.frozen(kw_only=True)
 class ServiceChanged(Event):
     type = "service-changed"
     upstream: str

@@ -8,6 +8,7 @@ a restart heals a lost message as well as a bad state.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, ClassVar
 
 import trio
@@ -19,11 +20,16 @@ from meshnode.actors.messages import (
     EndpointsReset,
     InjectedFault,
     PolicyChanged,
-    RequestFinished,
 )
-from meshnode.actors.snapshots import BreakerState, BreakerStatistics
-from meshnode.events import ServiceChanged
-from meshnode.policy.models import Endpoint
+from meshnode.events import BreakerStateChanged, ServiceChanged
+from meshnode.policy.models import CircuitBreakerPolicy, Endpoint
+from meshnode.resilience.core.breaker import (
+    BreakerConfig,
+    BreakerCore,
+    BreakerState,
+    Override,
+    Transition,
+)
 
 if TYPE_CHECKING:
     from meshnode.actors.group import UpstreamGroup
@@ -105,30 +111,92 @@ class HealthProber(Actor):
 
 
 class Breaker(Actor):
-    """Counts outcomes; the state machine arrives with the resilience issue (always closed)."""
+    """Owns the upstream's circuit breaker: its timer, reconfiguration and operator overrides.
+
+    ``core`` is None when the policy has no ``[circuit_breaker]``. The request
+    path calls ``admit`` and ``record`` synchronously (see group.py).
+    """
 
     name = "breaker"
 
     def __init__(self, group: UpstreamGroup) -> None:
         super().__init__(group)
-        self.state = BreakerState.CLOSED
-        self.successes = 0
-        self.failures = 0
-        self.dropped = 0
+        self.override = Override.AUTO
+        self.core = self._make_core(group.policy.circuit_breaker)
 
-    def offer(self, outcome: RequestFinished) -> None:
-        """From the request path: never waits; when the inbox is full the sample is dropped."""
-        try:
-            self.inbox_send.send_nowait(outcome)
-        except trio.WouldBlock:
-            self.dropped += 1
+    def _make_core(self, policy: CircuitBreakerPolicy | None) -> BreakerCore | None:
+        if policy is None:
+            return None
+        core = BreakerCore(breaker_config(policy), trio.current_time(), self._announce)
+        core.force(self.override, trio.current_time())
+        return core
+
+    async def run(self) -> None:
+        """Messages as every actor, and between them the OPEN -> HALF_OPEN timer."""
+        while True:
+            deadline = self.core.next_deadline() if self.core is not None else None
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                message = await self.inbox_recv.receive()
+                if isinstance(message, CrashForTest):
+                    raise InjectedFault(f"{self.name}: {message.reason}")
+                await self.handle(message)
+                continue
+            if self.core is not None:
+                self.core.poll(trio.current_time())
 
     async def handle(self, message: object) -> None:
-        if isinstance(message, RequestFinished):
-            if 0 < message.status < 500:
-                self.successes += 1
+        if isinstance(message, PolicyChanged):
+            policy = message.policy.circuit_breaker
+            if policy is None:
+                self.core = None
+            elif self.core is None:
+                self.core = self._make_core(policy)
             else:
-                self.failures += 1
+                self.core.reconfigure(breaker_config(policy))
 
-    def statistics(self) -> BreakerStatistics:
-        return BreakerStatistics(self.state, self.successes, self.failures, self.dropped)
+    def force(self, override: Override) -> None:
+        """Operator override, kept across reloads until set back to auto."""
+        self.override = override
+        if self.core is not None:
+            self.core.force(override, trio.current_time())
+
+    def _announce(self, transition: Transition) -> None:
+        self.group.bus.publish(
+            BreakerStateChanged(
+                upstream=self.group.name,
+                from_=transition.previous.value,
+                to=transition.current.value,
+                reason=transition.reason,
+            )
+        )
+
+    def report(self) -> dict[str, object]:
+        core = self.core
+        if core is None:
+            return {"enabled": False, "state": BreakerState.CLOSED.value}
+        now = trio.current_time()
+        calls, failures, _ = core.window_counts(now)
+        return {
+            "enabled": True,
+            "state": core.state.value,
+            "override": core.override.value,
+            "seconds_in_state": round(now - core.state_since, 3),
+            "total_requests": core.total_calls,
+            "total_failures": core.total_failures,
+            "rejected_requests": core.rejected,
+            "window": {"requests": calls, "failures": failures},
+            "consecutive_failures": core.consecutive_failures,
+        }
+
+
+def breaker_config(policy: CircuitBreakerPolicy) -> BreakerConfig:
+    return BreakerConfig(
+        failure_threshold=policy.failure_threshold,
+        failure_threshold_percentage=policy.failure_threshold_percentage,
+        volume_threshold=policy.volume_threshold,
+        window=policy.window,
+        reset_timeout=policy.reset_timeout,
+        half_open_max_requests=policy.half_open_max_requests,
+        slow_call_duration=policy.slow_call_duration,
+        slow_call_rate_percentage=policy.slow_call_rate_percentage,
+    )

@@ -5,14 +5,18 @@ each fed by its own bounded channel:
 
     discovery watcher --EndpointsReset/Added/Removed--> balancer --> EndpointSet snapshot
     health prober     (probing arrives with the health issue)
-    breaker           <--RequestFinished (send_nowait, dropped when full)-- request path
+    breaker           owns the breaker state machine: its timer, reloads, operator overrides
 
-The request path never waits on an actor: it reads the snapshots published on
-this object (``endpoints``, ``policy``) and reports each outcome with a
-non-blocking send. A reload hands the group a new policy (``update_policy``):
-the group's ``policy`` changes for requests that start afterwards, and every
-actor is told, so state that the change does not concern (breaker counts,
-sessions, latency averages) carries on.
+The request path never waits on an actor. It reads the snapshots published on
+this object (``endpoints``, ``policy``), takes an endpoint slot (``acquire``,
+the bulkhead) and gives it back with the outcome (``release``). The breaker's
+admission and outcome recording are synchronous calls into its sans-IO core:
+strict half-open admission under concurrency cannot wait for a channel round
+trip, and in Trio's single thread a synchronous call is exactly an actor that
+answers at once. A reload hands the group a new policy (``update_policy``):
+requests that start afterwards use it, every actor is told, and state that the
+change does not concern (breaker state, budgets, buckets, caches, latency
+averages) carries on.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ import attrs
 import trio
 
 from meshnode.actors.actors import Actor, Balancer, Breaker, DiscoveryWatcher, HealthProber
-from meshnode.actors.messages import CrashForTest, PolicyChanged, RequestFinished
+from meshnode.actors.messages import CrashForTest, PolicyChanged
+from meshnode.actors.protections import Protections
 from meshnode.actors.snapshots import EndpointSet
 from meshnode.actors.supervisor import RestartPolicy, Supervisor
-from meshnode.errors import NoHealthyEndpoints
+from meshnode.errors import BulkheadFull, NoHealthyEndpoints
 from meshnode.events import EventBus
 from meshnode.policy.models import Endpoint, UpstreamPolicy
 from meshnode.policy.units import Address
@@ -53,9 +58,14 @@ class UpstreamGroup:
         self.bus = bus
         self.endpoints = EndpointSet(())
         self.supervisor = Supervisor(policy.name, bus, restart)
+        self.protections = Protections(policy)
         self.load: dict[Address, EndpointLoad] = {}
         self.in_flight = 0
+        self.pending = 0
+        self.rejected = {"bulkhead-full": 0}
+        self.fallbacks: dict[str, int] = {}
         self._drained = trio.Event()
+        self._slot_freed = trio.Event()
         self._picker: RoundRobin[Endpoint] = RoundRobin()
         self._first_snapshot = trio.Event()
         self._cancel_scope = trio.CancelScope()
@@ -88,26 +98,61 @@ class UpstreamGroup:
         for endpoint in endpoints:
             self.load.setdefault(endpoint.address, EndpointLoad())
         self._first_snapshot.set()
+        self._pulse_slot()
 
-    # -- the request path ----------------------------------------------------
+    # -- the request path: endpoints and the bulkhead ----------------------------
 
-    def pick(self) -> Endpoint:
-        endpoint = self._picker.pick(self.endpoints.endpoints)
+    async def acquire(self, avoid: Address | None = None) -> tuple[Endpoint, EndpointLoad]:
+        """An endpoint with a free slot (the bulkhead), preferring one other than ``avoid``.
+
+        When every endpoint is at ``max_connections_per_instance``, up to
+        ``max_pending`` requests wait ``queue_timeout`` for a slot; others get
+        ``bulkhead-full`` at once.
+        """
+        endpoint = self._free_endpoint(avoid)
         if endpoint is None:
-            raise NoHealthyEndpoints("no endpoint is available", self.name)
-        return endpoint
-
-    def request_started(self, endpoint: Endpoint) -> EndpointLoad:
+            balancer = self.policy.balancer
+            if self.pending >= balancer.max_pending:
+                self.rejected["bulkhead-full"] += 1
+                raise BulkheadFull(
+                    f"every endpoint is at {balancer.max_connections_per_instance} requests "
+                    f"and {self.pending} are waiting",
+                    self.name,
+                )
+            self.pending += 1
+            try:
+                with trio.move_on_after(balancer.queue_timeout):
+                    while endpoint is None:
+                        await self._slot_freed.wait()
+                        endpoint = self._free_endpoint(avoid)
+            finally:
+                self.pending -= 1
+            if endpoint is None:
+                self.rejected["bulkhead-full"] += 1
+                raise BulkheadFull(
+                    f"no endpoint slot came free within {balancer.queue_timeout:g}s", self.name
+                )
         load = self.load.get(endpoint.address)
         if load is None:
             load = self.load[endpoint.address] = EndpointLoad()
         load.in_flight += 1
         self.in_flight += 1
-        return load
+        return endpoint, load
 
-    def request_finished(
-        self, endpoint: Endpoint, load: EndpointLoad, status: int, latency: float
-    ) -> None:
+    def _free_endpoint(self, avoid: Address | None) -> Endpoint | None:
+        endpoints = self.endpoints.endpoints
+        if not endpoints:
+            raise NoHealthyEndpoints("no endpoint is available", self.name)
+        limit = self.policy.balancer.max_connections_per_instance
+        load = self.load
+        free = [
+            e for e in endpoints if (e.address not in load or load[e.address].in_flight < limit)
+        ]
+        if avoid is not None and len(free) > 1:
+            free = [e for e in free if e.address != avoid] or free
+        return self._picker.pick(free)
+
+    def release(self, load: EndpointLoad, latency: float) -> None:
         load.in_flight -= 1
         previous = load.ewma_latency
         load.ewma_latency = (
@@ -117,15 +162,22 @@ class UpstreamGroup:
         if self.in_flight == 0:
             self._drained.set()
             self._drained = trio.Event()
-        self.breaker.offer(RequestFinished(endpoint.address, status, latency))
+        self._pulse_slot()
+
+    def _pulse_slot(self) -> None:
+        if self.pending:
+            self._slot_freed.set()
+            self._slot_freed = trio.Event()
 
     # -- reload and operations -----------------------------------------------
 
     async def update_policy(self, policy: UpstreamPolicy) -> None:
         self.policy = policy
+        self.protections = Protections(policy, self.protections)
         change = PolicyChanged(policy)
         for actor in self.actors:
             await actor.inbox_send.send(change)
+        self._pulse_slot()  # a larger bulkhead may free waiting requests
 
     async def drain(self, timeout: float) -> bool:
         """Wait until no request of this upstream is in flight; False if ``timeout`` passed."""
@@ -146,19 +198,24 @@ class UpstreamGroup:
 
     def report(self) -> dict[str, Any]:
         """What ``/admin/upstreams`` shows for this upstream."""
-        breaker = self.breaker.statistics()
+        protections = self.protections
+        budget = protections.retry_budget
+        limiter = protections.rate_limiter
         return {
-            "strategy": "round-robin",
+            "strategy": self.policy.balancer.strategy,
             "discovery": self.policy.discovery.backend,
             "failed": self.failed,
             "in_flight": self.in_flight,
+            "pending": self.pending,
             "actor_restarts": dict(self.supervisor.restarts),
-            "breaker": {
-                "state": breaker.state.value,
-                "successes": breaker.successes,
-                "failures": breaker.failures,
-                "outcomes_dropped": breaker.outcomes_dropped,
+            "breaker": self.breaker.report(),
+            "retries": {
+                **protections.retries,
+                "budget_exhausted": budget.exhausted if budget is not None else 0,
             },
+            "rate_limited": limiter.limited if limiter is not None else 0,
+            "rejected": dict(self.rejected),
+            "fallbacks": dict(self.fallbacks),
             "endpoints": [self._endpoint_report(endpoint) for endpoint in self.endpoints.endpoints],
         }
 

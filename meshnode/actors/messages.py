@@ -40,15 +40,6 @@ class PolicyChanged:
 
 
 @attrs.frozen
-class RequestFinished:
-    """An outcome from the request path, sent without waiting (dropped if the inbox is full)."""
-
-    endpoint: Address
-    status: int  # the upstream's status, or 0 when there was none (reset, connect failure)
-    latency: float
-
-
-@attrs.frozen
 class CrashForTest:
     """The test-only fault hook: the receiving actor raises ``InjectedFault``."""
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import enum
-
 import attrs
 
 from meshnode.policy.models import Endpoint
@@ -15,17 +13,3 @@ class EndpointSet:
 
     endpoints: tuple[Endpoint, ...]
     version: int = 0
-
-
-class BreakerState(enum.Enum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half-open"
-
-
-@attrs.frozen
-class BreakerStatistics:
-    state: BreakerState
-    successes: int
-    failures: int
-    outcomes_dropped: int  # outcomes the request path could not queue (inbox full)

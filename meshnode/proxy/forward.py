@@ -1,13 +1,16 @@
-"""Forward one downstream HTTP/2 stream to an upstream, streaming both ways.
+"""Theory of operation: the outbound request path.
 
-One task serves a request; a second runs only while a request body is being
-uploaded. Bodies are relayed item by item, and a received DATA frame is
-acknowledged (window handed back to the sender) only once the other side has
-accepted it, so flow control holds end to end. Resets cross over: a client
-reset cancels the task (the stream's cancel scope) and the upstream stream is
-reset on the way out; an upstream reset before the response head becomes a
-502 ``upstream-reset``, after it a reset of the client's stream, never a
-truncated success.
+    route -> rate limit -> chaos -> breaker gate
+          -> [retry loop: endpoint slot (bulkhead) -> one try (attempt.py)]
+          -> outcome to the breaker -> fallback if configured -> response
+
+One task serves a request (a second only while a request body uploads). The
+request resolves its upstream group and policy once, at its start, so a reload
+never changes the rules a request in flight runs under. The request timeout
+bounds everything from the breaker gate on, retries and backoff included. A
+client reset cancels the request's cancel scope; the upstream stream is reset
+on the way out. Every outcome the node makes itself is a ``MeshError``, which
+``handle`` answers (or, once a response has started, turns into a reset).
 """
 
 from __future__ import annotations
@@ -18,36 +21,73 @@ import math
 import trio
 
 from meshnode.actors.group import UpstreamGroup
-from meshnode.errors import BadRequest, MeshError, NoRoute, Timeout, UpstreamReset
-from meshnode.net.pool import UpstreamPool
-from meshnode.net.session import (
-    CANCEL,
-    INTERNAL_ERROR,
-    Data,
-    EndOfStream,
-    ResponseHead,
-    Stream,
-    StreamReset,
-    Trailers,
+from meshnode.actors.protections import CachedResponse, Protections
+from meshnode.errors import (
+    BadRequest,
+    ChaosAbort,
+    CircuitOpen,
+    MeshError,
+    NoRoute,
+    RateLimited,
+    Timeout,
+    UpstreamConnectFailure,
+    UpstreamFailed,
+    UpstreamReset,
 )
-from meshnode.policy.models import Endpoint
+from meshnode.net.pool import UpstreamPool
+from meshnode.net.session import CANCEL, INTERNAL_ERROR, Stream, StreamReset
+from meshnode.policy.models import ChaosPolicy, UpstreamPolicy
+from meshnode.policy.units import Duration
+from meshnode.proxy import fallback
+from meshnode.proxy.attempt import AttemptFailed, attempt
+from meshnode.proxy.body import RequestBody
 from meshnode.proxy.headers import HeaderList, forwarded_request_headers, strip_hop_by_hop
 from meshnode.proxy.responses import error_response
+from meshnode.proxy.retry import head_condition, is_breaker_failure, may_resend
+from meshnode.proxy.retry import retry_after as retry_after_of
 from meshnode.proxy.routing import RouteTable, authority_host
+from meshnode.resilience.core import backoff
+from meshnode.resilience.core.faults import NO_FAULT, Fault, FaultPlan, decide
 
 log = logging.getLogger(__name__)
 
-# A request the upstream provably never processed is sent again this many times,
-# whatever the retry policy says; it is how a proxy rides out an upstream's GOAWAY.
-UNPROCESSED_RETRIES = 1
+# What a request body may be kept up to for resending when no [retry] says otherwise:
+# a request the upstream never processed (GOAWAY, REFUSED_STREAM) is always sent again once.
+DEFAULT_REPLAY_BUFFER = 64 * 1024
+
+_ERROR_CONDITIONS = {
+    UpstreamConnectFailure: "connect-failure",
+    UpstreamReset: "reset",
+    Timeout: "timeout",
+}
+
+
+class _Request:
+    """What the steps of one request share."""
+
+    __slots__ = ("body", "client_ip", "headers", "method", "out_headers", "path", "stream")
+
+    def __init__(
+        self,
+        stream: Stream,
+        headers: HeaderList,
+        method: bytes,
+        path: bytes,
+        out_headers: HeaderList,
+        client_ip: bytes,
+        body: RequestBody | None,
+    ) -> None:
+        self.stream = stream
+        self.headers = headers
+        self.method = method
+        self.path = path
+        self.out_headers = out_headers
+        self.client_ip = client_ip
+        self.body = body
 
 
 class Proxy:
-    """The outbound request path. ``routes`` and ``upstreams`` are swapped whole on reload.
-
-    A request resolves its upstream group and policy once, at its start, so a
-    reload never changes the rules a request in flight runs under.
-    """
+    """The outbound request path. ``routes`` and ``upstreams`` are swapped whole on reload."""
 
     def __init__(
         self, routes: RouteTable, upstreams: dict[str, UpstreamGroup], pool: UpstreamPool
@@ -78,146 +118,271 @@ class Proxy:
 
     async def _forward(self, stream: Stream, client_ip: bytes) -> None:
         headers = stream.headers or []
-        authority = path = b""
+        authority = path = method = b""
         for name, value in headers:
             if name == b":authority" or (name == b"host" and not authority):
                 authority = value
             elif name == b":path":
                 path = value
+            elif name == b":method":
+                method = value
         if not authority:
             raise BadRequest("the request names no :authority or host")
         upstream_name = self.routes.resolve(authority_host(authority), path, headers)
         if upstream_name is None:
             raise NoRoute(f"no upstream serves {authority.decode(errors='replace')}")
-        upstream = self.upstreams[upstream_name]
-        policy = upstream.policy
+        group = self.upstreams[upstream_name]
+        policy = group.policy
         out_headers, request_id = forwarded_request_headers(headers, client_ip)
-        timeout = policy.timeout
-        limit = timeout.request or math.inf
-        if timeout.per_try:
-            limit = min(limit, timeout.per_try)
-        with trio.move_on_after(limit) as deadline:
-            try:
-                await self._exchange(stream, upstream, out_headers)
-            except MeshError as error:
-                error.upstream = upstream.name
-                error.request_id = request_id
+        replay = policy.retry.buffer if policy.retry is not None else DEFAULT_REPLAY_BUFFER
+        body = None if stream.consume_end() else RequestBody(stream, replay)
+        request = _Request(stream, headers, method, path, out_headers, client_ip, body)
+        try:
+            await self._serve(request, group, policy)
+        except MeshError as error:
+            error.upstream = error.upstream or group.name
+            error.request_id = request_id
+            if policy.fallback is None or stream.headers_sent:
                 raise
-        if deadline.cancelled_caught:
-            timeout_error = Timeout(f"no complete response within {limit:g}s", upstream.name)
-            timeout_error.request_id = request_id
-            raise timeout_error
+            if not fallback.applies(policy.fallback, error):
+                raise
+            if not await self._fall_back(request, group, policy, error):
+                raise
 
-    async def _exchange(self, stream: Stream, upstream: UpstreamGroup, headers: HeaderList) -> None:
-        no_body = stream.consume_end()
-        for attempt in range(1, 1 + UNPROCESSED_RETRIES + 1):
-            endpoint = upstream.pick()
-            load = upstream.request_started(endpoint)
-            started = trio.current_time()
-            outcome = _Outcome()
-            try:
-                await self._attempt(stream, endpoint, headers, no_body, outcome)
-                return
-            except _Unprocessed as unprocessed:
-                # RFC 9113 8.7: the upstream never processed it (GOAWAY, REFUSED_STREAM), so
-                # sending it again is safe, provided no body was consumed.
-                if not no_body or attempt > UNPROCESSED_RETRIES:
-                    raise UpstreamReset(_reset_detail(unprocessed.reset)) from unprocessed.reset
-            finally:
-                upstream.request_finished(
-                    endpoint, load, outcome.status, trio.current_time() - started
-                )
-
-    async def _attempt(
+    async def _serve(
         self,
-        stream: Stream,
-        endpoint: Endpoint,
-        headers: HeaderList,
-        no_body: bool,
-        outcome: _Outcome,
+        request: _Request,
+        group: UpstreamGroup,
+        policy: UpstreamPolicy,
+        extra_headers: HeaderList | None = None,
     ) -> None:
-        upstream_stream = await self.pool.open_stream(endpoint.address, headers, end_stream=no_body)
+        """Everything after routing: the protections, then the tries."""
+        protections = group.protections
+        now = trio.current_time()
+        limiter = protections.rate_limiter
+        if limiter is not None:
+            key = request.client_ip
+            if limiter.per_client:
+                header = policy.rate_limit.client_header.encode()  # type: ignore[union-attr]
+                key = next((v for n, v in request.headers if n == header), key)
+            wait = limiter.check(key, now)
+            if wait:
+                raise RateLimited(f"over {limiter.rate:g} requests a second", group.name, wait)
+        if policy.chaos is not None:
+            fault = _fault(policy.chaos, protections, request.headers)
+            if fault.delay:
+                await trio.sleep(fault.delay)
+            if fault.abort_status is not None:
+                raise ChaosAbort("injected by [chaos]", group.name, fault.abort_status)
+
+        core = group.breaker.core
+        permit = None
+        if core is not None:
+            permit = core.admit(now)
+            if permit is None:
+                since = now - core.state_since
+                raise CircuitOpen(f"the circuit is {core.state.value} for {since:.1f}s", group.name)
+        status, condition, finished = 0, None, False
         try:
-            if no_body:
-                await _relay_response(upstream_stream, stream, outcome)
-                return
-            failure: BaseException | None = None
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_upload, stream, upstream_stream)
-                try:
-                    await _relay_response(upstream_stream, stream, outcome)
-                except (StreamReset, MeshError, _Unprocessed) as exc:
-                    failure = exc
-                nursery.cancel_scope.cancel()
-            if failure is not None:
-                raise failure
-        finally:
-            upstream_stream.reset(CANCEL)
-
-
-class _Outcome:
-    """What the attempt learnt, for the breaker and the latency average."""
-
-    __slots__ = ("status",)
-
-    def __init__(self) -> None:
-        self.status = 0
-
-
-class _Unprocessed(Exception):
-    def __init__(self, reset: StreamReset) -> None:
-        self.reset = reset
-
-
-async def _relay_response(source: Stream, client: Stream, outcome: _Outcome) -> None:
-    try:
-        head = await source.receive()
-    except StreamReset as reset:
-        if reset.refused:
-            raise _Unprocessed(reset) from reset
-        raise UpstreamReset(_reset_detail(reset)) from reset
-    if not isinstance(head, ResponseHead):
-        raise UpstreamReset("the upstream sent no response head")
-    outcome.status = _status_of(head.headers)
-    await client.send_headers(strip_hop_by_hop(head.headers), end_stream=source.consume_end())
-    if not client.local_closed:
-        try:
-            await relay_body(source, client)
-        except StreamReset as reset:
-            if reset.stream is source:
-                outcome.status = (
-                    0  # a broken body is the upstream's failure, whatever its head said
-                )
+            limit = policy.timeout.request or math.inf
+            with trio.move_on_after(limit) as deadline:
+                status = await self._tries(request, group, policy, extra_headers or [])
+                finished = True
+            if deadline.cancelled_caught:
+                condition, finished = "timeout", True
+                raise Timeout(f"no complete response within {limit:g}s", group.name)
+        except MeshError as error:
+            condition = _ERROR_CONDITIONS.get(type(error))
+            if isinstance(error, UpstreamFailed):
+                status = error.status_seen
+            finished = condition is not None or isinstance(error, UpstreamFailed)
             raise
+        except StreamReset as reset:
+            if reset.stream is not request.stream:  # the upstream broke mid-body
+                condition, finished = "reset", True
+            raise
+        finally:
+            if permit is not None and core is not None:
+                if finished and policy.circuit_breaker is not None:
+                    failed = is_breaker_failure(policy.circuit_breaker, status, condition)
+                    core.record(
+                        permit,
+                        failed=failed,
+                        duration=trio.current_time() - now,
+                        now=trio.current_time(),
+                    )
+                else:
+                    core.release(permit)
 
+    async def _tries(
+        self,
+        request: _Request,
+        group: UpstreamGroup,
+        policy: UpstreamPolicy,
+        extra_headers: HeaderList,
+    ) -> int:
+        """The retry loop: one try after another until one answers or none may follow."""
+        protections = group.protections
+        budget = protections.retry_budget
+        if budget is not None:
+            budget.record_request(trio.current_time())
+        per_try = policy.timeout.per_try or math.inf
+        capture = _capture_for(request, policy)
+        tries = 0
+        avoid = None
 
-async def _upload(client: Stream, upstream: Stream) -> None:
-    """Relay the request body; a reset here is seen (and answered) by the response side."""
-    try:
-        await relay_body(client, upstream)
-    except StreamReset:
-        return
-
-
-async def relay_body(source: Stream, sink: Stream) -> None:
-    """Copy DATA and trailers from ``source`` to ``sink``, handing window back as it goes."""
-    while True:
-        item = await source.receive()
-        if type(item) is Data:
-            # The end marker rides on the last DATA frame, and empty DATA frames are never
-            # relayed alone: peers (nghttp2 among them) treat a run of them as a flood.
-            end = source.consume_end()
-            if item.data or end:
-                await sink.send_data(item.data, end_stream=end)
-            source.ack(item.flow_length)
-            if end:
+        def judge(status: int, headers: HeaderList) -> None:
+            """Refuse to relay a head the retry policy names, while a retry may follow."""
+            if policy.retry is None:
                 return
-        elif type(item) is Trailers:
-            await sink.send_headers(strip_hop_by_hop(item.headers), end_stream=True)
-            return
-        elif type(item) is EndOfStream:
-            await sink.end()
-            return
+            condition = head_condition(status, headers, policy.retry.retry_on)
+            if condition is None:
+                return
+            delay = self._retry_delay(condition, headers, tries, request, policy, protections)
+            if delay is None and not _fallback_on_exhausted(policy):
+                return
+            error = UpstreamFailed(f"the upstream answered {status} after {tries} tries")
+            error.status_seen = status
+            raise AttemptFailed(condition, error, headers=headers, retry_delay=delay)
+
+        while True:
+            tries += 1
+            endpoint, load = await group.acquire(avoid)
+            started = trio.current_time()
+            try:
+                status, head = await attempt(
+                    self.pool,
+                    endpoint,
+                    request.out_headers,
+                    request.body,
+                    request.stream,
+                    per_try=per_try,
+                    judge=judge,
+                    extra_headers=extra_headers,
+                    tap=capture,
+                )
+                if capture is not None and status == 200 and not capture.overflow:
+                    _remember(group.protections, request.path, head, capture)
+                return status
+            except AttemptFailed as failed:
+                delay = failed.retry_delay
+                if delay is None and not isinstance(failed.error, UpstreamFailed):
+                    delay = self._retry_delay(
+                        failed.condition, failed.headers, tries, request, policy, protections
+                    )
+                if delay is None:
+                    failed.error.retries_exhausted = policy.retry is not None and (
+                        failed.condition in policy.retry.retry_on
+                    )
+                    raise failed.error from None
+                protections.retries["attempted"] += 1
+                avoid = endpoint.address
+            finally:
+                group.release(load, trio.current_time() - started)
+            await trio.sleep(delay)
+
+    def _retry_delay(
+        self,
+        condition: str,
+        response_headers: HeaderList,
+        tries: int,
+        request: _Request,
+        policy: UpstreamPolicy,
+        protections: Protections,
+    ) -> float | None:
+        """Seconds to wait before the next try, or None when there is to be no next try."""
+        body = request.body
+        if body is not None and not body.replayable:
+            return None
+        if condition == "refused-stream" and tries == 1:
+            return 0.0  # never processed (RFC 9113 8.7): always sent again once, at once
+        retry = policy.retry
+        if retry is None or condition not in retry.retry_on or tries > retry.max_retries:
+            return None
+        if not may_resend(condition, request.method, request.headers, retry):
+            return None
+        budget = protections.retry_budget
+        if budget is not None and not budget.try_retry(trio.current_time()):
+            return None
+        if condition in ("429", "503"):
+            asked = retry_after_of(response_headers)
+            if asked is not None:
+                return min(asked, retry.max_delay)
+        return backoff.delay(
+            tries,
+            retry.backoff,
+            retry.initial_delay,
+            retry.max_delay,
+            multiplier=retry.multiplier,
+            jitter=retry.jitter,
+            rng=protections.chaos_rng,
+        )
+
+    async def _fall_back(
+        self, request: _Request, group: UpstreamGroup, policy: UpstreamPolicy, error: MeshError
+    ) -> bool:
+        """Answer with the configured fallback; False if it has nothing to give."""
+        plan = policy.fallback
+        assert plan is not None
+        if plan.kind == "static":
+            await fallback.answer_static(request.stream, plan)
+        elif plan.kind == "stale-cache":
+            cache = group.protections.stale_cache
+            if cache is None or request.method != b"GET":
+                return False
+            if not await fallback.answer_stale(request.stream, cache, request.path, plan.max_age):
+                return False
+        else:
+            target = self.upstreams.get(plan.upstream or "")
+            body = request.body
+            if target is None or (body is not None and not body.replayable):
+                return False
+            await self._serve(
+                request, target, target.policy, [fallback.fallback_header("upstream")]
+            )
+        log.info("fallback %s for %s (%s): %s", plan.kind, group.name, error.reason, error.detail)
+        group.fallbacks[plan.kind] = group.fallbacks.get(plan.kind, 0) + 1
+        return True
+
+
+def _fallback_on_exhausted(policy: UpstreamPolicy) -> bool:
+    return policy.fallback is not None and "retries-exhausted" in policy.fallback.on
+
+
+def _capture_for(request: _Request, policy: UpstreamPolicy) -> fallback.BodyCapture | None:
+    plan = policy.fallback
+    if plan is None or plan.kind != "stale-cache" or request.method != b"GET":
+        return None
+    return fallback.BodyCapture()
+
+
+def _remember(
+    protections: Protections, path: bytes, head: HeaderList, capture: fallback.BodyCapture
+) -> None:
+    """Keep a successful GET answer for the stale-cache fallback."""
+    if protections.stale_cache is not None:
+        protections.stale_cache.put(
+            path,
+            CachedResponse(strip_hop_by_hop(head), b"".join(capture.chunks), trio.current_time()),
+        )
+
+
+def _fault(chaos: ChaosPolicy, protections: Protections, headers: HeaderList) -> Fault:
+    fault = decide(
+        FaultPlan(chaos.abort_percent, chaos.abort_status, chaos.delay_percent, chaos.delay),
+        protections.chaos_rng,
+    )
+    if not chaos.header_faults:
+        return fault
+    for name, value in headers:
+        if name == b"x-meshnode-fault-abort" and value.isdigit():
+            fault = Fault(fault.delay, int(value))
+        elif name == b"x-meshnode-fault-delay":
+            try:
+                fault = Fault(Duration.parse(value.decode()), fault.abort_status)
+            except ValueError:
+                continue
+    return fault if fault != NO_FAULT else NO_FAULT
 
 
 async def _answer(stream: Stream, error: MeshError) -> None:
@@ -231,18 +396,3 @@ async def _answer(stream: Stream, error: MeshError) -> None:
         await stream.send_data(body, end_stream=True)
     except StreamReset:
         return
-
-
-def _status_of(headers: HeaderList) -> int:
-    for name, value in headers:
-        if name == b":status":
-            return int(value) if value.isdigit() else 0
-    return 0
-
-
-def _reset_detail(reset: StreamReset) -> str:
-    if reset.connection_lost:
-        return "the upstream connection closed before the response"
-    if reset.refused:
-        return "the upstream refused the stream"
-    return f"the upstream reset the stream (HTTP/2 error code {reset.code})"

@@ -52,6 +52,8 @@ def forwarded_request_headers(headers: HeaderList, client_ip: bytes) -> tuple[He
             forwarded_for = forwarded_for + b", " + value if forwarded_for else value
         elif name == b"forwarded":
             forwarded = forwarded + b", " + value if forwarded else value
+        elif name.startswith(b"x-meshnode-fault-"):
+            continue  # fault-injection requests are for this node, not the upstream
         elif _keep(name, value, named):
             if name == b"x-request-id":
                 request_id = value

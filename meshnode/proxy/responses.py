@@ -20,4 +20,5 @@ def error_response(error: MeshError) -> tuple[HeaderList, bytes]:
     ]
     if error.request_id:
         headers.append((b"x-request-id", error.request_id))
+    headers.extend(error.extra_headers())
     return headers, body

@@ -10,9 +10,16 @@ import trio.testing
 from meshnode.actors.group import UpstreamGroup
 from meshnode.actors.messages import EndpointsReset
 from meshnode.actors.supervisor import RestartPolicy
-from meshnode.errors import NoHealthyEndpoints
+from meshnode.errors import BulkheadFull, NoHealthyEndpoints
 from meshnode.events import ActorRestarted, EventBus, ServiceChanged
-from meshnode.policy.models import Discovery, Endpoint, UpstreamPolicy, UpstreamSection
+from meshnode.policy.models import (
+    BalancerPolicy,
+    CircuitBreakerPolicy,
+    Discovery,
+    Endpoint,
+    UpstreamPolicy,
+    UpstreamSection,
+)
 from meshnode.policy.units import Address, Duration
 
 A = Endpoint(Address("127.0.0.1", 9001))
@@ -30,9 +37,15 @@ async def group(nursery: trio.Nursery) -> UpstreamGroup:
     return started
 
 
+async def pick(group: UpstreamGroup) -> Endpoint:
+    endpoint, load = await group.acquire()
+    group.release(load, 0.001)
+    return endpoint
+
+
 async def test_started_means_the_endpoints_are_published(group: UpstreamGroup) -> None:
     assert group.endpoints.endpoints == (A, B)
-    assert [group.pick(), group.pick(), group.pick()] == [A, B, A]
+    assert [await pick(group), await pick(group), await pick(group)] == [A, B, A]
 
 
 async def test_a_discovery_change_publishes_a_new_snapshot_and_an_event(group) -> None:
@@ -48,22 +61,25 @@ async def test_a_discovery_change_publishes_a_new_snapshot_and_an_event(group) -
     )
 
 
-async def test_state_survives_a_change_it_does_not_concern(group: UpstreamGroup) -> None:
-    load = group.request_started(A)
-    group.request_finished(A, load, 200, 0.010)
-    load = group.request_started(B)
-    group.request_finished(B, load, 503, 0.020)
-    await trio.testing.wait_all_tasks_blocked()
+async def test_state_survives_a_change_it_does_not_concern(nursery) -> None:
+    breaker = CircuitBreakerPolicy(failure_threshold=2)
+    group = UpstreamGroup(attrs.evolve(policy(A, B), circuit_breaker=breaker), EventBus())
+    await nursery.start(group.run)
+    core = group.breaker.core
+    assert core is not None
+    core.record(core.admit(0) or pytest.fail(), failed=True, duration=0.1, now=0)
+    _, load = await group.acquire()
+    group.release(load, 0.010)
     version = group.endpoints.version
     changed = attrs.evolve(
-        policy(A, B), timeout=attrs.evolve(policy(A).timeout, request=Duration(1))
+        group.policy, timeout=attrs.evolve(group.policy.timeout, request=Duration(1))
     )
     await group.update_policy(changed)
     await trio.testing.wait_all_tasks_blocked()
     assert group.policy.timeout.request == 1
     assert group.endpoints.version == version  # discovery untouched: no new snapshot
-    statistics = group.breaker.statistics()
-    assert (statistics.successes, statistics.failures) == (1, 1)
+    assert group.breaker.core is core
+    assert (core.total_calls, core.consecutive_failures) == (1, 1)
     assert group.load[A.address].ewma_latency == pytest.approx(0.010)
 
 
@@ -71,7 +87,7 @@ async def test_an_empty_endpoint_set_is_no_healthy_endpoints(group: UpstreamGrou
     await group.balancer.inbox_send.send(EndpointsReset(()))
     await trio.testing.wait_all_tasks_blocked()
     with pytest.raises(NoHealthyEndpoints):
-        group.pick()
+        await group.acquire()
 
 
 @pytest.mark.parametrize("actor", ["discovery", "prober", "breaker", "balancer"])
@@ -81,7 +97,7 @@ async def test_a_crashed_actor_is_restarted_and_the_upstream_keeps_serving(
     with group.bus.subscribe() as events:
         group.inject_fault(actor)
         await trio.testing.wait_all_tasks_blocked()
-        assert group.pick() in (A, B)  # the published snapshot outlives the crash
+        assert await pick(group) in (A, B)  # the published snapshot outlives the crash
         await trio.sleep(1)
         restarted = await events.receive()
     assert isinstance(restarted, ActorRestarted)
@@ -93,25 +109,51 @@ async def test_a_crashed_actor_is_restarted_and_the_upstream_keeps_serving(
 
 
 async def test_drain_waits_for_requests_in_flight(group: UpstreamGroup, autojump_clock) -> None:
-    load = group.request_started(A)
+    _, load = await group.acquire()
 
     async def finish_later() -> None:
         await trio.sleep(3)
-        group.request_finished(A, load, 200, 3.0)
+        group.release(load, 3.0)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(finish_later)
         assert await group.drain(10)
     assert trio.current_time() == pytest.approx(3)
-    group.request_started(A)
+    await group.acquire()
     assert not await group.drain(5)
 
 
-async def test_outcomes_are_dropped_not_waited_for_when_the_breaker_lags(group) -> None:
-    for _ in range(1000):  # no checkpoint in between: the breaker cannot keep up
-        load = group.request_started(A)
-        group.request_finished(A, load, 200, 0.001)
-    assert group.breaker.dropped > 0
+async def test_the_bulkhead_queues_then_refuses(nursery, autojump_clock) -> None:
+    balancer = BalancerPolicy(
+        max_connections_per_instance=1, max_pending=1, queue_timeout=Duration(2)
+    )
+    group = UpstreamGroup(attrs.evolve(policy(A), balancer=balancer), EventBus())
+    await nursery.start(group.run)
+    _, held = await group.acquire()
+    waited: list[float] = []
+
+    async def wait_for_slot() -> None:
+        _, load = await group.acquire()
+        waited.append(trio.current_time())
+        group.release(load, 0.0)
+
+    nursery.start_soon(wait_for_slot)
     await trio.testing.wait_all_tasks_blocked()
-    statistics = group.breaker.statistics()
-    assert statistics.successes + statistics.outcomes_dropped == 1000
+    assert group.pending == 1
+    with pytest.raises(BulkheadFull, match="and 1 are waiting"):
+        await group.acquire()  # max_pending reached: refused at once
+    await trio.sleep(1)
+    group.release(held, 1.0)
+    await trio.testing.wait_all_tasks_blocked()
+    assert waited == [pytest.approx(1)]
+    _, held = await group.acquire()
+    with pytest.raises(BulkheadFull, match="within 2s"):
+        await group.acquire()  # waits queue_timeout, then gives up
+    assert group.rejected == {"bulkhead-full": 2}
+
+
+async def test_a_retry_prefers_another_endpoint(group: UpstreamGroup) -> None:
+    for _ in range(4):
+        endpoint, load = await group.acquire(avoid=A.address)
+        group.release(load, 0.0)
+        assert endpoint == B

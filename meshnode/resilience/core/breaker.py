@@ -161,6 +161,11 @@ class BreakerCore:
         if reason is not None:
             self._move(BreakerState.OPEN, now, reason)
 
+    def release(self, permit: Permit) -> None:
+        """Give a permit back without an outcome (the caller went away): frees a trial slot."""
+        if permit.trial and permit.generation == self.generation:
+            self.trials_in_flight -= 1
+
     def _trip_reason(self, now: float) -> str | None:
         config = self.config
         if self.consecutive_failures >= config.failure_threshold:

@@ -1,0 +1,75 @@
+"""A request body that another try can send again, within a bounded buffer."""
+
+from __future__ import annotations
+
+from meshnode.net.session import Data, EndOfStream, Stream, Trailers
+from meshnode.proxy.headers import HeaderList, strip_hop_by_hop
+
+
+class RequestBody:
+    """The client's body: read once, kept up to ``limit`` bytes so that a retry can replay it.
+
+    Each try calls ``send_to``: it replays what was kept, then goes on reading
+    from the client. Once the body outgrows ``limit`` nothing more is kept and
+    ``replayable`` turns False: the request will not be retried.
+    """
+
+    def __init__(self, client: Stream, limit: int) -> None:
+        self._client = client
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._kept = 0
+        self._trailers: HeaderList | None = None
+        self._complete = False
+        self._unacked = 0
+        self.replayable = True
+
+    async def send_to(self, sink: Stream) -> None:
+        if self._unacked:  # taken from the client by a try that was cut short: kept now
+            self._client.ack(self._unacked)
+            self._unacked = 0
+        for chunk in self._chunks:
+            await sink.send_data(chunk)
+        if self._complete:
+            await self._finish(sink)
+            return
+        client = self._client
+        while True:
+            item = await client.receive()
+            if type(item) is Data:
+                end = client.consume_end()
+                self._keep(item.data)
+                if end:
+                    self._complete = True
+                self._unacked = item.flow_length
+                if item.data or end:
+                    await sink.send_data(item.data, end_stream=end)
+                self._unacked = 0
+                client.ack(item.flow_length)
+                if end:
+                    return
+            elif type(item) is Trailers:
+                self._trailers = strip_hop_by_hop(item.headers)
+                self._complete = True
+                await self._finish(sink)
+                return
+            elif type(item) is EndOfStream:
+                self._complete = True
+                await sink.end()
+                return
+
+    def _keep(self, data: bytes) -> None:
+        if not self.replayable or not data:
+            return
+        if self._kept + len(data) > self._limit:
+            self.replayable = False
+            self._chunks.clear()
+            return
+        self._chunks.append(data)
+        self._kept += len(data)
+
+    async def _finish(self, sink: Stream) -> None:
+        if self._trailers is not None:
+            await sink.send_headers(self._trailers, end_stream=True)
+        else:
+            await sink.end()

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,30 @@ def reload(admin: str, as_json: bool) -> None:
         click.echo(f"policies rejected; version {answer.get('version')} stays in force:", err=True)
         for line in answer.get("errors", []):
             click.echo(f"  {line}", err=True)
+    if status != 200:
+        raise SystemExit(1)
+
+
+@main.group()
+def breakers() -> None:
+    """Operator overrides of circuit breakers."""
+
+
+@breakers.command("force")
+@click.argument("upstream")
+@click.argument("state", type=click.Choice(["open", "closed", "auto"]))
+@admin_option
+@json_option
+def force_breaker(upstream: str, state: str, admin: str, as_json: bool) -> None:
+    """Force UPSTREAM's breaker open or closed, or give it back to its policy (auto)."""
+    path = f"/admin/breakers/{urllib.parse.quote(upstream)}?state={state}"
+    status, answer = _admin_call(admin, "POST", path)
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+    elif status == 200:
+        click.echo(f"breaker of {upstream}: {answer['state']} (override {answer['override']})")
+    else:
+        click.echo(f"meshnode: {answer.get('error', status)}", err=True)
     if status != 200:
         raise SystemExit(1)
 

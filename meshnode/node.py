@@ -35,6 +35,7 @@ from meshnode.policy.diff import PolicyDiff
 from meshnode.proxy.forward import Proxy
 from meshnode.proxy.routing import RouteTable
 from meshnode.reload import POLL_INTERVAL, Reloader, ReloadResult, watch_directory
+from meshnode.resilience.core.breaker import Override
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +204,14 @@ class Node:
             critical = group.policy.upstream.critical
             checks.append(CheckResult(f"upstream:{name}", "readiness", critical, healthy, message))
         return checks
+
+    def force_breaker(self, upstream: str, state: str) -> dict[str, Any] | None:
+        group = self.groups.get(upstream)
+        if group is None:
+            return None
+        group.breaker.force(Override(state))
+        log.warning("operator set the breaker of %s to %s", upstream, state)
+        return {"upstream": upstream, **group.breaker.report()}
 
     def upstreams_report(self) -> dict[str, Any]:
         return {"upstreams": {name: group.report() for name, group in sorted(self.groups.items())}}

@@ -21,6 +21,7 @@ from hypercorn.trio import serve
 
 from meshnode.node import Node, NodeAddresses
 from meshnode.policy import load_policies
+from tests.support.rawh2 import RawH2Server, respond
 from tests.support.upstream_app import app
 
 NODE_TOML = """
@@ -81,6 +82,26 @@ def start_node(nursery: trio.Nursery) -> Callable[[Path], Awaitable[NodeAddresse
             functools.partial(node.run, handle_signals=False)
         )
         return addresses
+
+    return start
+
+
+async def answering(nursery: trio.Nursery, body: bytes) -> str:
+    """A raw h2 upstream that answers every request with ``body``; returns its address."""
+    port = await nursery.start(
+        RawH2Server(lambda conn, event: respond(conn, event.stream_id, body)).serve
+    )
+    return f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def running(nursery: trio.Nursery):
+    """Start an in-process node on a directory, without the file watcher unless asked."""
+
+    async def start(directory: Path, *, watch: bool = False) -> tuple[Node, NodeAddresses]:
+        node = Node(load_policies(directory), poll_interval=0.05 if watch else None)
+        addresses = await nursery.start(functools.partial(node.run, handle_signals=False))
+        return node, addresses
 
     return start
 

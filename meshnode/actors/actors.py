@@ -148,16 +148,26 @@ class Breaker(Actor):
         if isinstance(message, PolicyChanged):
             policy = message.policy.circuit_breaker
             if policy is None:
-                self.core = None
+                if self.override is Override.AUTO:
+                    self.core = None
             elif self.core is None:
                 self.core = self._make_core(policy)
             else:
                 self.core.reconfigure(breaker_config(policy))
 
     def force(self, override: Override) -> None:
-        """Operator override, kept across reloads until set back to auto."""
+        """Operator override, kept across reloads until set back to auto.
+
+        An upstream without ``[circuit_breaker]`` gets a breaker for as long as
+        it is forced, so an operator can always cut (or keep) its traffic.
+        """
         self.override = override
-        if self.core is not None:
+        policy = self.group.policy.circuit_breaker
+        if self.core is None:
+            self.core = self._make_core(policy or CircuitBreakerPolicy())
+        elif override is Override.AUTO and policy is None:
+            self.core = None
+        else:
             self.core.force(override, trio.current_time())
 
     def _announce(self, transition: Transition) -> None:

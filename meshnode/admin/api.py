@@ -28,6 +28,9 @@ class NodeControl(Protocol):
 
     async def reload(self, trigger: str) -> ReloadOutcome: ...
 
+    def force_breaker(self, upstream: str, state: str) -> dict[str, Any] | None:
+        """Apply an operator override; None if there is no such upstream."""
+
 
 def admin_routes(node: NodeControl) -> dict[tuple[str, str], Handler]:
     def health(kind: CheckType | None) -> Handler:
@@ -47,7 +50,18 @@ def admin_routes(node: NodeControl) -> dict[tuple[str, str], Handler]:
         result = await node.reload("admin")
         return AdminResponse.json(200 if result.applied else 422, result.to_json())
 
+    async def breaker(request: AdminRequest) -> AdminResponse:
+        state = request.query_value("state")
+        if state not in ("open", "closed", "auto"):
+            return AdminResponse.json(400, {"error": "state must be open, closed or auto"})
+        upstream = request.params["upstream"]
+        report = node.force_breaker(upstream, state)
+        if report is None:
+            return AdminResponse.json(404, {"error": f"no upstream named {upstream!r}"})
+        return AdminResponse.json(200, report)
+
     return {
+        ("POST", "/admin/breakers/{upstream}"): breaker,
         ("GET", "/health/live"): health("liveness"),
         ("GET", "/health/ready"): health("readiness"),
         ("GET", "/health"): health(None),

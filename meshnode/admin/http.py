@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -30,6 +31,11 @@ class AdminRequest:
     path: str
     query: str
     body: bytes
+    params: dict[str, str] = attrs.field(factory=dict)  # from "{name}" segments of the route
+
+    def query_value(self, name: str) -> str | None:
+        values = urllib.parse.parse_qs(self.query).get(name)
+        return values[0] if values else None
 
 
 @attrs.frozen
@@ -120,9 +126,30 @@ class AdminHTTPServer:
                     return None
 
     async def _dispatch(self, request: AdminRequest) -> AdminResponse:
-        handler = self._routes.get((request.method, request.path))
-        if handler is not None:
-            return await handler(request)
-        if any(path == request.path for _, path in self._routes):
+        allowed = False
+        for (method, pattern), handler in self._routes.items():
+            params = _match(pattern, request.path)
+            if params is None:
+                continue
+            if method == request.method:
+                return await handler(attrs.evolve(request, params=params))
+            allowed = True
+        if allowed:
             return AdminResponse.json(405, {"error": f"{request.method} not allowed here"})
         return AdminResponse.json(404, {"error": f"no admin endpoint {request.path}"})
+
+
+def _match(pattern: str, path: str) -> dict[str, str] | None:
+    """Match "/admin/breakers/{upstream}" against a path; the named segments, or None."""
+    wanted, given = pattern.split("/"), path.split("/")
+    if len(wanted) != len(given):
+        return None
+    params = {}
+    for want, got in zip(wanted, given, strict=True):
+        if want.startswith("{") and want.endswith("}"):
+            if not got:
+                return None
+            params[want[1:-1]] = urllib.parse.unquote(got)
+        elif want != got:
+            return None
+    return params

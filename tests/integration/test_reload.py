@@ -9,54 +9,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import trio
 
 from meshnode.actors.supervisor import RestartPolicy
 from meshnode.events import PolicyRejected, PolicyReloaded
-from meshnode.node import Node, NodeAddresses
+from meshnode.node import Node
 from meshnode.policy import load_policies
-from tests.conftest import NodeProcess, require, upstream_toml, write_policies
-from tests.support.rawh2 import RawH2Server, respond
-
-
-async def answering(nursery: trio.Nursery, body: bytes) -> str:
-    """A raw h2 upstream that answers every request with ``body``; returns its address."""
-    port = await nursery.start(
-        RawH2Server(lambda conn, event: respond(conn, event.stream_id, body)).serve
-    )
-    return f"127.0.0.1:{port}"
-
-
-async def get(address, authority: str, path: str = "/") -> tuple[int, bytes]:
-    result = await trio.run_process(
-        [
-            require("curl"),
-            "-s",
-            "--http2-prior-knowledge",
-            "-H",
-            f"host: {authority}",
-            "-w",
-            "\n%{http_code}",
-            f"http://{address}{path}",
-        ],
-        capture_stdout=True,
-        check=True,
-    )
-    body, _, status = result.stdout.rpartition(b"\n")
-    return int(status), body
-
-
-async def admin(address, method: str, path: str) -> tuple[int, dict]:
-    result = await trio.run_process(
-        [require("curl"), "-s", "-X", method, "-w", "\n%{http_code}", f"http://{address}{path}"],
-        capture_stdout=True,
-        check=True,
-    )
-    body, _, status = result.stdout.rpartition(b"\n")
-    return int(status), json.loads(body)
+from tests.conftest import NodeProcess, answering, require, upstream_toml, write_policies
+from tests.support.client import admin, get
 
 
 async def next_of(events, kind: type):
@@ -64,18 +26,6 @@ async def next_of(events, kind: type):
         while not isinstance(event := await events.receive(), kind):
             pass
     return event
-
-
-@pytest.fixture
-async def running(nursery: trio.Nursery):
-    """Start an in-process node on a directory, without the file watcher unless asked."""
-
-    async def start(directory: Path, *, watch: bool = False) -> tuple[Node, NodeAddresses]:
-        node = Node(load_policies(directory), poll_interval=0.05 if watch else None)
-        addresses = await nursery.start(functools.partial(node.run, handle_signals=False))
-        return node, addresses
-
-    return start
 
 
 async def test_admin_reload_applies_a_changed_endpoint(tmp_path, nursery, running) -> None:

@@ -1,3 +1,22 @@
-"""Public resilience library: sans-IO cores that the node and any Trio program share."""
+"""meshnode's resilience library: the seed's patterns for any Trio program.
+
+The node runs the same sans-IO cores (``meshnode.resilience.core``) in its
+request path; these are their thin Trio wrappers. See docs/resilience.md.
+"""
 
 from meshnode.resilience.balancer import RoundRobin as RoundRobin
+from meshnode.resilience.bulkhead import Bulkhead as Bulkhead
+from meshnode.resilience.bulkhead import BulkheadFullError as BulkheadFullError
+from meshnode.resilience.calls import with_fallback as with_fallback
+from meshnode.resilience.calls import with_timeout as with_timeout
+from meshnode.resilience.circuit_breaker import BreakerMetrics as BreakerMetrics
+from meshnode.resilience.circuit_breaker import CircuitBreaker as CircuitBreaker
+from meshnode.resilience.circuit_breaker import CircuitOpenError as CircuitOpenError
+from meshnode.resilience.circuit_breaker import StateChange as StateChange
+from meshnode.resilience.faults import FaultInjector as FaultInjector
+from meshnode.resilience.faults import InjectedFaultError as InjectedFaultError
+from meshnode.resilience.limits import RateLimitedError as RateLimitedError
+from meshnode.resilience.limits import TokenBucket as TokenBucket
+from meshnode.resilience.retrying import Retry as Retry
+from meshnode.resilience.retrying import RetryPresets as RetryPresets
+from meshnode.resilience.retrying import retry as retry

@@ -39,7 +39,11 @@ def start_nghttpd(docroot: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def write_policies(
-    directory: Path, outbound_port: int, admin_port: int, upstreams: dict[str, list[str]]
+    directory: Path,
+    outbound_port: int,
+    admin_port: int,
+    upstreams: dict[str, list[str]],
+    extra: str = "",
 ) -> None:
     """A node.toml on the given ports and one file per upstream with static endpoints."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -49,13 +53,14 @@ def write_policies(
         f'[admin]\naddress = "127.0.0.1:{admin_port}"\n'
     )
     for name, endpoints in upstreams.items():
-        write_upstream(directory, name, endpoints)
+        write_upstream(directory, name, endpoints, extra)
 
 
-def write_upstream(directory: Path, name: str, endpoints: list[str]) -> None:
+def write_upstream(directory: Path, name: str, endpoints: list[str], extra: str = "") -> None:
+    """An upstream with static endpoints; ``extra`` adds policy sections."""
     listed = ", ".join(f'"{endpoint}"' for endpoint in endpoints)
     (directory / f"{name}.toml").write_text(
-        f'[upstream]\nname = "{name}"\ntls = "none"\n[discovery]\nendpoints = [{listed}]\n'
+        f'[upstream]\nname = "{name}"\ntls = "none"\n[discovery]\nendpoints = [{listed}]\n' + extra
     )
 
 

@@ -1,8 +1,10 @@
-"""h2load straight to an upstream, then through meshnode, in one run.
+"""h2load straight to an upstream, then through meshnode, with and without resilience.
 
-Reports requests per second, p50/p99 latency (from h2load's per-request log)
-and the meshnode process's CPU microseconds per request (from /proc), which is
-steadier than req/s on a shared machine. Quote ratios within one run: absolute
+Two meshnodes run side by side: one forwarding only, one with every
+resilience section on (thresholds that never trip). Reports requests per
+second, p50/p99 latency (from h2load's per-request log) and each meshnode
+process's CPU microseconds per request (from /proc), which is steadier than
+req/s on a shared machine. Quote ratios within one run: absolute
 figures move with the machine's neighbours.
 
     ./dev bench proxy                 # default scenarios
@@ -27,6 +29,31 @@ from common import free_port, start_meshnode, start_nghttpd, write_policies
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SCENARIOS = [("c10-m10", 10, 10), ("c50-m1", 50, 1), ("c1-m1", 1, 1)]
+# Every resilience section on, none of them ever deciding anything: the pure cost of checking.
+FULL_STACK = """
+[timeout]
+request = "10s"
+per_try = "5s"
+[circuit_breaker]
+failure_threshold = 1000000
+volume_threshold = 1000000
+[retry]
+max_retries = 2
+retry_on = ["connect-failure", "refused-stream", "reset", "503"]
+[rate_limit]
+requests_per_second = 1000000
+burst = 1000000
+[balancer]
+max_connections_per_instance = 100000
+[chaos]
+abort_percent = 0
+delay_percent = 0
+[fallback]
+kind = "static"
+status = 503
+on = ["circuit-open"]
+"""
+STACKS = {"meshnode": "", "meshnode+res": FULL_STACK}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -90,43 +117,52 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="meshnode-bench-"))
     (work / "htdocs").mkdir()
     (work / "htdocs" / "1k").write_bytes(b"k" * 1024)
-    outbound_port, admin_port = free_port(), free_port()
     upstream, upstream_port = start_nghttpd(work / "htdocs")
-    policies = work / "policies"
-    write_policies(policies, outbound_port, admin_port, {"web": [f"127.0.0.1:{upstream_port}"]})
-    node = start_meshnode(policies, outbound_port)
+    endpoints = {"web": [f"127.0.0.1:{upstream_port}"]}
+    nodes = {}
+    for stack, extra in STACKS.items():
+        outbound_port, admin_port = free_port(), free_port()
+        write_policies(work / stack, outbound_port, admin_port, endpoints, extra)
+        nodes[stack] = (start_meshnode(work / stack, outbound_port), outbound_port)
     results: dict[str, dict[str, object]] = {}
     try:
-        h2load(f"http://127.0.0.1:{outbound_port}/1k", 2000, 10, 10, "web")  # warm up
+        for _, port in nodes.values():
+            h2load(f"http://127.0.0.1:{port}/1k", 2000, 10, 10, "web")  # warm up
         for name, clients, streams in SCENARIOS:
             count = requests if streams > 1 else max(requests // 4, 1000)
-            direct = h2load(f"http://127.0.0.1:{upstream_port}/1k", count, clients, streams, "web")
-            before = cpu_seconds(node.pid)
-            proxied = h2load(f"http://127.0.0.1:{outbound_port}/1k", count, clients, streams, "web")
-            cpu_us = (cpu_seconds(node.pid) - before) / count * 1e6
-            results[name] = {
-                "requests": count,
-                "direct": direct,
-                "meshnode": {**proxied, "cpu_us_per_request": cpu_us, "rss_kib": rss_kib(node.pid)},
-            }
+            row: dict[str, object] = {"requests": count}
+            row["direct"] = h2load(
+                f"http://127.0.0.1:{upstream_port}/1k", count, clients, streams, "web"
+            )
+            for stack, (node, port) in nodes.items():
+                before = cpu_seconds(node.pid)
+                proxied = h2load(f"http://127.0.0.1:{port}/1k", count, clients, streams, "web")
+                cpu_us = (cpu_seconds(node.pid) - before) / count * 1e6
+                row[stack] = {**proxied, "cpu_us_per_request": cpu_us, "rss_kib": rss_kib(node.pid)}
+            results[name] = row
     finally:
-        node.terminate()
+        for node, _ in nodes.values():
+            node.terminate()
+            node.wait(30)
         upstream.terminate()
-        node.wait(30)
         upstream.wait(30)
         shutil.rmtree(work, ignore_errors=True)
 
     header = ("scenario", "path", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "failed")
-    print("{:10} {:9} {:>9} {:>9} {:>9} {:>11} {:>7}".format(*header))
+    print("{:10} {:13} {:>9} {:>9} {:>9} {:>11} {:>7}".format(*header))
     for name, row in results.items():
-        for path in ("direct", "meshnode"):
+        for path in ("direct", *STACKS):
             figures = row[path]
             assert isinstance(figures, dict)
             cpu = f"{figures['cpu_us_per_request']:.0f}" if "cpu_us_per_request" in figures else ""
             print(
-                f"{name:10} {path:9} {figures['req_per_s']:>9.0f} {figures['p50_us']:>9.0f} "
+                f"{name:10} {path:13} {figures['req_per_s']:>9.0f} {figures['p50_us']:>9.0f} "
                 f"{figures['p99_us']:>9.0f} {cpu:>11} {figures['failed']:>7}"
             )
+        plain, full = (row[stack]["cpu_us_per_request"] for stack in STACKS)  # type: ignore[index]
+        print(
+            f"{'':10} resilience stack costs {(full - plain) / plain * 100:+.1f} % CPU per request"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "machine": {

@@ -58,47 +58,100 @@ async def attempt(
     extra_headers: Sequence[tuple[bytes, bytes]] = (),
     tap: Callable[[bytes], None] | None = None,
 ) -> tuple[int, HeaderList]:
-    """Send the request to ``endpoint`` and relay the answer; return its status and head."""
-    upstream: Stream | None = None
-    failure: BaseException | None = None
-    status, head_headers = 0, []
+    """Send the request to ``endpoint`` and relay the answer; return its status and head.
+
+    A request without a body needs no upload task, hence no nursery: that is
+    most requests, and a nursery per try is a visible share of their cost.
+    """
+    exchange = _Exchange(pool, endpoint, headers, body, client, per_try, judge, extra_headers, tap)
     try:
+        if body is None:
+            return await exchange.run(None)
+        failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
             try:
-                with trio.move_on_after(per_try) as try_scope:
-                    try:
-                        upstream = await pool.open_stream(
-                            endpoint.address, headers, end_stream=body is None
-                        )
-                    except UpstreamConnectFailure as error:
-                        raise AttemptFailed("connect-failure", error) from error
-                    if body is not None:
-                        nursery.start_soon(_upload, body, upstream)
-                    head = await _receive_head(upstream)
-                if try_scope.cancelled_caught:
-                    raise AttemptFailed(
-                        "timeout", Timeout(f"no response head within the per-try {per_try:g}s")
-                    )
-                head_headers = head.headers
-                status = status_of(head_headers)
-                if judge is not None:
-                    judge(status, head_headers)
-                assert upstream is not None
-                no_body = upstream.consume_end()
-                out = strip_hop_by_hop(head_headers)
-                out.extend(extra_headers)
-                await client.send_headers(out, end_stream=no_body)
-                if not no_body:
-                    await relay_body(upstream, client, tap)
+                result = await exchange.run(nursery)
             except (AttemptFailed, StreamReset, MeshError) as exc:
                 failure = exc
             nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return result
     finally:
-        if upstream is not None:
-            upstream.reset(CANCEL)
-    if failure is not None:
-        raise failure
-    return status, head_headers
+        if exchange.upstream is not None:
+            exchange.upstream.reset(CANCEL)
+
+
+class _Exchange:
+    __slots__ = (
+        "body",
+        "client",
+        "endpoint",
+        "extra_headers",
+        "headers",
+        "judge",
+        "per_try",
+        "pool",
+        "tap",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        endpoint: Endpoint,
+        headers: HeaderList,
+        body: RequestBody | None,
+        client: Stream,
+        per_try: float,
+        judge: Judge | None,
+        extra_headers: Sequence[tuple[bytes, bytes]],
+        tap: Callable[[bytes], None] | None,
+    ) -> None:
+        self.pool = pool
+        self.endpoint = endpoint
+        self.headers = headers
+        self.body = body
+        self.client = client
+        self.per_try = per_try
+        self.judge = judge
+        self.extra_headers = extra_headers
+        self.tap = tap
+        self.upstream: Stream | None = None
+
+    async def run(self, nursery: trio.Nursery | None) -> tuple[int, HeaderList]:
+        if self.per_try == math.inf:
+            head = await self._start(nursery)
+        else:
+            with trio.move_on_after(self.per_try) as try_scope:
+                head = await self._start(nursery)
+            if try_scope.cancelled_caught:
+                raise AttemptFailed(
+                    "timeout", Timeout(f"no response head within the per-try {self.per_try:g}s")
+                )
+        upstream = self.upstream
+        assert upstream is not None
+        status = status_of(head.headers)
+        if self.judge is not None:
+            self.judge(status, head.headers)
+        no_body = upstream.consume_end()
+        out = strip_hop_by_hop(head.headers)
+        out.extend(self.extra_headers)
+        await self.client.send_headers(out, end_stream=no_body)
+        if not no_body:
+            await relay_body(upstream, self.client, self.tap)
+        return status, head.headers
+
+    async def _start(self, nursery: trio.Nursery | None) -> ResponseHead:
+        try:
+            self.upstream = await self.pool.open_stream(
+                self.endpoint.address, self.headers, end_stream=self.body is None
+            )
+        except UpstreamConnectFailure as error:
+            raise AttemptFailed("connect-failure", error) from error
+        if nursery is not None and self.body is not None:
+            nursery.start_soon(_upload, self.body, self.upstream)
+        return await _receive_head(self.upstream)
 
 
 async def _receive_head(upstream: Stream) -> ResponseHead:

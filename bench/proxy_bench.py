@@ -107,9 +107,11 @@ def h2load(url: str, requests: int, clients: int, streams: int, authority: str) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20000, help="per scenario (max 200000)")
+    parser.add_argument("--rounds", type=int, default=3, help="per stack; the median is kept")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     requests = min(args.requests, 200_000)
+    rounds = max(1, min(args.rounds, 10))
     for tool in ("h2load", "nghttpd"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: ./dev bench installs it")
@@ -134,11 +136,16 @@ def main() -> None:
             row["direct"] = h2load(
                 f"http://127.0.0.1:{upstream_port}/1k", count, clients, streams, "web"
             )
-            for stack, (node, port) in nodes.items():
-                before = cpu_seconds(node.pid)
-                proxied = h2load(f"http://127.0.0.1:{port}/1k", count, clients, streams, "web")
-                cpu_us = (cpu_seconds(node.pid) - before) / count * 1e6
-                row[stack] = {**proxied, "cpu_us_per_request": cpu_us, "rss_kib": rss_kib(node.pid)}
+            runs: dict[str, list[dict[str, float]]] = {stack: [] for stack in nodes}
+            for _ in range(rounds):  # alternate the stacks, so drift on the machine hits both
+                for stack, (node, port) in nodes.items():
+                    before = cpu_seconds(node.pid)
+                    proxied = h2load(f"http://127.0.0.1:{port}/1k", count, clients, streams, "web")
+                    cpu_us = (cpu_seconds(node.pid) - before) / count * 1e6
+                    runs[stack].append({**proxied, "cpu_us_per_request": cpu_us})
+            for stack, (node, _) in nodes.items():
+                ordered = sorted(runs[stack], key=lambda run: run["cpu_us_per_request"])
+                row[stack] = {**ordered[len(ordered) // 2], "rss_kib": rss_kib(node.pid)}
             results[name] = row
     finally:
         for node, _ in nodes.values():

@@ -3,40 +3,32 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import click
 import trio
 
+from meshnode import logs
+from meshnode.cli_admin import ADMIN_COMMANDS
 from meshnode.demo import answer
+from meshnode.logs import LogFormat
 from meshnode.net.listener import H2Listener
 from meshnode.node import Node
 from meshnode.policy import Address, PolicyError, load_policies
 from meshnode.reload import POLL_INTERVAL
 
 DEFAULT_POLICIES = "policies"
-DEFAULT_ADMIN = "http://127.0.0.1:15000"
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 @click.group()
 @click.version_option(package_name="meshnode")
 def main() -> None:
     """A standalone service mesh node: HTTP/2 proxying with resilience policies."""
+
+
+for command in ADMIN_COMMANDS:
+    main.add_command(command)
 
 
 @main.command()
@@ -55,14 +47,21 @@ def main() -> None:
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
 @click.option(
+    "--log-format",
+    default="human",
+    show_default=True,
+    type=click.Choice(["human", "json"]),
+    help="Human lines, or one JSON object per line.",
+)
+@click.option(
     "--watch/--no-watch",
     default=True,
     show_default=True,
     help="Reload when the policies directory changes (SIGHUP and the admin API always do).",
 )
-def serve(directory: Path, log_level: str, watch: bool) -> None:
+def serve(directory: Path, log_level: str, log_format: LogFormat, watch: bool) -> None:
     """Run the node (SIGHUP reloads; SIGTERM or SIGINT drains, then exits)."""
-    _configure_logging(log_level)
+    logs.configure(log_level, log_format)
     try:
         policies = load_policies(directory)
     except PolicyError as exc:
@@ -98,73 +97,6 @@ def validate(directory: Path) -> None:
     click.echo(f"{directory}: valid (version {policies.version}; upstreams: {names})")
 
 
-def _admin_call(admin: str, method: str, path: str) -> tuple[int, Any]:
-    """One admin API call; exits with one clear line when the node cannot be reached."""
-    request = urllib.request.Request(admin.rstrip("/") + path, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        click.echo(f"meshnode: cannot reach the admin API at {admin}: {reason}", err=True)
-        raise SystemExit(2) from None
-
-
-admin_option = click.option(
-    "--admin", default=DEFAULT_ADMIN, show_default=True, help="The node's admin listener."
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the JSON answer.")
-
-
-@main.command()
-@admin_option
-@json_option
-def reload(admin: str, as_json: bool) -> None:
-    """Reload the node's policies now; exit 1 if they were rejected (the old ones stay)."""
-    status, answer = _admin_call(admin, "POST", "/admin/reload")
-    if as_json:
-        click.echo(json.dumps(answer, indent=2))
-    elif answer.get("applied"):
-        changes = answer.get("changes") or {}
-        listed = "; ".join(f"{kind} {', '.join(names)}" for kind, names in changes.items() if names)
-        click.echo(
-            f"policies reloaded: version {answer['version']}"
-            + (f" ({listed})" if listed else " (no change)")
-        )
-    else:
-        click.echo(f"policies rejected; version {answer.get('version')} stays in force:", err=True)
-        for line in answer.get("errors", []):
-            click.echo(f"  {line}", err=True)
-    if status != 200:
-        raise SystemExit(1)
-
-
-@main.group()
-def breakers() -> None:
-    """Operator overrides of circuit breakers."""
-
-
-@breakers.command("force")
-@click.argument("upstream")
-@click.argument("state", type=click.Choice(["open", "closed", "auto"]))
-@admin_option
-@json_option
-def force_breaker(upstream: str, state: str, admin: str, as_json: bool) -> None:
-    """Force UPSTREAM's breaker open or closed, or give it back to its policy (auto)."""
-    path = f"/admin/breakers/{urllib.parse.quote(upstream)}?state={state}"
-    status, answer = _admin_call(admin, "POST", path)
-    if as_json:
-        click.echo(json.dumps(answer, indent=2))
-    elif status == 200:
-        click.echo(f"breaker of {upstream}: {answer['state']} (override {answer['override']})")
-    else:
-        click.echo(f"meshnode: {answer.get('error', status)}", err=True)
-    if status != 200:
-        raise SystemExit(1)
-
-
 @main.command("demo-upstream")
 @click.option(
     "--address",
@@ -174,7 +106,7 @@ def force_breaker(upstream: str, state: str, admin: str, as_json: bool) -> None:
 )
 def demo_upstream(address: str) -> None:
     """Run the small HTTP/2 server that the example policies route to."""
-    _configure_logging("info")
+    logs.configure("info")
     bound = Address.parse(address)
 
     async def run() -> None:

@@ -22,16 +22,20 @@ import attrs
 import trio
 
 from meshnode.actors.group import UpstreamGroup
+from meshnode.actors.stats import UpstreamStats
 from meshnode.actors.supervisor import RestartPolicy
 from meshnode.admin.api import admin_routes
 from meshnode.admin.health import CheckResult
 from meshnode.admin.http import AdminHTTPServer
+from meshnode.admin.metrics import Exposition, MeshCollector
 from meshnode.events import EventBus
 from meshnode.net.listener import H2Listener
 from meshnode.net.pool import UpstreamPool
 from meshnode.policy import Address, PolicySet, UpstreamPolicy
 from meshnode.policy.convert import converter
 from meshnode.policy.diff import PolicyDiff
+from meshnode.policy.load import read_token
+from meshnode.proxy.access_log import log_access
 from meshnode.proxy.forward import Proxy
 from meshnode.proxy.routing import RouteTable
 from meshnode.reload import POLL_INTERVAL, Reloader, ReloadResult, watch_directory
@@ -63,14 +67,26 @@ class Node:
         self._restart_policy = restart_policy
         self._poll_interval = poll_interval
         self._drain_requested = trio.Event()
+        self._exit_requested = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._proxy: Proxy | None = None
+        self._admin_token: str | None = None
+        self._exposition = Exposition(
+            MeshCollector(
+                groups=lambda: self.groups,
+                unrouted=lambda: self._proxy.unrouted if self._proxy else UpstreamStats(),
+                reloads=lambda: self.reloader.reloads,
+            )
+        )
 
     @property
     def policies(self) -> PolicySet:
         return self.reloader.current
 
-    def request_drain(self) -> None:
+    def request_drain(self, *, then_exit: bool = True) -> None:
+        """Drain; then exit (signals) or stay up answering the admin API (``POST /admin/drain``)."""
+        if then_exit:
+            self._exit_requested.set()
         self._drain_requested.set()
 
     async def reload(self, trigger: str) -> ReloadResult:
@@ -123,7 +139,9 @@ class Node:
             log.info("draining: up to %gs for requests in flight", timeout)
             finished = await outbound.drain(timeout)
             pool.close_all()
-            log.info("drained %s; stopping", "cleanly" if finished else "with requests cut short")
+            log.info("drained %s", "cleanly" if finished else "with requests cut short")
+            await self._exit_requested.wait()
+            log.info("stopping")
             nursery.cancel_scope.cancel()
 
     async def _start_group(self, policy: UpstreamPolicy) -> None:
@@ -141,8 +159,18 @@ class Node:
             await self.groups[name].update_policy(new.upstreams[name])
         removed = [self.groups.pop(name) for name in diff.removed]
         self._proxy.swap(RouteTable.build(new.upstreams), dict(self.groups))
+        self._apply_node_settings(new)
         for group in removed:
             self._nursery.start_soon(self._retire, group, new.node.node.drain_timeout)
+
+    def _apply_node_settings(self, policies: PolicySet) -> None:
+        """Node settings that a reload may change: the access log and the admin token."""
+        assert self._proxy is not None
+        self._proxy.observers = [log_access] if policies.node.node.access_log else []
+        token_file = policies.node.admin.token_file
+        self._admin_token = (
+            None if token_file is None else read_token(policies.directory, token_file)
+        )
 
     async def _retire(self, group: UpstreamGroup, timeout: float) -> None:
         finished = await group.drain(timeout)
@@ -164,13 +192,13 @@ class Node:
                 if signum == signal.SIGHUP:
                     assert self._nursery is not None
                     self._nursery.start_soon(self.reload, "sighup")
-                elif self._drain_requested.is_set():
+                elif self._exit_requested.is_set():
                     log.warning("second %s: stopping now", name)
                     scope.cancel()
                     return
                 else:
                     log.info("%s received", name)
-                    self.request_drain()
+                    self.request_drain(then_exit=True)
 
     # -- what the admin API shows ---------------------------------------------
 
@@ -204,6 +232,13 @@ class Node:
             critical = group.policy.upstream.critical
             checks.append(CheckResult(f"upstream:{name}", "readiness", critical, healthy, message))
         return checks
+
+    def metrics(self) -> bytes:
+        return self._exposition.render()
+
+    def forget_sessions(self, client: str) -> int:
+        """Session affinity arrives with the load-balancing work: until then there are none."""
+        return 0
 
     def force_breaker(self, upstream: str, state: str) -> dict[str, Any] | None:
         group = self.groups.get(upstream)

@@ -22,6 +22,8 @@ LAYERS = {
     "reload": 6,
     "demo": 6,
     "node": 7,
+    "cli_admin": 8,
+    "logs": 0,
     "cli": 8,
     "__main__": 9,
 }

@@ -32,6 +32,7 @@ from meshnode.actors.actors import Actor, Balancer, Breaker, DiscoveryWatcher, H
 from meshnode.actors.messages import CrashForTest, PolicyChanged
 from meshnode.actors.protections import Protections
 from meshnode.actors.snapshots import EndpointSet
+from meshnode.actors.stats import UpstreamStats
 from meshnode.actors.supervisor import RestartPolicy, Supervisor
 from meshnode.errors import BulkheadFull, NoHealthyEndpoints
 from meshnode.events import EventBus
@@ -62,8 +63,7 @@ class UpstreamGroup:
         self.load: dict[Address, EndpointLoad] = {}
         self.in_flight = 0
         self.pending = 0
-        self.rejected = {"bulkhead-full": 0}
-        self.fallbacks: dict[str, int] = {}
+        self.stats = UpstreamStats()
         self._drained = trio.Event()
         self._slot_freed = trio.Event()
         self._picker: RoundRobin[Endpoint] = RoundRobin()
@@ -113,7 +113,7 @@ class UpstreamGroup:
         if endpoint is None:
             balancer = self.policy.balancer
             if self.pending >= balancer.max_pending:
-                self.rejected["bulkhead-full"] += 1
+                self.stats.rejected["bulkhead-full"] += 1
                 raise BulkheadFull(
                     f"every endpoint is at {balancer.max_connections_per_instance} requests "
                     f"and {self.pending} are waiting",
@@ -128,7 +128,7 @@ class UpstreamGroup:
             finally:
                 self.pending -= 1
             if endpoint is None:
-                self.rejected["bulkhead-full"] += 1
+                self.stats.rejected["bulkhead-full"] += 1
                 raise BulkheadFull(
                     f"no endpoint slot came free within {balancer.queue_timeout:g}s", self.name
                 )
@@ -198,9 +198,7 @@ class UpstreamGroup:
 
     def report(self) -> dict[str, Any]:
         """What ``/admin/upstreams`` shows for this upstream."""
-        protections = self.protections
-        budget = protections.retry_budget
-        limiter = protections.rate_limiter
+        stats = self.stats
         return {
             "strategy": self.policy.balancer.strategy,
             "discovery": self.policy.discovery.backend,
@@ -209,13 +207,11 @@ class UpstreamGroup:
             "pending": self.pending,
             "actor_restarts": dict(self.supervisor.restarts),
             "breaker": self.breaker.report(),
-            "retries": {
-                **protections.retries,
-                "budget_exhausted": budget.exhausted if budget is not None else 0,
-            },
-            "rate_limited": limiter.limited if limiter is not None else 0,
-            "rejected": dict(self.rejected),
-            "fallbacks": dict(self.fallbacks),
+            "requests": {str(code): count for code, count in sorted(stats.requests.items())},
+            "retries": dict(stats.retries),
+            "rate_limited": stats.rate_limited,
+            "rejected": {**stats.rejected, "circuit-open": stats.breaker_rejected},
+            "fallbacks": dict(stats.fallbacks),
             "endpoints": [self._endpoint_report(endpoint) for endpoint in self.endpoints.endpoints],
         }
 

@@ -41,13 +41,11 @@ class Protections:
         self.retry_budget: RetryBudget | None
         self.stale_cache: LRU[bytes, CachedResponse] | None
         self.chaos_rng: random.Random
-        self.retries: dict[str, int]
         if previous is None:
             self.rate_limiter = _rate_limiter(policy.rate_limit)
             self.retry_budget = _budget(self.budget_policy)
             self.stale_cache = _cache(policy.fallback)
             self.chaos_rng = random.Random()
-            self.retries = {"attempted": 0}
             return
         self.rate_limiter = (
             previous.rate_limiter
@@ -65,7 +63,6 @@ class Protections:
             else _cache(policy.fallback)
         )
         self.chaos_rng = previous.chaos_rng
-        self.retries = previous.retries
 
 
 def _rate_limiter(policy: RateLimitPolicy | None) -> RateLimiter | None:

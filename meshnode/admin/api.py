@@ -6,10 +6,22 @@ protocol: reports to serialize and commands to carry out.
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any, Protocol
 
+import trio
+import trio_websocket
+
 from meshnode.admin.health import CheckResult, CheckType, health_report
-from meshnode.admin.http import AdminRequest, AdminResponse, Handler
+from meshnode.admin.http import AdminRequest, AdminResponse, Handler, WebSocketHandler
+from meshnode.admin.metrics import CONTENT_TYPE
+from meshnode.events import EventBus
+
+log = logging.getLogger(__name__)
+
+# Events a WebSocket subscriber may fall behind by before it loses the oldest.
+SUBSCRIBER_QUEUE = 1000
 
 
 class ReloadOutcome(Protocol):
@@ -20,13 +32,22 @@ class ReloadOutcome(Protocol):
 
 
 class NodeControl(Protocol):
+    bus: EventBus
+
     def health_checks(self) -> list[CheckResult]: ...
 
     def upstreams_report(self) -> dict[str, Any]: ...
 
     def policies_report(self) -> dict[str, Any]: ...
 
+    def metrics(self) -> bytes: ...
+
     async def reload(self, trigger: str) -> ReloadOutcome: ...
+
+    def request_drain(self, *, then_exit: bool) -> None: ...
+
+    def forget_sessions(self, client: str) -> int:
+        """Forget a client's session affinity everywhere; how many sessions went."""
 
     def force_breaker(self, upstream: str, state: str) -> dict[str, Any] | None:
         """Apply an operator override; None if there is no such upstream."""
@@ -40,6 +61,9 @@ def admin_routes(node: NodeControl) -> dict[tuple[str, str], Handler]:
 
         return answer
 
+    async def metrics(_: AdminRequest) -> AdminResponse:
+        return AdminResponse(200, node.metrics(), CONTENT_TYPE)
+
     async def upstreams(_: AdminRequest) -> AdminResponse:
         return AdminResponse.json(200, node.upstreams_report())
 
@@ -49,6 +73,18 @@ def admin_routes(node: NodeControl) -> dict[tuple[str, str], Handler]:
     async def reload(_: AdminRequest) -> AdminResponse:
         result = await node.reload("admin")
         return AdminResponse.json(200 if result.applied else 422, result.to_json())
+
+    async def drain(_: AdminRequest) -> AdminResponse:
+        node.request_drain(then_exit=False)
+        return AdminResponse.json(
+            202, {"draining": True, "detail": "no new connections; requests in flight finish"}
+        )
+
+    async def sessions(request: AdminRequest) -> AdminResponse:
+        client = request.params["client"]
+        return AdminResponse.json(
+            200, {"client": client, "forgotten": node.forget_sessions(client)}
+        )
 
     async def breaker(request: AdminRequest) -> AdminResponse:
         state = request.query_value("state")
@@ -61,11 +97,38 @@ def admin_routes(node: NodeControl) -> dict[tuple[str, str], Handler]:
         return AdminResponse.json(200, report)
 
     return {
-        ("POST", "/admin/breakers/{upstream}"): breaker,
         ("GET", "/health/live"): health("liveness"),
         ("GET", "/health/ready"): health("readiness"),
         ("GET", "/health"): health(None),
+        ("GET", "/metrics"): metrics,
         ("GET", "/admin/upstreams"): upstreams,
         ("GET", "/admin/policies"): policies,
         ("POST", "/admin/reload"): reload,
+        ("POST", "/admin/drain"): drain,
+        ("DELETE", "/admin/sessions/{client}"): sessions,
+        ("POST", "/admin/breakers/{upstream}"): breaker,
     }
+
+
+def admin_websockets(node: NodeControl) -> dict[str, WebSocketHandler]:
+    async def events(websocket: trio_websocket.WebSocketConnection) -> None:
+        """One JSON object per event. The bus never waits for us: a subscriber that
+        cannot keep up loses its oldest events and is sent ``events-missed``."""
+        with node.bus.subscribe(SUBSCRIBER_QUEUE) as subscription:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_until_closed, websocket, nursery.cancel_scope)
+                async for event in subscription:
+                    await websocket.send_message(json.dumps(event.to_json()))
+
+    return {"/admin/events": events}
+
+
+async def _until_closed(
+    websocket: trio_websocket.WebSocketConnection, scope: trio.CancelScope
+) -> None:
+    """Read (and ignore) what the subscriber sends, to notice when it goes away."""
+    try:
+        while True:
+            await websocket.get_message()
+    except trio_websocket.ConnectionClosed:
+        scope.cancel()

@@ -1,12 +1,16 @@
-"""A small HTTP/1.1 server (h11) that dispatches on method and path.
+"""A small HTTP/1.1 server (h11) that dispatches on method and path, with WebSocket hand-off.
 
 The admin plane is low-volume and operator-facing, so it favours plain code:
 one task per connection, keep-alive, a header-read timeout so a silent client
-cannot hold a connection forever, and a bounded request body.
+cannot hold a connection forever, and a bounded request body. A WebSocket
+upgrade (the first request of a connection, on a WebSocket route) is handed to
+trio-websocket with the bytes already read replayed in front of the socket.
+Mutating methods need ``Authorization: Bearer <token>`` whenever a token is set.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import urllib.parse
@@ -16,6 +20,7 @@ from typing import Any
 import attrs
 import h11
 import trio
+import trio_websocket
 
 from meshnode.policy.units import Address
 
@@ -23,6 +28,7 @@ log = logging.getLogger(__name__)
 
 READ_TIMEOUT = 10.0
 MAX_BODY = 1024 * 1024
+MUTATING = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 
 
 @attrs.frozen
@@ -31,6 +37,7 @@ class AdminRequest:
     path: str
     query: str
     body: bytes
+    headers: dict[str, str] = attrs.field(factory=dict)  # names lower-cased
     params: dict[str, str] = attrs.field(factory=dict)  # from "{name}" segments of the route
 
     def query_value(self, name: str) -> str | None:
@@ -50,11 +57,19 @@ class AdminResponse:
 
 
 Handler = Callable[[AdminRequest], Awaitable[AdminResponse]]
+WebSocketHandler = Callable[[trio_websocket.WebSocketConnection], Awaitable[None]]
 
 
 class AdminHTTPServer:
-    def __init__(self, routes: Mapping[tuple[str, str], Handler]) -> None:
+    def __init__(
+        self,
+        routes: Mapping[tuple[str, str], Handler],
+        websockets: Mapping[str, WebSocketHandler] | None = None,
+        token: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self._routes = routes
+        self._websockets = websockets or {}
+        self._token = token
 
     async def serve(
         self,
@@ -82,48 +97,91 @@ class AdminHTTPServer:
             await trio.aclose_forcefully(transport)
 
     async def _converse(self, transport: trio.SocketStream, conn: h11.Connection) -> None:
+        first = True
         while True:
-            request = await self._read_request(transport, conn)
+            raw = bytearray()
+            request = await self._read_request(transport, conn, raw)
             if request is None:
                 return
-            response = await self._dispatch(request)
-            headers = [
-                ("content-type", response.content_type),
-                ("content-length", str(len(response.body))),
-                ("cache-control", "no-store"),
-            ]
-            for event in (
-                h11.Response(status_code=response.status, headers=headers),
-                h11.Data(data=response.body),
-                h11.EndOfMessage(),
+            if request.path in self._websockets and "websocket" in request.headers.get(
+                "upgrade", ""
             ):
-                await transport.send_all(conn.send(event) or b"")
+                if first:
+                    await self._hand_off(transport, bytes(raw), self._websockets[request.path])
+                    return
+                response = AdminResponse.json(400, {"error": "upgrade on a fresh connection"})
+            else:
+                response = await self._dispatch(request)
+            await self._respond(transport, conn, response)
             if conn.our_state is h11.MUST_CLOSE:
                 return
             conn.start_next_cycle()
+            first = False
+
+    async def _respond(
+        self, transport: trio.SocketStream, conn: h11.Connection, response: AdminResponse
+    ) -> None:
+        headers = [
+            ("content-type", response.content_type),
+            ("content-length", str(len(response.body))),
+            ("cache-control", "no-store"),
+        ]
+        for event in (
+            h11.Response(status_code=response.status, headers=headers),
+            h11.Data(data=response.body),
+            h11.EndOfMessage(),
+        ):
+            await transport.send_all(conn.send(event) or b"")
 
     async def _read_request(
-        self, transport: trio.SocketStream, conn: h11.Connection
+        self, transport: trio.SocketStream, conn: h11.Connection, raw: bytearray
     ) -> AdminRequest | None:
-        target = b""
-        method = b""
+        target = method = b""
+        headers: dict[str, str] = {}
         body = bytearray()
         with trio.fail_after(READ_TIMEOUT):
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    conn.receive_data(await transport.receive_some(65536))
+                    data = await transport.receive_some(65536)
+                    raw += data
+                    conn.receive_data(data)
                 elif isinstance(event, h11.Request):
                     method, target = event.method, event.target
+                    headers = {
+                        name.decode("latin-1"): value.decode("latin-1").lower()
+                        if name == b"upgrade"
+                        else value.decode("latin-1")
+                        for name, value in event.headers
+                    }
+                    if "websocket" in headers.get("upgrade", ""):
+                        path = target.decode("ascii", "replace").partition("?")[0]
+                        return AdminRequest(method.decode(), path, "", b"", headers)
                 elif isinstance(event, h11.Data):
                     body += event.data
                     if len(body) > MAX_BODY:
                         raise h11.ProtocolError("request body too large")
                 elif isinstance(event, h11.EndOfMessage):
                     path, _, query = target.decode("ascii", "replace").partition("?")
-                    return AdminRequest(method.decode(), path, query, bytes(body))
+                    return AdminRequest(method.decode(), path, query, bytes(body), headers)
                 else:  # ConnectionClosed or PAUSED
                     return None
+
+    async def _hand_off(
+        self, transport: trio.SocketStream, already_read: bytes, handler: WebSocketHandler
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            request = await trio_websocket.wrap_server_stream(
+                nursery, _Replay(transport, already_read)
+            )
+            websocket = await request.accept()
+            try:
+                await handler(websocket)
+            except trio_websocket.ConnectionClosed:
+                pass
+            finally:
+                await websocket.aclose()
+            nursery.cancel_scope.cancel()
 
     async def _dispatch(self, request: AdminRequest) -> AdminResponse:
         allowed = False
@@ -132,11 +190,48 @@ class AdminHTTPServer:
             if params is None:
                 continue
             if method == request.method:
+                if method in MUTATING and not self._authorized(request):
+                    return AdminResponse.json(401, {"error": "a valid admin token is required"})
                 return await handler(attrs.evolve(request, params=params))
             allowed = True
         if allowed:
             return AdminResponse.json(405, {"error": f"{request.method} not allowed here"})
         return AdminResponse.json(404, {"error": f"no admin endpoint {request.path}"})
+
+    def _authorized(self, request: AdminRequest) -> bool:
+        token = self._token()
+        if token is None:
+            return True
+        given = request.headers.get("authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+class _Replay(trio.abc.Stream):
+    """A stream that hands out ``prefix`` before reading on from ``stream``."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            size = len(self._prefix) if max_bytes is None else max_bytes
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
+            return data
+        return bytes(await self._stream.receive_some(max_bytes))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        if isinstance(self._stream, trio.abc.HalfCloseableStream):
+            await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 def _match(pattern: str, path: str) -> dict[str, str] | None:

@@ -112,6 +112,7 @@ class Stream:
         "local_closed",
         "remote_closed",
         "session",
+        "status_sent",
     )
 
     def __init__(self, session: H2Session, stream_id: int, headers: Headers | None) -> None:
@@ -123,6 +124,7 @@ class Stream:
         self.remote_closed = False
         self.local_closed = False
         self.headers_sent = False
+        self.status_sent = 0  # the :status of the response head this side sent, if any
         self.error: StreamReset | None = None
         # Cancelled when the stream is reset, so the work serving it stops at once.
         self.cancel_scope: trio.CancelScope | None = None
@@ -426,6 +428,8 @@ class H2Session:
         except _h2_errors as exc:
             self._forget(stream, StreamReset(stream, CANCEL))
             raise stream.error from exc  # type: ignore[misc]
+        if not stream.headers_sent and headers and headers[0][0] == b":status":
+            stream.status_sent = int(headers[0][1])
         stream.headers_sent = True
         if end_stream:
             stream.local_closed = True

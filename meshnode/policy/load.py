@@ -9,6 +9,7 @@ set that is versioned (a file changed mid-read is caught by the next reload).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 import tomllib
@@ -31,7 +32,6 @@ _NOT_YET_NODE = {
     "tls": "mTLS identity and authorization",
     "limits": "hardening",
     "health_checks": "health checking",
-    "admin.token_file": "the admin plane",
 }
 _NOT_YET_UPSTREAM = {
     "balancer.session_affinity": "load balancing",
@@ -186,7 +186,39 @@ def _node_policy(
             for key, reason in _not_yet(defaults, _NOT_YET_UPSTREAM)
         )
     policy = _structure(path, raw, NodePolicy, errors)
+    if policy is not None:
+        errors.extend(f"{path}: {line}" for line in _admin_checks(path, policy))
     return policy, defaults if policy is not None else {}
+
+
+def _admin_checks(path: Path, policy: NodePolicy) -> Iterator[str]:
+    admin = policy.admin
+    if admin.token_file is None:
+        if not is_loopback(admin.address.host):
+            yield (
+                "admin.token_file: required when the admin listener is not on loopback "
+                f"({admin.address})"
+            )
+        return
+    try:
+        token = read_token(path.parent, admin.token_file)
+    except OSError as exc:
+        yield f"admin.token_file: cannot read {admin.token_file}: {exc.strerror or exc}"
+        return
+    if not token:
+        yield f"admin.token_file: {admin.token_file} is empty"
+
+
+def read_token(directory: Path, token_file: str) -> str:
+    """The admin token: the file's content, surrounding whitespace removed."""
+    return (directory / token_file).read_text().strip()
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _upstream_policy(path: Path, raw: dict[str, Any], errors: list[str]) -> UpstreamPolicy | None:

@@ -20,6 +20,7 @@ class NodeSection:
     trust_domain: str = "mesh.local"
     state_dir: str | None = None
     drain_timeout: Duration = Duration(30)
+    access_log: bool = False  # one line per request on the "meshnode.access" logger
 
 
 @attrs.frozen
@@ -35,6 +36,9 @@ class Listeners:
 @attrs.frozen
 class AdminSection:
     address: Address = Address("127.0.0.1", 15000)
+    # Mutating calls need "Authorization: Bearer <token>" when this is set; it must be
+    # set when the admin listener is not on loopback. Relative to node.toml.
+    token_file: str | None = None
 
 
 @attrs.frozen

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import trio
 
 from meshnode.actors.group import UpstreamGroup
 from meshnode.actors.protections import CachedResponse, Protections
+from meshnode.actors.stats import UpstreamStats
 from meshnode.errors import (
     BadRequest,
     ChaosAbort,
@@ -62,52 +64,75 @@ _ERROR_CONDITIONS = {
 }
 
 
-class _Request:
-    """What the steps of one request share."""
+class Request:
+    """One request as it goes: what the steps share, and what its record will say."""
 
-    __slots__ = ("body", "client_ip", "headers", "method", "out_headers", "path", "stream")
+    __slots__ = (
+        "authority",
+        "body",
+        "client_ip",
+        "endpoint",
+        "error",
+        "group",
+        "headers",
+        "method",
+        "out_headers",
+        "path",
+        "request_id",
+        "started",
+        "stream",
+        "tries",
+    )
 
-    def __init__(
-        self,
-        stream: Stream,
-        headers: HeaderList,
-        method: bytes,
-        path: bytes,
-        out_headers: HeaderList,
-        client_ip: bytes,
-        body: RequestBody | None,
-    ) -> None:
+    def __init__(self, stream: Stream, client_ip: bytes) -> None:
         self.stream = stream
-        self.headers = headers
-        self.method = method
-        self.path = path
-        self.out_headers = out_headers
         self.client_ip = client_ip
-        self.body = body
+        self.started = trio.current_time()
+        self.headers: HeaderList = stream.headers or []
+        self.method = self.path = self.authority = b""
+        self.out_headers: HeaderList = []
+        self.request_id: bytes | None = None
+        self.body: RequestBody | None = None
+        self.group: UpstreamGroup | None = None
+        self.endpoint: str | None = None
+        self.tries = 0
+        self.error: str | None = None  # the mesh error reason, or "fallback:<kind>"
+
+
+RequestObserver = Callable[[Request], None]
 
 
 class Proxy:
     """The outbound request path. ``routes`` and ``upstreams`` are swapped whole on reload."""
 
     def __init__(
-        self, routes: RouteTable, upstreams: dict[str, UpstreamGroup], pool: UpstreamPool
+        self,
+        routes: RouteTable,
+        upstreams: dict[str, UpstreamGroup],
+        pool: UpstreamPool,
+        observers: list[RequestObserver] | None = None,
     ) -> None:
         self.routes = routes
         self.upstreams = upstreams
         self.pool = pool
+        # Told about every finished request (the access log); must not block.
+        self.observers = observers if observers is not None else []
+        self.unrouted = UpstreamStats()  # requests that reached no upstream
 
     def swap(self, routes: RouteTable, upstreams: dict[str, UpstreamGroup]) -> None:
         self.routes, self.upstreams = routes, upstreams
 
     async def handle(self, stream: Stream, client_ip: bytes) -> None:
         """Serve one request stream to the end. Never raises: one request fails alone."""
+        request = Request(stream, client_ip)
         with trio.CancelScope() as scope:
             stream.cancel_scope = scope
             if stream.error is not None:
                 return
             try:
-                await self._forward(stream, client_ip)
+                await self._forward(request)
             except MeshError as error:
+                request.error = error.reason
                 await _answer(stream, error)
             except StreamReset as reset:
                 if reset.stream is not stream:
@@ -115,9 +140,15 @@ class Proxy:
             except Exception:
                 log.exception("request on stream %d failed", stream.id)
                 stream.reset(INTERNAL_ERROR)
+        group = request.group
+        stats = group.stats if group is not None else self.unrouted
+        stats.observe(stream.status_sent, trio.current_time() - request.started)
+        for observe in self.observers:
+            observe(request)
 
-    async def _forward(self, stream: Stream, client_ip: bytes) -> None:
-        headers = stream.headers or []
+    async def _forward(self, request: Request) -> None:
+        stream = request.stream
+        headers = request.headers
         authority = path = method = b""
         for name, value in headers:
             if name == b":authority" or (name == b"host" and not authority):
@@ -126,32 +157,35 @@ class Proxy:
                 path = value
             elif name == b":method":
                 method = value
+        request.method, request.path, request.authority = method, path, authority
         if not authority:
             raise BadRequest("the request names no :authority or host")
         upstream_name = self.routes.resolve(authority_host(authority), path, headers)
         if upstream_name is None:
             raise NoRoute(f"no upstream serves {authority.decode(errors='replace')}")
-        group = self.upstreams[upstream_name]
+        group = request.group = self.upstreams[upstream_name]
         policy = group.policy
-        out_headers, request_id = forwarded_request_headers(headers, client_ip)
+        request.out_headers, request.request_id = forwarded_request_headers(
+            headers, request.client_ip
+        )
         replay = policy.retry.buffer if policy.retry is not None else DEFAULT_REPLAY_BUFFER
-        body = None if stream.consume_end() else RequestBody(stream, replay)
-        request = _Request(stream, headers, method, path, out_headers, client_ip, body)
+        request.body = None if stream.consume_end() else RequestBody(stream, replay)
         try:
             await self._serve(request, group, policy)
         except MeshError as error:
             error.upstream = error.upstream or group.name
-            error.request_id = request_id
+            error.request_id = request.request_id
             if policy.fallback is None or stream.headers_sent:
                 raise
             if not fallback.applies(policy.fallback, error):
                 raise
             if not await self._fall_back(request, group, policy, error):
                 raise
+            request.error = f"fallback:{policy.fallback.kind}"
 
     async def _serve(
         self,
-        request: _Request,
+        request: Request,
         group: UpstreamGroup,
         policy: UpstreamPolicy,
         extra_headers: HeaderList | None = None,
@@ -167,6 +201,7 @@ class Proxy:
                 key = next((v for n, v in request.headers if n == header), key)
             wait = limiter.check(key, now)
             if wait:
+                group.stats.rate_limited += 1
                 raise RateLimited(f"over {limiter.rate:g} requests a second", group.name, wait)
         if policy.chaos is not None:
             fault = _fault(policy.chaos, protections, request.headers)
@@ -180,6 +215,7 @@ class Proxy:
         if core is not None:
             permit = core.admit(now)
             if permit is None:
+                group.stats.breaker_rejected += 1
                 since = now - core.state_since
                 raise CircuitOpen(f"the circuit is {core.state.value} for {since:.1f}s", group.name)
         status, condition, finished = 0, None, False
@@ -216,7 +252,7 @@ class Proxy:
 
     async def _tries(
         self,
-        request: _Request,
+        request: Request,
         group: UpstreamGroup,
         policy: UpstreamPolicy,
         extra_headers: HeaderList,
@@ -238,7 +274,7 @@ class Proxy:
             condition = head_condition(status, headers, policy.retry.retry_on)
             if condition is None:
                 return
-            delay = self._retry_delay(condition, headers, tries, request, policy, protections)
+            delay = self._retry_delay(condition, headers, tries, request, policy, group)
             if delay is None and not _fallback_on_exhausted(policy):
                 return
             error = UpstreamFailed(f"the upstream answered {status} after {tries} tries")
@@ -248,6 +284,8 @@ class Proxy:
         while True:
             tries += 1
             endpoint, load = await group.acquire(avoid)
+            request.tries += 1
+            request.endpoint = str(endpoint.address)
             started = trio.current_time()
             try:
                 status, head = await attempt(
@@ -268,14 +306,17 @@ class Proxy:
                 delay = failed.retry_delay
                 if delay is None and not isinstance(failed.error, UpstreamFailed):
                     delay = self._retry_delay(
-                        failed.condition, failed.headers, tries, request, policy, protections
+                        failed.condition, failed.headers, tries, request, policy, group
                     )
                 if delay is None:
-                    failed.error.retries_exhausted = policy.retry is not None and (
-                        failed.condition in policy.retry.retry_on
+                    exhausted = (
+                        policy.retry is not None and failed.condition in policy.retry.retry_on
                     )
+                    failed.error.retries_exhausted = exhausted
+                    if exhausted:
+                        group.stats.retries["exhausted"] += 1
                     raise failed.error from None
-                protections.retries["attempted"] += 1
+                group.stats.retries["retried"] += 1
                 avoid = endpoint.address
             finally:
                 group.release(load, trio.current_time() - started)
@@ -286,11 +327,12 @@ class Proxy:
         condition: str,
         response_headers: HeaderList,
         tries: int,
-        request: _Request,
+        request: Request,
         policy: UpstreamPolicy,
-        protections: Protections,
+        group: UpstreamGroup,
     ) -> float | None:
         """Seconds to wait before the next try, or None when there is to be no next try."""
+        protections = group.protections
         body = request.body
         if body is not None and not body.replayable:
             return None
@@ -303,6 +345,7 @@ class Proxy:
             return None
         budget = protections.retry_budget
         if budget is not None and not budget.try_retry(trio.current_time()):
+            group.stats.retries["budget-exhausted"] += 1
             return None
         if condition in ("429", "503"):
             asked = retry_after_of(response_headers)
@@ -319,7 +362,7 @@ class Proxy:
         )
 
     async def _fall_back(
-        self, request: _Request, group: UpstreamGroup, policy: UpstreamPolicy, error: MeshError
+        self, request: Request, group: UpstreamGroup, policy: UpstreamPolicy, error: MeshError
     ) -> bool:
         """Answer with the configured fallback; False if it has nothing to give."""
         plan = policy.fallback
@@ -341,7 +384,7 @@ class Proxy:
                 request, target, target.policy, [fallback.fallback_header("upstream")]
             )
         log.info("fallback %s for %s (%s): %s", plan.kind, group.name, error.reason, error.detail)
-        group.fallbacks[plan.kind] = group.fallbacks.get(plan.kind, 0) + 1
+        group.stats.count_fallback(plan.kind)
         return True
 
 
@@ -349,7 +392,7 @@ def _fallback_on_exhausted(policy: UpstreamPolicy) -> bool:
     return policy.fallback is not None and "retries-exhausted" in policy.fallback.on
 
 
-def _capture_for(request: _Request, policy: UpstreamPolicy) -> fallback.BodyCapture | None:
+def _capture_for(request: Request, policy: UpstreamPolicy) -> fallback.BodyCapture | None:
     plan = policy.fallback
     if plan is None or plan.kind != "stale-cache" or request.method != b"GET":
         return None

@@ -54,7 +54,7 @@ async def test_a_flaky_upstream_is_recovered_by_retries(tmp_path, nursery, runni
     )
     assert await get(addresses.outbound[0], "api") == (200, b"recovered")
     assert server.requests == 3
-    assert node.groups["api"].protections.retries["attempted"] == 2
+    assert node.groups["api"].stats.retries["retried"] == 2
 
 
 async def test_without_retries_the_failure_reaches_the_client(tmp_path, nursery, running) -> None:

@@ -19,7 +19,6 @@ class RateLimiter:
         self.per_client = per_client
         self._shared: TokenBucket | None = None
         self._clients: LRU[bytes, TokenBucket] = LRU(max_clients)
-        self.limited = 0
 
     def check(self, client: bytes, now: float) -> float:
         if self.per_client:
@@ -31,7 +30,4 @@ class RateLimiter:
             if self._shared is None:
                 self._shared = TokenBucket(self.rate, self.burst, now)
             bucket = self._shared
-        wait = bucket.take(now)
-        if wait:
-            self.limited += 1
-        return wait
+        return bucket.take(now)

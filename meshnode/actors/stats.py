@@ -1,0 +1,49 @@
+"""Per-upstream counters for metrics and the admin API, kept as plain numbers.
+
+The request path only adds to ints here (a bisect for the latency histogram);
+``/metrics`` turns them into Prometheus families at scrape time, so recording
+costs no lock, no label lookup and no allocation per request. They live on the
+upstream group, so they survive reloads of its policy.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+# Request duration buckets, in seconds: from a fast local call to a slow retry chain.
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class UpstreamStats:
+    __slots__ = (
+        "breaker_rejected",
+        "duration_buckets",
+        "duration_count",
+        "duration_sum",
+        "fallbacks",
+        "rate_limited",
+        "rejected",
+        "requests",
+        "retries",
+    )
+
+    def __init__(self) -> None:
+        self.requests: dict[int, int] = {}  # by status code (the client's)
+        self.duration_buckets = [0] * (len(DURATION_BUCKETS) + 1)  # the last one is +Inf
+        self.duration_sum = 0.0
+        self.duration_count = 0
+        self.retries = {"retried": 0, "budget-exhausted": 0, "exhausted": 0}
+        self.rate_limited = 0
+        self.breaker_rejected = 0
+        self.fallbacks: dict[str, int] = {}
+        self.rejected = {"bulkhead-full": 0}
+
+    def observe(self, status: int, seconds: float) -> None:
+        requests = self.requests
+        requests[status] = requests.get(status, 0) + 1
+        self.duration_buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.duration_sum += seconds
+        self.duration_count += 1
+
+    def count_fallback(self, kind: str) -> None:
+        self.fallbacks[kind] = self.fallbacks.get(kind, 0) + 1

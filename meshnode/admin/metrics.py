@@ -1,0 +1,150 @@
+"""``GET /metrics``: Prometheus exposition through prometheus-client.
+
+The request path keeps plain counters (actors/stats.py); this collector turns
+them into metric families when Prometheus scrapes, so recording a request costs
+no lock and no label lookup. Labels are bounded: upstream names come from the
+policies, codes from HTTP, kinds and outcomes from fixed sets; never a path or a
+client. Process metrics come from prometheus-client's ProcessCollector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from meshnode.actors.group import UpstreamGroup
+from meshnode.actors.stats import DURATION_BUCKETS, UpstreamStats
+from meshnode.resilience.core.breaker import BreakerState
+
+UNROUTED = "(none)"  # the upstream label of requests that matched no route
+
+
+class MeshCollector(Collector):
+    def __init__(
+        self,
+        groups: Callable[[], Mapping[str, UpstreamGroup]],
+        unrouted: Callable[[], UpstreamStats],
+        reloads: Callable[[], Mapping[str, int]],
+    ) -> None:
+        self._groups = groups
+        self._unrouted = unrouted
+        self._reloads = reloads
+
+    def collect(self) -> Iterator[Metric]:
+        groups = self._groups()
+        stats = {name: group.stats for name, group in groups.items()}
+        stats[UNROUTED] = self._unrouted()
+        yield from _request_metrics(stats)
+        yield from _resilience_metrics(groups)
+        reloads = CounterMetricFamily(
+            "meshnode_policy_reloads", "Policy reloads by result.", labels=["result"]
+        )
+        for result, count in self._reloads().items():
+            reloads.add_metric([result], count)
+        yield reloads
+        restarts = CounterMetricFamily(
+            "meshnode_actor_restarts", "Crashed actors restarted.", labels=["upstream", "actor"]
+        )
+        for name, group in groups.items():
+            for actor, count in group.supervisor.restarts.items():
+                restarts.add_metric([name, actor], count)
+        yield restarts
+
+
+def _request_metrics(stats: Mapping[str, UpstreamStats]) -> Iterator[Metric]:
+    requests = CounterMetricFamily(
+        "meshnode_requests",
+        "Requests by upstream and the status answered (0: no response head, reset).",
+        labels=["upstream", "code"],
+    )
+    duration = HistogramMetricFamily(
+        "meshnode_request_duration_seconds",
+        "Time from request start to its end, retries included.",
+        labels=["upstream"],
+    )
+    for name, upstream in stats.items():
+        for code, count in upstream.requests.items():
+            requests.add_metric([name, str(code)], count)
+        cumulative, buckets = 0, []
+        for bound, count in zip(
+            (*DURATION_BUCKETS, float("inf")), upstream.duration_buckets, strict=True
+        ):
+            cumulative += count
+            buckets.append((_bound(bound), cumulative))
+        duration.add_metric([name], buckets, upstream.duration_sum)
+    yield requests
+    yield duration
+
+
+def _resilience_metrics(groups: Mapping[str, UpstreamGroup]) -> Iterator[Metric]:
+    state = GaugeMetricFamily(
+        "meshnode_breaker_state",
+        "Breaker state: 0 closed, 1 open, 2 half-open.",
+        labels=["upstream"],
+    )
+    rejected = CounterMetricFamily(
+        "meshnode_breaker_rejected", "Requests refused by an open breaker.", labels=["upstream"]
+    )
+    retries = CounterMetricFamily(
+        "meshnode_retries",
+        "Retries made (retried), refused by the budget, or given up (exhausted).",
+        labels=["upstream", "outcome"],
+    )
+    endpoints = GaugeMetricFamily(
+        "meshnode_endpoints", "Endpoints by state.", labels=["upstream", "state"]
+    )
+    limited = CounterMetricFamily(
+        "meshnode_rate_limited", "Requests refused by the rate limit.", labels=["upstream"]
+    )
+    fallbacks = CounterMetricFamily(
+        "meshnode_fallbacks", "Fallback answers given, by kind.", labels=["upstream", "kind"]
+    )
+    bulkhead = CounterMetricFamily(
+        "meshnode_bulkhead_rejected", "Requests refused by a full bulkhead.", labels=["upstream"]
+    )
+    in_flight = GaugeMetricFamily(
+        "meshnode_requests_in_flight", "Requests being served.", labels=["upstream"]
+    )
+    for name, group in groups.items():
+        core = group.breaker.core
+        state.add_metric([name], (core.state if core is not None else BreakerState.CLOSED).gauge)
+        stats = group.stats
+        rejected.add_metric([name], stats.breaker_rejected)
+        for outcome, count in stats.retries.items():
+            retries.add_metric([name, outcome], count)
+        endpoints.add_metric([name, "healthy"], len(group.endpoints.endpoints))
+        endpoints.add_metric([name, "unhealthy"], 0)
+        endpoints.add_metric([name, "ejected"], 0)
+        limited.add_metric([name], stats.rate_limited)
+        for kind, count in stats.fallbacks.items():
+            fallbacks.add_metric([name, kind], count)
+        bulkhead.add_metric([name], stats.rejected["bulkhead-full"])
+        in_flight.add_metric([name], group.in_flight)
+    yield from (state, rejected, retries, endpoints, limited, fallbacks, bulkhead, in_flight)
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)
+
+
+class Exposition:
+    """The registry ``/metrics`` renders: meshnode's families and the process's."""
+
+    def __init__(self, collector: MeshCollector) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(collector)
+        ProcessCollector(registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

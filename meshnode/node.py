@@ -24,7 +24,7 @@ import trio
 from meshnode.actors.group import UpstreamGroup
 from meshnode.actors.stats import UpstreamStats
 from meshnode.actors.supervisor import RestartPolicy
-from meshnode.admin.api import admin_routes
+from meshnode.admin.api import admin_routes, admin_websockets
 from meshnode.admin.health import CheckResult
 from meshnode.admin.http import AdminHTTPServer
 from meshnode.admin.metrics import Exposition, MeshCollector
@@ -111,7 +111,10 @@ class Node:
             outbound_addresses = await nursery.start(
                 outbound.serve, policy.listeners.outbound.address
             )
-            admin = AdminHTTPServer(admin_routes(self))
+            self._apply_node_settings(self.policies)
+            admin = AdminHTTPServer(
+                admin_routes(self), admin_websockets(self), token=lambda: self._admin_token
+            )
             admin_addresses = await nursery.start(admin.serve, policy.admin.address)
             if self._poll_interval is not None:
                 nursery.start_soon(

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from pathlib import Path
 
 import click
 import trio
 
+from meshnode import certs as certificates
 from meshnode import logs
 from meshnode.cli_admin import ADMIN_COMMANDS
 from meshnode.demo import answer
 from meshnode.logs import LogFormat
 from meshnode.net.listener import H2Listener
-from meshnode.node import Node
-from meshnode.policy import Address, PolicyError, load_policies
+from meshnode.node import Node, preflight
+from meshnode.policy import Address, PolicyError, PolicySet, load_policies
 from meshnode.reload import POLL_INTERVAL
 
 DEFAULT_POLICIES = "policies"
@@ -62,12 +64,7 @@ for command in ADMIN_COMMANDS:
 def serve(directory: Path, log_level: str, log_format: LogFormat, watch: bool) -> None:
     """Run the node (SIGHUP reloads; SIGTERM or SIGINT drains, then exits)."""
     logs.configure(log_level, log_format)
-    try:
-        policies = load_policies(directory)
-    except PolicyError as exc:
-        for line in exc.lines:
-            click.echo(line, err=True)
-        raise SystemExit(1) from None
+    policies = _checked(directory)
     try:
         trio.run(Node(policies, poll_interval=POLL_INTERVAL if watch else None).run)
     except OSError as exc:
@@ -85,16 +82,97 @@ def policy() -> None:
     "directory", default=DEFAULT_POLICIES, type=click.Path(file_okay=False, path_type=Path)
 )
 def validate(directory: Path) -> None:
-    """Exit 0 if DIRECTORY's policies are valid, else 1 with every error listed."""
-    try:
-        policies = load_policies(directory)
-    except PolicyError as exc:
-        for line in exc.lines:
-            click.echo(line, err=True)
-        click.echo(f"{len(exc.lines)} error(s) in {directory}", err=True)
-        raise SystemExit(1) from None
+    """Exit 0 if DIRECTORY's policies (and TLS material) are valid, else 1 with every error."""
+    policies = _checked(directory, summary=True)
     names = ", ".join(sorted(policies.upstreams)) or "none"
     click.echo(f"{directory}: valid (version {policies.version}; upstreams: {names})")
+
+
+@main.group()
+def certs() -> None:
+    """The mesh CA and node certificates (SPIFFE identities)."""
+
+
+@certs.command("init")
+@click.option(
+    "--dir",
+    "directory",
+    default="certs",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
+@click.option("--trust-domain", default="mesh.local", show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing CA (every leaf must be reissued).")
+def certs_init(directory: Path, trust_domain: str, force: bool) -> None:
+    """Create the mesh CA: ca.pem and ca-key.pem (mode 0600)."""
+    try:
+        issued = certificates.init_ca(directory, trust_domain, force=force)
+    except certificates.CertError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"CA for spiffe://{trust_domain}: {issued.cert} (key {issued.key}, mode 0600)")
+
+
+@certs.command("issue")
+@click.argument("name")
+@click.option(
+    "--dir",
+    "directory",
+    default="certs",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
+@click.option("--days", default=certificates.LEAF_DAYS, show_default=True, type=int)
+def certs_issue(name: str, directory: Path, days: int) -> None:
+    """Issue NAME.pem and NAME-key.pem for service NAME, signed by the CA in --dir."""
+    try:
+        issued = certificates.issue(directory, name, days=days)
+    except certificates.CertError as exc:
+        raise click.ClickException(str(exc)) from None
+    info = certificates.describe(issued.cert)
+    click.echo(f"{info['identity']}: {issued.cert} (key {issued.key}), valid {days} days")
+
+
+@certs.command("inspect")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def certs_inspect(file: Path, as_json: bool) -> None:
+    """Subject, SANs, identity, issuer, validity and days left of a certificate."""
+    try:
+        info = certificates.describe(file)
+    except certificates.CertError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for key in (
+        "subject",
+        "identity",
+        "sans",
+        "issuer",
+        "serial",
+        "not_before",
+        "not_after",
+        "days_left",
+    ):
+        value = info[key]
+        shown = ", ".join(value) if isinstance(value, list) else value
+        click.echo(f"{key.replace('_', ' ') + ':':12} {shown}")
+
+
+def _checked(directory: Path, *, summary: bool = False) -> PolicySet:
+    """The policies, with the TLS material they name checked; exit 1 listing every problem."""
+    try:
+        policies = load_policies(directory)
+        problems = preflight(policies)
+    except PolicyError as exc:
+        problems = exc.lines
+    if problems:
+        for line in problems:
+            click.echo(line, err=True)
+        if summary:
+            click.echo(f"{len(problems)} error(s) in {directory}", err=True)
+        raise SystemExit(1)
+    return policies
 
 
 @main.command("demo-upstream")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 
+from meshnode.net.listener import Peer
 from meshnode.net.session import Data, EndOfStream, Stream, StreamReset
 from meshnode.policy.units import Address
 
 
-async def answer(stream: Stream, client_ip: bytes) -> None:
+async def answer(stream: Stream, peer: Peer) -> None:
     headers = dict(stream.headers or [])
     received = 0
     body = bytearray()

@@ -32,6 +32,13 @@ class NoRoute(MeshError):
     status = 404
 
 
+class Forbidden(MeshError):
+    """The caller's verified identity is not in the inbound listener's ``allow`` list."""
+
+    reason = "forbidden"
+    status = 403
+
+
 class NoHealthyEndpoints(MeshError):
     reason = "no-healthy-endpoints"
     status = 503

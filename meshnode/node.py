@@ -16,6 +16,7 @@ import logging
 import signal
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -30,13 +31,14 @@ from meshnode.admin.http import AdminHTTPServer
 from meshnode.admin.metrics import Exposition, MeshCollector
 from meshnode.events import EventBus
 from meshnode.net.listener import H2Listener
-from meshnode.net.pool import UpstreamPool
+from meshnode.net.pool import UpstreamPool, tcp_connector
+from meshnode.net.tls import TLSManager, TLSMaterialError, connect_mesh, load_material
 from meshnode.policy import Address, PolicySet, UpstreamPolicy
 from meshnode.policy.convert import converter
 from meshnode.policy.diff import PolicyDiff
-from meshnode.policy.load import read_token
+from meshnode.policy.load import LOCAL, read_token
 from meshnode.proxy.access_log import log_access
-from meshnode.proxy.forward import Proxy
+from meshnode.proxy.forward import InboundProxy, Proxy
 from meshnode.proxy.routing import RouteTable
 from meshnode.reload import POLL_INTERVAL, Reloader, ReloadResult, watch_directory
 from meshnode.resilience.core.breaker import Override
@@ -48,6 +50,31 @@ log = logging.getLogger(__name__)
 class NodeAddresses:
     outbound: list[Address]
     admin: list[Address]
+    inbound: list[Address] = attrs.field(factory=list)
+
+
+TLS_POLL_INTERVAL = 1.0  # seconds between looks at the certificate files
+
+
+def tls_paths(policies: PolicySet) -> tuple[Path, Path, Path] | None:
+    """The node's CA, certificate and key, relative to the policies directory."""
+    files = policies.node.tls
+    if files is None:
+        return None
+    base = policies.directory
+    return (base / files.ca, base / files.cert, base / files.key)
+
+
+def preflight(policies: PolicySet) -> list[str]:
+    """Problems that would stop the node from starting beyond the policy files: TLS material."""
+    paths = tls_paths(policies)
+    if paths is None:
+        return []
+    try:
+        load_material(*paths)
+    except TLSMaterialError as exc:
+        return exc.problems
+    return []
 
 
 class Node:
@@ -62,6 +89,11 @@ class Node:
         self.bus = EventBus()
         self.reloader = Reloader(policies, self._apply, self.bus, time.time)
         self.groups: dict[str, UpstreamGroup] = {}
+        paths = tls_paths(policies)
+        # Refuses to start with bad material: TLSMaterialError says every problem.
+        self.tls = TLSManager(paths, self.bus) if paths is not None else None
+        self.local_group: UpstreamGroup | None = None
+        self._inbound: InboundProxy | None = None
         self.listening = False
         self.draining = False
         self._restart_policy = restart_policy
@@ -73,9 +105,12 @@ class Node:
         self._admin_token: str | None = None
         self._exposition = Exposition(
             MeshCollector(
-                groups=lambda: self.groups,
+                groups=self._all_groups,
                 unrouted=lambda: self._proxy.unrouted if self._proxy else UpstreamStats(),
                 reloads=lambda: self.reloader.reloads,
+                certificate_seconds=lambda: (
+                    self.tls.material.seconds_left() if self.tls is not None else None
+                ),
             )
         )
 
@@ -103,14 +138,42 @@ class Node:
             self._nursery = nursery
             if handle_signals:
                 await nursery.start(self._watch_signals, nursery.cancel_scope)
-            pool = UpstreamPool(nursery)
+            pool = UpstreamPool(nursery, connector=self._connect)
             for upstream in self.policies.upstreams.values():
                 await self._start_group(upstream)
-            self._proxy = Proxy(RouteTable.build(self.policies.upstreams), dict(self.groups), pool)
+            self._proxy = Proxy(
+                RouteTable.build(self.policies.upstreams),
+                dict(self.groups),
+                pool,
+                trust_domain=policy.node.trust_domain,
+            )
             outbound = H2Listener("outbound", self._proxy.handle)
             outbound_addresses = await nursery.start(
                 outbound.serve, policy.listeners.outbound.address
             )
+            listeners = [outbound]
+            inbound_addresses: list[Address] = []
+            inbound_policy = policy.listeners.inbound
+            if inbound_policy is not None and self.tls is not None:
+                assert self.policies.local is not None
+                self.local_group = UpstreamGroup(
+                    self.policies.local, self.bus, self._restart_policy
+                )
+                await nursery.start(self.local_group.run)
+                self._inbound = InboundProxy(
+                    self.local_group, frozenset(inbound_policy.allow), pool
+                )
+                tls = self.tls
+                inbound = H2Listener(
+                    "inbound",
+                    self._inbound.handle,
+                    tls=lambda: tls.material.server,
+                    handshake_timeout=inbound_policy.handshake_timeout,
+                )
+                inbound_addresses = await nursery.start(inbound.serve, inbound_policy.address)
+                listeners.append(inbound)
+            if self.tls is not None:
+                nursery.start_soon(self.tls.watch, TLS_POLL_INTERVAL)
             self._apply_node_settings(self.policies)
             admin = AdminHTTPServer(
                 admin_routes(self), admin_websockets(self), token=lambda: self._admin_token
@@ -128,24 +191,42 @@ class Node:
                 )
             self.listening = True
             log.info(
-                "meshnode ready: outbound=%s admin=%s policies=%s version=%s",
+                "meshnode ready: outbound=%s admin=%s inbound=%s policies=%s version=%s",
                 ",".join(map(str, outbound_addresses)),
                 ",".join(map(str, admin_addresses)),
+                ",".join(map(str, inbound_addresses)) or "-",
                 self.policies.directory,
                 self.policies.version,
             )
-            task_status.started(NodeAddresses(outbound_addresses, admin_addresses))
+            task_status.started(
+                NodeAddresses(outbound_addresses, admin_addresses, inbound_addresses)
+            )
 
             await self._drain_requested.wait()
             self.draining = True
             timeout = self.policies.node.node.drain_timeout
             log.info("draining: up to %gs for requests in flight", timeout)
-            finished = await outbound.drain(timeout)
+            results: list[bool] = []
+            async with trio.open_nursery() as draining:
+                for listener in listeners:
+                    draining.start_soon(_drain_into, listener, timeout, results)
+            finished = all(results)
             pool.close_all()
             log.info("drained %s", "cleanly" if finished else "with requests cut short")
             await self._exit_requested.wait()
             log.info("stopping")
             nursery.cancel_scope.cancel()
+
+    async def _connect(self, address: Address, peer: str | None) -> trio.abc.Stream:
+        """The pool's connector: cleartext, or mTLS with the current client context."""
+        if peer is None or self.tls is None:
+            return await tcp_connector(address, peer)
+        return await connect_mesh(address, peer, self.tls.material.client)
+
+    def _all_groups(self) -> dict[str, UpstreamGroup]:
+        if self.local_group is None:
+            return self.groups
+        return {**self.groups, LOCAL: self.local_group}
 
     async def _start_group(self, policy: UpstreamPolicy) -> None:
         assert self._nursery is not None
@@ -162,6 +243,11 @@ class Node:
             await self.groups[name].update_policy(new.upstreams[name])
         removed = [self.groups.pop(name) for name in diff.removed]
         self._proxy.swap(RouteTable.build(new.upstreams), dict(self.groups))
+        self._proxy.trust_domain = new.node.node.trust_domain
+        if self._inbound is not None and new.node.listeners.inbound is not None:
+            self._inbound.allow = frozenset(new.node.listeners.inbound.allow)
+        if self.local_group is not None and new.local is not None:
+            await self.local_group.update_policy(new.local)
         self._apply_node_settings(new)
         for group in removed:
             self._nursery.start_soon(self._retire, group, new.node.node.drain_timeout)
@@ -226,6 +312,20 @@ class Node:
                 "draining" if self.draining else "taking traffic",
             ),
         ]
+        if self.tls is not None:
+            material = self.tls.material
+            left = material.seconds_left()
+            checks.append(
+                CheckResult(
+                    "certificate",
+                    "readiness",
+                    True,
+                    left > 0,
+                    f"{material.identity} expires in {left / 86400:.1f} days"
+                    if left > 0
+                    else f"{material.identity} has expired",
+                )
+            )
         for name, group in sorted(self.groups.items()):
             healthy, message = True, f"{len(group.endpoints.endpoints)} endpoint(s)"
             if group.failed:
@@ -277,6 +377,10 @@ class Node:
                 "errors": list(last_error.errors),
             },
         }
+
+
+async def _drain_into(listener: H2Listener, timeout: float, results: list[bool]) -> None:
+    results.append(await listener.drain(timeout))
 
 
 def _iso(timestamp: float) -> str:

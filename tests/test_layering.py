@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).parents[1] / "meshnode"
 LAYERS = {
     "errors": 0,
     "policy": 1,
+    "certs": 1,
     "resilience": 2,
     "net": 3,
     "events": 3,

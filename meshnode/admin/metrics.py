@@ -33,10 +33,12 @@ class MeshCollector(Collector):
         groups: Callable[[], Mapping[str, UpstreamGroup]],
         unrouted: Callable[[], UpstreamStats],
         reloads: Callable[[], Mapping[str, int]],
+        certificate_seconds: Callable[[], float | None] = lambda: None,
     ) -> None:
         self._groups = groups
         self._unrouted = unrouted
         self._reloads = reloads
+        self._certificate_seconds = certificate_seconds
 
     def collect(self) -> Iterator[Metric]:
         groups = self._groups()
@@ -57,6 +59,13 @@ class MeshCollector(Collector):
             for actor, count in group.supervisor.restarts.items():
                 restarts.add_metric([name, actor], count)
         yield restarts
+        left = self._certificate_seconds()
+        if left is not None:
+            yield GaugeMetricFamily(
+                "meshnode_certificate_expiry_seconds",
+                "Seconds until the node's certificate expires (negative: expired).",
+                value=left,
+            )
 
 
 def _request_metrics(stats: Mapping[str, UpstreamStats]) -> Iterator[Metric]:

@@ -25,11 +25,14 @@ log = logging.getLogger(__name__)
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_IDLE_TIMEOUT = 60.0
 
-# Opens a transport to an endpoint: plain TCP today, TLS with the mesh identity later.
-Connector = Callable[[Address], Awaitable[trio.abc.Stream]]
+# Opens a transport to an endpoint: cleartext when ``peer`` is None, else mTLS to a peer
+# that must present that identity.
+Connector = Callable[[Address, str | None], Awaitable[trio.abc.Stream]]
 
 
-async def tcp_connector(address: Address) -> trio.abc.Stream:
+async def tcp_connector(address: Address, peer: str | None) -> trio.abc.Stream:
+    if peer is not None:
+        raise UpstreamConnectFailure(f"{address}: mTLS is not set up on this node ([tls])")
     return await trio.open_tcp_stream(address.host, address.port)
 
 
@@ -60,21 +63,28 @@ class UpstreamPool:
         self._connector = connector
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
-        self._endpoints: dict[Address, _Endpoint] = {}
+        self._endpoints: dict[tuple[Address, str | None], _Endpoint] = {}
         nursery.start_soon(self._sweep_idle)
 
-    async def open_stream(self, address: Address, headers: Headers, *, end_stream: bool) -> Stream:
-        """Send a request's headers to ``address``, connecting if no connection has room."""
-        endpoint = self._endpoints.get(address)
+    async def open_stream(
+        self, address: Address, headers: Headers, *, end_stream: bool, peer: str | None = None
+    ) -> Stream:
+        """Send a request's headers to ``address``, connecting if no connection has room.
+
+        ``peer``, when given, is the identity the endpoint must prove over mTLS;
+        such connections are pooled apart from cleartext ones to the same address.
+        """
+        key = (address, peer)
+        endpoint = self._endpoints.get(key)
         if endpoint is None:
-            endpoint = self._endpoints[address] = _Endpoint()
+            endpoint = self._endpoints[key] = _Endpoint()
         session = endpoint.usable()
         if session is None:
-            session = await self._connect(address, endpoint)
+            session = await self._connect(address, peer, endpoint)
         return session.open_stream(headers, end_stream=end_stream)
 
-    def connections(self, address: Address) -> int:
-        endpoint = self._endpoints.get(address)
+    def connections(self, address: Address, peer: str | None = None) -> int:
+        endpoint = self._endpoints.get((address, peer))
         return 0 if endpoint is None else len(endpoint.sessions)
 
     def close_all(self) -> None:
@@ -83,14 +93,14 @@ class UpstreamPool:
             for session in endpoint.sessions:
                 session.close_gracefully()
 
-    async def _connect(self, address: Address, endpoint: _Endpoint) -> H2Session:
+    async def _connect(self, address: Address, peer: str | None, endpoint: _Endpoint) -> H2Session:
         async with endpoint.connect_lock:
             session = endpoint.usable()
             if session is not None:
                 return session
             try:
                 with trio.fail_after(self._connect_timeout):
-                    transport = await self._connector(address)
+                    transport = await self._connector(address, peer)
             except (OSError, trio.TooSlowError) as exc:
                 raise UpstreamConnectFailure(
                     f"cannot connect to {address}: {_reason(exc)}"

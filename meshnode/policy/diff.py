@@ -27,8 +27,10 @@ def diff_policies(old: PolicySet, new: PolicySet) -> PolicyDiff:
     restart = []
     if old.node.listeners != new.node.listeners:
         restart.append("listeners")
-    if old.node.admin != new.node.admin:
+    if old.node.admin.address != new.node.admin.address:
         restart.append("admin")
+    if old.node.tls != new.node.tls:
+        restart.append("tls")
     return PolicyDiff(
         added=tuple(sorted(after.keys() - before.keys())),
         removed=tuple(sorted(before.keys() - after.keys())),

@@ -28,8 +28,6 @@ NODE_FILE = "node.toml"
 # Sections of SPEC that a later piece of work implements. Until then a file
 # using them is rejected with this reason rather than silently half-applied.
 _NOT_YET_NODE = {
-    "listeners.inbound": "mTLS identity and authorization",
-    "tls": "mTLS identity and authorization",
     "limits": "hardening",
     "health_checks": "health checking",
 }
@@ -39,7 +37,7 @@ _NOT_YET_UPSTREAM = {
     "outlier_detection": "health checking",
 }
 _NOT_YET_VALUES = {
-    ("upstream.tls", "mesh"): "mTLS identity and authorization",
+    ("listeners.inbound.local_protocol", "http1"): "HTTP/1.1 support",
     ("upstream.protocol", "http1"): "HTTP/1.1 support",
     ("fallback.kind", "queue"): "the durable queue fallback",
     **{
@@ -80,6 +78,10 @@ class PolicySet:
     version: str  # a content hash of every file, so two nodes can compare what they run
     files: Mapping[str, str]  # upstream name -> the file that defines it
     fingerprint: Fingerprint = ()  # the files' identities when they were read (see reload)
+    local: UpstreamPolicy | None = None  # the inbound listener's service on this host
+
+
+LOCAL = "(local)"  # the name of the inbound listener's local service, in reports and metrics
 
 
 Fingerprint = tuple[tuple[str, int, int, int, int], ...]
@@ -147,9 +149,13 @@ def load_policies(directory: Path | str) -> PolicySet:
 
     errors.extend(_route_conflicts(upstreams, files))
     errors.extend(_fallback_targets(upstreams, files))
+    local = None
+    if node is not None:
+        errors.extend(_identity_checks(node_path, node, upstreams, files))
+        local = _local_policy(node_path, node, defaults, errors)
     if errors or node is None:
         raise PolicyError(errors)
-    return PolicySet(directory, node, upstreams, digest.hexdigest()[:16], files, seen)
+    return PolicySet(directory, node, upstreams, digest.hexdigest()[:16], files, seen, local)
 
 
 def _read_sources(directory: Path, errors: list[str]) -> dict[Path, bytes]:
@@ -254,17 +260,16 @@ def _not_yet(raw: dict[str, Any], sections: Mapping[str, str]) -> Iterator[tuple
     """Remove what a later piece of work implements from ``raw`` and say so, key by key."""
     for dotted, work in sections.items():
         *parents, leaf = dotted.split(".")
-        table: Any = raw
-        for parent in parents:
-            table = table.get(parent) if isinstance(table, dict) else None
+        table = _table_at(raw, parents)
         if isinstance(table, dict) and leaf in table:
             del table[leaf]
             yield dotted, f"not supported yet (arrives with {work})"
     for (dotted, value), work in _NOT_YET_VALUES.items():
-        section, key = dotted.split(".")
-        table = raw.get(section)
+        *parents, key = dotted.split(".")
+        table = _table_at(raw, parents)
         if isinstance(table, dict) and table.get(key) == value:
             if dotted in _SELECTORS:
+                section = parents[0]
                 if _SELECTORS[dotted]:
                     raw[section] = {}
                 else:
@@ -272,6 +277,13 @@ def _not_yet(raw: dict[str, Any], sections: Mapping[str, str]) -> Iterator[tuple
             else:
                 del table[key]
             yield dotted, f'"{value}" is not supported yet (arrives with {work})'
+
+
+def _table_at(raw: dict[str, Any], path: list[str]) -> Any:
+    table: Any = raw
+    for key in path:
+        table = table.get(key) if isinstance(table, dict) else None
+    return table
 
 
 def _merged(defaults: Mapping[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
@@ -311,3 +323,50 @@ def _fallback_targets(
             yield f"{files[name]}: fallback.upstream: an upstream cannot be its own fallback"
         elif fallback.upstream not in upstreams:
             yield f"{files[name]}: fallback.upstream: no upstream is named {fallback.upstream!r}"
+
+
+def _identity_checks(
+    node_path: Path,
+    node: NodePolicy,
+    upstreams: Mapping[str, UpstreamPolicy],
+    files: Mapping[str, str],
+) -> Iterator[str]:
+    inbound = node.listeners.inbound
+    if node.tls is None:
+        if inbound is not None:
+            yield f"{node_path}: listeners.inbound: needs [tls] (ca, cert, key) in this file"
+        for name, policy in upstreams.items():
+            if policy.upstream.tls == "mesh":
+                yield (
+                    f'{files[name]}: upstream.tls: "mesh" needs [tls] (ca, cert, key) in '
+                    f'{node_path}; or set tls = "none" for a cleartext upstream'
+                )
+    if inbound is not None:
+        for index, identity in enumerate(inbound.allow):
+            if not identity.startswith("spiffe://"):
+                yield (
+                    f"{node_path}: listeners.inbound.allow.{index}: expected a spiffe:// "
+                    f"identity, got {identity!r}"
+                )
+    for name, policy in upstreams.items():
+        expected = policy.upstream.expected_identity
+        if expected is not None and not expected.startswith("spiffe://"):
+            yield (
+                f"{files[name]}: upstream.expected_identity: expected a spiffe:// identity, "
+                f"got {expected!r}"
+            )
+
+
+def _local_policy(
+    node_path: Path, node: NodePolicy, defaults: Mapping[str, Any], errors: list[str]
+) -> UpstreamPolicy | None:
+    """The inbound listener's local service as an upstream, with the node's [defaults]."""
+    inbound = node.listeners.inbound
+    if inbound is None:
+        return None
+    raw = {
+        "upstream": {"name": LOCAL, "tls": "none"},
+        "discovery": {"endpoints": [str(inbound.local)]},
+    }
+    policy = _structure(node_path, _merged(defaults, raw), UpstreamPolicy, errors)
+    return policy if isinstance(policy, UpstreamPolicy) else None

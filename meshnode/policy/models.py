@@ -29,8 +29,29 @@ class OutboundListener:
 
 
 @attrs.frozen
+class InboundListener:
+    """mTLS from other nodes, forwarded to the service on this host."""
+
+    local: Address
+    address: Address = Address("0.0.0.0", 15443)
+    local_protocol: Literal["h2"] = "h2"
+    allow: tuple[str, ...] = ()  # caller identities (spiffe://...) let in; empty: nobody
+    handshake_timeout: Duration = Duration(10)
+
+
+@attrs.frozen
 class Listeners:
     outbound: OutboundListener = OutboundListener()
+    inbound: InboundListener | None = None
+
+
+@attrs.frozen
+class TLSFiles:
+    """The node's certificate material; relative paths are relative to node.toml."""
+
+    ca: str
+    cert: str
+    key: str
 
 
 @attrs.frozen
@@ -154,15 +175,19 @@ class NodePolicy:
     node: NodeSection
     listeners: Listeners = Listeners()
     admin: AdminSection = AdminSection()
+    tls: TLSFiles | None = None
     defaults: UpstreamDefaults = UpstreamDefaults()
 
 
 @attrs.frozen
 class UpstreamSection:
     name: str
-    tls: Literal["none"] = "none"
+    tls: Literal["mesh", "none"] = "mesh"
     protocol: Literal["h2"] = "h2"
     critical: bool = False
+    # tls = "mesh": the identity the upstream must present; default
+    # spiffe://<trust_domain>/service/<name>.
+    expected_identity: str | None = None
 
 
 @attrs.frozen

@@ -57,13 +57,16 @@ async def attempt(
     judge: Judge | None = None,
     extra_headers: Sequence[tuple[bytes, bytes]] = (),
     tap: Callable[[bytes], None] | None = None,
+    peer: str | None = None,
 ) -> tuple[int, HeaderList]:
     """Send the request to ``endpoint`` and relay the answer; return its status and head.
 
     A request without a body needs no upload task, hence no nursery: that is
     most requests, and a nursery per try is a visible share of their cost.
     """
-    exchange = _Exchange(pool, endpoint, headers, body, client, per_try, judge, extra_headers, tap)
+    exchange = _Exchange(
+        pool, endpoint, headers, body, client, per_try, judge, extra_headers, tap, peer
+    )
     try:
         if body is None:
             return await exchange.run(None)
@@ -90,6 +93,7 @@ class _Exchange:
         "extra_headers",
         "headers",
         "judge",
+        "peer",
         "per_try",
         "pool",
         "tap",
@@ -107,7 +111,9 @@ class _Exchange:
         judge: Judge | None,
         extra_headers: Sequence[tuple[bytes, bytes]],
         tap: Callable[[bytes], None] | None,
+        peer: str | None,
     ) -> None:
+        self.peer = peer
         self.pool = pool
         self.endpoint = endpoint
         self.headers = headers
@@ -145,7 +151,7 @@ class _Exchange:
     async def _start(self, nursery: trio.Nursery | None) -> ResponseHead:
         try:
             self.upstream = await self.pool.open_stream(
-                self.endpoint.address, self.headers, end_stream=self.body is None
+                self.endpoint.address, self.headers, end_stream=self.body is None, peer=self.peer
             )
         except UpstreamConnectFailure as error:
             raise AttemptFailed("connect-failure", error) from error

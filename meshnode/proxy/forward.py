@@ -28,6 +28,7 @@ from meshnode.errors import (
     BadRequest,
     ChaosAbort,
     CircuitOpen,
+    Forbidden,
     MeshError,
     NoRoute,
     RateLimited,
@@ -36,6 +37,7 @@ from meshnode.errors import (
     UpstreamFailed,
     UpstreamReset,
 )
+from meshnode.net.listener import Peer
 from meshnode.net.pool import UpstreamPool
 from meshnode.net.session import CANCEL, INTERNAL_ERROR, Stream, StreamReset
 from meshnode.policy.models import ChaosPolicy, UpstreamPolicy
@@ -78,15 +80,17 @@ class Request:
         "method",
         "out_headers",
         "path",
+        "peer",
         "request_id",
         "started",
         "stream",
         "tries",
     )
 
-    def __init__(self, stream: Stream, client_ip: bytes) -> None:
+    def __init__(self, stream: Stream, peer: Peer) -> None:
         self.stream = stream
-        self.client_ip = client_ip
+        self.peer = peer
+        self.client_ip = peer.ip
         self.started = trio.current_time()
         self.headers: HeaderList = stream.headers or []
         self.method = self.path = self.authority = b""
@@ -111,7 +115,9 @@ class Proxy:
         upstreams: dict[str, UpstreamGroup],
         pool: UpstreamPool,
         observers: list[RequestObserver] | None = None,
+        trust_domain: str = "mesh.local",
     ) -> None:
+        self.trust_domain = trust_domain  # names the identity a tls = "mesh" upstream must show
         self.routes = routes
         self.upstreams = upstreams
         self.pool = pool
@@ -122,9 +128,9 @@ class Proxy:
     def swap(self, routes: RouteTable, upstreams: dict[str, UpstreamGroup]) -> None:
         self.routes, self.upstreams = routes, upstreams
 
-    async def handle(self, stream: Stream, client_ip: bytes) -> None:
+    async def handle(self, stream: Stream, peer: Peer) -> None:
         """Serve one request stream to the end. Never raises: one request fails alone."""
-        request = Request(stream, client_ip)
+        request = Request(stream, peer)
         with trio.CancelScope() as scope:
             stream.cancel_scope = scope
             if stream.error is not None:
@@ -160,13 +166,10 @@ class Proxy:
         request.method, request.path, request.authority = method, path, authority
         if not authority:
             raise BadRequest("the request names no :authority or host")
-        upstream_name = self.routes.resolve(authority_host(authority), path, headers)
-        if upstream_name is None:
-            raise NoRoute(f"no upstream serves {authority.decode(errors='replace')}")
-        group = request.group = self.upstreams[upstream_name]
+        group = request.group = self._route(request)
         policy = group.policy
         request.out_headers, request.request_id = forwarded_request_headers(
-            headers, request.client_ip
+            headers, request.client_ip, request.peer.identity
         )
         replay = policy.retry.buffer if policy.retry is not None else DEFAULT_REPLAY_BUFFER
         request.body = None if stream.consume_end() else RequestBody(stream, replay)
@@ -182,6 +185,13 @@ class Proxy:
             if not await self._fall_back(request, group, policy, error):
                 raise
             request.error = f"fallback:{policy.fallback.kind}"
+
+    def _route(self, request: Request) -> UpstreamGroup:
+        """The upstream group that serves ``request`` (the outbound listener's routing)."""
+        name = self.routes.resolve(authority_host(request.authority), request.path, request.headers)
+        if name is None:
+            raise NoRoute(f"no upstream serves {request.authority.decode(errors='replace')}")
+        return self.upstreams[name]
 
     async def _serve(
         self,
@@ -199,6 +209,8 @@ class Proxy:
             if limiter.per_client:
                 header = policy.rate_limit.client_header.encode()  # type: ignore[union-attr]
                 key = next((v for n, v in request.headers if n == header), key)
+                if request.peer.identity is not None:
+                    key = request.peer.identity.encode()
             wait = limiter.check(key, now)
             if wait:
                 group.stats.rate_limited += 1
@@ -264,6 +276,7 @@ class Proxy:
             budget.record_request(trio.current_time())
         per_try = policy.timeout.per_try or math.inf
         capture = _capture_for(request, policy)
+        peer = expected_identity(policy, self.trust_domain)
         tries = 0
         avoid = None
 
@@ -298,6 +311,7 @@ class Proxy:
                     judge=judge,
                     extra_headers=extra_headers,
                     tap=capture,
+                    peer=peer,
                 )
                 if capture is not None and status == 200 and not capture.overflow:
                     _remember(group.protections, request.path, head, capture)
@@ -386,6 +400,30 @@ class Proxy:
         log.info("fallback %s for %s (%s): %s", plan.kind, group.name, error.reason, error.detail)
         group.stats.count_fallback(plan.kind)
         return True
+
+
+class InboundProxy(Proxy):
+    """The inbound (mTLS) listener's request path: every request goes to the local service,
+    once the caller's verified identity is found in ``allow`` (403 ``forbidden`` otherwise)."""
+
+    def __init__(self, local: UpstreamGroup, allow: frozenset[str], pool: UpstreamPool) -> None:
+        super().__init__(RouteTable.build({}), {}, pool)
+        self.local = local
+        self.allow = allow
+
+    def _route(self, request: Request) -> UpstreamGroup:
+        identity = request.peer.identity
+        if identity not in self.allow:
+            raise Forbidden(f"{identity or 'a caller without identity'} is not allowed here")
+        return self.local
+
+
+def expected_identity(policy: UpstreamPolicy, trust_domain: str) -> str | None:
+    """The identity a ``tls = "mesh"`` upstream must present; None for cleartext."""
+    section = policy.upstream
+    if section.tls != "mesh":
+        return None
+    return section.expected_identity or f"spiffe://{trust_domain}/service/{section.name}"
 
 
 def _fallback_on_exhausted(policy: UpstreamPolicy) -> bool:

@@ -37,10 +37,17 @@ def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> HeaderList:
     return [(name, value) for name, value in headers if _keep(name, value, named)]
 
 
-def forwarded_request_headers(headers: HeaderList, client_ip: bytes) -> tuple[HeaderList, bytes]:
+PEER_IDENTITY = b"x-meshnode-peer-identity"
+
+
+def forwarded_request_headers(
+    headers: HeaderList, client_ip: bytes, peer_identity: str | None = None
+) -> tuple[HeaderList, bytes]:
     """Headers to send upstream, and the request id (the caller's, or a new one).
 
     Appends the client to ``x-forwarded-for`` and ``forwarded`` (RFC 7239).
+    ``x-meshnode-peer-identity`` is never taken from the caller: it is dropped,
+    and set to ``peer_identity`` (verified by mTLS) when there is one.
     """
     named = _connection_named(headers)
     out: HeaderList = []
@@ -52,8 +59,8 @@ def forwarded_request_headers(headers: HeaderList, client_ip: bytes) -> tuple[He
             forwarded_for = forwarded_for + b", " + value if forwarded_for else value
         elif name == b"forwarded":
             forwarded = forwarded + b", " + value if forwarded else value
-        elif name.startswith(b"x-meshnode-fault-"):
-            continue  # fault-injection requests are for this node, not the upstream
+        elif name.startswith(b"x-meshnode-"):
+            continue  # fault requests are for this node; the peer identity is never the caller's
         elif _keep(name, value, named):
             if name == b"x-request-id":
                 request_id = value
@@ -67,4 +74,6 @@ def forwarded_request_headers(headers: HeaderList, client_ip: bytes) -> tuple[He
     node = b'"[' + client_ip + b']"' if b":" in client_ip else client_ip
     element = b"for=" + node + b";proto=http"
     out.append((b"forwarded", forwarded + b", " + element if forwarded else element))
+    if peer_identity is not None:
+        out.append((PEER_IDENTITY, peer_identity.encode()))
     return out, request_id

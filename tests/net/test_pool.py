@@ -26,7 +26,7 @@ class MemoryUpstream:
         self.sessions: list[H2Session] = []
         self.requests: list[Stream] = []
 
-    async def connect(self, address: Address) -> trio.abc.Stream:
+    async def connect(self, address: Address, peer: str | None) -> trio.abc.Stream:
         client_end, server_end = trio.testing.memory_stream_pair()
         session = H2Session(
             server_end,
@@ -102,7 +102,7 @@ async def test_after_goaway_a_new_connection_is_made(nursery: trio.Nursery) -> N
 
 
 async def test_unreachable_endpoint_is_a_connect_failure(nursery: trio.Nursery) -> None:
-    async def refuse(address: Address) -> trio.abc.Stream:
+    async def refuse(address: Address, peer: str | None) -> trio.abc.Stream:
         raise ConnectionRefusedError(111, "Connection refused")
 
     pool = UpstreamPool(nursery, connector=refuse)
@@ -111,7 +111,7 @@ async def test_unreachable_endpoint_is_a_connect_failure(nursery: trio.Nursery) 
 
 
 async def test_a_slow_connect_times_out(nursery: trio.Nursery, autojump_clock) -> None:
-    async def hang(address: Address) -> trio.abc.Stream:
+    async def hang(address: Address, peer: str | None) -> trio.abc.Stream:
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 

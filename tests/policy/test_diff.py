@@ -13,6 +13,7 @@ def upstream(name: str, endpoint: str = "127.0.0.1:1") -> str:
     return textwrap.dedent(f"""
         [upstream]
         name = "{name}"
+        tls = "none"
         [discovery]
         endpoints = ["{endpoint}"]
     """)

@@ -112,10 +112,8 @@ def test_errors_of_several_files_are_all_reported(tmp_path: Path) -> None:
 
 def test_later_sections_are_refused_not_ignored(tmp_path: Path) -> None:
     upstream = UPSTREAM + "[health_check]\npath = '/health'\n[balancer]\nsession_affinity = {}\n"
-    node = NODE + "[limits]\nmax = 1\n[listeners.inbound]\naddress = '0.0.0.0:15443'\n"
+    node = NODE + "[limits]\nmax = 1\n"
     assert errors_of(write(tmp_path, node=node, payments=upstream)) == [
-        "node.toml: listeners.inbound: not supported yet (arrives with mTLS identity and "
-        "authorization)",
         "node.toml: limits: not supported yet (arrives with hardening)",
         "payments.toml: balancer.session_affinity: not supported yet (arrives with load balancing)",
         "payments.toml: health_check: not supported yet (arrives with health checking)",
@@ -126,15 +124,16 @@ def test_later_values_are_refused_not_ignored(tmp_path: Path) -> None:
     upstream = """
     [upstream]
     name = "payments"
-    tls = "mesh"
+    tls = "none"
+    protocol = "http1"
 
     [discovery]
     backend = "consul"
     service = "payments"
     """
     assert errors_of(write(tmp_path, node=NODE, payments=upstream)) == [
-        'payments.toml: upstream.tls: "mesh" is not supported yet (arrives with mTLS identity '
-        "and authorization)",
+        'payments.toml: upstream.protocol: "http1" is not supported yet (arrives with HTTP/1.1 '
+        "support)",
         'payments.toml: discovery.backend: "consul" is not supported yet (arrives with service '
         "discovery)",
     ]

@@ -2,7 +2,8 @@
 
 Paths choose the behaviour: ``/echo`` streams the request body back as it
 arrives, ``/bytes/N`` sends N bytes of a known pattern, ``/trailers`` ends with
-trailers, ``/slow/SECONDS`` answers late, ``/headers`` returns the request
+trailers, ``/slow/SECONDS`` answers late, ``/drip/COUNT/SECONDS`` sends COUNT KiB one
+every SECONDS, ``/headers`` returns the request
 headers as JSON, ``/fail-mid-body`` breaks after part of the body.
 """
 
@@ -92,6 +93,18 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path.startswith("/slow/"):
         await trio.sleep(float(path.rsplit("/", 1)[1]))
         await _reply(send, 200, b"slow answer")
+    elif path.startswith("/drip/"):
+        _, _, count, interval = path.split("/")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for index in range(int(count)):
+            await trio.sleep(float(interval))
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"d" * 1024,
+                    "more_body": index + 1 < int(count),
+                }
+            )
     elif path == "/headers":
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         await _reply(send, 200, json.dumps(headers).encode())

@@ -34,6 +34,9 @@ async def answer(stream: Stream, peer: Peer) -> None:
                     "path": headers.get(b":path", b"").decode(),
                     "x-request-id": headers.get(b"x-request-id", b"").decode(),
                     "x-forwarded-for": headers.get(b"x-forwarded-for", b"").decode(),
+                    "x-meshnode-peer-identity": headers.get(
+                        b"x-meshnode-peer-identity", b""
+                    ).decode(),
                     "request_body_bytes": received,
                 }
             ).encode()

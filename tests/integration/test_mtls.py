@@ -503,3 +503,13 @@ def test_the_readme_two_node_example_runs_as_written(tmp_path) -> None:
     )
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert answer["x-meshnode-peer-identity"] == f"spiffe://{TRUST}/service/web", result.stderr
+
+
+async def test_a_silent_client_is_dropped_after_the_handshake_timeout(guarded) -> None:
+    address, server = guarded
+    stream = await trio.open_tcp_stream(address.host, address.port)
+    started = trio.current_time()
+    with trio.fail_after(10):
+        assert await _receive(stream) == b""  # sent nothing: closed at handshake_timeout (2 s)
+    assert 1.5 < trio.current_time() - started < 5
+    assert server.requests == 0

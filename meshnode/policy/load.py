@@ -31,11 +31,7 @@ _NOT_YET_NODE = {
     "limits": "hardening",
     "health_checks": "health checking",
 }
-_NOT_YET_UPSTREAM = {
-    "balancer.session_affinity": "load balancing",
-    "health_check": "health checking",
-    "outlier_detection": "health checking",
-}
+_NOT_YET_UPSTREAM: dict[str, str] = {}
 _NOT_YET_VALUES = {
     ("listeners.inbound.local_protocol", "http1"): "HTTP/1.1 support",
     ("upstream.protocol", "http1"): "HTTP/1.1 support",
@@ -43,16 +39,6 @@ _NOT_YET_VALUES = {
     **{
         ("discovery.backend", backend): "service discovery"
         for backend in ("file", "dns", "consul", "kubernetes", "etcd")
-    },
-    **{
-        ("balancer.strategy", strategy): "load balancing"
-        for strategy in (
-            "least-connections",
-            "weighted-round-robin",
-            "least-response-time",
-            "ip-hash",
-            "random",
-        )
     },
 }
 # A value that selects a table's whole shape: when it is not supported yet, the

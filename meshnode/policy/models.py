@@ -132,11 +132,48 @@ class FallbackPolicy:
 
 
 @attrs.frozen
+class SessionAffinity:
+    """Stick a client to one endpoint: keyed by a header, or by a cookie's value."""
+
+    header: str | None = None
+    cookie: str | None = None
+    ttl: Duration = Duration(1800)
+    max_sessions: int = 100_000
+
+
+@attrs.frozen
 class BalancerPolicy:
-    strategy: Literal["round-robin"] = "round-robin"
+    strategy: Literal[
+        "round-robin", "least-connections", "weighted-round-robin", "least-response-time",
+        "ip-hash", "random",
+    ] = "round-robin"
     max_connections_per_instance: int = 1024
     max_pending: int = 1024
     queue_timeout: Duration = Duration(1)
+    session_affinity: SessionAffinity | None = None
+    # Below this share of usable endpoints, balance over all of them (Envoy's panic mode).
+    panic_threshold: float = 50.0
+
+
+@attrs.frozen
+class HealthCheckPolicy:
+    kind: Literal["http", "tcp", "grpc"] = "http"
+    path: str = "/health"
+    expected_status: tuple[int, int] = (200, 399)  # inclusive range
+    grpc_service: str = ""
+    interval: Duration = Duration(3)
+    jitter: float = 0.1
+    timeout: Duration = Duration(1)
+    unhealthy_threshold: int = 3
+    healthy_threshold: int = 2
+
+
+@attrs.frozen
+class OutlierDetectionPolicy:
+    consecutive_failures: int = 5
+    base_ejection_time: Duration = Duration(30)
+    max_ejection_time: Duration = Duration(300)
+    max_ejection_percent: float = 50.0
 
 
 @attrs.frozen
@@ -163,6 +200,8 @@ class UpstreamDefaults:
 
     timeout: TimeoutPolicy | None = None
     balancer: BalancerPolicy | None = None
+    health_check: HealthCheckPolicy | None = None
+    outlier_detection: OutlierDetectionPolicy | None = None
     circuit_breaker: CircuitBreakerPolicy | None = None
     retry: RetryPolicy | None = None
     rate_limit: RateLimitPolicy | None = None
@@ -221,6 +260,8 @@ class UpstreamPolicy:
     routes: tuple[Route, ...] = ()
     timeout: TimeoutPolicy = TimeoutPolicy()
     balancer: BalancerPolicy = BalancerPolicy()
+    health_check: HealthCheckPolicy | None = None  # absent: no active probing
+    outlier_detection: OutlierDetectionPolicy | None = None  # absent: no passive ejection
     circuit_breaker: CircuitBreakerPolicy | None = None  # absent: no breaker
     retry: RetryPolicy | None = None  # absent: only never-processed requests are sent again
     rate_limit: RateLimitPolicy | None = None

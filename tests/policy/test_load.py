@@ -111,12 +111,9 @@ def test_errors_of_several_files_are_all_reported(tmp_path: Path) -> None:
 
 
 def test_later_sections_are_refused_not_ignored(tmp_path: Path) -> None:
-    upstream = UPSTREAM + "[health_check]\npath = '/health'\n[balancer]\nsession_affinity = {}\n"
     node = NODE + "[limits]\nmax = 1\n"
-    assert errors_of(write(tmp_path, node=node, payments=upstream)) == [
+    assert errors_of(write(tmp_path, node=node, payments=UPSTREAM)) == [
         "node.toml: limits: not supported yet (arrives with hardening)",
-        "payments.toml: balancer.session_affinity: not supported yet (arrives with load balancing)",
-        "payments.toml: health_check: not supported yet (arrives with health checking)",
     ]
 
 

@@ -55,6 +55,21 @@ class BreakerStateChanged(Event):
 
 
 @attrs.frozen(kw_only=True)
+class EndpointHealthChanged(Event):
+    type = "endpoint-health-change"
+    upstream: str
+    endpoint: str
+    from_: str
+    to: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        payload = super().to_json()
+        payload["from"] = payload.pop("from_")
+        return payload
+
+
+@attrs.frozen(kw_only=True)
 class ServiceChanged(Event):
     type = "service-changed"
     upstream: str

@@ -23,6 +23,7 @@ import attrs
 import trio
 
 from meshnode.actors.group import UpstreamGroup
+from meshnode.actors.probes import Prober
 from meshnode.actors.stats import UpstreamStats
 from meshnode.actors.supervisor import RestartPolicy
 from meshnode.admin.api import admin_routes, admin_websockets
@@ -38,7 +39,7 @@ from meshnode.policy.convert import converter
 from meshnode.policy.diff import PolicyDiff
 from meshnode.policy.load import LOCAL, read_token
 from meshnode.proxy.access_log import log_access
-from meshnode.proxy.forward import InboundProxy, Proxy
+from meshnode.proxy.forward import InboundProxy, Proxy, expected_identity
 from meshnode.proxy.routing import RouteTable
 from meshnode.reload import POLL_INTERVAL, Reloader, ReloadResult, watch_directory
 from meshnode.resilience.core.breaker import Override
@@ -103,6 +104,7 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._proxy: Proxy | None = None
         self._admin_token: str | None = None
+        self._prober: Prober | None = None
         self._exposition = Exposition(
             MeshCollector(
                 groups=self._all_groups,
@@ -139,6 +141,13 @@ class Node:
             if handle_signals:
                 await nursery.start(self._watch_signals, nursery.cancel_scope)
             pool = UpstreamPool(nursery, connector=self._connect)
+            trust_domain = policy.node.trust_domain
+            self._prober = Prober(
+                pool,
+                lambda upstream: expected_identity(
+                    upstream, self._proxy.trust_domain if self._proxy else trust_domain
+                ),
+            )
             for upstream in self.policies.upstreams.values():
                 await self._start_group(upstream)
             self._proxy = Proxy(
@@ -228,9 +237,12 @@ class Node:
             return self.groups
         return {**self.groups, LOCAL: self.local_group}
 
+    def _group(self, policy: UpstreamPolicy) -> UpstreamGroup:
+        return UpstreamGroup(policy, self.bus, self._restart_policy, self._prober)
+
     async def _start_group(self, policy: UpstreamPolicy) -> None:
         assert self._nursery is not None
-        group = UpstreamGroup(policy, self.bus, self._restart_policy)
+        group = self._group(policy)
         await self._nursery.start(group.run)
         self.groups[policy.name] = group
 
@@ -326,12 +338,22 @@ class Node:
                     else f"{material.identity} has expired",
                 )
             )
+        now = trio.current_time()
         for name, group in sorted(self.groups.items()):
-            healthy, message = True, f"{len(group.endpoints.endpoints)} endpoint(s)"
+            endpoints = group.endpoints.endpoints
+            healthy_count = sum(
+                1
+                for e in endpoints
+                if group.health.get(e.address, True)
+                and not (
+                    group.balancing.outliers and group.balancing.outliers.ejected(e.address, now)
+                )
+            )
+            healthy, message = True, f"{healthy_count} of {len(endpoints)} endpoint(s) healthy"
             if group.failed:
                 healthy, message = False, "its actors are crash-looping"
-            elif not group.endpoints.endpoints:
-                healthy, message = False, "no endpoint"
+            elif not healthy_count:
+                healthy = False
             critical = group.policy.upstream.critical
             checks.append(CheckResult(f"upstream:{name}", "readiness", critical, healthy, message))
         return checks
@@ -340,8 +362,8 @@ class Node:
         return self._exposition.render()
 
     def forget_sessions(self, client: str) -> int:
-        """Session affinity arrives with the load-balancing work: until then there are none."""
-        return 0
+        key = client.encode()
+        return sum(group.forget_sessions(key) for group in self._all_groups().values())
 
     def force_breaker(self, upstream: str, state: str) -> dict[str, Any] | None:
         group = self.groups.get(upstream)

@@ -22,7 +22,13 @@ from meshnode.actors.messages import (
     PolicyChanged,
 )
 from meshnode.events import BreakerStateChanged, ServiceChanged
-from meshnode.policy.models import CircuitBreakerPolicy, Endpoint
+from meshnode.policy.models import (
+    CircuitBreakerPolicy,
+    Endpoint,
+    HealthCheckPolicy,
+    UpstreamPolicy,
+)
+from meshnode.policy.units import Address
 from meshnode.resilience.core.breaker import (
     BreakerConfig,
     BreakerCore,
@@ -105,9 +111,64 @@ class Balancer(Actor):
 
 
 class HealthProber(Actor):
-    """Active health checks arrive with the health issue; today it only follows the policy."""
+    """Probes every endpoint each ``interval`` (with jitter) and publishes health changes.
+
+    ``unhealthy_threshold`` failures in a row mark an endpoint unhealthy,
+    ``healthy_threshold`` successes in a row healthy again. Endpoints start
+    healthy, so a new upstream serves at once. Without ``[health_check]`` every
+    endpoint is healthy.
+    """
 
     name = "prober"
+
+    def __init__(self, group: UpstreamGroup) -> None:
+        super().__init__(group)
+        self.streaks: dict[Address, int] = {}  # > 0: successes in a row, < 0: failures
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._probe_forever)
+            async for message in self.inbox_recv:
+                if isinstance(message, CrashForTest):
+                    raise InjectedFault(f"{self.name}: {message.reason}")
+
+    async def _probe_forever(self) -> None:
+        group = self.group
+        rng = group.protections.chaos_rng
+        while True:
+            check = group.policy.health_check
+            if check is None or group.probe is None:
+                for address in list(group.health):
+                    group.set_health(address, True, "health checking is off")
+                self.streaks.clear()
+                await trio.sleep(1.0)
+                continue
+            policy = group.policy
+            results: dict[Address, tuple[bool, str]] = {}
+            async with trio.open_nursery() as probes:
+                for endpoint in group.endpoints.endpoints:
+                    probes.start_soon(self._probe, policy, endpoint.address, results)
+            for address, (healthy, reason) in results.items():
+                self._count(address, healthy, reason, check)
+            self.streaks = {a: s for a, s in self.streaks.items() if a in results}
+            await trio.sleep(check.interval * (1 + rng.uniform(-check.jitter, check.jitter)))
+
+    async def _probe(
+        self, policy: UpstreamPolicy, address: Address, results: dict[Address, tuple[bool, str]]
+    ) -> None:
+        assert self.group.probe is not None
+        results[address] = await self.group.probe(policy, address)
+
+    def _count(
+        self, address: Address, healthy: bool, reason: str, check: HealthCheckPolicy
+    ) -> None:
+        streak = self.streaks.get(address, 0)
+        streak = max(streak, 0) + 1 if healthy else min(streak, 0) - 1
+        self.streaks[address] = streak
+        if streak <= -check.unhealthy_threshold:
+            self.group.set_health(address, False, reason)
+        elif streak >= check.healthy_threshold:
+            self.group.set_health(address, True, reason)
 
 
 class Breaker(Actor):

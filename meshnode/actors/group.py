@@ -21,7 +21,9 @@ averages) carries on.
 
 from __future__ import annotations
 
+import logging
 import math
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,43 +32,120 @@ import trio
 
 from meshnode.actors.actors import Actor, Balancer, Breaker, DiscoveryWatcher, HealthProber
 from meshnode.actors.messages import CrashForTest, PolicyChanged
+from meshnode.actors.probes import Probe
 from meshnode.actors.protections import Protections
 from meshnode.actors.snapshots import EndpointSet
 from meshnode.actors.stats import UpstreamStats
 from meshnode.actors.supervisor import RestartPolicy, Supervisor
 from meshnode.errors import BulkheadFull, NoHealthyEndpoints
-from meshnode.events import EventBus
+from meshnode.events import EndpointHealthChanged, EventBus
 from meshnode.policy.models import Endpoint, UpstreamPolicy
 from meshnode.policy.units import Address
-from meshnode.resilience.balancer import RoundRobin
+from meshnode.resilience.core.balancing import PeakEWMA, Strategy, make_strategy
+from meshnode.resilience.core.outlier import OutlierDetector, SessionTable
 
-EWMA_WEIGHT = 0.2
+log = logging.getLogger(__name__)
+
+
+def _address(endpoint: Endpoint) -> Address:
+    return endpoint.address
 
 
 @attrs.define
 class EndpointLoad:
     """Per-endpoint figures kept by the request path itself (it is their only writer)."""
 
+    address: Address
     in_flight: int = 0
-    ewma_latency: float | None = None
+    latency: PeakEWMA = attrs.field(factory=PeakEWMA)
+
+
+class _LoadView:
+    """What the balancing strategies may weigh, read from the group's endpoint loads."""
+
+    __slots__ = ("_loads",)
+
+    def __init__(self, loads: dict[Address, EndpointLoad]) -> None:
+        self._loads = loads
+
+    def in_flight(self, key: Address) -> int:
+        load = self._loads.get(key)
+        return load.in_flight if load is not None else 0
+
+    def latency(self, key: Address) -> float | None:
+        load = self._loads.get(key)
+        return load.latency.value if load is not None else None
+
+
+class Balancing:
+    """The strategy, sessions and outlier records an upstream's policy asks for.
+
+    A reload rebuilds only what changed: the same strategy keeps its position
+    and weights, the same affinity its sessions, the same detection its records.
+    """
+
+    def __init__(
+        self, policy: UpstreamPolicy, rng: random.Random, previous: Balancing | None = None
+    ) -> None:
+        balancer = policy.balancer
+        self.strategy_name = balancer.strategy
+        self.affinity = balancer.session_affinity
+        self.detection = policy.outlier_detection
+        self.strategy: Strategy
+        self.sessions: SessionTable | None
+        self.outliers: OutlierDetector | None
+        if previous is not None and previous.strategy_name == self.strategy_name:
+            self.strategy = previous.strategy
+        else:
+            self.strategy = make_strategy(self.strategy_name, rng, _weight)
+        if previous is not None and previous.affinity == self.affinity:
+            self.sessions = previous.sessions
+        elif self.affinity is None:
+            self.sessions = None
+        else:
+            self.sessions = SessionTable(self.affinity.ttl, self.affinity.max_sessions)
+        detection = self.detection
+        if previous is not None and previous.detection == detection:
+            self.outliers = previous.outliers
+        elif detection is None:
+            self.outliers = None
+        else:
+            self.outliers = OutlierDetector(
+                detection.consecutive_failures,
+                detection.base_ejection_time,
+                detection.max_ejection_time,
+                detection.max_ejection_percent,
+                rng,
+            )
+
+
+def _weight(endpoint: object) -> int:
+    return endpoint.weight if isinstance(endpoint, Endpoint) else 1
 
 
 class UpstreamGroup:
     def __init__(
-        self, policy: UpstreamPolicy, bus: EventBus, restart: RestartPolicy = RestartPolicy()
+        self,
+        policy: UpstreamPolicy,
+        bus: EventBus,
+        restart: RestartPolicy = RestartPolicy(),
+        probe: Probe | None = None,
     ) -> None:
         self.policy = policy
+        self.probe = probe  # how the prober reaches an endpoint (the node's pool)
         self.bus = bus
         self.endpoints = EndpointSet(())
         self.supervisor = Supervisor(policy.name, bus, restart)
         self.protections = Protections(policy)
+        self.balancing = Balancing(policy, self.protections.chaos_rng)
+        self.health: dict[Address, bool] = {}  # from active checks; absent means healthy
         self.load: dict[Address, EndpointLoad] = {}
+        self._load_view = _LoadView(self.load)
         self.in_flight = 0
         self.pending = 0
         self.stats = UpstreamStats()
         self._drained = trio.Event()
         self._slot_freed = trio.Event()
-        self._picker: RoundRobin[Endpoint] = RoundRobin()
         self._first_snapshot = trio.Event()
         self._cancel_scope = trio.CancelScope()
         self.balancer = Balancer(self)
@@ -96,20 +175,28 @@ class UpstreamGroup:
     def publish_endpoints(self, endpoints: tuple[Endpoint, ...]) -> None:
         self.endpoints = EndpointSet(endpoints, self.endpoints.version + 1)
         for endpoint in endpoints:
-            self.load.setdefault(endpoint.address, EndpointLoad())
+            if endpoint.address not in self.load:
+                self.load[endpoint.address] = EndpointLoad(endpoint.address)
         self._first_snapshot.set()
         self._pulse_slot()
 
     # -- the request path: endpoints and the bulkhead ----------------------------
 
-    async def acquire(self, avoid: Address | None = None) -> tuple[Endpoint, EndpointLoad]:
-        """An endpoint with a free slot (the bulkhead), preferring one other than ``avoid``.
+    async def acquire(
+        self,
+        avoid: Address | None = None,
+        client: bytes | None = None,
+        session: bytes | None = None,
+    ) -> tuple[Endpoint, EndpointLoad]:
+        """An endpoint for one try: usable, with a free slot, chosen by the strategy.
 
-        When every endpoint is at ``max_connections_per_instance``, up to
-        ``max_pending`` requests wait ``queue_timeout`` for a slot; others get
-        ``bulkhead-full`` at once.
+        ``avoid`` is the endpoint a retry should not go back to if it can help
+        it; ``client`` feeds ip-hash; ``session`` is the affinity key. When every
+        usable endpoint is at ``max_connections_per_instance`` (the bulkhead),
+        up to ``max_pending`` requests wait ``queue_timeout`` for a slot; others
+        get ``bulkhead-full`` at once.
         """
-        endpoint = self._free_endpoint(avoid)
+        endpoint = self._choose(avoid, client, session)
         if endpoint is None:
             balancer = self.policy.balancer
             if self.pending >= balancer.max_pending:
@@ -124,7 +211,7 @@ class UpstreamGroup:
                 with trio.move_on_after(balancer.queue_timeout):
                     while endpoint is None:
                         await self._slot_freed.wait()
-                        endpoint = self._free_endpoint(avoid)
+                        endpoint = self._choose(avoid, client, session)
             finally:
                 self.pending -= 1
             if endpoint is None:
@@ -134,35 +221,103 @@ class UpstreamGroup:
                 )
         load = self.load.get(endpoint.address)
         if load is None:
-            load = self.load[endpoint.address] = EndpointLoad()
+            load = self.load[endpoint.address] = EndpointLoad(endpoint.address)
         load.in_flight += 1
         self.in_flight += 1
         return endpoint, load
 
-    def _free_endpoint(self, avoid: Address | None) -> Endpoint | None:
+    def usable(self, now: float) -> list[Endpoint]:
+        """Healthy and not ejected; all of them in panic (too few usable), as Envoy does."""
         endpoints = self.endpoints.endpoints
-        if not endpoints:
+        health = self.health
+        outliers = self.balancing.outliers
+        usable = [
+            e
+            for e in endpoints
+            if health.get(e.address, True)
+            and (outliers is None or not outliers.ejected(e.address, now))
+        ]
+        threshold = self.policy.balancer.panic_threshold
+        if threshold and len(usable) * 100 < len(endpoints) * threshold:
+            return list(endpoints)
+        return usable
+
+    def _choose(
+        self, avoid: Address | None, client: bytes | None, session: bytes | None
+    ) -> Endpoint | None:
+        if not self.endpoints.endpoints:
             raise NoHealthyEndpoints("no endpoint is available", self.name)
+        now = trio.current_time()
+        usable = self.usable(now)
+        if not usable:
+            raise NoHealthyEndpoints("every endpoint is unhealthy or ejected", self.name)
         limit = self.policy.balancer.max_connections_per_instance
         load = self.load
-        free = [
-            e for e in endpoints if (e.address not in load or load[e.address].in_flight < limit)
-        ]
+        free = [e for e in usable if e.address not in load or load[e.address].in_flight < limit]
+        if not free:
+            return None
         if avoid is not None and len(free) > 1:
             free = [e for e in free if e.address != avoid] or free
-        return self._picker.pick(free)
+        sessions = self.balancing.sessions
+        if sessions is not None and session is not None:
+            sticky = sessions.get(session, now)
+            for endpoint in free:
+                if endpoint.address == sticky:
+                    return endpoint
+        chosen = self.balancing.strategy.pick(free, _address, self._load_view, client)
+        if sessions is not None and session is not None:
+            sessions.stick(session, chosen.address, now)
+        return chosen
 
-    def release(self, load: EndpointLoad, latency: float) -> None:
+    def release(self, load: EndpointLoad, latency: float, *, failed: bool = False) -> None:
+        """The try on ``load``'s endpoint ended; its outcome feeds latency and ejection."""
+        now = trio.current_time()
         load.in_flight -= 1
-        previous = load.ewma_latency
-        load.ewma_latency = (
-            latency if previous is None else (previous + EWMA_WEIGHT * (latency - previous))
-        )
+        load.latency.observe(latency, now, failed=failed)
         self.in_flight -= 1
         if self.in_flight == 0:
             self._drained.set()
             self._drained = trio.Event()
+        outliers = self.balancing.outliers
+        if outliers is not None:
+            ejected_for = outliers.record(
+                load.address, failed=failed, now=now, endpoints=len(self.endpoints.endpoints)
+            )
+            if ejected_for is not None:
+                self._announce_health(
+                    load.address,
+                    "healthy",
+                    "ejected",
+                    f"{ejected_for:.0f}s after repeated failures",
+                )
         self._pulse_slot()
+
+    def set_health(self, address: Address, healthy: bool, reason: str) -> None:
+        """From the health prober: an endpoint passed its threshold one way or the other."""
+        if self.health.get(address, True) == healthy:
+            return
+        self.health[address] = healthy
+        self._announce_health(
+            address,
+            "unhealthy" if healthy else "healthy",
+            "healthy" if healthy else "unhealthy",
+            reason,
+        )
+        self._pulse_slot()
+
+    def forget_sessions(self, client: bytes) -> int:
+        sessions = self.balancing.sessions
+        return 0 if sessions is None else sessions.forget(client)
+
+    def _announce_health(self, address: Address, previous: str, current: str, reason: str) -> None:
+        log.info(
+            "upstream %s endpoint %s: %s -> %s (%s)", self.name, address, previous, current, reason
+        )
+        self.bus.publish(
+            EndpointHealthChanged(
+                upstream=self.name, endpoint=str(address), from_=previous, to=current, reason=reason
+            )
+        )
 
     def _pulse_slot(self) -> None:
         if self.pending:
@@ -174,6 +329,7 @@ class UpstreamGroup:
     async def update_policy(self, policy: UpstreamPolicy) -> None:
         self.policy = policy
         self.protections = Protections(policy, self.protections)
+        self.balancing = Balancing(policy, self.protections.chaos_rng, self.balancing)
         change = PolicyChanged(policy)
         for actor in self.actors:
             await actor.inbox_send.send(change)
@@ -201,6 +357,7 @@ class UpstreamGroup:
         stats = self.stats
         return {
             "strategy": self.policy.balancer.strategy,
+            "sessions": len(self.balancing.sessions) if self.balancing.sessions is not None else 0,
             "discovery": self.policy.discovery.backend,
             "failed": self.failed,
             "in_flight": self.in_flight,
@@ -216,13 +373,17 @@ class UpstreamGroup:
         }
 
     def _endpoint_report(self, endpoint: Endpoint) -> dict[str, Any]:
-        load = self.load.get(endpoint.address, EndpointLoad())
+        load = self.load.get(endpoint.address) or EndpointLoad(endpoint.address)
+        outliers = self.balancing.outliers
+        now = trio.current_time()
+        latency = load.latency.value
         return {
             "address": str(endpoint.address),
             "weight": endpoint.weight,
             "zone": endpoint.zone,
-            "health": "healthy",
-            "ejected": False,
+            "health": "healthy" if self.health.get(endpoint.address, True) else "unhealthy",
+            "ejected": outliers is not None and outliers.ejected(endpoint.address, now),
+            "ejections": outliers.ejections(endpoint.address) if outliers is not None else 0,
             "in_flight": load.in_flight,
-            "ewma_latency_ms": None if load.ewma_latency is None else load.ewma_latency * 1000,
+            "ewma_latency_ms": None if latency is None else round(latency * 1000, 3),
         }

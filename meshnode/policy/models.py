@@ -144,8 +144,12 @@ class SessionAffinity:
 @attrs.frozen
 class BalancerPolicy:
     strategy: Literal[
-        "round-robin", "least-connections", "weighted-round-robin", "least-response-time",
-        "ip-hash", "random",
+        "round-robin",
+        "least-connections",
+        "weighted-round-robin",
+        "least-response-time",
+        "ip-hash",
+        "random",
     ] = "round-robin"
     max_connections_per_instance: int = 1024
     max_pending: int = 1024

@@ -294,12 +294,14 @@ class Proxy:
             error.status_seen = status
             raise AttemptFailed(condition, error, headers=headers, retry_delay=delay)
 
+        session = _session_key(request, policy)
         while True:
             tries += 1
-            endpoint, load = await group.acquire(avoid)
+            endpoint, load = await group.acquire(avoid, request.client_ip, session)
             request.tries += 1
             request.endpoint = str(endpoint.address)
             started = trio.current_time()
+            try_failed = True  # until the try relays an answer that is not a failure
             try:
                 status, head = await attempt(
                     self.pool,
@@ -313,6 +315,7 @@ class Proxy:
                     tap=capture,
                     peer=peer,
                 )
+                try_failed = status >= 500
                 if capture is not None and status == 200 and not capture.overflow:
                     _remember(group.protections, request.path, head, capture)
                 return status
@@ -333,7 +336,7 @@ class Proxy:
                 group.stats.retries["retried"] += 1
                 avoid = endpoint.address
             finally:
-                group.release(load, trio.current_time() - started)
+                group.release(load, trio.current_time() - started, failed=try_failed)
             await trio.sleep(delay)
 
     def _retry_delay(
@@ -424,6 +427,25 @@ def expected_identity(policy: UpstreamPolicy, trust_domain: str) -> str | None:
     if section.tls != "mesh":
         return None
     return section.expected_identity or f"spiffe://{trust_domain}/service/{section.name}"
+
+
+def _session_key(request: Request, policy: UpstreamPolicy) -> bytes | None:
+    """The client's session-affinity key: the named header's value, or the named cookie's."""
+    affinity = policy.balancer.session_affinity
+    if affinity is None:
+        return None
+    if affinity.header is not None:
+        wanted = affinity.header.lower().encode()
+        return next((value for name, value in request.headers if name == wanted), None)
+    if affinity.cookie is not None:
+        prefix = affinity.cookie.encode() + b"="
+        for name, value in request.headers:
+            if name == b"cookie":
+                for crumb in value.split(b";"):
+                    stripped = crumb.strip()
+                    if stripped.startswith(prefix):
+                        return stripped[len(prefix) :]
+    return None
 
 
 def _fallback_on_exhausted(policy: UpstreamPolicy) -> bool:

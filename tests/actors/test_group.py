@@ -80,7 +80,7 @@ async def test_state_survives_a_change_it_does_not_concern(nursery) -> None:
     assert group.endpoints.version == version  # discovery untouched: no new snapshot
     assert group.breaker.core is core
     assert (core.total_calls, core.consecutive_failures) == (1, 1)
-    assert group.load[A.address].ewma_latency == pytest.approx(0.010)
+    assert group.load[A.address].latency.value == pytest.approx(0.010)
 
 
 async def test_an_empty_endpoint_set_is_no_healthy_endpoints(group: UpstreamGroup) -> None:

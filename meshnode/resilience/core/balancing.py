@@ -26,8 +26,8 @@ import bisect
 import hashlib
 import math
 import random
-from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -39,14 +39,18 @@ VIRTUAL_NODES = 160  # ring points per endpoint: spreads keys within a few perce
 class Load(Protocol):
     """What a strategy may weigh about an endpoint, by its key."""
 
-    def in_flight(self, key: str) -> int: ...
+    def in_flight(self, key: Any) -> int: ...
 
-    def latency(self, key: str) -> float | None: ...
+    def latency(self, key: Any) -> float | None: ...
 
 
 class Strategy(Protocol):
     def pick(
-        self, candidates: Sequence[T], key: Callable[[T], str], load: Load, client: bytes | None
+        self,
+        candidates: Sequence[T],
+        key: Callable[[T], Hashable],
+        load: Load,
+        client: bytes | None,
     ) -> T: ...
 
 
@@ -55,7 +59,11 @@ class RoundRobinStrategy:
         self._next = 0
 
     def pick(
-        self, candidates: Sequence[T], key: Callable[[T], str], load: Load, client: bytes | None
+        self,
+        candidates: Sequence[T],
+        key: Callable[[T], Hashable],
+        load: Load,
+        client: bytes | None,
     ) -> T:
         index = self._next % len(candidates)
         self._next = index + 1
@@ -67,7 +75,11 @@ class RandomStrategy:
         self._rng = rng
 
     def pick(
-        self, candidates: Sequence[T], key: Callable[[T], str], load: Load, client: bytes | None
+        self,
+        candidates: Sequence[T],
+        key: Callable[[T], Hashable],
+        load: Load,
+        client: bytes | None,
     ) -> T:
         return candidates[self._rng.randrange(len(candidates))]
 
@@ -77,7 +89,11 @@ class LeastConnections:
         self._rng = rng
 
     def pick(
-        self, candidates: Sequence[T], key: Callable[[T], str], load: Load, client: bytes | None
+        self,
+        candidates: Sequence[T],
+        key: Callable[[T], Hashable],
+        load: Load,
+        client: bytes | None,
     ) -> T:
         if len(candidates) == 1:
             return candidates[0]
@@ -89,10 +105,14 @@ class LeastConnections:
 class WeightedRoundRobin:
     def __init__(self, weight: Callable[[object], int]) -> None:
         self._weight = weight
-        self._current: dict[str, float] = {}
+        self._current: dict[Hashable, float] = {}
 
     def pick(
-        self, candidates: Sequence[T], key: Callable[[T], str], load: Load, client: bytes | None
+        self,
+        candidates: Sequence[T],
+        key: Callable[[T], Hashable],
+        load: Load,
+        client: bytes | None,
     ) -> T:
         current = self._current
         total = 0
@@ -119,7 +139,11 @@ class LeastResponseTime:
         self._rng = rng
 
     def pick(
-        self, candidates: Sequence[T], key: Callable[[T], str], load: Load, client: bytes | None
+        self,
+        candidates: Sequence[T],
+        key: Callable[[T], Hashable],
+        load: Load,
+        client: bytes | None,
     ) -> T:
         if len(candidates) == 1:
             return candidates[0]
@@ -128,7 +152,7 @@ class LeastResponseTime:
         return b if self._cost(key(b), load) < self._cost(key(a), load) else a
 
     @staticmethod
-    def _cost(name: str, load: Load) -> float:
+    def _cost(name: Hashable, load: Load) -> float:
         latency = load.latency(name)
         if latency is None:
             return 0.0  # never measured: try it
@@ -144,13 +168,17 @@ class ConsistentHash:
         self._owners: list[str] = []
 
     def pick(
-        self, candidates: Sequence[T], key: Callable[[T], str], load: Load, client: bytes | None
+        self,
+        candidates: Sequence[T],
+        key: Callable[[T], Hashable],
+        load: Load,
+        client: bytes | None,
     ) -> T:
-        names = tuple(sorted(key(c) for c in candidates))
+        names = tuple(sorted(str(key(c)) for c in candidates))
         if names != self._members:
             self._build(names)
         owner = self._owners[bisect.bisect(self._points, _hash(client or b"")) % len(self._points)]
-        return next(c for c in candidates if key(c) == owner)
+        return next(c for c in candidates if str(key(c)) == owner)
 
     def _build(self, names: tuple[str, ...]) -> None:
         ring = sorted(

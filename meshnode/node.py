@@ -27,7 +27,6 @@ from meshnode.actors.probes import Prober
 from meshnode.actors.stats import UpstreamStats
 from meshnode.actors.supervisor import RestartPolicy
 from meshnode.admin.api import admin_routes, admin_websockets
-from meshnode.admin.health import CheckResult
 from meshnode.admin.http import AdminHTTPServer
 from meshnode.admin.metrics import Exposition, MeshCollector
 from meshnode.events import EventBus
@@ -38,11 +37,14 @@ from meshnode.policy import Address, PolicySet, UpstreamPolicy
 from meshnode.policy.convert import converter
 from meshnode.policy.diff import PolicyDiff
 from meshnode.policy.load import LOCAL, read_token
+from meshnode.policy.models import NodeHealthCheck
 from meshnode.proxy.access_log import log_access
 from meshnode.proxy.forward import InboundProxy, Proxy, expected_identity
 from meshnode.proxy.routing import RouteTable
 from meshnode.reload import POLL_INTERVAL, Reloader, ReloadResult, watch_directory
 from meshnode.resilience.core.breaker import Override
+from meshnode.resilience.core.health import CheckResult
+from meshnode.resilience.health import CommonHealthChecks, HealthCheck, HealthCheckManager
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,34 @@ class NodeAddresses:
 
 
 TLS_POLL_INTERVAL = 1.0  # seconds between looks at the certificate files
+LAG_PROBE = 0.25  # seconds the loop-lag probe sleeps
+MAX_LOOP_LAG = 1.0  # liveness fails when the loop wakes a sleeper later than this
+
+
+def node_health_check(policy: NodeHealthCheck) -> HealthCheck:
+    """A HealthCheck from one [[health_checks]] table."""
+    common = CommonHealthChecks
+    if policy.kind == "memory":
+        check = common.memory(policy.name, policy.threshold_percent)
+    elif policy.kind == "disk":
+        check = common.disk(policy.name, policy.path, policy.threshold_percent)
+    elif policy.kind == "tcp":
+        assert policy.address is not None
+        check = common.tcp(policy.name, policy.address.host, policy.address.port)
+    elif policy.kind == "http":
+        assert policy.url is not None
+        check = common.external_service(policy.name, policy.url)
+    else:
+        check = common.command(policy.name, policy.command)
+    return attrs.evolve(
+        check,
+        type=policy.type,
+        critical=policy.critical,
+        interval=policy.interval,
+        timeout=policy.timeout,
+        failure_threshold=policy.failure_threshold,
+        success_threshold=policy.success_threshold,
+    )
 
 
 def tls_paths(policies: PolicySet) -> tuple[Path, Path, Path] | None:
@@ -105,6 +135,9 @@ class Node:
         self._proxy: Proxy | None = None
         self._admin_token: str | None = None
         self._prober: Prober | None = None
+        self.checks = HealthCheckManager()
+        self._checks_scope: trio.CancelScope | None = None
+        self.loop_lag = 0.0
         self._exposition = Exposition(
             MeshCollector(
                 groups=self._all_groups,
@@ -183,6 +216,8 @@ class Node:
                 listeners.append(inbound)
             if self.tls is not None:
                 nursery.start_soon(self.tls.watch, TLS_POLL_INTERVAL)
+            nursery.start_soon(self._measure_loop_lag)
+            await self._start_checks(self.policies)
             self._apply_node_settings(self.policies)
             admin = AdminHTTPServer(
                 admin_routes(self), admin_websockets(self), token=lambda: self._admin_token
@@ -260,9 +295,35 @@ class Node:
             self._inbound.allow = frozenset(new.node.listeners.inbound.allow)
         if self.local_group is not None and new.local is not None:
             await self.local_group.update_policy(new.local)
+        if new.node.health_checks != self.policies.node.health_checks:
+            await self._start_checks(new)
         self._apply_node_settings(new)
         for group in removed:
             self._nursery.start_soon(self._retire, group, new.node.node.drain_timeout)
+
+    async def _start_checks(self, policies: PolicySet) -> None:
+        """(Re)start the node's own [[health_checks]]; the previous set stops."""
+        assert self._nursery is not None
+        if self._checks_scope is not None:
+            self._checks_scope.cancel()
+        self.checks = HealthCheckManager(
+            [node_health_check(check) for check in policies.node.health_checks]
+        )
+        manager = self.checks
+        scope = self._checks_scope = trio.CancelScope()
+
+        async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with scope:
+                await manager.run(task_status=task_status)
+
+        await self._nursery.start(run)
+
+    async def _measure_loop_lag(self) -> None:
+        """How late the event loop wakes a sleeper: liveness fails when it falls far behind."""
+        while True:
+            before = trio.current_time()
+            await trio.sleep(LAG_PROBE)
+            self.loop_lag = max(0.0, trio.current_time() - before - LAG_PROBE)
 
     def _apply_node_settings(self, policies: PolicySet) -> None:
         """Node settings that a reload may change: the access log and the admin token."""
@@ -304,8 +365,15 @@ class Node:
     # -- what the admin API shows ---------------------------------------------
 
     def health_checks(self) -> list[CheckResult]:
+        lag_ms = self.loop_lag * 1000
         checks = [
-            CheckResult("event-loop", "liveness", True, True, "answering"),
+            CheckResult(
+                "event-loop",
+                "liveness",
+                True,
+                self.loop_lag < MAX_LOOP_LAG,
+                f"loop lag {lag_ms:.1f} ms",
+            ),
             CheckResult(
                 "listeners",
                 "readiness",

@@ -13,10 +13,10 @@ from typing import Any, Protocol
 import trio
 import trio_websocket
 
-from meshnode.admin.health import CheckResult, CheckType, health_report
 from meshnode.admin.http import AdminRequest, AdminResponse, Handler, WebSocketHandler
 from meshnode.admin.metrics import CONTENT_TYPE
 from meshnode.events import EventBus
+from meshnode.resilience.core.health import CheckResult, CheckType, health_report
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,6 @@ NODE_FILE = "node.toml"
 # using them is rejected with this reason rather than silently half-applied.
 _NOT_YET_NODE = {
     "limits": "hardening",
-    "health_checks": "health checking",
 }
 _NOT_YET_UPSTREAM: dict[str, str] = {}
 _NOT_YET_VALUES = {
@@ -179,11 +178,20 @@ def _node_policy(
         )
     policy = _structure(path, raw, NodePolicy, errors)
     if policy is not None:
-        errors.extend(f"{path}: {line}" for line in _admin_checks(path, policy))
+        errors.extend(f"{path}: {line}" for line in _node_checks(path, policy))
     return policy, defaults if policy is not None else {}
 
 
-def _admin_checks(path: Path, policy: NodePolicy) -> Iterator[str]:
+def _health_check_problems(policy: NodePolicy) -> Iterator[str]:
+    needs = {"tcp": "address", "http": "url", "command": "command"}
+    for index, check in enumerate(policy.health_checks):
+        key = needs.get(check.kind)
+        if key is not None and not getattr(check, key):
+            yield f'health_checks.{index}.{key}: required when kind is "{check.kind}"'
+
+
+def _node_checks(path: Path, policy: NodePolicy) -> Iterator[str]:
+    yield from _health_check_problems(policy)
     admin = policy.admin
     if admin.token_file is None:
         if not is_loopback(admin.address.host):

@@ -214,12 +214,32 @@ class UpstreamDefaults:
 
 
 @attrs.frozen
+class NodeHealthCheck:
+    """One of the node's own ``[[health_checks]]`` (the seed's HealthCheckManager)."""
+
+    name: str
+    kind: Literal["memory", "disk", "tcp", "http", "command"]
+    type: Literal["liveness", "readiness"] = "readiness"
+    critical: bool = False
+    threshold_percent: float = 90.0  # memory, disk: unhealthy at or above this use
+    path: str = "/"  # disk
+    address: Address | None = None  # tcp
+    url: str | None = None  # http: 2xx or 3xx is healthy
+    command: tuple[str, ...] = ()  # command: exit 0 is healthy
+    interval: Duration = Duration(10)
+    timeout: Duration = Duration(5)
+    failure_threshold: int = 1
+    success_threshold: int = 1
+
+
+@attrs.frozen
 class NodePolicy:
     node: NodeSection
     listeners: Listeners = Listeners()
     admin: AdminSection = AdminSection()
     tls: TLSFiles | None = None
     defaults: UpstreamDefaults = UpstreamDefaults()
+    health_checks: tuple[NodeHealthCheck, ...] = ()
 
 
 @attrs.frozen

@@ -15,6 +15,10 @@ from meshnode.resilience.circuit_breaker import CircuitOpenError as CircuitOpenE
 from meshnode.resilience.circuit_breaker import StateChange as StateChange
 from meshnode.resilience.faults import FaultInjector as FaultInjector
 from meshnode.resilience.faults import InjectedFaultError as InjectedFaultError
+from meshnode.resilience.health import CheckOutcome as CheckOutcome
+from meshnode.resilience.health import CommonHealthChecks as CommonHealthChecks
+from meshnode.resilience.health import HealthCheck as HealthCheck
+from meshnode.resilience.health import HealthCheckManager as HealthCheckManager
 from meshnode.resilience.limits import RateLimitedError as RateLimitedError
 from meshnode.resilience.limits import TokenBucket as TokenBucket
 from meshnode.resilience.retrying import Retry as Retry

@@ -424,6 +424,7 @@ class Node:
                 healthy = False
             critical = group.policy.upstream.critical
             checks.append(CheckResult(f"upstream:{name}", "readiness", critical, healthy, message))
+        checks.extend(self.checks.results())
         return checks
 
     def metrics(self) -> bytes:

@@ -289,3 +289,26 @@ def test_queue_fallback_is_not_yet(tmp_path: Path) -> None:
         'payments.toml: fallback.kind: "queue" is not supported yet (arrives with the durable '
         "queue fallback)"
     ]
+
+
+def test_node_health_checks(tmp_path: Path) -> None:
+    node = NODE + """
+[[health_checks]]
+name = "memory"
+kind = "memory"
+threshold_percent = 95
+
+[[health_checks]]
+name = "database"
+kind = "tcp"
+critical = true
+"""
+    assert errors_of(write(tmp_path, node=node)) == [
+        'node.toml: health_checks.1.address: required when kind is "tcp"'
+    ]
+    (tmp_path / "node.toml").write_text(node + 'address = "127.0.0.1:5432"\n')
+    checks = load_policies(tmp_path).node.health_checks
+    assert [(c.name, c.kind, c.critical) for c in checks] == [
+        ("memory", "memory", False),
+        ("database", "tcp", True),
+    ]

@@ -406,17 +406,9 @@ class Node:
                     else f"{material.identity} has expired",
                 )
             )
-        now = trio.current_time()
         for name, group in sorted(self.groups.items()):
             endpoints = group.endpoints.endpoints
-            healthy_count = sum(
-                1
-                for e in endpoints
-                if group.health.get(e.address, True)
-                and not (
-                    group.balancing.outliers and group.balancing.outliers.ejected(e.address, now)
-                )
-            )
+            healthy_count = group.endpoint_states()["healthy"]
             healthy, message = True, f"{healthy_count} of {len(endpoints)} endpoint(s) healthy"
             if group.failed:
                 healthy, message = False, "its actors are crash-looping"

@@ -305,6 +305,20 @@ class UpstreamGroup:
         )
         self._pulse_slot()
 
+    def endpoint_states(self) -> dict[str, int]:
+        """How many endpoints are healthy, unhealthy (active checks) and ejected (outliers)."""
+        now = trio.current_time()
+        outliers = self.balancing.outliers
+        states = {"healthy": 0, "unhealthy": 0, "ejected": 0}
+        for endpoint in self.endpoints.endpoints:
+            if not self.health.get(endpoint.address, True):
+                states["unhealthy"] += 1
+            elif outliers is not None and outliers.ejected(endpoint.address, now):
+                states["ejected"] += 1
+            else:
+                states["healthy"] += 1
+        return states
+
     def forget_sessions(self, client: bytes) -> int:
         sessions = self.balancing.sessions
         return 0 if sessions is None else sessions.forget(client)

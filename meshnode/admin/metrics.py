@@ -129,9 +129,8 @@ def _resilience_metrics(groups: Mapping[str, UpstreamGroup]) -> Iterator[Metric]
         rejected.add_metric([name], stats.breaker_rejected)
         for outcome, count in stats.retries.items():
             retries.add_metric([name, outcome], count)
-        endpoints.add_metric([name, "healthy"], len(group.endpoints.endpoints))
-        endpoints.add_metric([name, "unhealthy"], 0)
-        endpoints.add_metric([name, "ejected"], 0)
+        for state_name, count in group.endpoint_states().items():
+            endpoints.add_metric([name, state_name], count)
         limited.add_metric([name], stats.rate_limited)
         for kind, count in stats.fallbacks.items():
             fallbacks.add_metric([name, kind], count)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+from concurrent import futures
 
+import grpc
 import trio
 
 from meshnode.events import EndpointHealthChanged
@@ -196,3 +198,83 @@ async def test_panic_threshold_and_critical_readiness(tmp_path, nursery, running
     with trio.fail_after(10):
         while (await admin(addresses.admin[0], "GET", "/health/ready"))[0] != 200:
             await trio.sleep(0.05)
+
+
+async def test_grpc_health_checking_protocol(tmp_path, nursery, running) -> None:
+    """A real grpcio server answering grpc.health.v1.Health/Check (SERVING, then NOT_SERVING)."""
+    serving = {"status": 1}
+
+    def check(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return bytes([0x08, serving["status"]])  # HealthCheckResponse{status}
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(check)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        extra = (
+            '[health_check]\nkind = "grpc"\ninterval = "100ms"\nunhealthy_threshold = 1\n'
+            "healthy_threshold = 1\n"
+        )
+        node, _ = await running(
+            write_policies(tmp_path, {"api": policy(f"127.0.0.1:{port}", extra=extra)})
+        )
+        group = node.groups["api"]
+        address = group.endpoints.endpoints[0].address
+        with node.bus.subscribe() as events:
+            serving["status"] = 2  # NOT_SERVING
+            with trio.fail_after(10):
+                event = await events.receive()
+            assert (event.to, event.reason) == ("unhealthy", "not SERVING")  # type: ignore[attr-defined]
+            serving["status"] = 1
+            with trio.fail_after(10):
+                event = await events.receive()
+            assert (event.to, event.reason) == ("healthy", "SERVING")  # type: ignore[attr-defined]
+        assert group.health[address] is True
+    finally:
+        server.stop(None)
+
+
+async def test_ip_hash_keeps_each_caller_and_moves_few(tmp_path, nursery, running) -> None:
+    servers = await upstreams(nursery, "a", "b", "c")
+    addresses_of = [a for _, a in servers]
+    extra = '[balancer]\nstrategy = "ip-hash"\n'
+    node, addresses = await running(
+        write_policies(tmp_path, {"api": policy(*addresses_of, extra=extra)})
+    )
+    callers = [f"127.0.0.{n}" for n in range(2, 32)]
+
+    async def placement() -> dict[str, bytes]:
+        placed = {}
+        for caller in callers:
+            result = await trio.run_process(
+                [
+                    require("curl"),
+                    "-s",
+                    "--http2-prior-knowledge",
+                    "--interface",
+                    caller,
+                    "-H",
+                    "host: api",
+                    f"http://{addresses.outbound[0]}/",
+                ],
+                capture_stdout=True,
+                check=True,
+            )
+            placed[caller] = result.stdout
+        return placed
+
+    first = await placement()
+    assert first == await placement()  # each caller stays where it was
+    assert len(set(first.values())) == 3
+    write_policies(tmp_path, {"api": policy(*addresses_of[1:], extra=extra)})  # remove "a"
+    assert (await node.reload("test")).applied
+    second = await placement()
+    moved = [c for c in callers if first[c] != second[c]]
+    assert all(first[c] == b"a" for c in moved)  # only a's callers moved

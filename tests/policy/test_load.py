@@ -292,7 +292,9 @@ def test_queue_fallback_is_not_yet(tmp_path: Path) -> None:
 
 
 def test_node_health_checks(tmp_path: Path) -> None:
-    node = NODE + """
+    node = (
+        NODE
+        + """
 [[health_checks]]
 name = "memory"
 kind = "memory"
@@ -303,6 +305,7 @@ name = "database"
 kind = "tcp"
 critical = true
 """
+    )
     assert errors_of(write(tmp_path, node=node)) == [
         'node.toml: health_checks.1.address: required when kind is "tcp"'
     ]

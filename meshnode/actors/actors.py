@@ -143,6 +143,9 @@ class HealthProber(Actor):
                 self.streaks.clear()
                 await trio.sleep(1.0)
                 continue
+            if not group.endpoints.endpoints:
+                await trio.sleep(min(check.interval, 0.1))  # the first endpoint set is on its way
+                continue
             policy = group.policy
             results: dict[Address, tuple[bool, str]] = {}
             async with trio.open_nursery() as probes:

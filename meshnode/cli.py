@@ -88,19 +88,23 @@ def validate(directory: Path) -> None:
     click.echo(f"{directory}: valid (version {policies.version}; upstreams: {names})")
 
 
+certs_dir_option = click.option(
+    "--dir",
+    "directory",
+    default="certs",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the CA and certificates are.",
+)
+
+
 @main.group()
 def certs() -> None:
     """The mesh CA and node certificates (SPIFFE identities)."""
 
 
 @certs.command("init")
-@click.option(
-    "--dir",
-    "directory",
-    default="certs",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-)
+@certs_dir_option
 @click.option("--trust-domain", default="mesh.local", show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing CA (every leaf must be reissued).")
 def certs_init(directory: Path, trust_domain: str, force: bool) -> None:
@@ -114,13 +118,7 @@ def certs_init(directory: Path, trust_domain: str, force: bool) -> None:
 
 @certs.command("issue")
 @click.argument("name")
-@click.option(
-    "--dir",
-    "directory",
-    default="certs",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-)
+@certs_dir_option
 @click.option("--days", default=certificates.LEAF_DAYS, show_default=True, type=int)
 def certs_issue(name: str, directory: Path, days: int) -> None:
     """Issue NAME.pem and NAME-key.pem for service NAME, signed by the CA in --dir."""

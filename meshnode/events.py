@@ -27,7 +27,12 @@ class Event:
     timestamp: float = attrs.field(factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, **attrs.asdict(self, recurse=True)}
+        """The SPEC shape; a field named ``from_`` (a Python keyword) is sent as ``from``."""
+        fields = attrs.asdict(self, recurse=True)
+        return {
+            "type": self.type,
+            **{key.removesuffix("_"): value for key, value in fields.items()},
+        }
 
 
 @attrs.frozen(kw_only=True)
@@ -48,11 +53,6 @@ class BreakerStateChanged(Event):
     to: str
     reason: str
 
-    def to_json(self) -> dict[str, Any]:
-        payload = super().to_json()
-        payload["from"] = payload.pop("from_")
-        return payload
-
 
 @attrs.frozen(kw_only=True)
 class EndpointHealthChanged(Event):
@@ -62,11 +62,6 @@ class EndpointHealthChanged(Event):
     from_: str
     to: str
     reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        payload = super().to_json()
-        payload["from"] = payload.pop("from_")
-        return payload
 
 
 @attrs.frozen(kw_only=True)

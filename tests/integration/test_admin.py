@@ -21,6 +21,7 @@ from meshnode.policy import load_policies
 from meshnode.resilience.core.breaker import Override
 from tests.conftest import NodeProcess, answering, require, upstream_toml, write_policies
 from tests.support.client import admin, get
+from tests.support.commands import meshnode
 
 
 async def test_metrics_pass_promtool_and_counters_move(tmp_path, nursery, running) -> None:
@@ -111,17 +112,6 @@ async def test_a_stalled_subscriber_never_slows_requests(tmp_path, nursery) -> N
         with trio.fail_after(10):
             while "events-missed" not in kinds:
                 kinds.append(json.loads(await stalled.get_message())["type"])
-
-
-def meshnode(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "meshnode", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
 
 
 @pytest.fixture

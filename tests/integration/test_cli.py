@@ -10,18 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import NodeProcess, require, upstream_toml, write_policies
+from tests.support.commands import meshnode
 
 EXAMPLES = Path(__file__).parents[2] / "policies"
-
-
-def meshnode(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "meshnode", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_validate_accepts_the_examples() -> None:

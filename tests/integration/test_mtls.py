@@ -36,6 +36,7 @@ from meshnode.node import Node, NodeAddresses
 from meshnode.policy import Address, load_policies
 from tests.conftest import require
 from tests.support.client import admin, fetch
+from tests.support.commands import meshnode
 from tests.support.rawh2 import RawH2Server, respond
 
 TRUST = "mesh.local"
@@ -421,16 +422,6 @@ async def test_an_expired_certificate_fails_readiness(tmp_path, pki, start) -> N
 
 
 # -- refusing to start, and the certs commands ------------------------------------------------
-
-
-def meshnode(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "meshnode", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_serve_refuses_a_key_readable_by_others(tmp_path, pki) -> None:

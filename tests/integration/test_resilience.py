@@ -16,9 +16,11 @@ from tests.support.client import admin, fetch, get
 from tests.support.rawh2 import RawH2Server, respond
 
 
-def failing_first(count: int, how: str = "503", headers=()) -> RawH2Server:
+def failing_first(
+    count: int, how: str = "503", headers=(), *, after_body: bool = False
+) -> RawH2Server:
     """An upstream that fails its first ``count`` requests (a status, or "reset"), then answers."""
-    server = RawH2Server(lambda conn, event: None)
+    server = RawH2Server(lambda conn, event: None, after_body=after_body)
 
     def script(conn, event: h2.events.RequestReceived) -> None:
         if server.requests > count:
@@ -66,7 +68,7 @@ async def test_without_retries_the_failure_reaches_the_client(tmp_path, nursery,
 
 
 async def test_a_post_is_retried_only_with_an_idempotency_key(tmp_path, nursery, running) -> None:
-    server = failing_first(1)
+    server = failing_first(2, after_body=True)
     address = await serve(nursery, server)
     _, addresses = await running(
         write_policies(tmp_path, {"api": upstream_toml("api", address, extra=RETRY)})
@@ -77,11 +79,12 @@ async def test_a_post_is_retried_only_with_an_idempotency_key(tmp_path, nursery,
         addresses.outbound[0], "api", "/", "-d", "payload", "-H", "idempotency-key: k-1"
     )
     assert (status, body) == (200, b"recovered")
-    assert server.body_received == b"payload" * 2  # replayed whole on the second try
+    assert server.requests == 3  # the keyed POST failed once and was sent again
+    assert server.body_received == b"payload" * 3  # its body replayed whole
 
 
 async def test_a_body_over_the_replay_buffer_is_not_retried(tmp_path, nursery, running) -> None:
-    server = failing_first(1)
+    server = failing_first(1, after_body=True)  # answers once it has read the 4 KiB
     address = await serve(nursery, server)
     policy = upstream_toml(
         "api", address, extra=RETRY.replace("[retry]", '[retry]\nbuffer = "1KiB"')

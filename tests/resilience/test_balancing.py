@@ -11,12 +11,13 @@ import pytest
 from meshnode.resilience.core.balancing import (
     FAILURE_PENALTY,
     ConsistentHash,
-    LeastConnections,
-    LeastResponseTime,
     PeakEWMA,
+    PowerOfTwoChoices,
     RandomStrategy,
     RoundRobinStrategy,
     WeightedRoundRobin,
+    in_flight_cost,
+    latency_cost,
 )
 from meshnode.resilience.core.outlier import OutlierDetector, SessionTable
 
@@ -72,13 +73,13 @@ def test_weighted_round_robin_is_exact_and_smooth() -> None:
 
 def test_least_connections_avoids_the_busy_endpoint() -> None:
     load = FakeLoad(in_flight_of={"a": 50})
-    counts = spread(LeastConnections(random.Random(1)), HOSTS, 4000, load)
+    counts = spread(PowerOfTwoChoices(random.Random(1), in_flight_cost), HOSTS, 4000, load)
     assert counts["a"] < 0.05 * 4000
 
 
 def test_least_response_time_prefers_the_fast_and_penalises_fast_failures() -> None:
     load = FakeLoad(latency_of={"a": 0.5, "b": 0.01, "c": 0.01, "d": 0.01})
-    counts = spread(LeastResponseTime(random.Random(2)), HOSTS, 4000, load)
+    counts = spread(PowerOfTwoChoices(random.Random(2), latency_cost), HOSTS, 4000, load)
     assert counts["a"] < 0.05 * 4000
     ewma = PeakEWMA()
     ewma.observe(0.001, now=0.0, failed=True)  # a 1 ms 503 is not a fast endpoint

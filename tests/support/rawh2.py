@@ -17,8 +17,10 @@ Script = Callable[[h2.connection.H2Connection, h2.events.RequestReceived], None]
 
 
 class RawH2Server:
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, *, after_body: bool = False) -> None:
+        """``after_body``: run the script once the whole request has arrived, not at its head."""
         self.script = script
+        self.after_body = after_body
         self.requests = 0
         self.connections = 0
         self.resets_received: list[int] = []
@@ -43,7 +45,10 @@ class RawH2Server:
                 for event in conn.receive_data(data):
                     if isinstance(event, h2.events.RequestReceived):
                         self.requests += 1
-                        self.script(conn, event)
+                        if not self.after_body:
+                            self.script(conn, event)
+                    elif isinstance(event, h2.events.StreamEnded) and self.after_body:
+                        self.script(conn, event)  # type: ignore[arg-type]
                     elif isinstance(event, h2.events.StreamReset):
                         self.resets_received.append(event.stream_id)
                     elif isinstance(event, h2.events.DataReceived):

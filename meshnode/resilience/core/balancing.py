@@ -84,9 +84,12 @@ class RandomStrategy:
         return candidates[self._rng.randrange(len(candidates))]
 
 
-class LeastConnections:
-    def __init__(self, rng: random.Random) -> None:
+class PowerOfTwoChoices:
+    """Two candidates at random; the one with the lower ``cost`` wins (ties: the first)."""
+
+    def __init__(self, rng: random.Random, cost: Callable[[Hashable, Load], float]) -> None:
         self._rng = rng
+        self._cost = cost
 
     def pick(
         self,
@@ -99,7 +102,18 @@ class LeastConnections:
             return candidates[0]
         first, second = self._rng.sample(range(len(candidates)), 2)
         a, b = candidates[first], candidates[second]
-        return b if load.in_flight(key(b)) < load.in_flight(key(a)) else a
+        return b if self._cost(key(b), load) < self._cost(key(a), load) else a
+
+
+def in_flight_cost(name: Hashable, load: Load) -> float:
+    """least-connections: requests in flight."""
+    return load.in_flight(name)
+
+
+def latency_cost(name: Hashable, load: Load) -> float:
+    """least-response-time: peak EWMA latency x (requests in flight + 1); unmeasured: 0."""
+    latency = load.latency(name)
+    return 0.0 if latency is None else latency * (load.in_flight(name) + 1)
 
 
 class WeightedRoundRobin:
@@ -132,31 +146,6 @@ class WeightedRoundRobin:
             names = {key(c) for c in candidates}
             self._current = {n: s for n, s in current.items() if n in names}
         return best
-
-
-class LeastResponseTime:
-    def __init__(self, rng: random.Random) -> None:
-        self._rng = rng
-
-    def pick(
-        self,
-        candidates: Sequence[T],
-        key: Callable[[T], Hashable],
-        load: Load,
-        client: bytes | None,
-    ) -> T:
-        if len(candidates) == 1:
-            return candidates[0]
-        first, second = self._rng.sample(range(len(candidates)), 2)
-        a, b = candidates[first], candidates[second]
-        return b if self._cost(key(b), load) < self._cost(key(a), load) else a
-
-    @staticmethod
-    def _cost(name: Hashable, load: Load) -> float:
-        latency = load.latency(name)
-        if latency is None:
-            return 0.0  # never measured: try it
-        return latency * (load.in_flight(name) + 1)
 
 
 class ConsistentHash:
@@ -219,9 +208,9 @@ def make_strategy(name: str, rng: random.Random, weight: Callable[[object], int]
     factories: dict[str, Callable[[], Strategy]] = {
         "round-robin": RoundRobinStrategy,
         "random": lambda: RandomStrategy(rng),
-        "least-connections": lambda: LeastConnections(rng),
+        "least-connections": lambda: PowerOfTwoChoices(rng, in_flight_cost),
         "weighted-round-robin": lambda: WeightedRoundRobin(weight),
-        "least-response-time": lambda: LeastResponseTime(rng),
+        "least-response-time": lambda: PowerOfTwoChoices(rng, latency_cost),
         "ip-hash": ConsistentHash,
     }
     return factories[name]()

@@ -214,6 +214,59 @@ def force_breaker(
     )
 
 
+@click.group()
+def queue() -> None:
+    """The durable queue fallback: entries and dead letters."""
+
+
+@queue.command("list")
+@click.argument("upstream")
+@admin_option
+@json_option
+def queue_list(upstream: str, admin: str, as_json: bool) -> None:
+    """UPSTREAM's queued requests and dead letters."""
+    code, answer = call(admin, "GET", f"/admin/queue/{urllib.parse.quote(upstream, safe='')}")
+    if as_json or code != 200:
+        _report(code, answer, as_json, "")
+        return
+    click.echo(
+        f"{answer['depth']} queued ({answer['bytes']} bytes, oldest "
+        f"{answer['oldest_age_seconds']:.0f}s), {answer['dead_letters']} dead letter(s)"
+    )
+    rows = [["", "ID", "METHOD", "PATH", "ATTEMPTS", "LAST ERROR"]]
+    for kind, entries in (("queued", answer["entries"]), ("dead", answer["dead_letters"])):
+        rows += [
+            [kind, str(e["id"]), e["method"], e["path"], str(e["attempts"]), e["last_error"] or "-"]
+            for e in entries
+        ]
+    if len(rows) > 1:
+        click.echo(_table(rows))
+
+
+@queue.command("retry")
+@click.argument("upstream")
+@admin_option
+@token_option
+@json_option
+def queue_retry(upstream: str, admin: str, token_file: str | None, as_json: bool) -> None:
+    """Send UPSTREAM's dead letters back to its queue."""
+    path = f"/admin/queue/{urllib.parse.quote(upstream, safe='')}/retry"
+    code, answer = call(admin, "POST", path, _token(token_file))
+    _report(code, answer, as_json, f"{answer.get('requeued')} dead letter(s) queued again")
+
+
+@queue.command("purge")
+@click.argument("upstream")
+@admin_option
+@token_option
+@json_option
+def queue_purge(upstream: str, admin: str, token_file: str | None, as_json: bool) -> None:
+    """Drop UPSTREAM's queued requests and dead letters."""
+    path = f"/admin/queue/{urllib.parse.quote(upstream, safe='')}"
+    code, answer = call(admin, "DELETE", path, _token(token_file))
+    _report(code, answer, as_json, f"{answer.get('purged')} request(s) purged")
+
+
 @click.command()
 @admin_option
 @json_option
@@ -272,4 +325,4 @@ def _report(code: int, answer: dict[str, Any], as_json: bool, success: str) -> N
         raise SystemExit(1)
 
 
-ADMIN_COMMANDS = [status, upstreams, events, reload, drain, sessions, breakers]
+ADMIN_COMMANDS = [status, upstreams, events, reload, drain, sessions, breakers, queue]

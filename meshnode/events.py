@@ -73,6 +73,20 @@ class ServiceChanged(Event):
 
 
 @attrs.frozen(kw_only=True)
+class QueueFilling(Event):
+    type = "queue-filling"
+    upstream: str
+    id: int
+
+
+@attrs.frozen(kw_only=True)
+class QueueDrained(Event):
+    type = "queue-drained"
+    upstream: str
+    delivered: int
+
+
+@attrs.frozen(kw_only=True)
 class PolicyReloaded(Event):
     type = "policy-reloaded"
     version: str

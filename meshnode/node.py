@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import time
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ import trio
 
 from meshnode.actors.group import UpstreamGroup
 from meshnode.actors.probes import Prober
+from meshnode.actors.replay import Deliverer
 from meshnode.actors.stats import UpstreamStats
 from meshnode.actors.supervisor import RestartPolicy
 from meshnode.admin.api import admin_routes, admin_websockets
@@ -45,6 +47,7 @@ from meshnode.reload import POLL_INTERVAL, Reloader, ReloadResult, watch_directo
 from meshnode.resilience.core.breaker import Override
 from meshnode.resilience.core.health import CheckResult
 from meshnode.resilience.health import CommonHealthChecks, HealthCheck, HealthCheckManager
+from meshnode.resilience.spool import AsyncSpool, Spool, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,23 @@ def tls_paths(policies: PolicySet) -> tuple[Path, Path, Path] | None:
     return (base / files.ca, base / files.cert, base / files.key)
 
 
+def uses_queue(policies: PolicySet) -> bool:
+    locals_ = [policies.local] if policies.local is not None else []
+    return any(
+        p.fallback is not None and p.fallback.kind == "queue"
+        for p in [*policies.upstreams.values(), *locals_]
+    )
+
+
+def state_dir(policies: PolicySet) -> Path:
+    """``[node] state_dir`` (relative to node.toml), else $XDG_STATE_HOME/meshnode."""
+    configured = policies.node.node.state_dir
+    if configured is not None:
+        return policies.directory / configured
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "meshnode"
+
+
 def preflight(policies: PolicySet) -> list[str]:
     """Problems that would stop the node from starting beyond the policy files: TLS material."""
     paths = tls_paths(policies)
@@ -135,6 +155,9 @@ class Node:
         self._proxy: Proxy | None = None
         self._admin_token: str | None = None
         self._prober: Prober | None = None
+        self._deliverer: Deliverer | None = None
+        self.queue: AsyncSpool | None = None
+        self.queue_error: str | None = None
         self.checks = HealthCheckManager()
         self._checks_scope: trio.CancelScope | None = None
         self.loop_lag = 0.0
@@ -175,12 +198,15 @@ class Node:
                 await nursery.start(self._watch_signals, nursery.cancel_scope)
             pool = UpstreamPool(nursery, connector=self._connect)
             trust_domain = policy.node.trust_domain
-            self._prober = Prober(
-                pool,
-                lambda upstream: expected_identity(
+
+            def peer(upstream: UpstreamPolicy) -> str | None:
+                return expected_identity(
                     upstream, self._proxy.trust_domain if self._proxy else trust_domain
-                ),
-            )
+                )
+
+            self._prober = Prober(pool, peer)
+            self._deliverer = Deliverer(pool, peer)
+            self._open_queue(self.policies)
             for upstream in self.policies.upstreams.values():
                 await self._start_group(upstream)
             self._proxy = Proxy(
@@ -189,6 +215,7 @@ class Node:
                 pool,
                 trust_domain=policy.node.trust_domain,
             )
+            self._proxy.queue = self.queue
             outbound = H2Listener("outbound", self._proxy.handle)
             outbound_addresses = await nursery.start(
                 outbound.serve, policy.listeners.outbound.address
@@ -273,7 +300,26 @@ class Node:
         return {**self.groups, LOCAL: self.local_group}
 
     def _group(self, policy: UpstreamPolicy) -> UpstreamGroup:
-        return UpstreamGroup(policy, self.bus, self._restart_policy, self._prober)
+        return UpstreamGroup(
+            policy, self.bus, self._restart_policy, self._prober, self.queue, self._deliverer
+        )
+
+    def _open_queue(self, policies: PolicySet) -> None:
+        """Open the durable spool once any upstream has a queue fallback."""
+        if self.queue is not None or not uses_queue(policies):
+            return
+        path = state_dir(policies) / "queue.db"
+        try:
+            self.queue = AsyncSpool(Spool(path))
+            self.queue_error = None
+        except SpoolError as exc:
+            self.queue_error = str(exc)
+            log.error("the queue fallback is unavailable: %s", exc)
+            return
+        for group in self._all_groups().values():
+            group.queue = self.queue
+        if self._proxy is not None:
+            self._proxy.queue = self.queue
 
     async def _start_group(self, policy: UpstreamPolicy) -> None:
         assert self._nursery is not None
@@ -284,6 +330,7 @@ class Node:
     async def _apply(self, new: PolicySet, diff: PolicyDiff) -> None:
         """Bring the running node to ``new``; requests in flight keep their own policy."""
         assert self._nursery is not None and self._proxy is not None
+        self._open_queue(new)
         for name in diff.added:
             await self._start_group(new.upstreams[name])
         for name in diff.updated:
@@ -416,8 +463,45 @@ class Node:
                 healthy = False
             critical = group.policy.upstream.critical
             checks.append(CheckResult(f"upstream:{name}", "readiness", critical, healthy, message))
+        if uses_queue(self.policies):
+            checks.append(
+                CheckResult(
+                    "queue",
+                    "readiness",
+                    True,
+                    self.queue is not None,
+                    self.queue_error or "the queue database is open",
+                )
+            )
         checks.extend(self.checks.results())
         return checks
+
+    async def queue_report(self, upstream: str) -> dict[str, Any] | None:
+        queue = self.queue
+        if queue is None or upstream not in self._all_groups():
+            return None
+        stats = await queue.run(queue.spool.stats, upstream)
+        entries = await queue.run(queue.spool.entries, upstream)
+        dead = await queue.run(queue.spool.dead_letters, upstream)
+        return {
+            "upstream": upstream,
+            "depth": stats["depth"],
+            "bytes": stats["bytes"],
+            "oldest_age_seconds": stats["oldest_age_seconds"],
+            "dead_letter_count": stats["dead_letters"],
+            "entries": [e.summary() for e in entries],
+            "dead_letters": [e.summary() for e in dead],
+        }
+
+    async def queue_retry(self, upstream: str) -> int | None:
+        if self.queue is None or upstream not in self._all_groups():
+            return None
+        return await self.queue.run(self.queue.spool.retry, upstream)
+
+    async def queue_purge(self, upstream: str) -> int | None:
+        if self.queue is None or upstream not in self._all_groups():
+            return None
+        return await self.queue.run(self.queue.spool.purge, upstream)
 
     def metrics(self) -> bytes:
         return self._exposition.render()

@@ -34,6 +34,7 @@ from meshnode.actors.actors import Actor, Balancer, Breaker, DiscoveryWatcher, H
 from meshnode.actors.messages import CrashForTest, PolicyChanged
 from meshnode.actors.probes import Probe
 from meshnode.actors.protections import Protections
+from meshnode.actors.replay import Deliverer, Replayer
 from meshnode.actors.snapshots import EndpointSet
 from meshnode.actors.stats import UpstreamStats
 from meshnode.actors.supervisor import RestartPolicy, Supervisor
@@ -43,6 +44,7 @@ from meshnode.policy.models import Endpoint, UpstreamPolicy
 from meshnode.policy.units import Address
 from meshnode.resilience.core.balancing import PeakEWMA, Strategy, make_strategy
 from meshnode.resilience.core.outlier import OutlierDetector, SessionTable
+from meshnode.resilience.spool import AsyncSpool
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +132,13 @@ class UpstreamGroup:
         bus: EventBus,
         restart: RestartPolicy = RestartPolicy(),
         probe: Probe | None = None,
+        queue: AsyncSpool | None = None,
+        deliverer: Deliverer | None = None,
     ) -> None:
         self.policy = policy
         self.probe = probe  # how the prober reaches an endpoint (the node's pool)
+        self.queue = queue  # the durable spool, for a queue fallback
+        self.deliverer = deliverer  # how the replay actor sends a queued request
         self.bus = bus
         self.endpoints = EndpointSet(())
         self.supervisor = Supervisor(policy.name, bus, restart)
@@ -152,7 +158,14 @@ class UpstreamGroup:
         self.breaker = Breaker(self)
         self.discovery = DiscoveryWatcher(self)
         self.prober = HealthProber(self)
-        self.actors: Sequence[Actor] = (self.discovery, self.prober, self.breaker, self.balancer)
+        self.replayer = Replayer(self)
+        self.actors: Sequence[Actor] = (
+            self.discovery,
+            self.prober,
+            self.breaker,
+            self.balancer,
+            self.replayer,
+        )
 
     @property
     def name(self) -> str:

@@ -21,6 +21,7 @@ class UpstreamStats:
         "duration_count",
         "duration_sum",
         "fallbacks",
+        "queue",
         "rate_limited",
         "rejected",
         "requests",
@@ -37,6 +38,7 @@ class UpstreamStats:
         self.breaker_rejected = 0
         self.fallbacks: dict[str, int] = {}
         self.rejected = {"bulkhead-full": 0}
+        self.queue = {"queued": 0, "delivered": 0, "dead-lettered": 0, "refused": 0}
 
     def observe(self, status: int, seconds: float) -> None:
         requests = self.requests

@@ -52,6 +52,15 @@ class NodeControl(Protocol):
     def force_breaker(self, upstream: str, state: str) -> dict[str, Any] | None:
         """Apply an operator override; None if there is no such upstream."""
 
+    async def queue_report(self, upstream: str) -> dict[str, Any] | None:
+        """The upstream's queue and dead letters; None without such an upstream or queue."""
+
+    async def queue_retry(self, upstream: str) -> int | None:
+        """Dead letters sent back to the queue; None without such an upstream or queue."""
+
+    async def queue_purge(self, upstream: str) -> int | None:
+        """Entries and dead letters dropped; None without such an upstream or queue."""
+
 
 def admin_routes(node: NodeControl) -> dict[tuple[str, str], Handler]:
     def health(kind: CheckType | None) -> Handler:
@@ -96,7 +105,32 @@ def admin_routes(node: NodeControl) -> dict[tuple[str, str], Handler]:
             return AdminResponse.json(404, {"error": f"no upstream named {upstream!r}"})
         return AdminResponse.json(200, report)
 
+    def no_queue(upstream: str) -> AdminResponse:
+        return AdminResponse.json(404, {"error": f"no queue fallback for {upstream!r}"})
+
+    async def queue(request: AdminRequest) -> AdminResponse:
+        upstream = request.params["upstream"]
+        report = await node.queue_report(upstream)
+        return no_queue(upstream) if report is None else AdminResponse.json(200, report)
+
+    async def queue_retry(request: AdminRequest) -> AdminResponse:
+        upstream = request.params["upstream"]
+        moved = await node.queue_retry(upstream)
+        if moved is None:
+            return no_queue(upstream)
+        return AdminResponse.json(200, {"upstream": upstream, "requeued": moved})
+
+    async def queue_purge(request: AdminRequest) -> AdminResponse:
+        upstream = request.params["upstream"]
+        removed = await node.queue_purge(upstream)
+        if removed is None:
+            return no_queue(upstream)
+        return AdminResponse.json(200, {"upstream": upstream, "purged": removed})
+
     return {
+        ("GET", "/admin/queue/{upstream}"): queue,
+        ("POST", "/admin/queue/{upstream}/retry"): queue_retry,
+        ("DELETE", "/admin/queue/{upstream}"): queue_purge,
         ("GET", "/health/live"): health("liveness"),
         ("GET", "/health/ready"): health("readiness"),
         ("GET", "/health"): health(None),

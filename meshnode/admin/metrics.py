@@ -137,6 +137,34 @@ def _resilience_metrics(groups: Mapping[str, UpstreamGroup]) -> Iterator[Metric]
         bulkhead.add_metric([name], stats.rejected["bulkhead-full"])
         in_flight.add_metric([name], group.in_flight)
     yield from (state, rejected, retries, endpoints, limited, fallbacks, bulkhead, in_flight)
+    yield from _queue_metrics(groups)
+
+
+def _queue_metrics(groups: Mapping[str, UpstreamGroup]) -> Iterator[Metric]:
+    depth = GaugeMetricFamily(
+        "meshnode_queue_depth", "Requests waiting in the queue fallback.", labels=["upstream"]
+    )
+    oldest = GaugeMetricFamily(
+        "meshnode_queue_oldest_age_seconds",
+        "Age of the oldest queued request.",
+        labels=["upstream"],
+    )
+    moved = CounterMetricFamily(
+        "meshnode_queue",
+        "Queued requests by what became of them: queued, delivered, "
+        "dead-lettered, refused (queue full or unusable).",
+        labels=["upstream", "outcome"],
+    )
+    for name, group in groups.items():
+        plan = group.policy.fallback
+        if group.queue is None or plan is None or plan.kind != "queue":
+            continue
+        stats = group.queue.spool.stats(name)
+        depth.add_metric([name], stats["depth"])
+        oldest.add_metric([name], stats["oldest_age_seconds"])
+        for outcome, count in group.stats.queue.items():
+            moved.add_metric([name, outcome], count)
+    yield from (depth, oldest, moved)
 
 
 def _bound(value: float) -> str:

@@ -245,7 +245,7 @@ class TLSManager:
         try:
             material = load_material(*self.paths)
         except TLSMaterialError as exc:
-            log.error("new TLS material rejected; the old stays in use: %s", exc)  # noqa: TRY400
+            log.error("new TLS material rejected; the old stays in use: %s", exc)
             self._bus.publish(TLSRejected(errors=exc.problems))
             return False
         self.material = material

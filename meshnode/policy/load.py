@@ -34,7 +34,6 @@ _NOT_YET_UPSTREAM: dict[str, str] = {}
 _NOT_YET_VALUES = {
     ("listeners.inbound.local_protocol", "http1"): "HTTP/1.1 support",
     ("upstream.protocol", "http1"): "HTTP/1.1 support",
-    ("fallback.kind", "queue"): "the durable queue fallback",
     **{
         ("discovery.backend", backend): "service discovery"
         for backend in ("file", "dns", "consul", "kubernetes", "etcd")
@@ -43,7 +42,7 @@ _NOT_YET_VALUES = {
 # A value that selects a table's whole shape: when it is not supported yet, the
 # rest of its table is not checked either (its keys would all look unknown).
 # The table is emptied when the section is required, dropped when it is optional.
-_SELECTORS = {"discovery.backend": True, "fallback.kind": False}
+_SELECTORS = {"discovery.backend": True}
 _UPSTREAM_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 
 

@@ -121,14 +121,28 @@ class RetryPolicy:
 
 @attrs.frozen
 class FallbackPolicy:
-    kind: Literal["static", "upstream", "stale-cache"]
+    kind: Literal["static", "upstream", "stale-cache", "queue"]
     on: tuple[str, ...] = ("circuit-open", "no-healthy-endpoints")
     status: int = 200
     body: str = ""
     headers: dict[str, str] = attrs.field(factory=dict)
     upstream: str | None = None
-    max_age: Duration = Duration(600)
+    max_age: Duration | None = None  # stale-cache: 10 minutes; queue: 24 hours
     max_entries: int = 1000
+    # queue: which requests may be stored and replayed, and the queue's bounds
+    methods: tuple[str, ...] = ("POST", "PUT")
+    paths: tuple[str, ...] = ()  # path prefixes; empty: every path
+    max_depth: int = 10_000
+    max_bytes: Size = Size(64 * 1024 * 1024)
+    max_body: Size = Size(1024 * 1024)
+    max_attempts: int = 20
+
+    @property
+    def age_limit(self) -> float:
+        """``max_age``, or its default for the kind."""
+        if self.max_age is not None:
+            return float(self.max_age)
+        return 86400.0 if self.kind == "queue" else 600.0
 
 
 @attrs.frozen

@@ -58,6 +58,25 @@ class RequestBody:
                 await sink.end()
                 return
 
+    async def read_all(self, limit: int) -> bytes | None:
+        """The whole body (kept and yet unread), if it fits ``limit``; None if it cannot be had."""
+        self._limit = max(self._limit, limit)
+        if self._unacked:
+            self._client.ack(self._unacked)
+            self._unacked = 0
+        client = self._client
+        while self.replayable and not self._complete:
+            item = await client.receive()
+            if type(item) is Data:
+                self._keep(item.data)
+                client.ack(item.flow_length)
+            elif type(item) is Trailers:
+                self._trailers = strip_hop_by_hop(item.headers)
+                self._complete = True
+            elif type(item) is EndOfStream:
+                self._complete = True
+        return b"".join(self._chunks) if self.replayable else None
+
     def _keep(self, data: bytes) -> None:
         if not self.replayable or not data:
             return

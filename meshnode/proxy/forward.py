@@ -15,6 +15,7 @@ on the way out. Every outcome the node makes itself is a ``MeshError``, which
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -37,10 +38,11 @@ from meshnode.errors import (
     UpstreamFailed,
     UpstreamReset,
 )
+from meshnode.events import QueueFilling
 from meshnode.net.listener import Peer
 from meshnode.net.pool import UpstreamPool
 from meshnode.net.session import CANCEL, INTERNAL_ERROR, Stream, StreamReset
-from meshnode.policy.models import ChaosPolicy, UpstreamPolicy
+from meshnode.policy.models import ChaosPolicy, FallbackPolicy, UpstreamPolicy
 from meshnode.policy.units import Duration
 from meshnode.proxy import fallback
 from meshnode.proxy.attempt import AttemptFailed, attempt
@@ -52,6 +54,7 @@ from meshnode.proxy.retry import retry_after as retry_after_of
 from meshnode.proxy.routing import RouteTable, authority_host
 from meshnode.resilience.core import backoff
 from meshnode.resilience.core.faults import NO_FAULT, Fault, FaultPlan, decide
+from meshnode.resilience.spool import AsyncSpool, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,7 @@ class Proxy:
         trust_domain: str = "mesh.local",
     ) -> None:
         self.trust_domain = trust_domain  # names the identity a tls = "mesh" upstream must show
+        self.queue: AsyncSpool | None = None  # the durable spool of queue fallbacks
         self.routes = routes
         self.upstreams = upstreams
         self.pool = pool
@@ -378,6 +382,11 @@ class Proxy:
             rng=protections.chaos_rng,
         )
 
+    async def _enqueue(self, request: Request, group: UpstreamGroup, plan: FallbackPolicy) -> bool:
+        if self.queue is None:
+            return False
+        return await _enqueue_request(self.queue, request, group, plan)
+
     async def _fall_back(
         self, request: Request, group: UpstreamGroup, policy: UpstreamPolicy, error: MeshError
     ) -> bool:
@@ -390,7 +399,10 @@ class Proxy:
             cache = group.protections.stale_cache
             if cache is None or request.method != b"GET":
                 return False
-            if not await fallback.answer_stale(request.stream, cache, request.path, plan.max_age):
+            if not await fallback.answer_stale(request.stream, cache, request.path, plan.age_limit):
+                return False
+        elif plan.kind == "queue":
+            if not await self._enqueue(request, group, plan):
                 return False
         else:
             target = self.upstreams.get(plan.upstream or "")
@@ -419,6 +431,60 @@ class InboundProxy(Proxy):
         if identity not in self.allow:
             raise Forbidden(f"{identity or 'a caller without identity'} is not allowed here")
         return self.local
+
+
+async def _enqueue_request(
+    queue: AsyncSpool, request: Request, group: UpstreamGroup, plan: FallbackPolicy
+) -> bool:
+    """Store the request durably and answer 202; False when it may not or cannot be queued."""
+    method = request.method.decode("latin-1")
+    path = request.path.decode("latin-1")
+    if method not in plan.methods or (plan.paths and not path.startswith(tuple(plan.paths))):
+        return False
+    body = b"" if request.body is None else await request.body.read_all(plan.max_body)
+    if body is None:
+        return False
+    key = next((v.decode("latin-1") for n, v in request.headers if n == b"idempotency-key"), None)
+    headers = [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in request.out_headers
+        if not name.startswith(b":") and name != b"idempotency-key"
+    ]
+    try:
+        entry_id, stored_key, depth = await queue.run(
+            queue.spool.enqueue,
+            group.name,
+            method,
+            path,
+            headers,
+            body,
+            idempotency_key=key,
+            max_depth=plan.max_depth,
+            max_bytes=plan.max_bytes,
+        )
+    except SpoolError as exc:
+        group.stats.queue["refused"] += 1
+        log.warning("queue fallback of %s refused a request: %s", group.name, exc)
+        return False
+    group.stats.queue["queued"] += 1
+    if depth == 1:
+        group.bus.publish(QueueFilling(upstream=group.name, id=entry_id))
+    answer = json.dumps(
+        {"status": "queued", "id": entry_id, "idempotency_key": stored_key}
+    ).encode()
+    headers_out = [
+        (b":status", b"202"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(answer)).encode()),
+        (b"idempotency-key", stored_key.encode()),
+        fallback.fallback_header("queue"),
+    ]
+    try:
+        await request.stream.send_headers(headers_out)
+        await request.stream.send_data(answer, end_stream=True)
+    except StreamReset:
+        pass  # stored all the same: it will be delivered
+    return True
 
 
 def expected_identity(policy: UpstreamPolicy, trust_domain: str) -> str | None:

@@ -116,6 +116,9 @@ class Spool:
     def close(self) -> None:
         self._db.close()
 
+    def now(self) -> float:
+        return self._clock()
+
     def enqueue(
         self,
         upstream: str,
@@ -127,8 +130,9 @@ class Spool:
         idempotency_key: str | None = None,
         max_depth: int,
         max_bytes: int,
-    ) -> tuple[int, str]:
-        """Store a request durably; its id and idempotency key (a new one if it had none)."""
+    ) -> tuple[int, str, int]:
+        """Store a request durably: its id, idempotency key (a new one if it had none), and the
+        depth of the upstream's queue with it (1: the queue just started filling)."""
         with self._transaction():
             depth, size = self._db.execute(
                 "SELECT count(*), coalesce(sum(length(body)), 0) FROM entries WHERE upstream = ?",
@@ -144,7 +148,7 @@ class Spool:
             entry_id = int(cursor.lastrowid or 0)
             key = idempotency_key or f"meshnode-queue-{entry_id}"
             self._db.execute("UPDATE entries SET idempotency_key = ? WHERE id = ?", (key, entry_id))
-        return entry_id, key
+        return entry_id, key, depth + 1
 
     def next_due(self, upstream: str) -> Entry | None:
         """The oldest entry if it is due: order is kept, so a later one never overtakes it."""

@@ -283,12 +283,15 @@ def test_fallback_upstream_must_exist(tmp_path: Path) -> None:
     ]
 
 
-def test_queue_fallback_is_not_yet(tmp_path: Path) -> None:
-    upstream = UPSTREAM + '[fallback]\nkind = "queue"\nmax_depth = 10\n'
-    assert errors_of(write(tmp_path, node=NODE, payments=upstream)) == [
-        'payments.toml: fallback.kind: "queue" is not supported yet (arrives with the durable '
-        "queue fallback)"
-    ]
+def test_queue_fallback(tmp_path: Path) -> None:
+    upstream = UPSTREAM + '[fallback]\nkind = "queue"\non = ["circuit-open"]\nmax_depth = 10\n'
+    plan = load_policies(write(tmp_path, node=NODE, payments=upstream)).upstreams["payments"]
+    assert plan.fallback is not None
+    assert (plan.fallback.methods, plan.fallback.max_depth, plan.fallback.age_limit) == (
+        ("POST", "PUT"),
+        10,
+        86400.0,
+    )
 
 
 def test_node_health_checks(tmp_path: Path) -> None:

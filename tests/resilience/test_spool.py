@@ -23,7 +23,7 @@ def spool(tmp_path: Path, clock: Clock | None = None) -> Spool:
 
 
 def put(s: Spool, body: bytes = b"{}", key: str | None = None, **bounds: int) -> tuple[int, str]:
-    return s.enqueue(
+    entry_id, stored_key, _ = s.enqueue(
         "pay",
         "POST",
         "/charge",
@@ -33,6 +33,7 @@ def put(s: Spool, body: bytes = b"{}", key: str | None = None, **bounds: int) ->
         max_depth=bounds.get("depth", 10),
         max_bytes=bounds.get("size", 1000),
     )
+    return entry_id, stored_key
 
 
 def test_entries_survive_a_reopen_and_keep_their_order(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import trio
 
 from meshnode.net.listener import H2Listener, Peer
-from meshnode.net.session import EndOfStream, Stream, StreamReset
+from meshnode.net.session import Data, EndOfStream, Stream, StreamReset
 from meshnode.policy.units import Address
 
 
@@ -21,6 +21,7 @@ class TunableUpstream:
         self.health_status = 200
         self.requests = 0
         self.health_checks = 0
+        self.received: list[tuple[str, bytes]] = []  # (idempotency key, body) of each request
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         listener = H2Listener(self.name, self._answer)
@@ -29,15 +30,20 @@ class TunableUpstream:
             task_status.started(str(bound[0]))
 
     async def _answer(self, stream: Stream, peer: Peer) -> None:
-        path = dict(stream.headers or []).get(b":path", b"/")
+        fields = dict(stream.headers or [])
+        path = fields.get(b":path", b"/")
+        body = b""
         try:
-            while not isinstance(await stream.receive(), EndOfStream):
-                pass
+            while not isinstance(item := await stream.receive(), EndOfStream):
+                if isinstance(item, Data):
+                    body += item.data
+                    stream.ack(item.flow_length)
             if path == b"/health":
                 self.health_checks += 1
                 status = self.health_status
             else:
                 self.requests += 1
+                self.received.append((fields.get(b"idempotency-key", b"").decode(), body))
                 await trio.sleep(self.delay)
                 status = self.status
             body = self.name.encode()

@@ -1,0 +1,173 @@
+"""The queue fallback's delivery side: a replay actor per upstream.
+
+Queued requests leave in arrival order, one at a time, when the upstream is
+healthy again (its breaker closed and at least one healthy endpoint). Each is
+sent with its idempotency key, so an upstream that deduplicates on it sees it
+once however often it is tried. A 2xx or 3xx answer ends an entry; a 4xx other
+than 408 or 429 dead-letters it at once (sending it again cannot help); anything
+else is tried again with a backoff that doubles up to five minutes, until
+``max_attempts`` or ``max_age`` dead-letter it. Delivery is at least once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+from meshnode.actors.actors import Actor
+from meshnode.actors.messages import CrashForTest, InjectedFault
+from meshnode.errors import MeshError
+from meshnode.events import QueueDrained
+from meshnode.net.pool import UpstreamPool
+from meshnode.net.session import CANCEL, Data, EndOfStream, ResponseHead, StreamReset, Trailers
+from meshnode.policy.models import UpstreamPolicy
+from meshnode.resilience.core.breaker import BreakerState
+from meshnode.resilience.spool import AsyncSpool, Entry, SpoolError
+
+if TYPE_CHECKING:
+    from meshnode.actors.group import UpstreamGroup
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL = 0.5  # seconds between looks at an empty or blocked queue
+FIRST_BACKOFF = 1.0
+MAX_BACKOFF = 300.0
+DELIVERY_TIMEOUT = 30.0
+
+
+class Deliverer:
+    """Sends one stored request through the node's pool; answers (status, error)."""
+
+    def __init__(self, pool: UpstreamPool, peer: Callable[[UpstreamPolicy], str | None]) -> None:
+        self._pool = pool
+        self._peer = peer
+
+    async def __call__(self, group: UpstreamGroup, entry: Entry) -> tuple[int, str]:
+        endpoint, load = await group.acquire()
+        started = trio.current_time()
+        status, error = 0, "no answer"
+        try:
+            headers = [
+                (b":method", entry.method.encode()),
+                (b":path", entry.path.encode()),
+                (b":scheme", b"http"),
+                (b":authority", group.name.encode()),
+                *((name.encode(), value.encode("latin-1")) for name, value in entry.headers),
+                (b"idempotency-key", entry.idempotency_key.encode()),
+            ]
+            limit = group.policy.timeout.request or DELIVERY_TIMEOUT
+            with trio.move_on_after(limit):
+                stream = await self._pool.open_stream(
+                    endpoint.address,
+                    headers,
+                    end_stream=not entry.body,
+                    peer=self._peer(group.policy),
+                )
+                try:
+                    if entry.body:
+                        await stream.send_data(entry.body, end_stream=True)
+                    status, error = await _answer(stream)
+                finally:
+                    stream.reset(CANCEL)
+        except (MeshError, StreamReset) as exc:
+            error = str(exc)
+        finally:
+            group.release(load, trio.current_time() - started, failed=status == 0 or status >= 500)
+        return status, error
+
+
+async def _answer(stream: object) -> tuple[int, str]:
+    head = await stream.receive()  # type: ignore[attr-defined]
+    status = 0
+    if isinstance(head, ResponseHead):
+        for name, value in head.headers:
+            if name == b":status" and value.isdigit():
+                status = int(value)
+    while True:  # read the answer to its end: the exchange completes as the upstream meant
+        item = await stream.receive()  # type: ignore[attr-defined]
+        if isinstance(item, Data):
+            stream.ack(item.flow_length)  # type: ignore[attr-defined]
+        elif isinstance(item, Trailers | EndOfStream):
+            return status, f"status {status}"
+
+
+class Replayer(Actor):
+    name = "replay"
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._deliver_forever)
+            async for message in self.inbox_recv:
+                if isinstance(message, CrashForTest):
+                    raise InjectedFault(f"{self.name}: {message.reason}")
+
+    async def _deliver_forever(self) -> None:
+        group = self.group
+        delivered_in_a_row = 0
+        while True:
+            queue = group.queue
+            plan = group.policy.fallback
+            if queue is None or plan is None or plan.kind != "queue" or not self._upstream_ready():
+                await trio.sleep(IDLE_POLL)
+                continue
+            try:
+                entry = await queue.run(queue.spool.next_due, group.name)
+            except SpoolError:
+                log.exception("queue of %s unreadable", group.name)
+                await trio.sleep(IDLE_POLL * 10)
+                continue
+            if entry is None:
+                if delivered_in_a_row:
+                    depth = (await queue.run(queue.spool.stats, group.name))["depth"]
+                    if depth == 0:
+                        group.bus.publish(
+                            QueueDrained(upstream=group.name, delivered=delivered_in_a_row)
+                        )
+                        delivered_in_a_row = 0
+                await trio.sleep(IDLE_POLL)
+                continue
+            outcome = await self._try(queue, entry)
+            delivered_in_a_row += outcome == "delivered"
+
+    async def _try(self, queue: AsyncSpool, entry: Entry) -> str:
+        group = self.group
+        plan = group.policy.fallback
+        assert plan is not None
+        age = queue.spool.now() - entry.queued_at
+        if entry.attempts >= plan.max_attempts or age > plan.age_limit:
+            why = (
+                f"{entry.attempts} attempts"
+                if entry.attempts >= plan.max_attempts
+                else f"older than {plan.age_limit:g}s"
+            )
+            return await self._dead(queue, entry, f"gave up after {why}: {entry.last_error}")
+        if group.deliverer is None:
+            return "failed"
+        status, error = await group.deliverer(group, entry)
+        if 200 <= status < 400:
+            await queue.run(queue.spool.delivered, entry.id)
+            group.stats.queue["delivered"] += 1
+            return "delivered"
+        if 400 <= status < 500 and status not in (408, 429):
+            return await self._dead(queue, entry, f"the upstream answered {status}")
+        backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2**entry.attempts)
+        await queue.run(queue.spool.failed, entry.id, error, backoff)
+        return "failed"
+
+    async def _dead(self, queue: AsyncSpool, entry: Entry, reason: str) -> str:
+        log.warning("queued request %d for %s dead-lettered: %s", entry.id, self.group.name, reason)
+        await queue.run(queue.spool.dead_letter, entry.id, reason)
+        self.group.stats.queue["dead-lettered"] += 1
+        return "dead"
+
+    def _upstream_ready(self) -> bool:
+        group = self.group
+        core = group.breaker.core
+        if core is not None:
+            core.poll(trio.current_time())
+            if core.state is not BreakerState.CLOSED:
+                return False
+        return group.endpoint_states()["healthy"] > 0

@@ -24,3 +24,7 @@ from meshnode.resilience.limits import TokenBucket as TokenBucket
 from meshnode.resilience.retrying import Retry as Retry
 from meshnode.resilience.retrying import RetryPresets as RetryPresets
 from meshnode.resilience.retrying import retry as retry
+from meshnode.resilience.spool import AsyncSpool as AsyncSpool
+from meshnode.resilience.spool import Spool as Spool
+from meshnode.resilience.spool import SpoolError as SpoolError
+from meshnode.resilience.spool import SpoolFull as SpoolFull

@@ -243,6 +243,18 @@ def queue_list(upstream: str, admin: str, as_json: bool) -> None:
         click.echo(_table(rows))
 
 
+@queue.command("inspect")
+@click.argument("upstream")
+@click.argument("entry", type=int)
+@admin_option
+def queue_inspect(upstream: str, entry: int, admin: str) -> None:
+    """One queued (or dead) request: its headers (secrets redacted) and the start of its body."""
+    code, answer = call(
+        admin, "GET", f"/admin/queue/{urllib.parse.quote(upstream, safe='')}/{entry}"
+    )
+    _report(code, answer, True, "")
+
+
 @queue.command("retry")
 @click.argument("upstream")
 @admin_option

@@ -413,6 +413,7 @@ class Node:
 
     def health_checks(self) -> list[CheckResult]:
         lag_ms = self.loop_lag * 1000
+        groups = list(self._all_groups().values())
         checks = [
             CheckResult(
                 "event-loop",
@@ -420,6 +421,14 @@ class Node:
                 True,
                 self.loop_lag < MAX_LOOP_LAG,
                 f"loop lag {lag_ms:.1f} ms",
+            ),
+            CheckResult(
+                "supervisors",
+                "liveness",
+                True,
+                all(group.supervising for group in groups),
+                f"{sum(group.supervising for group in groups)} of {len(groups)} upstream "
+                "group(s) supervised",
             ),
             CheckResult(
                 "listeners",
@@ -491,6 +500,22 @@ class Node:
             "dead_letter_count": stats["dead_letters"],
             "entries": [e.summary() for e in entries],
             "dead_letters": [e.summary() for e in dead],
+        }
+
+    async def queue_entry(self, upstream: str, entry_id: int) -> dict[str, Any] | None:
+        if self.queue is None:
+            return None
+        found = await self.queue.run(self.queue.spool.get, upstream, entry_id)
+        if found is None:
+            return None
+        entry, dead_because = found
+        secret = {"authorization", "proxy-authorization", "cookie"}
+        return {
+            **entry.summary(),
+            "state": "queued" if dead_because is None else "dead",
+            "dead_because": dead_because,
+            "headers": [[n, "(redacted)" if n in secret else v] for n, v in entry.headers],
+            "body_preview": entry.body[:256].decode("utf-8", errors="replace"),
         }
 
     async def queue_retry(self, upstream: str) -> int | None:

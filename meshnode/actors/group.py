@@ -142,6 +142,7 @@ class UpstreamGroup:
         self.bus = bus
         self.endpoints = EndpointSet(())
         self.supervisor = Supervisor(policy.name, bus, restart)
+        self.supervising = False  # the supervisor's task is running (liveness)
         self.protections = Protections(policy)
         self.balancing = Balancing(policy, self.protections.chaos_rng)
         self.health: dict[Address, bool] = {}  # from active checks; absent means healthy
@@ -173,12 +174,16 @@ class UpstreamGroup:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the actors until ``stop``; "started" once the first endpoint set is published."""
-        with self._cancel_scope:
-            async with trio.open_nursery() as nursery:
-                for actor in self.actors:
-                    nursery.start_soon(self.supervisor.supervise, actor.name, actor.run)
-                await self._first_snapshot.wait()
-                task_status.started()
+        self.supervising = True
+        try:
+            with self._cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    for actor in self.actors:
+                        nursery.start_soon(self.supervisor.supervise, actor.name, actor.run)
+                    await self._first_snapshot.wait()
+                    task_status.started()
+        finally:
+            self.supervising = False
 
     def stop(self) -> None:
         self._cancel_scope.cancel()

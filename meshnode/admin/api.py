@@ -55,6 +55,9 @@ class NodeControl(Protocol):
     async def queue_report(self, upstream: str) -> dict[str, Any] | None:
         """The upstream's queue and dead letters; None without such an upstream or queue."""
 
+    async def queue_entry(self, upstream: str, entry_id: int) -> dict[str, Any] | None:
+        """One queued or dead entry, headers and a body preview; None if there is none."""
+
     async def queue_retry(self, upstream: str) -> int | None:
         """Dead letters sent back to the queue; None without such an upstream or queue."""
 
@@ -113,6 +116,13 @@ def admin_routes(node: NodeControl) -> dict[tuple[str, str], Handler]:
         report = await node.queue_report(upstream)
         return no_queue(upstream) if report is None else AdminResponse.json(200, report)
 
+    async def queue_entry(request: AdminRequest) -> AdminResponse:
+        upstream, entry = request.params["upstream"], request.params["id"]
+        found = await node.queue_entry(upstream, int(entry)) if entry.isdigit() else None
+        if found is None:
+            return AdminResponse.json(404, {"error": f"no entry {entry} queued for {upstream!r}"})
+        return AdminResponse.json(200, found)
+
     async def queue_retry(request: AdminRequest) -> AdminResponse:
         upstream = request.params["upstream"]
         moved = await node.queue_retry(upstream)
@@ -129,6 +139,7 @@ def admin_routes(node: NodeControl) -> dict[tuple[str, str], Handler]:
 
     return {
         ("GET", "/admin/queue/{upstream}"): queue,
+        ("GET", "/admin/queue/{upstream}/{id}"): queue_entry,
         ("POST", "/admin/queue/{upstream}/retry"): queue_retry,
         ("DELETE", "/admin/queue/{upstream}"): queue_purge,
         ("GET", "/health/live"): health("liveness"),

@@ -15,6 +15,7 @@ on the way out. Every outcome the node makes itself is a ``MeshError``, which
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -536,11 +537,14 @@ def _remember(
         )
 
 
+@functools.lru_cache(maxsize=256)
+def _plan_of(chaos: ChaosPolicy) -> FaultPlan:
+    """The fault plan of a [chaos] policy (policies are frozen: one plan each)."""
+    return FaultPlan(chaos.abort_percent, chaos.abort_status, chaos.delay_percent, chaos.delay)
+
+
 def _fault(chaos: ChaosPolicy, protections: Protections, headers: HeaderList) -> Fault:
-    fault = decide(
-        FaultPlan(chaos.abort_percent, chaos.abort_status, chaos.delay_percent, chaos.delay),
-        protections.chaos_rng,
-    )
+    fault = decide(_plan_of(chaos), protections.chaos_rng)
     if not chaos.header_faults:
         return fault
     for name, value in headers:

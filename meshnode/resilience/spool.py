@@ -218,6 +218,19 @@ class Spool:
         ).fetchall()
         return [_entry(row) for row in rows]
 
+    def get(self, upstream: str, entry_id: int) -> tuple[Entry, str | None] | None:
+        """One entry, queued or dead (then with the reason it died); None if there is none."""
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE upstream = ? AND id = ?", (upstream, entry_id)
+        ).fetchone()
+        if row is not None:
+            return _entry(row), None
+        row = self._db.execute(
+            f"SELECT {_COLUMNS}, reason FROM dead_letters WHERE upstream = ? AND id = ?",
+            (upstream, entry_id),
+        ).fetchone()
+        return None if row is None else (_entry(row[:-1]), row[-1])
+
     def stats(self, upstream: str) -> dict[str, float]:
         depth, size, oldest = self._db.execute(
             "SELECT count(*), coalesce(sum(length(body)), 0), min(queued_at) FROM entries "

@@ -48,7 +48,7 @@ async def test_queued_while_open_then_delivered_in_order_once(tmp_path, nursery,
         await admin(addresses.admin[0], "POST", "/admin/breakers/pay?state=open")
         answers = []
         for n in range(3):
-            key = ("-H", "idempotency-key: k-0") if n == 0 else ()
+            key = ("-H", "idempotency-key: k-0", "-H", "authorization: Bearer s") if n == 0 else ()
             status, headers, body = await post(addresses.outbound[0], f'{{"n":{n}}}', *key)
             answers.append((status, headers["x-meshnode-fallback"], json.loads(body)))
         assert [a[0] for a in answers] == [202, 202, 202]
@@ -63,6 +63,11 @@ async def test_queued_while_open_then_delivered_in_order_once(tmp_path, nursery,
         assert upstream.requests == 0
         _, report = await admin(addresses.admin[0], "GET", "/admin/queue/pay")
         assert (report["depth"], [e["path"] for e in report["entries"]]) == (3, ["/charge"] * 3)
+        first_id = answers[0][2]["id"]
+        status, entry = await admin(addresses.admin[0], "GET", f"/admin/queue/pay/{first_id}")
+        assert (status, entry["state"], entry["body_preview"]) == (200, "queued", '{"n":0}')
+        assert ["authorization", "(redacted)"] in entry["headers"]
+        assert (await admin(addresses.admin[0], "GET", "/admin/queue/pay/999"))[0] == 404
         await admin(addresses.admin[0], "POST", "/admin/breakers/pay?state=auto")
         with trio.fail_after(15):
             kinds = []

@@ -106,3 +106,8 @@ interval = "100ms"
     assert (check["type"], check["critical"], check["status"]) == ("readiness", True, "unhealthy")
     live = next(c for c in report["checks"] if c["name"] == "event-loop")
     assert live["message"].startswith("loop lag ")
+    supervisors = next(c for c in report["checks"] if c["name"] == "supervisors")
+    assert (supervisors["status"], supervisors["message"]) == (
+        "healthy",
+        "1 of 1 upstream group(s) supervised",
+    )

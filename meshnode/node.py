@@ -35,6 +35,7 @@ from meshnode.events import EventBus
 from meshnode.net.listener import H2Listener
 from meshnode.net.pool import UpstreamPool, tcp_connector
 from meshnode.net.tls import TLSManager, TLSMaterialError, connect_mesh, load_material
+from meshnode.notify import Notifier
 from meshnode.policy import Address, PolicySet, UpstreamPolicy
 from meshnode.policy.convert import converter
 from meshnode.policy.diff import PolicyDiff
@@ -135,6 +136,7 @@ class Node:
         *,
         restart_policy: RestartPolicy = RestartPolicy(),
         poll_interval: float | None = POLL_INTERVAL,
+        notifier: Notifier | None = None,
     ) -> None:
         """``poll_interval`` None turns off watching the directory (SIGHUP and admin remain)."""
         self.bus = EventBus()
@@ -158,6 +160,7 @@ class Node:
         self._deliverer: Deliverer | None = None
         self.queue: AsyncSpool | None = None
         self.queue_error: str | None = None
+        self.notifier = notifier if notifier is not None else Notifier()
         self.checks = HealthCheckManager()
         self._checks_scope: trio.CancelScope | None = None
         self.loop_lag = 0.0
@@ -183,7 +186,20 @@ class Node:
         self._drain_requested.set()
 
     async def reload(self, trigger: str) -> ReloadResult:
-        return await self.reloader.reload(trigger)
+        self.notifier.reloading()
+        try:
+            result = await self.reloader.reload(trigger)
+        finally:
+            self.notifier.ready(self._status_line())
+        return result
+
+    def _status_line(self) -> str:
+        """What `systemctl status` shows: what is served, under which policies."""
+        if self.draining:
+            return "draining: no new connections"
+        last = self.reloader.last_error
+        rejected = f"; last reload rejected ({len(last.errors)} error(s))" if last else ""
+        return f"serving {len(self.groups)} upstream(s), policies {self.policies.version}{rejected}"
 
     async def run(
         self,
@@ -272,9 +288,15 @@ class Node:
             task_status.started(
                 NodeAddresses(outbound_addresses, admin_addresses, inbound_addresses)
             )
+            self.notifier.ready(self._status_line())
+            nursery.start_soon(self.notifier.watchdog)
 
             await self._drain_requested.wait()
             self.draining = True
+            if self._exit_requested.is_set():  # a signal: the process is on its way out
+                self.notifier.stopping(self._status_line())
+            else:  # POST /admin/drain: it stays up, answering the admin API
+                self.notifier.status(self._status_line())
             timeout = self.policies.node.node.drain_timeout
             log.info("draining: up to %gs for requests in flight", timeout)
             results: list[bool] = []
@@ -286,6 +308,7 @@ class Node:
             log.info("drained %s", "cleanly" if finished else "with requests cut short")
             await self._exit_requested.wait()
             log.info("stopping")
+            self.notifier.stopping("stopping: drained")
             nursery.cancel_scope.cancel()
 
     async def _connect(self, address: Address, peer: str | None) -> trio.abc.Stream:

@@ -22,6 +22,7 @@ LAYERS = {
     "admin": 5,
     "reload": 6,
     "demo": 6,
+    "notify": 6,
     "node": 7,
     "cli_admin": 8,
     "logs": 0,

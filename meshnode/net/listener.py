@@ -82,6 +82,8 @@ class H2Listener:
             while self.sessions:
                 await self._idle.wait()
             return True
+        cut = sum(len(session.streams) for session in self.sessions)
+        log.warning("%s: drain timeout: resetting %d stream(s) still open", self.name, cut)
         for session in list(self.sessions):
             session.abort()
         return False

@@ -4,7 +4,8 @@ The node runs the same sans-IO cores (``meshnode.resilience.core``) in its
 request path; these are their thin Trio wrappers. See docs/resilience.md.
 """
 
-from meshnode.resilience.balancer import RoundRobin as RoundRobin
+from meshnode.resilience.balancer import Instance as Instance
+from meshnode.resilience.balancer import LoadBalancer as LoadBalancer
 from meshnode.resilience.bulkhead import Bulkhead as Bulkhead
 from meshnode.resilience.bulkhead import BulkheadFullError as BulkheadFullError
 from meshnode.resilience.calls import with_fallback as with_fallback

@@ -1,24 +1,134 @@
-"""Endpoint pickers (sans-IO): given the endpoints in force, choose one per request."""
+"""``LoadBalancer``: the seed's load balancer for any Python program, on the node's strategies.
+
+    balancer = LoadBalancer("least-connections", max_connections_per_instance=100)
+    instance = balancer.select_instance(instances, client_id="client-1")
+    balancer.on_connection_start(instance.id)
+    try:
+        ...  # call it
+    finally:
+        balancer.on_connection_end(instance.id, latency=0.012)
+
+Strategies are the node's (``meshnode.resilience.core.balancing``): round-robin,
+random, least-connections, weighted-round-robin, least-response-time, ip-hash
+(here: a hash of ``client_id``). Session affinity sticks a ``client_id`` to the
+instance it first got, for ``session_ttl`` seconds, while that instance is
+offered and has room.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Generic, TypeVar
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
-T = TypeVar("T")
+import attrs
+
+from meshnode.resilience.core.balancing import PeakEWMA, make_strategy
+from meshnode.resilience.core.outlier import SessionTable
 
 
-class RoundRobin(Generic[T]):
-    """Each endpoint in turn. Keeps its position when the endpoint list is replaced."""
+@attrs.frozen
+class Instance:
+    id: str
+    address: str = ""
+    weight: int = 1
+    metadata: dict[str, str] = attrs.field(factory=dict)
 
-    __slots__ = ("_next",)
 
-    def __init__(self) -> None:
-        self._next = 0
+@attrs.define
+class _Figures:
+    active: int = 0
+    total: int = 0
+    failures: int = 0
+    latency: PeakEWMA = attrs.field(factory=PeakEWMA)
 
-    def pick(self, endpoints: Sequence[T]) -> T | None:
-        if not endpoints:
+
+class LoadBalancer:
+    def __init__(
+        self,
+        strategy: str = "round-robin",
+        *,
+        max_connections_per_instance: int | None = None,
+        sticky_sessions: bool = True,
+        session_ttl: float = 1800.0,
+        max_sessions: int = 100_000,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.strategy_name = strategy
+        self._strategy = make_strategy(
+            strategy, rng or random.Random(), lambda i: i.weight if isinstance(i, Instance) else 1
+        )
+        self._limit = max_connections_per_instance
+        self._sessions = SessionTable(session_ttl, max_sessions) if sticky_sessions else None
+        self._figures: dict[str, _Figures] = {}
+        self._clock = clock
+
+    def select_instance(
+        self, instances: Sequence[Instance], client_id: str | None = None
+    ) -> Instance | None:
+        """An instance with room, chosen by the strategy (or the client's session); None if none."""
+        candidates = [i for i in instances if self._has_room(i.id)]
+        if not candidates:
             return None
-        index = self._next % len(endpoints)
-        self._next = index + 1
-        return endpoints[index]
+        now = self._clock()
+        client = client_id.encode() if client_id is not None else None
+        if self._sessions is not None and client is not None:
+            sticky = self._sessions.get(client, now)
+            for instance in candidates:
+                if instance.id == sticky:
+                    return instance
+        chosen = self._strategy.pick(candidates, _instance_id, self, client)
+        if self._sessions is not None and client is not None:
+            self._sessions.stick(client, chosen.id, now)
+        return chosen
+
+    def clear_session(self, client_id: str) -> bool:
+        return self._sessions is not None and self._sessions.forget(client_id.encode()) == 1
+
+    def on_connection_start(self, instance_id: str) -> None:
+        figures = self._figures.setdefault(instance_id, _Figures())
+        figures.active += 1
+        figures.total += 1
+
+    def on_connection_end(
+        self, instance_id: str, *, latency: float | None = None, failed: bool = False
+    ) -> None:
+        figures = self._figures.setdefault(instance_id, _Figures())
+        figures.active = max(0, figures.active - 1)
+        figures.failures += failed
+        if latency is not None:
+            figures.latency.observe(latency, self._clock(), failed=failed)
+
+    def metrics(self) -> dict[str, Any]:
+        """The seed's shape: per instance its load, and the strategy."""
+        return {
+            "strategy": self.strategy_name,
+            "sessions": len(self._sessions) if self._sessions is not None else 0,
+            "instances": {
+                name: {
+                    "active_connections": f.active,
+                    "total_requests": f.total,
+                    "failures": f.failures,
+                    "latency_ms": None if f.latency.value is None else f.latency.value * 1000,
+                }
+                for name, f in self._figures.items()
+            },
+        }
+
+    # the Load view the strategies weigh
+    def in_flight(self, key: Any) -> int:
+        figures = self._figures.get(key)
+        return figures.active if figures is not None else 0
+
+    def latency(self, key: Any) -> float | None:
+        figures = self._figures.get(key)
+        return figures.latency.value if figures is not None else None
+
+    def _has_room(self, instance_id: str) -> bool:
+        return self._limit is None or self.in_flight(instance_id) < self._limit
+
+
+def _instance_id(instance: Instance) -> str:
+    return instance.id

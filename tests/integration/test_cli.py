@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -122,6 +124,17 @@ def test_signal_drains_in_flight_requests_then_exits_0(
         )
         assert slow.stdout.readline() == "request /slow/1\n"  # in flight: answered after 1 s
         node.process.send_signal(signum)
+        host, port = node.outbound.rsplit(":", 1)
+        deadline = time.monotonic() + 10
+        refused = False
+        while not refused and time.monotonic() < deadline:  # the listener closes at once
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+                time.sleep(0.02)
+            except ConnectionRefusedError:
+                refused = True
+        assert refused, "new connections were still accepted while draining"
+        assert client.poll() is None  # ...while the request in flight carries on
         out, _ = client.communicate(timeout=30)
         assert out == b"slow answer"
         assert node.process.wait(timeout=30) == 0

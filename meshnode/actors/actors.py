@@ -134,7 +134,7 @@ class HealthProber(Actor):
 
     async def _probe_forever(self) -> None:
         group = self.group
-        rng = group.protections.chaos_rng
+        rng = group.protections.rng
         while True:
             check = group.policy.health_check
             if check is None or group.probe is None:

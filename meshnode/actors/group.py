@@ -144,7 +144,7 @@ class UpstreamGroup:
         self.supervisor = Supervisor(policy.name, bus, restart)
         self.supervising = False  # the supervisor's task is running (liveness)
         self.protections = Protections(policy)
-        self.balancing = Balancing(policy, self.protections.chaos_rng)
+        self.balancing = Balancing(policy, self.protections.rng)
         self.health: dict[Address, bool] = {}  # from active checks; absent means healthy
         self.load: dict[Address, EndpointLoad] = {}
         self._load_view = _LoadView(self.load)
@@ -361,7 +361,7 @@ class UpstreamGroup:
     async def update_policy(self, policy: UpstreamPolicy) -> None:
         self.policy = policy
         self.protections = Protections(policy, self.protections)
-        self.balancing = Balancing(policy, self.protections.chaos_rng, self.balancing)
+        self.balancing = Balancing(policy, self.protections.rng, self.balancing)
         change = PolicyChanged(policy)
         for actor in self.actors:
             await actor.inbox_send.send(change)

@@ -13,7 +13,7 @@ import trio
 
 from meshnode.errors import MeshError
 from meshnode.net.pool import UpstreamPool
-from meshnode.net.session import CANCEL, Data, ResponseHead, Stream, StreamReset, Trailers
+from meshnode.net.session import CANCEL, ResponseHead, Stream, StreamReset
 from meshnode.policy.models import HealthCheckPolicy, UpstreamPolicy
 from meshnode.policy.units import Address
 
@@ -70,7 +70,7 @@ class Prober:
                 )
                 return await _grpc_answer(stream)
             head = await stream.receive()
-            status = _status(head)
+            status = head.status if isinstance(head, ResponseHead) else 0
             low, high = check.expected_status
             if low <= status <= high:
                 return True, f"status {status}"
@@ -80,27 +80,19 @@ class Prober:
 
 
 async def _grpc_answer(stream: Stream) -> ProbeResult:
+    """grpc-status from the trailers (or a trailers-only head) and SERVING from the body."""
+    head = await stream.receive()
+    if not isinstance(head, ResponseHead):
+        return False, "no response head"
+    fields = dict(head.headers)
     body = b""
-    while True:
-        item = await stream.receive()
-        if isinstance(item, Data):
-            body += item.data
-            stream.ack(item.flow_length)
-        elif isinstance(item, Trailers | ResponseHead):
-            fields = dict(item.headers)
-            code = fields.get(b"grpc-status")
-            if code is not None:
-                if code != b"0":
-                    return False, f"grpc-status {code.decode()}"
-                serving = len(body) >= 7 and body[5:7] == bytes([0x08, GRPC_SERVING])
-                return (True, "SERVING") if serving else (False, "not SERVING")
-        else:
-            return False, "no grpc-status"
-
-
-def _status(item: object) -> int:
-    if isinstance(item, ResponseHead):
-        for name, value in item.headers:
-            if name == b":status" and value.isdigit():
-                return int(value)
-    return 0
+    if b"grpc-status" not in fields:
+        body, trailers = await stream.read_rest(keep=64)
+        fields = dict(trailers or [])
+    code = fields.get(b"grpc-status")
+    if code is None:
+        return False, "no grpc-status"
+    if code != b"0":
+        return False, f"grpc-status {code.decode()}"
+    serving = len(body) >= 7 and body[5:7] == bytes([0x08, GRPC_SERVING])
+    return (True, "SERVING") if serving else (False, "not SERVING")

@@ -40,12 +40,12 @@ class Protections:
         self.rate_limiter: RateLimiter | None
         self.retry_budget: RetryBudget | None
         self.stale_cache: LRU[bytes, CachedResponse] | None
-        self.chaos_rng: random.Random
+        self.rng: random.Random  # jitter, chaos and the random strategies share one source
         if previous is None:
             self.rate_limiter = _rate_limiter(policy.rate_limit)
             self.retry_budget = _budget(self.budget_policy)
             self.stale_cache = _cache(policy.fallback)
-            self.chaos_rng = random.Random()
+            self.rng = random.Random()
             return
         self.rate_limiter = (
             previous.rate_limiter
@@ -62,7 +62,7 @@ class Protections:
             if previous.fallback_policy == self.fallback_policy
             else _cache(policy.fallback)
         )
-        self.chaos_rng = previous.chaos_rng
+        self.rng = previous.rng
 
 
 def _rate_limiter(policy: RateLimitPolicy | None) -> RateLimiter | None:

@@ -22,7 +22,7 @@ from meshnode.actors.messages import CrashForTest, InjectedFault
 from meshnode.errors import MeshError
 from meshnode.events import QueueDrained
 from meshnode.net.pool import UpstreamPool
-from meshnode.net.session import CANCEL, Data, EndOfStream, ResponseHead, StreamReset, Trailers
+from meshnode.net.session import CANCEL, ResponseHead, Stream, StreamReset
 from meshnode.policy.models import UpstreamPolicy
 from meshnode.resilience.core.breaker import BreakerState
 from meshnode.resilience.spool import AsyncSpool, Entry, SpoolError
@@ -79,19 +79,12 @@ class Deliverer:
         return status, error
 
 
-async def _answer(stream: object) -> tuple[int, str]:
-    head = await stream.receive()  # type: ignore[attr-defined]
-    status = 0
-    if isinstance(head, ResponseHead):
-        for name, value in head.headers:
-            if name == b":status" and value.isdigit():
-                status = int(value)
-    while True:  # read the answer to its end: the exchange completes as the upstream meant
-        item = await stream.receive()  # type: ignore[attr-defined]
-        if isinstance(item, Data):
-            stream.ack(item.flow_length)  # type: ignore[attr-defined]
-        elif isinstance(item, Trailers | EndOfStream):
-            return status, f"status {status}"
+async def _answer(stream: Stream) -> tuple[int, str]:
+    """The answer's status, read to its end: the exchange completes as the upstream meant."""
+    head = await stream.receive()
+    status = head.status if isinstance(head, ResponseHead) else 0
+    await stream.read_rest(keep=0)
+    return status, f"status {status}"
 
 
 class Replayer(Actor):

@@ -62,6 +62,14 @@ INTERNAL_ERROR: Final = int(h2.errors.ErrorCodes.INTERNAL_ERROR)
 class ResponseHead:
     headers: Headers
 
+    @property
+    def status(self) -> int:
+        """The :status, or 0 if it is missing or not a number."""
+        for name, value in self.headers:
+            if name == b":status":
+                return int(value) if value.isdigit() else 0
+        return 0
+
 
 @attrs.frozen(slots=True)
 class Data:
@@ -137,6 +145,21 @@ class Stream:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
         return self._items.popleft()
+
+    async def read_rest(self, keep: int) -> tuple[bytes, Headers | None]:
+        """Read the body to its end, handing window back as it goes: the first ``keep``
+        bytes of it, and the trailers if there were any."""
+        body = bytearray()
+        while True:
+            item = await self.receive()
+            if isinstance(item, Data):
+                if len(body) < keep:
+                    body += item.data[: keep - len(body)]
+                self.ack(item.flow_length)
+            elif isinstance(item, Trailers):
+                return bytes(body), item.headers
+            elif isinstance(item, EndOfStream):
+                return bytes(body), None
 
     def consume_end(self) -> bool:
         """If the peer finished with nothing left to read, take the end marker and say so.

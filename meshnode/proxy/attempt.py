@@ -137,7 +137,7 @@ class _Exchange:
                 )
         upstream = self.upstream
         assert upstream is not None
-        status = status_of(head.headers)
+        status = head.status
         if self.judge is not None:
             self.judge(status, head.headers)
         no_body = upstream.consume_end()
@@ -177,13 +177,6 @@ async def _upload(body: RequestBody, upstream: Stream) -> None:
         await body.send_to(upstream)
     except StreamReset:
         return
-
-
-def status_of(headers: HeaderList) -> int:
-    for name, value in headers:
-        if name == b":status":
-            return int(value) if value.isdigit() else 0
-    return 0
 
 
 def _reset_detail(reset: StreamReset) -> str:

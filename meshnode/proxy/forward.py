@@ -380,7 +380,7 @@ class Proxy:
             retry.max_delay,
             multiplier=retry.multiplier,
             jitter=retry.jitter,
-            rng=protections.chaos_rng,
+            rng=protections.rng,
         )
 
     async def _enqueue(self, request: Request, group: UpstreamGroup, plan: FallbackPolicy) -> bool:
@@ -544,7 +544,7 @@ def _plan_of(chaos: ChaosPolicy) -> FaultPlan:
 
 
 def _fault(chaos: ChaosPolicy, protections: Protections, headers: HeaderList) -> Fault:
-    fault = decide(_plan_of(chaos), protections.chaos_rng)
+    fault = decide(_plan_of(chaos), protections.rng)
     if not chaos.header_faults:
         return fault
     for name, value in headers:

@@ -241,7 +241,7 @@ async def test_fault_injection_rates(tmp_path, nursery, running) -> None:
     node, addresses = await running(
         write_policies(tmp_path, {"api": upstream_toml("api", address, extra=extra)})
     )
-    node.groups["api"].protections.chaos_rng.seed(11)
+    node.groups["api"].protections.rng.seed(11)
     statuses = []
     for _ in range(200):
         statuses.append((await get(addresses.outbound[0], "api"))[0])

@@ -17,6 +17,7 @@ from meshnode.policy.models import (
     CircuitBreakerPolicy,
     Discovery,
     Endpoint,
+    SessionAffinity,
     UpstreamPolicy,
     UpstreamSection,
 )
@@ -157,3 +158,23 @@ async def test_a_retry_prefers_another_endpoint(group: UpstreamGroup) -> None:
         endpoint, load = await group.acquire(avoid=A.address)
         group.release(load, 0.0)
         assert endpoint == B
+
+
+async def test_an_unhealthy_sticky_endpoint_falls_back_to_the_strategy(nursery) -> None:
+    affinity = BalancerPolicy(session_affinity=SessionAffinity(header="x-client-id"))
+    group = UpstreamGroup(attrs.evolve(policy(A, B), balancer=affinity), EventBus())
+    await nursery.start(group.run)
+
+    async def pick_for(client: bytes) -> Endpoint:
+        endpoint, load = await group.acquire(session=client)
+        group.release(load, 0.001)
+        return endpoint
+
+    first = await pick_for(b"alice")
+    assert all([await pick_for(b"alice") == first for _ in range(5)])
+    group.set_health(first.address, False, "probe failed")
+    other = await pick_for(b"alice")
+    assert other != first
+    group.set_health(first.address, True, "probe passed")
+    assert await pick_for(b"alice") == other  # re-stuck to where it went
+    assert group.forget_sessions(b"alice") == 1

@@ -325,7 +325,7 @@ async def test_stale_cache_fallback(tmp_path, nursery, running) -> None:
         else conn.send_headers(event.stream_id, [(":status", "503")], end_stream=True)
     )
     address = await serve(nursery, server)
-    extra = RETRY + '[fallback]\nkind = "stale-cache"\non = ["retries-exhausted"]\nmax_age = "1m"\n'
+    extra = RETRY + '[fallback]\nkind = "stale-cache"\non = ["retries-exhausted"]\nmax_age = "1s"\n'
     _, addresses = await running(
         write_policies(tmp_path, {"api": upstream_toml("api", address, extra=extra)})
     )
@@ -335,3 +335,6 @@ async def test_stale_cache_fallback(tmp_path, nursery, running) -> None:
     assert int(headers["age"]) >= 0
     status, headers, _ = await fetch(addresses.outbound[0], "api", "/other")
     assert (status, headers["x-meshnode-error"]) == (503, "retries-exhausted")  # nothing cached
+    await trio.sleep(1.2)
+    status, headers, _ = await fetch(addresses.outbound[0], "api", "/item")
+    assert (status, headers["x-meshnode-error"]) == (503, "retries-exhausted")  # too old now

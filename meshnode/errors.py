@@ -105,6 +105,27 @@ class ChaosAbort(MeshError):
         self.status = status
 
 
+class RequestTooLarge(MeshError):
+    """The body declared by content-length is over ``[limits] max_request_body``."""
+
+    reason = "request-too-large"
+    status = 413
+
+
+class HeadersTooLarge(MeshError):
+    """More header fields than ``[limits] max_header_count``."""
+
+    reason = "headers-too-large"
+    status = 431
+
+
+class Overloaded(MeshError):
+    """New work is shed while the node is over ``[limits] overload_memory``."""
+
+    reason = "overloaded"
+    status = 503
+
+
 class BadRequest(MeshError):
     """A request the node cannot forward as it is (missing pseudo-headers and the like)."""
 

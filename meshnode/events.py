@@ -105,6 +105,15 @@ class PolicyRejected(Event):
 
 
 @attrs.frozen(kw_only=True)
+class OverloadChanged(Event):
+    """The node came under (or out of) pressure: ``memory`` or ``connections:<listener>``."""
+
+    type = "overload"
+    reason: str
+    active: bool
+
+
+@attrs.frozen(kw_only=True)
 class EventsMissed(Event):
     type = "events-missed"
     count: int

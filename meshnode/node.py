@@ -31,16 +31,18 @@ from meshnode.actors.supervisor import RestartPolicy
 from meshnode.admin.api import admin_routes, admin_websockets
 from meshnode.admin.http import AdminHTTPServer
 from meshnode.admin.metrics import Exposition, MeshCollector
-from meshnode.events import EventBus
+from meshnode.events import EventBus, OverloadChanged
 from meshnode.net.listener import H2Listener
+from meshnode.net.overload import Overload
 from meshnode.net.pool import UpstreamPool, tcp_connector
 from meshnode.net.tls import TLSManager, TLSMaterialError, connect_mesh, load_material
+from meshnode.net.violations import ConnectionRules, Violations
 from meshnode.notify import Notifier
 from meshnode.policy import Address, PolicySet, UpstreamPolicy
 from meshnode.policy.convert import converter
 from meshnode.policy.diff import PolicyDiff
 from meshnode.policy.load import LOCAL, read_token
-from meshnode.policy.models import NodeHealthCheck
+from meshnode.policy.models import Limits, NodeHealthCheck
 from meshnode.proxy.access_log import log_access
 from meshnode.proxy.forward import InboundProxy, Proxy, expected_identity
 from meshnode.proxy.routing import RouteTable
@@ -164,6 +166,10 @@ class Node:
         self.checks = HealthCheckManager()
         self._checks_scope: trio.CancelScope | None = None
         self.loop_lag = 0.0
+        self.violations = Violations()
+        self.overload = Overload(policies.node.limits.overload_memory, on_change=self._on_overload)
+        self._listeners: list[H2Listener] = []
+        self._pool: UpstreamPool | None = None
         self._exposition = Exposition(
             MeshCollector(
                 groups=self._all_groups,
@@ -172,6 +178,8 @@ class Node:
                 certificate_seconds=lambda: (
                     self.tls.material.seconds_left() if self.tls is not None else None
                 ),
+                violations=self.violations,
+                overload=self.overload,
             )
         )
 
@@ -212,7 +220,9 @@ class Node:
             self._nursery = nursery
             if handle_signals:
                 await nursery.start(self._watch_signals, nursery.cancel_scope)
-            pool = UpstreamPool(nursery, connector=self._connect)
+            pool = self._pool = UpstreamPool(
+                nursery, connector=self._connect, rules=self._rules("upstream", policy.limits)
+            )
             trust_domain = policy.node.trust_domain
 
             def peer(upstream: UpstreamPolicy) -> str | None:
@@ -232,7 +242,12 @@ class Node:
                 trust_domain=policy.node.trust_domain,
             )
             self._proxy.queue = self.queue
-            outbound = H2Listener("outbound", self._proxy.handle)
+            outbound = H2Listener(
+                "outbound",
+                self._proxy.handle,
+                rules=self._rules("outbound", policy.limits),
+                overload=self.overload,
+            )
             outbound_addresses = await nursery.start(
                 outbound.serve, policy.listeners.outbound.address
             )
@@ -254,11 +269,15 @@ class Node:
                     self._inbound.handle,
                     tls=lambda: tls.material.server,
                     handshake_timeout=inbound_policy.handshake_timeout,
+                    rules=self._rules("inbound", policy.limits),
+                    overload=self.overload,
                 )
                 inbound_addresses = await nursery.start(inbound.serve, inbound_policy.address)
                 listeners.append(inbound)
+            self._listeners = listeners
             if self.tls is not None:
                 nursery.start_soon(self.tls.watch, TLS_POLL_INTERVAL)
+            nursery.start_soon(self.overload.watch_memory)
             nursery.start_soon(self._measure_loop_lag)
             await self._start_checks(self.policies)
             self._apply_node_settings(self.policies)
@@ -395,10 +414,25 @@ class Node:
             await trio.sleep(LAG_PROBE)
             self.loop_lag = max(0.0, trio.current_time() - before - LAG_PROBE)
 
+    def _rules(self, where: str, limits: Limits) -> ConnectionRules:
+        return ConnectionRules(where, limits, self.violations)
+
+    def _on_overload(self, reason: str, active: bool) -> None:
+        self.bus.publish(OverloadChanged(reason=reason, active=active))
+
     def _apply_node_settings(self, policies: PolicySet) -> None:
-        """Node settings that a reload may change: the access log and the admin token."""
-        assert self._proxy is not None
+        """Node settings that a reload may change: the access log, the admin token and the
+        limits (connections keep the limits they began with; new ones take the new)."""
+        assert self._proxy is not None and self._pool is not None
         self._proxy.observers = [log_access] if policies.node.node.access_log else []
+        limits = policies.node.limits
+        for proxy in (self._proxy, self._inbound):
+            if proxy is not None:
+                proxy.limits, proxy.overload = limits, self.overload
+        for listener in self._listeners:
+            listener.rules = self._rules(listener.name, limits)
+        self._pool.rules = self._rules("upstream", limits)
+        self.overload.memory_limit = limits.overload_memory
         token_file = policies.node.admin.token_file
         self._admin_token = (
             None if token_file is None else read_token(policies.directory, token_file)

@@ -22,6 +22,8 @@ from prometheus_client.registry import Collector
 
 from meshnode.actors.group import UpstreamGroup
 from meshnode.actors.stats import DURATION_BUCKETS, UpstreamStats
+from meshnode.net.overload import Overload
+from meshnode.net.violations import Violations
 from meshnode.resilience.core.breaker import BreakerState
 
 UNROUTED = "(none)"  # the upstream label of requests that matched no route
@@ -34,11 +36,15 @@ class MeshCollector(Collector):
         unrouted: Callable[[], UpstreamStats],
         reloads: Callable[[], Mapping[str, int]],
         certificate_seconds: Callable[[], float | None] = lambda: None,
+        violations: Violations | None = None,
+        overload: Overload | None = None,
     ) -> None:
         self._groups = groups
         self._unrouted = unrouted
         self._reloads = reloads
         self._certificate_seconds = certificate_seconds
+        self._violations = violations if violations is not None else Violations()
+        self._overload = overload if overload is not None else Overload()
 
     def collect(self) -> Iterator[Metric]:
         groups = self._groups()
@@ -59,6 +65,7 @@ class MeshCollector(Collector):
             for actor, count in group.supervisor.restarts.items():
                 restarts.add_metric([name, actor], count)
         yield restarts
+        yield from _protection_metrics(self._violations, self._overload)
         left = self._certificate_seconds()
         if left is not None:
             yield GaugeMetricFamily(
@@ -165,6 +172,30 @@ def _queue_metrics(groups: Mapping[str, UpstreamGroup]) -> Iterator[Metric]:
         for outcome, count in group.stats.queue.items():
             moved.add_metric([name, outcome], count)
     yield from (depth, oldest, moved)
+
+
+def _protection_metrics(violations: Violations, overload: Overload) -> Iterator[Metric]:
+    broken = CounterMetricFamily(
+        "meshnode_protocol_violations",
+        "Rules peers broke (floods, timeouts, malformed requests), by listener and kind.",
+        labels=["listener", "kind"],
+    )
+    for (where, kind), count in sorted(violations.counts.items()):
+        broken.add_metric([where, kind], count)
+    yield broken
+    active = GaugeMetricFamily(
+        "meshnode_overload_active",
+        "1 while the node is under this pressure (memory, or connections:<listener>).",
+        labels=["reason"],
+    )
+    for reason in sorted(overload.reasons):
+        active.add_metric([reason], 1)
+    yield active
+    yield CounterMetricFamily(
+        "meshnode_overload_shed",
+        "Requests answered 503 overloaded under memory pressure.",
+        value=overload.shed,
+    )
 
 
 def _bound(value: float) -> str:

@@ -1,7 +1,7 @@
 """Theory of operation: a frame gate in front of h2.
 
-h2 has two gaps that a proxy cannot live with, and both are closed by looking
-at frame headers before h2 sees the bytes:
+h2 leaves gaps that a proxy cannot live with, and all of them are closed by
+looking at 9-byte frame headers before h2 sees the bytes:
 
 * h2 moves the whole connection to CLOSED on any GOAWAY, sent or received
   (python-hyper/h2#1181), so streams in flight could not finish. The gate takes
@@ -11,9 +11,18 @@ at frame headers before h2 sees the bytes:
 * h2 buffers a whole declared frame before checking its length, so a 9-byte
   header announcing 16 MiB makes it hold 16 MiB. The gate refuses a frame
   larger than the advertised maximum as soon as its header arrives.
+* h2 answers PING, SETTINGS, PRIORITY, RST_STREAM and WINDOW_UPDATE frames
+  without limit (the floods of SECURITY-NOTES, Rapid Reset among them). The
+  gate charges each to a per-connection budget (``FrameRates``) and counts
+  consecutive empty DATA/HEADERS/CONTINUATION frames; past a budget it raises
+  ``FrameError`` with ENHANCE_YOUR_CALM.
+* A peer that starts a frame or a header block and then goes quiet (HTTP/2
+  slowloris) holds a stream slot and a buffer: ``stalled_since`` tells the
+  session since when, so its header timeout can end the connection.
 
 The gate holds at most one incomplete frame, passes complete frames on in one
-slice per call, and never parses anything but the 9-byte headers.
+slice per call, and never parses anything but frame headers (and the GOAWAY
+and padding bytes it must read).
 """
 
 from __future__ import annotations
@@ -21,19 +30,44 @@ from __future__ import annotations
 import attrs
 from hyperframe.frame import GoAwayFrame
 
+from meshnode.policy.models import FrameRates, Limits
+from meshnode.resilience.core.token_bucket import TokenBucket
+
 CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 FRAME_HEADER_SIZE = 9
-GOAWAY_TYPE = 0x7
 PROTOCOL_ERROR = 0x1
 FRAME_SIZE_ERROR = 0x6
+ENHANCE_YOUR_CALM = 0xB
+BUDGET_SECONDS = 10.0  # each frame budget holds this many seconds' worth of its rate
+WINDOW_UPDATES_PER_DATA_FRAME = 10  # Envoy's allowance, earned by every DATA frame sent
+
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS = 0x0, 0x1, 0x2, 0x3, 0x4
+PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x5, 0x6, 0x7, 0x8, 0x9
+END_STREAM = ACK = 0x1
+END_HEADERS = 0x4
+PADDED = 0x8
+
+# Frame types charged to a budget, and the budget's name (a ``FrameRates`` field).
+_CHARGED = {
+    PING: "ping",
+    SETTINGS: "settings",
+    PRIORITY: "priority",
+    RST_STREAM: "resets_received",
+    WINDOW_UPDATE: "window_update",
+}
+_ACKABLE = frozenset({PING, SETTINGS})
 
 
 class FrameError(Exception):
-    """The peer broke framing; ``error_code`` goes into the GOAWAY that answers it."""
+    """The peer broke framing or a budget; ``error_code`` goes into the GOAWAY that answers.
 
-    def __init__(self, error_code: int, reason: str) -> None:
+    ``kind`` names the violation for metrics and logs (``frame-size``, ``ping-flood``...).
+    """
+
+    def __init__(self, error_code: int, kind: str, reason: str) -> None:
         super().__init__(reason)
         self.error_code = error_code
+        self.kind = kind
 
 
 @attrs.frozen
@@ -43,13 +77,41 @@ class GoAwayReceived:
     debug_data: bytes
 
 
+class FrameBudgets:
+    """One token bucket per charged frame kind, for one connection."""
+
+    def __init__(self, rates: FrameRates, now: float) -> None:
+        self._buckets = {
+            name: TokenBucket(rate, max(1.0, rate * BUDGET_SECONDS), now)
+            for name, rate in attrs.asdict(rates).items()
+        }
+
+    def spend(self, name: str, now: float) -> None:
+        """Charge one frame of ``name``; raise ENHANCE_YOUR_CALM once the budget is gone."""
+        if self._buckets[name].take(now):
+            kind = name.replace("_", "-")
+            raise FrameError(
+                ENHANCE_YOUR_CALM, f"{kind}-flood", f"too many {kind.replace('-', ' ')}"
+            )
+
+    def earn(self, name: str, tokens: float) -> None:
+        self._buckets[name].give(tokens)
+
+
 class FrameGate:
-    def __init__(self, *, max_frame_size: int, expect_preface: bool) -> None:
-        self._max_frame_size = max_frame_size
+    def __init__(self, limits: Limits, *, expect_preface: bool, now: float) -> None:
+        self._max_frame_size = limits.max_frame_size
+        self._max_empty = limits.max_consecutive_empty_frames
+        self.budgets = FrameBudgets(limits.frame_rates, now)
         self._preface_left = len(CLIENT_PREFACE) if expect_preface else 0
         self._buffer = bytearray()
+        self._empty_in_a_row = 0
+        self._in_header_block = False
+        # Since when an incomplete frame or header block has been waiting for the peer;
+        # a new connection waits for its preface from the start.
+        self.stalled_since: float | None = now if expect_preface else None
 
-    def feed(self, data: bytes) -> tuple[bytes, list[GoAwayReceived]]:
+    def feed(self, data: bytes, now: float) -> tuple[bytes, list[GoAwayReceived]]:
         """Take received bytes; return what h2 should parse and the GOAWAYs taken out."""
         buffer = self._buffer
         buffer += data
@@ -68,26 +130,64 @@ class FrameGate:
             length = int.from_bytes(buffer[position : position + 3], "big")
             if length > self._max_frame_size:
                 raise FrameError(
-                    FRAME_SIZE_ERROR, f"frame of {length} bytes exceeds {self._max_frame_size}"
+                    FRAME_SIZE_ERROR,
+                    "frame-size",
+                    f"frame of {length} bytes exceeds {self._max_frame_size}",
                 )
             frame_end = position + FRAME_HEADER_SIZE + length
             if frame_end > end_of_buffer:
                 break
-            if buffer[position + 3] == GOAWAY_TYPE:
+            kind = buffer[position + 3]
+            if kind == GOAWAY:
                 chunks.append(bytes(buffer[start:position]))
                 goaways.append(_parse_goaway(buffer[position:frame_end]))
                 start = frame_end
+            elif kind != DATA or length == 0 or buffer[position + 4] & PADDED:
+                self._inspect(kind, buffer, position, length, now)
+            else:
+                self._empty_in_a_row = 0
             position = frame_end
         chunks.append(bytes(buffer[start:position]))
         del buffer[:position]
+        if buffer or self._in_header_block:
+            if self.stalled_since is None:
+                self.stalled_since = now
+        else:
+            self.stalled_since = None
         return b"".join(chunks) if len(chunks) > 1 else chunks[0], goaways
+
+    def _inspect(
+        self, kind: int, buffer: bytearray, position: int, length: int, now: float
+    ) -> None:
+        """Charge a complete frame that is not a DATA frame with payload to its budget."""
+        flags = buffer[position + 4]
+        budget = _CHARGED.get(kind)
+        if budget is not None:
+            if kind not in _ACKABLE or not flags & ACK:
+                self.budgets.spend(budget, now)
+            return
+        if kind in (HEADERS, PUSH_PROMISE, CONTINUATION):
+            self._in_header_block = not flags & END_HEADERS
+        payload = length
+        if flags & PADDED and kind in (DATA, HEADERS) and length:
+            payload = length - 1 - buffer[position + FRAME_HEADER_SIZE]
+        if payload > 0 or (kind != CONTINUATION and flags & END_STREAM):
+            self._empty_in_a_row = 0
+            return
+        self._empty_in_a_row += 1
+        if self._empty_in_a_row > self._max_empty:
+            raise FrameError(
+                ENHANCE_YOUR_CALM,
+                "empty-frame-flood",
+                f"{self._empty_in_a_row} frames in a row without payload",
+            )
 
 
 def _parse_goaway(frame: bytearray) -> GoAwayReceived:
     stream_id = int.from_bytes(frame[5:9], "big") & 0x7FFFFFFF
     payload = frame[FRAME_HEADER_SIZE:]
     if stream_id != 0 or len(payload) < 8:
-        raise FrameError(PROTOCOL_ERROR, "malformed GOAWAY frame")
+        raise FrameError(PROTOCOL_ERROR, "malformed-goaway", "malformed GOAWAY frame")
     return GoAwayReceived(
         last_stream_id=int.from_bytes(payload[0:4], "big") & 0x7FFFFFFF,
         error_code=int.from_bytes(payload[4:8], "big"),

@@ -6,10 +6,15 @@ logged, and the listener and every other connection carry on. With TLS, the
 handshake must finish within ``handshake_timeout``, must have negotiated ALPN
 ``h2`` (Python does not enforce it) and the client certificate was verified
 against the mesh CA; the peer's SPIFFE identity goes to the handler.
+
+Accepting pauses while the listener holds ``max_connections`` connections or
+the node is under memory pressure (``Overload``): waiting connections stay in
+the kernel's backlog, where they cost this process nothing.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -18,8 +23,10 @@ from functools import partial
 import attrs
 import trio
 
+from meshnode.net.overload import Overload
 from meshnode.net.session import H2Session, Stream
 from meshnode.net.tls import ALPN, peer_identity
+from meshnode.net.violations import ConnectionRules
 from meshnode.policy.units import Address
 
 log = logging.getLogger(__name__)
@@ -33,6 +40,10 @@ class Peer:
 
 RequestHandler = Callable[[Stream, Peer], Awaitable[None]]
 
+# accept() failures that mean "out of something for now": wait and try again.
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_RESOURCE_BACKOFF = 0.1
+
 
 class H2Listener:
     def __init__(
@@ -42,12 +53,21 @@ class H2Listener:
         *,
         tls: Callable[[], ssl.SSLContext] | None = None,
         handshake_timeout: float = 10.0,
+        rules: ConnectionRules | None = None,
+        overload: Overload | None = None,
     ) -> None:
-        """``tls`` gives the context for each new connection (rotation swaps what it returns)."""
+        """``tls`` gives the context for each new connection (rotation swaps what it returns).
+
+        ``rules`` may be swapped on reload; each connection keeps the rules it began with.
+        """
         self.name = name
         self._handler = handler
         self._tls = tls
         self._handshake_timeout = handshake_timeout
+        self.rules = rules if rules is not None else ConnectionRules(name)
+        self.overload = overload if overload is not None else Overload()
+        self._saturation = f"connections:{name}"
+        self.connections = 0  # accepted and not yet closed, handshakes included
         self.sessions: set[H2Session] = set()
         self._accepting = trio.CancelScope()
         self._listeners: list[trio.SocketListener] = []
@@ -66,9 +86,9 @@ class H2Listener:
         async with trio.open_nursery() as connections:
             with self._accepting:
                 task_status.started(bound)
-                await trio.serve_listeners(
-                    self._serve_connection, self._listeners, handler_nursery=connections
-                )
+                async with trio.open_nursery() as accepting:
+                    for listener in self._listeners:
+                        accepting.start_soon(self._accept_loop, listener, connections)
             for listener in self._listeners:
                 await listener.aclose()
 
@@ -88,10 +108,36 @@ class H2Listener:
             session.abort()
         return False
 
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            await self.overload.wait_for_room(self._saturation)
+            try:
+                transport = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _RESOURCE_ERRNOS:
+                    raise
+                log.error("%s: accept failed: %s; retrying", self.name, exc.strerror)
+                await trio.sleep(_RESOURCE_BACKOFF)
+                continue
+            self._count_connection(+1)
+            nursery.start_soon(self._serve_connection, transport)
+
+    def _count_connection(self, change: int) -> None:
+        self.connections += change
+        limit = self.rules.limits.max_connections
+        self.overload.set(self._saturation, self.connections >= limit)
+
     async def _serve_connection(self, transport: trio.SocketStream) -> None:
+        try:
+            await self._serve_transport(transport)
+        finally:
+            self._count_connection(-1)
+
+    async def _serve_transport(self, transport: trio.SocketStream) -> None:
         try:
             client_ip = transport.socket.getpeername()[0].encode()
         except OSError:
+            await trio.aclose_forcefully(transport)
             return
         stream: trio.abc.Stream = transport
         identity = None
@@ -108,6 +154,8 @@ class H2Listener:
                     stream,
                     client_side=False,
                     on_request=partial(_spawn, requests, self._handler, peer),
+                    rules=self.rules,
+                    peer=client_ip.decode(),
                 )
                 self.sessions.add(session)
                 if self._draining:
@@ -128,19 +176,21 @@ class H2Listener:
         """The TLS handshake, bounded in time; None (connection closed) if it is not acceptable."""
         assert self._tls is not None
         secured = trio.SSLStream(transport, self._tls(), server_side=True)
-        reason = None
+        kind = reason = ""
         try:
             with trio.fail_after(self._handshake_timeout):
                 await secured.do_handshake()
             if secured.selected_alpn_protocol() != ALPN:
+                kind = "alpn"
                 reason = f"ALPN {secured.selected_alpn_protocol()!r} instead of {ALPN!r}"
         except trio.TooSlowError:
+            kind = "handshake-timeout"
             reason = f"no TLS handshake within {self._handshake_timeout:g}s"
         except trio.BrokenResourceError as exc:
-            reason = f"TLS handshake failed: {exc.__cause__ or exc}"
-        if reason is None:
+            kind, reason = "handshake-failed", f"TLS handshake failed: {exc.__cause__ or exc}"
+        if not kind:
             return secured
-        log.info("%s: refused %s: %s", self.name, client_ip.decode(), reason)
+        self.rules.violations.record(self.rules.where, kind, client_ip.decode(), reason)
         await trio.aclose_forcefully(secured)
         return None
 

@@ -6,7 +6,8 @@ connection only when all are full. Connecting is serialized per endpoint, so a
 burst of requests on a cold pool opens one connection, not a hundred. A session
 that received GOAWAY stops taking streams and leaves the pool when its last
 stream ends; the next request connects afresh. Sessions idle for longer than
-``idle_timeout`` are closed with a GOAWAY by a sweeper.
+``idle_timeout`` close themselves with a GOAWAY (the session's own idle rule,
+shorter here than for callers' connections).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+import attrs
 import trio
 
 from meshnode.errors import UpstreamConnectFailure
 from meshnode.net.session import H2Session, Headers, Stream
-from meshnode.policy.units import Address
+from meshnode.net.violations import ConnectionRules
+from meshnode.policy.units import Address, Duration
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +61,15 @@ class UpstreamPool:
         connector: Connector = tcp_connector,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        rules: ConnectionRules | None = None,
     ) -> None:
+        """``rules`` hold upstreams to the node's limits: a broken upstream is a hostile peer."""
         self._nursery = nursery
         self._connector = connector
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
+        self.rules = rules if rules is not None else ConnectionRules("upstream")
         self._endpoints: dict[tuple[Address, str | None], _Endpoint] = {}
-        nursery.start_soon(self._sweep_idle)
 
     async def open_stream(
         self, address: Address, headers: Headers, *, end_stream: bool, peer: str | None = None
@@ -105,9 +110,17 @@ class UpstreamPool:
                 raise UpstreamConnectFailure(
                     f"cannot connect to {address}: {_reason(exc)}"
                 ) from exc
-            session = H2Session(transport, client_side=True)
+            session = H2Session(
+                transport, client_side=True, rules=self._session_rules(), peer=str(address)
+            )
             await self._nursery.start(self._run_session, address, endpoint, session)
             return session
+
+    def _session_rules(self) -> ConnectionRules:
+        """The node's rules, with the pool's (shorter) idle timeout."""
+        limits = self.rules.limits
+        idle = Duration(min(self._idle_timeout, limits.idle_timeout))
+        return attrs.evolve(self.rules, limits=attrs.evolve(limits, idle_timeout=idle))
 
     async def _run_session(
         self,
@@ -125,15 +138,6 @@ class UpstreamPool:
             log.exception("upstream connection to %s failed", address)
         finally:
             endpoint.sessions.remove(session)
-
-    async def _sweep_idle(self) -> None:
-        while True:
-            await trio.sleep(self._idle_timeout / 2)
-            cutoff = trio.current_time() - self._idle_timeout
-            for endpoint in self._endpoints.values():
-                for session in endpoint.sessions:
-                    if not session.streams and session.last_active < cutoff:
-                        session.close_gracefully()
 
 
 def _reason(exc: BaseException) -> str:

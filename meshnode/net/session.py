@@ -10,17 +10,24 @@ session hands streams to whoever called ``open_stream``.
 Flow control runs end to end. Received DATA is acknowledged (window handed
 back) only when the consumer calls ``Stream.ack`` after it has passed the bytes
 on, so a slow reader on one side slows the writer on the other. Senders wait
-for window, and for the writer to drain once more than ``HIGH_WATER`` bytes are
+for window, and for the writer to drain once more than ``write_buffer`` bytes are
 queued, so a peer that does not read costs bounded memory.
 
 h2 exceptions never leave this module: a send on a stream the peer already
 reset raises ``StreamReset``, and anything that breaks the connection ends this
 session alone (its streams see ``StreamReset(connection_lost=True)``).
+
+The peer is held to ``ConnectionRules.limits``: the frame gate's budgets, a
+header check per request (a malformed one fails its own stream, not the
+connection), and one watcher task per connection that enforces the timeouts
+(SETTINGS acknowledgement, header completion, first request, idle, and streams
+waiting on the peer) by waking at the next deadline, never per stream.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Final
@@ -34,25 +41,30 @@ import h2.exceptions
 import h2.settings
 import trio
 
-from meshnode.net.framing import FrameError, FrameGate, GoAwayReceived, goaway_frame
+from meshnode.net.framing import (
+    ENHANCE_YOUR_CALM,
+    WINDOW_UPDATES_PER_DATA_FRAME,
+    FrameError,
+    FrameGate,
+    GoAwayReceived,
+    goaway_frame,
+)
+from meshnode.net.validation import Malformed, check_request, check_trailers
+from meshnode.net.violations import ConnectionRules
 
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[bytes, bytes]]
 
 RECEIVE_SIZE: Final = 65536
-HIGH_WATER: Final = 256 * 1024
-STREAM_WINDOW: Final = 256 * 1024
-CONNECTION_WINDOW: Final = 1024 * 1024
-MAX_CONCURRENT_STREAMS: Final = 100
-MAX_HEADER_LIST_SIZE: Final = 65536
-MAX_FRAME_SIZE: Final = 16384
 # Until a server's SETTINGS arrive h2 assumes unlimited streams; assume this many.
 ASSUMED_PEER_STREAMS: Final = 100
 LAST_USABLE_STREAM_ID: Final = 2**31 - 1000
 FLUSH_GRACE: Final = 2.0  # seconds to write the last frames once reading has ended
 
 NO_ERROR: Final = int(h2.errors.ErrorCodes.NO_ERROR)
+PROTOCOL_ERROR: Final = int(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+SETTINGS_TIMEOUT: Final = int(h2.errors.ErrorCodes.SETTINGS_TIMEOUT)
 CANCEL: Final = int(h2.errors.ErrorCodes.CANCEL)
 REFUSED_STREAM: Final = int(h2.errors.ErrorCodes.REFUSED_STREAM)
 INTERNAL_ERROR: Final = int(h2.errors.ErrorCodes.INTERNAL_ERROR)
@@ -118,9 +130,11 @@ class Stream:
         "headers_sent",
         "id",
         "local_closed",
+        "malformed",
         "remote_closed",
         "session",
         "status_sent",
+        "waiting_since",
     )
 
     def __init__(self, session: H2Session, stream_id: int, headers: Headers | None) -> None:
@@ -136,6 +150,10 @@ class Stream:
         self.error: StreamReset | None = None
         # Cancelled when the stream is reset, so the work serving it stops at once.
         self.cancel_scope: trio.CancelScope | None = None
+        # Why the request must be refused instead of served (server side), if it must.
+        self.malformed: Malformed | None = None
+        # Since when the stream has been waiting on the peer (data, window, or a drain).
+        self.waiting_since: float | None = None
 
     async def receive(self) -> StreamItem:
         """The next item; items that arrived before a reset are still delivered first."""
@@ -143,7 +161,11 @@ class Stream:
             if self.error is not None:
                 raise self.error
             self._wakeup = trio.Event()
-            await self._wakeup.wait()
+            self.waiting_since = trio.current_time()
+            try:
+                await self._wakeup.wait()
+            finally:
+                self.waiting_since = None
         return self._items.popleft()
 
     async def read_rest(self, keep: int) -> tuple[bytes, Headers | None]:
@@ -189,6 +211,13 @@ class Stream:
         """Abandon the stream (a no-op once it is closed both ways or already reset)."""
         self.session._reset(self, code)
 
+    def refuse(self, code: int, kind: str, detail: str) -> None:
+        """Reset the stream because the peer broke a rule: counted, logged, and charged to
+        the peer's budget of provoked resets (MadeYouReset)."""
+        self.session.violation(kind, detail)
+        self.session._charge_reset()
+        self.session._reset(self, code)
+
     @property
     def finished(self) -> bool:
         return self.error is not None or (self.local_closed and self.remote_closed)
@@ -217,31 +246,46 @@ class H2Session:
         *,
         client_side: bool,
         on_request: Callable[[Stream], None] | None = None,
-        max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
+        rules: ConnectionRules | None = None,
+        peer: str = "peer",
     ) -> None:
         self.transport = transport
         self.client_side = client_side
         self._on_request = on_request
+        self.rules = rules if rules is not None else ConnectionRules("upstream")
+        self.peer = peer  # who is at the other end, for the log
+        limits = self._limits = self.rules.limits
         self.conn = h2.connection.H2Connection(
             h2.config.H2Configuration(
                 client_side=client_side,
                 header_encoding=None,
-                # Everything sent was either validated by h2 when it arrived from a peer or
-                # made by meshnode itself; validating again cost a fifth of the CPU of a
-                # proxied request. Normalization (never-indexed secrets) stays on.
+                # Everything sent was either validated when it arrived from a peer or made
+                # by meshnode itself; validating again cost a fifth of the CPU of a proxied
+                # request. Normalization (never-indexed secrets) stays on.
                 validate_outbound_headers=False,
+                # Requests are checked by ``check_request`` instead, so that a malformed
+                # one fails its stream rather than every stream of the connection.
+                validate_inbound_headers=client_side,
             )
         )
         self.conn.local_settings = h2.settings.Settings(
             client=client_side,
             initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.max_frame_size,
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
             },
         )
-        self._gate = FrameGate(max_frame_size=MAX_FRAME_SIZE, expect_preface=not client_side)
+        # h2 applies our SETTINGS only once the peer acknowledges them; the limits hold now.
+        self.conn.decoder.max_header_list_size = limits.max_header_list_size
+        self.conn.max_inbound_frame_size = limits.max_frame_size
+        self._high_water = limits.write_buffer
+        self.started = trio.current_time()
+        self._gate = FrameGate(limits, expect_preface=not client_side, now=self.started)
+        self._settings_acked = False
+        self.requests_seen = 0
         self.streams: dict[int, Stream] = {}
         self._raw_out: list[bytes] = []
         self._writer_wakeup = trio.Event()
@@ -253,7 +297,7 @@ class H2Session:
         self.goaway_sent_last_id: int | None = None
         self.closing = False  # no new streams; the session ends when the last one does
         self.dead = False
-        self.last_active = trio.current_time()
+        self.last_active = self.started
         self._cancel_scope = trio.CancelScope()
 
     # -- lifecycle ---------------------------------------------------------
@@ -261,12 +305,13 @@ class H2Session:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the connection until it closes; the transport is closed on return."""
         self.conn.initiate_connection()
-        self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.conn.increment_flow_control_window(self._limits.connection_window - 65535)
         self._wake_writer()
         try:
             with self._cancel_scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write_loop, nursery.cancel_scope)
+                    nursery.start_soon(self._watch_loop)
                     task_status.started()
                     await self._read_loop()
                     # Let the writer flush what is queued (a GOAWAY, last replies), briefly.
@@ -330,21 +375,22 @@ class H2Session:
             if not data:
                 return
             try:
-                passed, goaways = self._gate.feed(bytes(data))
+                passed, goaways = self._gate.feed(bytes(data), trio.current_time())
                 events = self.conn.receive_data(passed) if passed else []
             except FrameError as exc:
-                self._fatal(exc.error_code, str(exc))
+                self._fatal(exc.error_code, exc.kind, str(exc))
                 return
             except h2.exceptions.ProtocolError as exc:
                 # h2 has queued its own GOAWAY; let the writer send it, then stop.
-                log.info("HTTP/2 protocol error from peer: %s", exc)
-                self._fatal(None, str(exc))
+                self._fatal(None, _protocol_error_kind(exc), str(exc))
                 return
             for event in events:
                 self._dispatch(event)
             for goaway in goaways:
                 self._on_goaway(goaway)
             self._wake_writer()
+            if self.dead:
+                return
 
     def _dispatch(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.DataReceived):
@@ -358,7 +404,7 @@ class H2Session:
         elif isinstance(event, h2.events.ResponseReceived):
             self._push(event.stream_id, ResponseHead(event.headers))
         elif isinstance(event, h2.events.TrailersReceived):
-            self._push(event.stream_id, Trailers(event.headers))
+            self._on_trailers(event)
         elif isinstance(event, h2.events.StreamEnded):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -375,16 +421,54 @@ class H2Session:
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._peer_settings_seen = True
             self._pulse_window()
+        elif isinstance(event, h2.events.SettingsAcknowledged):
+            self._settings_acked = True
 
     def _on_request_received(self, event: h2.events.RequestReceived) -> None:
-        stream = Stream(self, event.stream_id, event.headers)
+        limits = self._limits
+        checked = check_request(
+            event.headers,
+            max_count=limits.max_header_count,
+            underscores=limits.headers_with_underscores,
+        )
+        stream = Stream(self, event.stream_id, checked if isinstance(checked, list) else None)
         if self._on_request is None or self.closing:
             # Opened after our GOAWAY (or on a client session): never processed.
             self._reset(stream, REFUSED_STREAM)
             return
         self.streams[event.stream_id] = stream
         self.last_active = trio.current_time()
+        self.requests_seen += 1
+        if isinstance(checked, Malformed):
+            # Answered by the handler (a 400 on this stream alone), and charged like a reset.
+            stream.malformed = checked
+            self.violation("malformed-request", checked.reason)
+            self._charge_reset()
+        limit = limits.max_requests_per_connection
+        if limit and self.requests_seen >= limit:
+            self.close_gracefully()
         self._on_request(stream)
+
+    def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            return
+        problem = None if self.client_side else check_trailers(event.headers)
+        if problem is None:
+            stream._push(Trailers(event.headers))
+        else:
+            stream.refuse(PROTOCOL_ERROR, "malformed-trailers", problem)
+
+    def violation(self, kind: str, detail: str) -> None:
+        """Count and log a rule the peer broke (the caller decides what it costs the peer)."""
+        self.rules.violations.record(self.rules.where, kind, self.peer, detail)
+
+    def _charge_reset(self) -> None:
+        """A reset (or refusal) the peer provoked; too many end the connection."""
+        try:
+            self._gate.budgets.spend("resets_sent", trio.current_time())
+        except FrameError as exc:
+            self._fatal(exc.error_code, exc.kind, str(exc))
 
     def _push(self, stream_id: int, item: StreamItem) -> None:
         stream = self.streams.get(stream_id)
@@ -403,7 +487,10 @@ class H2Session:
                     self._forget(stream, StreamReset(stream, REFUSED_STREAM, refused=True))
         self._finish_if_idle()
 
-    def _fatal(self, error_code: int | None, reason: str) -> None:
+    def _fatal(self, error_code: int | None, kind: str, reason: str) -> None:
+        """End the connection for a violation: GOAWAY with ``error_code`` (h2 queued its own
+        when it is None), streams lost, reading stops."""
+        self.violation(kind, reason)
         if error_code is not None:
             self.goaway_sent_last_id = self.conn.highest_inbound_stream_id
             self._raw_out.append(
@@ -436,6 +523,76 @@ class H2Session:
             pass
         self.dead = True
         scope.cancel()
+
+    async def _wait_for(self, stream: Stream, event: trio.Event) -> None:
+        """Wait on the peer (window, or the socket draining), on the stream's idle clock."""
+        stream.waiting_since = trio.current_time()
+        try:
+            await event.wait()
+        finally:
+            stream.waiting_since = None
+
+    # -- timeouts ----------------------------------------------------------
+
+    async def _watch_loop(self) -> None:
+        """Enforce the connection's timeouts, waking at the next deadline.
+
+        A deadline that starts after a wake is seen within half of the shortest
+        timeout; streams are scanned on each wake, at most ``max_concurrent_streams``.
+        """
+        limits = self._limits
+        timeouts = (
+            limits.header_timeout,
+            limits.settings_timeout,
+            limits.stream_idle_timeout,
+            limits.first_request_timeout,
+            limits.idle_timeout,
+        )
+        interval = min(timeouts) / 2
+        while not self.dead:
+            now = trio.current_time()
+            next_check = self._check_deadlines(now)
+            await trio.sleep_until(min(next_check, now + interval))
+
+    def _check_deadlines(self, now: float) -> float:
+        """Act on every deadline that has passed; return when the next one falls."""
+        limits = self._limits
+        deadlines = [math.inf]
+        if not self._settings_acked:
+            due = self.started + limits.settings_timeout
+            if now >= due:
+                self._fatal(SETTINGS_TIMEOUT, "settings-timeout", "SETTINGS never acknowledged")
+                return math.inf
+            deadlines.append(due)
+        stalled = self._gate.stalled_since
+        if stalled is not None:
+            due = stalled + limits.header_timeout
+            if now >= due:
+                self._fatal(
+                    ENHANCE_YOUR_CALM,
+                    "header-timeout",
+                    f"a frame or header block incomplete for {limits.header_timeout:g}s",
+                )
+                return math.inf
+            deadlines.append(due)
+        if not self.streams and not self.closing:
+            used = self.requests_seen or self.client_side
+            quiet = limits.idle_timeout if used else limits.first_request_timeout
+            due = self.last_active + quiet
+            if now >= due:
+                self.close_gracefully()
+            deadlines.append(due)
+        for stream in list(self.streams.values()):
+            since = stream.waiting_since
+            if since is None:
+                continue
+            due = since + limits.stream_idle_timeout
+            if now >= due:
+                self.violation("stream-idle", f"stream {stream.id} waited {now - since:.1f}s")
+                self._reset(stream, CANCEL)
+            else:
+                deadlines.append(due)
+        return min(deadlines)
 
     def _wake_writer(self) -> None:
         self._writer_wakeup.set()
@@ -472,7 +629,7 @@ class H2Session:
                 raise stream.error from exc  # type: ignore[misc]
             size = min(window, conn.max_outbound_frame_size, remaining)
             if size <= 0 < remaining:
-                await self._window_opened.wait()
+                await self._wait_for(stream, self._window_opened)
                 continue
             last = end_stream and size == remaining
             try:
@@ -483,9 +640,10 @@ class H2Session:
             offset += size
             remaining -= size
             self._queued += size
+            self._gate.budgets.earn("window_update", WINDOW_UPDATES_PER_DATA_FRAME)
             self._wake_writer()
-            if self._queued > HIGH_WATER:
-                await self._drained.wait()
+            if self._queued > self._high_water:
+                await self._wait_for(stream, self._drained)
             if remaining == 0:
                 break
         if end_stream:
@@ -544,3 +702,16 @@ class H2Session:
             self._forget(stream, StreamReset(stream, CANCEL, connection_lost=True))
         self._pulse_window()
         self._drained.set()
+
+
+def _protocol_error_kind(exc: h2.exceptions.ProtocolError) -> str:
+    """A metric label for what h2 refused: ``header-list-size``, ``flow-control``..."""
+    if isinstance(exc, h2.exceptions.DenialOfServiceError):
+        return "header-flood"
+    if isinstance(exc, h2.exceptions.FlowControlError):
+        return "flow-control"
+    if isinstance(exc, h2.exceptions.TooManyStreamsError):
+        return "too-many-streams"
+    if isinstance(exc, h2.exceptions.FrameTooLargeError):
+        return "frame-size"
+    return "protocol-error"

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import attrs
+
 from meshnode.policy.models import (
     FAILURE_KINDS,
     FALLBACK_CONDITIONS,
     GRPC_RETRY_STATUSES,
     RETRY_CONDITIONS,
+    Limits,
     UpstreamPolicy,
 )
+
+MAX_FRAME_SIZE_RANGE = (16384, 2**24 - 1)  # RFC 9113 section 6.5.2
+MAX_WINDOW = 2**31 - 1
 
 
 def _is_status(value: str) -> bool:
@@ -90,6 +96,37 @@ def check_resilience(policy: UpstreamPolicy) -> Iterator[tuple[str, str]]:
         yield from _percent("chaos.delay_percent", chaos.delay_percent)
         if not 100 <= chaos.abort_status <= 599:
             yield "chaos.abort_status", f"expected an HTTP status, got {chaos.abort_status}"
+
+
+def check_limits(limits: Limits) -> Iterator[tuple[str, str]]:
+    """Yield ``(limits.key, reason)`` for every limit HTTP/2 or common sense cannot take."""
+    for key in ("max_concurrent_streams", "max_header_count", "max_connections"):
+        yield from _at_least(f"limits.{key}", getattr(limits, key), 1)
+    yield from _at_least(
+        "limits.max_requests_per_connection", limits.max_requests_per_connection, 0
+    )
+    yield from _at_least(
+        "limits.max_consecutive_empty_frames", limits.max_consecutive_empty_frames, 0
+    )
+    low, high = MAX_FRAME_SIZE_RANGE
+    if not low <= limits.max_frame_size <= high:
+        yield "limits.max_frame_size", f"expected {low} to {high}, got {limits.max_frame_size}"
+    for key in ("stream_window", "connection_window"):
+        size = getattr(limits, key)
+        if not 65535 <= size <= MAX_WINDOW:
+            yield f"limits.{key}", f"expected 64KiB - 1B up to 2GiB - 1B, got {size}"
+    yield from _at_least("limits.max_header_list_size", limits.max_header_list_size, 1024)
+    yield from _at_least("limits.write_buffer", limits.write_buffer, limits.max_frame_size)
+    for key in (
+        "header_timeout",
+        "first_request_timeout",
+        "idle_timeout",
+        "settings_timeout",
+        "stream_idle_timeout",
+    ):
+        yield from _positive(f"limits.{key}", getattr(limits, key))
+    for key, rate in attrs.asdict(limits.frame_rates).items():
+        yield from _positive(f"limits.frame_rates.{key}", rate)
 
 
 def _at_least(key: str, value: int, minimum: int) -> Iterator[tuple[str, str]]:

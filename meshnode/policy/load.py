@@ -19,18 +19,14 @@ from typing import Any
 
 import attrs
 
-from meshnode.policy.checks import check_resilience
+from meshnode.policy.checks import check_limits, check_resilience
 from meshnode.policy.convert import converter, error_lines
 from meshnode.policy.models import NodePolicy, UpstreamPolicy
 
 NODE_FILE = "node.toml"
 
-# Sections of SPEC that a later piece of work implements. Until then a file
+# Values of SPEC that a later piece of work implements. Until then a file
 # using them is rejected with this reason rather than silently half-applied.
-_NOT_YET_NODE = {
-    "limits": "hardening",
-}
-_NOT_YET_UPSTREAM: dict[str, str] = {}
 _NOT_YET_VALUES = {
     ("listeners.inbound.local_protocol", "http1"): "HTTP/1.1 support",
     ("upstream.protocol", "http1"): "HTTP/1.1 support",
@@ -168,13 +164,8 @@ def _parse(path: Path, text: bytes, errors: list[str]) -> dict[str, Any] | None:
 def _node_policy(
     path: Path, raw: dict[str, Any], errors: list[str]
 ) -> tuple[NodePolicy | None, dict[str, Any]]:
-    errors.extend(f"{path}: {key}: {reason}" for key, reason in _not_yet(raw, _NOT_YET_NODE))
+    errors.extend(f"{path}: {key}: {reason}" for key, reason in _not_yet(raw))
     defaults = raw.get("defaults", {})
-    if isinstance(defaults, dict):
-        errors.extend(
-            f"{path}: defaults.{key}: {reason}"
-            for key, reason in _not_yet(defaults, _NOT_YET_UPSTREAM)
-        )
     policy = _structure(path, raw, NodePolicy, errors)
     if policy is not None:
         errors.extend(f"{path}: {line}" for line in _node_checks(path, policy))
@@ -191,6 +182,7 @@ def _health_check_problems(policy: NodePolicy) -> Iterator[str]:
 
 def _node_checks(path: Path, policy: NodePolicy) -> Iterator[str]:
     yield from _health_check_problems(policy)
+    yield from (f"{key}: {reason}" for key, reason in check_limits(policy.limits))
     admin = policy.admin
     if admin.token_file is None:
         if not is_loopback(admin.address.host):
@@ -222,7 +214,7 @@ def is_loopback(host: str) -> bool:
 
 def _upstream_policy(path: Path, raw: dict[str, Any], errors: list[str]) -> UpstreamPolicy | None:
     before = len(errors)
-    errors.extend(f"{path}: {key}: {reason}" for key, reason in _not_yet(raw, _NOT_YET_UPSTREAM))
+    errors.extend(f"{path}: {key}: {reason}" for key, reason in _not_yet(raw))
     policy = _structure(path, raw, UpstreamPolicy, errors)
     if policy is None or len(errors) > before:
         return None
@@ -249,14 +241,8 @@ def _structure(path: Path, raw: dict[str, Any], kind: type[Any], errors: list[st
         return None
 
 
-def _not_yet(raw: dict[str, Any], sections: Mapping[str, str]) -> Iterator[tuple[str, str]]:
+def _not_yet(raw: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """Remove what a later piece of work implements from ``raw`` and say so, key by key."""
-    for dotted, work in sections.items():
-        *parents, leaf = dotted.split(".")
-        table = _table_at(raw, parents)
-        if isinstance(table, dict) and leaf in table:
-            del table[leaf]
-            yield dotted, f"not supported yet (arrives with {work})"
     for (dotted, value), work in _NOT_YET_VALUES.items():
         *parents, key = dotted.split(".")
         table = _table_at(raw, parents)

@@ -247,6 +247,53 @@ class NodeHealthCheck:
 
 
 @attrs.frozen
+class FrameRates:
+    """Per connection, frames a peer may send per second, on average over ten seconds.
+
+    Each kind is a token bucket holding ten seconds' worth (a burst) and refilled
+    at this rate; WINDOW_UPDATE also earns ten frames for every DATA frame sent,
+    as Envoy does, so a fast download never trips it. Past a budget the
+    connection ends with GOAWAY ENHANCE_YOUR_CALM.
+    """
+
+    ping: float = 50
+    settings: float = 10
+    priority: float = 200
+    window_update: float = 1000
+    resets_received: float = 200  # Rapid Reset (CVE-2023-44487)
+    resets_sent: float = 100  # resets the peer provoked: MadeYouReset (CVE-2025-8671)
+
+
+@attrs.frozen
+class Limits:
+    """What one peer may cost: ``[limits]`` in node.toml, on every listener and upstream.
+
+    Defaults follow Envoy's edge guide and nginx; docs/hardening.md says what a
+    peer sees when it crosses each one.
+    """
+
+    max_concurrent_streams: int = 100
+    max_header_list_size: Size = Size(64 * 1024)
+    max_header_count: int = 100
+    max_frame_size: int = 16384
+    stream_window: Size = Size(256 * 1024)
+    connection_window: Size = Size(1024 * 1024)
+    write_buffer: Size = Size(256 * 1024)  # queued for one connection's socket before senders wait
+    max_request_body: Size | None = None  # none: bodies stream through unbounded
+    max_connections: int = 10000  # per listener; past it the listener stops accepting
+    max_requests_per_connection: int = 0  # 0: no limit; else a graceful GOAWAY after this many
+    headers_with_underscores: Literal["reject", "drop", "allow"] = "reject"
+    max_consecutive_empty_frames: int = 1
+    frame_rates: FrameRates = FrameRates()
+    header_timeout: Duration = Duration(10)  # a started frame or header block must complete
+    first_request_timeout: Duration = Duration(30)
+    idle_timeout: Duration = Duration(3600)  # a connection with no stream open
+    settings_timeout: Duration = Duration(10)
+    stream_idle_timeout: Duration = Duration(300)  # a stream waiting on its peer
+    overload_memory: Size | None = None  # resident memory past which new work is shed
+
+
+@attrs.frozen
 class NodePolicy:
     node: NodeSection
     listeners: Listeners = Listeners()
@@ -254,6 +301,7 @@ class NodePolicy:
     tls: TLSFiles | None = None
     defaults: UpstreamDefaults = UpstreamDefaults()
     health_checks: tuple[NodeHealthCheck, ...] = ()
+    limits: Limits = Limits()
 
 
 @attrs.frozen

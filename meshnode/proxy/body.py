@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from meshnode.net.session import Data, EndOfStream, Stream, Trailers
+import math
+
+from meshnode.net.session import CANCEL, Data, EndOfStream, Stream, Trailers
 from meshnode.proxy.headers import HeaderList, strip_hop_by_hop
 
 
@@ -12,11 +14,16 @@ class RequestBody:
     Each try calls ``send_to``: it replays what was kept, then goes on reading
     from the client. Once the body outgrows ``limit`` nothing more is kept and
     ``replayable`` turns False: the request will not be retried.
+
+    A body that grows past ``max_size`` (``[limits] max_request_body``, for
+    bodies that did not declare their length) resets the client's stream.
     """
 
-    def __init__(self, client: Stream, limit: int) -> None:
+    def __init__(self, client: Stream, limit: int, max_size: float = math.inf) -> None:
         self._client = client
         self._limit = limit
+        self._max_size = max_size
+        self._received = 0
         self._chunks: list[bytes] = []
         self._kept = 0
         self._trailers: HeaderList | None = None
@@ -78,6 +85,12 @@ class RequestBody:
         return b"".join(self._chunks) if self.replayable else None
 
     def _keep(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > self._max_size:
+            client = self._client
+            client.refuse(CANCEL, "request-too-large", f"body over {self._max_size:g} bytes")
+            assert client.error is not None
+            raise client.error
         if not self.replayable or not data:
             return
         if self._kept + len(data) > self._limit:

@@ -31,9 +31,12 @@ from meshnode.errors import (
     ChaosAbort,
     CircuitOpen,
     Forbidden,
+    HeadersTooLarge,
     MeshError,
     NoRoute,
+    Overloaded,
     RateLimited,
+    RequestTooLarge,
     Timeout,
     UpstreamConnectFailure,
     UpstreamFailed,
@@ -41,9 +44,10 @@ from meshnode.errors import (
 )
 from meshnode.events import QueueFilling
 from meshnode.net.listener import Peer
+from meshnode.net.overload import Overload
 from meshnode.net.pool import UpstreamPool
-from meshnode.net.session import CANCEL, INTERNAL_ERROR, Stream, StreamReset
-from meshnode.policy.models import ChaosPolicy, FallbackPolicy, UpstreamPolicy
+from meshnode.net.session import CANCEL, INTERNAL_ERROR, NO_ERROR, Stream, StreamReset
+from meshnode.policy.models import ChaosPolicy, FallbackPolicy, Limits, UpstreamPolicy
 from meshnode.policy.units import Duration
 from meshnode.proxy import fallback
 from meshnode.proxy.attempt import AttemptFailed, attempt
@@ -129,6 +133,8 @@ class Proxy:
         # Told about every finished request (the access log); must not block.
         self.observers = observers if observers is not None else []
         self.unrouted = UpstreamStats()  # requests that reached no upstream
+        self.limits = Limits()  # the node's [limits], swapped on reload
+        self.overload = Overload()  # the node's, shared with its listeners
 
     def swap(self, routes: RouteTable, upstreams: dict[str, UpstreamGroup]) -> None:
         self.routes, self.upstreams = routes, upstreams
@@ -141,6 +147,7 @@ class Proxy:
             if stream.error is not None:
                 return
             try:
+                self._admit(stream)
                 await self._forward(request)
             except MeshError as error:
                 request.error = error.reason
@@ -151,11 +158,23 @@ class Proxy:
             except Exception:
                 log.exception("request on stream %d failed", stream.id)
                 stream.reset(INTERNAL_ERROR)
+        # Answered while the client was still sending: RFC 9113 section 8.1 asks it to stop.
+        stream.reset(NO_ERROR)
         group = request.group
         stats = group.stats if group is not None else self.unrouted
         stats.observe(stream.status_sent, trio.current_time() - request.started)
         for observe in self.observers:
             observe(request)
+
+    def _admit(self, stream: Stream) -> None:
+        """Refuse what the session found malformed, and new work under memory pressure."""
+        malformed = stream.malformed
+        if malformed is not None:
+            error = HeadersTooLarge if malformed.status == 431 else BadRequest
+            raise error(malformed.reason)
+        if self.overload.shedding:
+            self.overload.shed += 1
+            raise Overloaded("the node is over its memory limit: new requests are shed")
 
     async def _forward(self, request: Request) -> None:
         stream = request.stream
@@ -177,7 +196,7 @@ class Proxy:
             headers, request.client_ip, request.peer.identity
         )
         replay = policy.retry.buffer if policy.retry is not None else DEFAULT_REPLAY_BUFFER
-        request.body = None if stream.consume_end() else RequestBody(stream, replay)
+        request.body = None if stream.consume_end() else self._body(request, replay)
         try:
             await self._serve(request, group, policy)
         except MeshError as error:
@@ -190,6 +209,16 @@ class Proxy:
             if not await self._fall_back(request, group, policy, error):
                 raise
             request.error = f"fallback:{policy.fallback.kind}"
+
+    def _body(self, request: Request, replay: int) -> RequestBody:
+        """The request's body, refused at once (413) if its declared length is over the limit."""
+        limit = self.limits.max_request_body
+        if limit is None:
+            return RequestBody(request.stream, replay)
+        for name, value in request.headers:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise RequestTooLarge(f"content-length {int(value)} is over {limit} bytes")
+        return RequestBody(request.stream, replay, max_size=limit)
 
     def _route(self, request: Request) -> UpstreamGroup:
         """The upstream group that serves ``request`` (the outbound listener's routing)."""

@@ -11,6 +11,8 @@ import trio.testing
 from meshnode.errors import UpstreamConnectFailure
 from meshnode.net.pool import UpstreamPool
 from meshnode.net.session import END_OF_STREAM, H2Session, ResponseHead, Stream
+from meshnode.net.violations import ConnectionRules
+from meshnode.policy.models import Limits
 from meshnode.policy.units import Address
 
 REQUEST = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"a")]
@@ -32,7 +34,7 @@ class MemoryUpstream:
             server_end,
             client_side=False,
             on_request=self.requests.append,
-            max_concurrent_streams=self.max_streams,
+            rules=ConnectionRules("test", Limits(max_concurrent_streams=self.max_streams)),
         )
         self.sessions.append(session)
         await self.nursery.start(session.run)

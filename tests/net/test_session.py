@@ -11,13 +11,13 @@ from hyperframe.frame import Frame, GoAwayFrame
 
 from meshnode.net.session import (
     END_OF_STREAM,
-    STREAM_WINDOW,
     Data,
     H2Session,
     ResponseHead,
     Stream,
     StreamReset,
 )
+from meshnode.policy.models import Limits
 
 REQUEST = [(b":method", b"POST"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"a")]
 
@@ -87,7 +87,8 @@ async def test_a_reader_that_does_not_ack_stops_the_sender_at_the_window(pair) -
 
     connection.nursery.start_soon(send_forever)
     await trio.testing.wait_all_tasks_blocked()
-    assert STREAM_WINDOW - 16384 <= sent <= STREAM_WINDOW
+    window = Limits().stream_window
+    assert window - 16384 <= sent <= window
     (server_stream,) = received
     buffered = 0
     while server_stream._items:

@@ -110,10 +110,23 @@ def test_errors_of_several_files_are_all_reported(tmp_path: Path) -> None:
     ]
 
 
-def test_later_sections_are_refused_not_ignored(tmp_path: Path) -> None:
-    node = NODE + "[limits]\nmax = 1\n"
+def test_limits_are_checked_key_by_key(tmp_path: Path) -> None:
+    node = NODE + (
+        "[limits]\nmax = 1\nmax_concurrent_streams = 0\nmax_frame_size = 100\n"
+        'idle_timeout = "0s"\n[limits.frame_rates]\nping = -1\n'
+    )
     assert errors_of(write(tmp_path, node=node, payments=UPSTREAM)) == [
-        "node.toml: limits: not supported yet (arrives with hardening)",
+        "node.toml: limits.max: unknown key",
+    ]
+    node = NODE + (
+        "[limits]\nmax_concurrent_streams = 0\nmax_frame_size = 100\n"
+        'idle_timeout = "0s"\n[limits.frame_rates]\nping = -1\n'
+    )
+    assert errors_of(write(tmp_path, node=node, payments=UPSTREAM)) == [
+        "node.toml: limits.max_concurrent_streams: must be at least 1, got 0",
+        "node.toml: limits.max_frame_size: expected 16384 to 16777215, got 100",
+        "node.toml: limits.idle_timeout: must be more than 0, got 0",
+        "node.toml: limits.frame_rates.ping: must be more than 0, got -1",
     ]
 
 

@@ -23,6 +23,10 @@ class TokenBucket:
             return 0.0
         return (tokens - self._tokens) / self.rate
 
+    def give(self, tokens: float) -> None:
+        """Add tokens earned some other way than by time (never past ``burst``)."""
+        self._tokens = min(self.burst, self._tokens + tokens)
+
     @property
     def tokens(self) -> float:
         return self._tokens

@@ -1,0 +1,126 @@
+"""Request header validation (pure): one pass, done once, where the request arrives.
+
+h2's own inbound validation is switched off on server sessions because it
+makes every malformed request a connection error (GOAWAY), and a mesh
+connection carries many callers' streams: RFC 9113 section 8.1.1 lets a
+malformed request be a stream error, so this module finds everything h2 would
+have found, plus what SECURITY-NOTES lists that h2 never checks, and the
+session answers that one stream (400, or 431 for too many fields).
+
+Field values may hold HTAB inside (RFC 9110 section 5.5), never at either end.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import attrs
+
+Headers = list[tuple[bytes, bytes]]
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+\Z")
+_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")  # a token, lowercase (RFC 9113 8.2.1)
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|\A[ \t]|[ \t]\Z")
+_PATH = re.compile(rb"/[\x21-\x7e]*\Z")
+_AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]+\Z")  # host[:port], no userinfo
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+_REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
+UnderscoreRule = Literal["reject", "drop", "allow"]
+
+
+@attrs.frozen
+class Malformed:
+    """Why a request was refused, and the status that says so."""
+
+    status: int
+    reason: str
+
+
+def check_request(
+    headers: Headers, *, max_count: int, underscores: UnderscoreRule
+) -> Headers | Malformed:
+    """The request's headers to use (underscore names dropped if so configured), or why not."""
+    if len(headers) > max_count:
+        return Malformed(431, f"{len(headers)} header fields, more than {max_count}")
+    pseudo: dict[bytes, bytes] = {}
+    regular = False
+    dropped = False
+    host = None
+    for name, value in headers:
+        if _BAD_VALUE.search(value):
+            return Malformed(400, f"invalid characters in the value of {_show(name)}")
+        if name[:1] == b":":
+            if regular:
+                return Malformed(400, f"pseudo-header {_show(name)} after a regular field")
+            if name not in _REQUEST_PSEUDO:
+                return Malformed(400, f"pseudo-header {_show(name)} is not a request's")
+            if name in pseudo:
+                return Malformed(400, f"pseudo-header {_show(name)} repeated")
+            pseudo[name] = value
+            continue
+        regular = True
+        if not _NAME.match(name):
+            return Malformed(400, f"invalid field name {_show(name)}")
+        if name in _CONNECTION_SPECIFIC:
+            return Malformed(400, f"connection-specific field {_show(name)}")
+        if name == b"te" and value != b"trailers":
+            return Malformed(400, "te other than trailers")
+        if name == b"host":
+            host = value
+        if b"_" in name:
+            if underscores == "reject":
+                return Malformed(400, f"field name {_show(name)} has an underscore")
+            dropped = dropped or underscores == "drop"
+    problem = _check_pseudo(pseudo, host)
+    if problem is not None:
+        return Malformed(400, problem)
+    if dropped:
+        return [(name, value) for name, value in headers if b"_" not in name]
+    return headers
+
+
+def check_trailers(headers: Headers) -> str | None:
+    """Why a trailer section is malformed, or None."""
+    for name, value in headers:
+        if name[:1] == b":":
+            return f"pseudo-header {_show(name)} in trailers"
+        if not _NAME.match(name) or name in _CONNECTION_SPECIFIC:
+            return f"invalid field name {_show(name)} in trailers"
+        if _BAD_VALUE.search(value):
+            return f"invalid characters in the value of {_show(name)}"
+    return None
+
+
+def _check_pseudo(pseudo: dict[bytes, bytes], host: bytes | None) -> str | None:
+    method = pseudo.get(b":method")
+    if method is None:
+        return "no :method"
+    if not _TOKEN.match(method):
+        return "invalid :method"
+    authority = pseudo.get(b":authority")
+    if authority is not None and not _AUTHORITY.match(authority):
+        return "invalid :authority (userinfo, spaces or other characters a host cannot have)"
+    if authority is not None and host is not None and host != authority:
+        return "host and :authority differ"
+    if method == b"CONNECT":
+        if authority is None or b":path" in pseudo or b":scheme" in pseudo:
+            return "CONNECT takes :authority and neither :scheme nor :path"
+        return None
+    scheme = pseudo.get(b":scheme")
+    if scheme not in (b"http", b"https"):
+        return "no :scheme" if scheme is None else ":scheme other than http or https"
+    path = pseudo.get(b":path")
+    if path is None or not path:
+        return "no :path"
+    if path == b"*":
+        return None if method == b"OPTIONS" else ":path * is only for OPTIONS"
+    if not _PATH.match(path) or b"#" in path:
+        return ":path must start with / and hold no spaces, controls or fragment"
+    return None
+
+
+def _show(name: bytes) -> str:
+    return repr(name.decode("latin-1"))[1:-1][:64]

@@ -16,6 +16,10 @@ looking at 9-byte frame headers before h2 sees the bytes:
   gate charges each to a per-connection budget (``FrameRates``) and counts
   consecutive empty DATA/HEADERS/CONTINUATION frames; past a budget it raises
   ``FrameError`` with ENHANCE_YOUR_CALM.
+* h2 collects up to 64 CONTINUATION frames (1 MiB) of one header block before
+  it decodes any of it; the gate refuses a block whose encoded size is already
+  over ``max_header_list_size`` (HPACK never encodes a field list larger than
+  that list's decoded size), with ENHANCE_YOUR_CALM.
 * A peer that starts a frame or a header block and then goes quiet (HTTP/2
   slowloris) holds a stream slot and a buffer: ``stalled_since`` tells the
   session since when, so its header timeout can end the connection.
@@ -102,6 +106,8 @@ class FrameGate:
     def __init__(self, limits: Limits, *, expect_preface: bool, now: float) -> None:
         self._max_frame_size = limits.max_frame_size
         self._max_empty = limits.max_consecutive_empty_frames
+        self._max_block = limits.max_header_list_size
+        self._block_size = 0
         self.budgets = FrameBudgets(limits.frame_rates, now)
         self._preface_left = len(CLIENT_PREFACE) if expect_preface else 0
         self._buffer = bytearray()
@@ -167,6 +173,13 @@ class FrameGate:
                 self.budgets.spend(budget, now)
             return
         if kind in (HEADERS, PUSH_PROMISE, CONTINUATION):
+            self._block_size = length + (self._block_size if kind == CONTINUATION else 0)
+            if self._block_size > self._max_block:
+                raise FrameError(
+                    ENHANCE_YOUR_CALM,
+                    "header-flood",
+                    f"a header block over {int(self._max_block)} bytes",
+                )
             self._in_header_block = not flags & END_HEADERS
         payload = length
         if flags & PADDED and kind in (DATA, HEADERS) and length:

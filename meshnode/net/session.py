@@ -131,6 +131,7 @@ class Stream:
         "id",
         "local_closed",
         "malformed",
+        "owed",
         "remote_closed",
         "session",
         "status_sent",
@@ -154,6 +155,7 @@ class Stream:
         self.malformed: Malformed | None = None
         # Since when the stream has been waiting on the peer (data, window, or a drain).
         self.waiting_since: float | None = None
+        self.owed = 0  # flow-controlled bytes received and not yet acknowledged
 
     async def receive(self) -> StreamItem:
         """The next item; items that arrived before a reset are still delivered first."""
@@ -398,6 +400,7 @@ class H2Session:
             if stream is None:
                 self._ack_connection(event.stream_id, event.flow_controlled_length)
             else:
+                stream.owed += event.flow_controlled_length
                 stream._push(Data(event.data, event.flow_controlled_length))
         elif isinstance(event, h2.events.RequestReceived):
             self._on_request_received(event)
@@ -668,7 +671,8 @@ class H2Session:
         self._wake_writer()
 
     def _ack(self, stream: Stream, flow_length: int) -> None:
-        if flow_length:
+        if flow_length and self.streams.get(stream.id) is stream:
+            stream.owed -= flow_length
             self._ack_connection(stream.id, flow_length)
             self._wake_writer()
 
@@ -688,6 +692,12 @@ class H2Session:
         if error is not None:
             stream._fail(error)
         if self.streams.pop(stream.id, None) is not None:
+            if stream.owed:
+                # Nobody will pass on what is still queued (or held) for this stream: hand
+                # its share of the connection window back now, or it would leak for good.
+                self._ack_connection(stream.id, stream.owed)
+                stream.owed = 0
+                self._wake_writer()
             self.last_active = trio.current_time()
             self._pulse_window()  # wake its senders so they see the reset
             self._finish_if_idle()

@@ -48,3 +48,11 @@ async def admin(address: object, method: str, path: str) -> tuple[int, Any]:
     )
     body, _, status = result.stdout.rpartition(b"\n")
     return int(status), json.loads(body)
+
+
+async def metrics(address: object) -> str:
+    """The node's Prometheus exposition, as text."""
+    result = await trio.run_process(
+        [require("curl"), "-s", "--fail", f"http://{address}/metrics"], capture_stdout=True
+    )
+    return result.stdout.decode()

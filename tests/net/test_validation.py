@@ -1,0 +1,137 @@
+"""Request validation: everything h2 would refuse, plus what SECURITY-NOTES lists."""
+
+from __future__ import annotations
+
+import h2.exceptions
+import h2.utilities
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshnode.net.validation import Malformed, check_request, check_trailers
+
+REQUEST_FLAGS = h2.utilities.HeaderValidationFlags(
+    is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
+)
+GOOD = [
+    (b":method", b"GET"),
+    (b":scheme", b"https"),
+    (b":path", b"/a/b?c=d"),
+    (b":authority", b"api.example:8443"),
+    (b"accept", b"*/*"),
+    (b"x-trace", b"a\tb"),
+]
+
+
+def check(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]] | Malformed:
+    return check_request(headers, max_count=100, underscores="reject")
+
+
+def h2_accepts(headers: list[tuple[bytes, bytes]]) -> bool:
+    try:
+        list(h2.utilities.validate_headers(headers, REQUEST_FLAGS))
+    except h2.exceptions.ProtocolError:
+        return False
+    return True
+
+
+def test_a_good_request_passes_unchanged() -> None:
+    assert check(GOOD) == GOOD
+
+
+def replace(name: bytes, value: bytes) -> list[tuple[bytes, bytes]]:
+    return [(n, value if n == name else v) for n, v in GOOD]
+
+
+BAD = {
+    "method with a space": replace(b":method", b"GE T"),
+    "path with a space": replace(b":path", b"/a b"),
+    "path not from the root": replace(b":path", b"a/b"),
+    "path with a fragment": replace(b":path", b"/a#b"),
+    "star path for GET": replace(b":path", b"*"),
+    "userinfo in authority": replace(b":authority", b"user@api.example"),
+    "space in authority": replace(b":authority", b"api example"),
+    "scheme ftp": replace(b":scheme", b"ftp"),
+    "underscore name": [*GOOD, (b"x_user", b"1")],
+    "DEL in a value": [*GOOD, (b"x-a", b"a\x7fb")],
+    "NUL in a value": [*GOOD, (b"x-a", b"a\x00b")],
+    "CR in a value": [*GOOD, (b"x-a", b"a\rb")],
+    "leading space in a value": [*GOOD, (b"x-a", b" a")],
+    "trailing tab in a value": [*GOOD, (b"x-a", b"a\t")],
+    "uppercase name": [*GOOD, (b"X-A", b"1")],
+    "empty name": [*GOOD, (b"", b"1")],
+    "connection header": [*GOOD, (b"connection", b"close")],
+    "transfer-encoding": [*GOOD, (b"transfer-encoding", b"chunked")],
+    "te gzip": [*GOOD, (b"te", b"gzip")],
+    "host differs from authority": [*GOOD, (b"host", b"other.example")],
+    "pseudo after regular": [*GOOD, (b":method", b"GET")][1:],
+    "repeated pseudo": [*GOOD[:1], *GOOD],
+    "response pseudo": [(b":status", b"200"), *GOOD],
+    "unknown pseudo": [*GOOD[:4], (b":protocol", b"websocket"), *GOOD[4:]],
+    "no method": GOOD[1:],
+    "no path": [h for h in GOOD if h[0] != b":path"],
+    "CONNECT with a path": replace(b":method", b"CONNECT"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_each_malformed_request_is_a_400(case: str) -> None:
+    result = check(BAD[case])
+    assert isinstance(result, Malformed), case
+    assert result.status == 400
+
+
+def test_too_many_fields_is_431() -> None:
+    headers = GOOD + [(b"x-n", b"1")] * 100
+    result = check(headers)
+    assert isinstance(result, Malformed) and result.status == 431
+
+
+def test_options_star_and_connect_are_allowed() -> None:
+    options = [(n, b"OPTIONS" if n == b":method" else v) for n, v in replace(b":path", b"*")]
+    assert check(options) == options
+    connect = [(b":method", b"CONNECT"), (b":authority", b"db.example:5432")]
+    assert check(connect) == connect
+
+
+def test_underscores_can_be_dropped_or_allowed() -> None:
+    headers = [*GOOD, (b"x_user", b"admin")]
+    assert check_request(headers, max_count=100, underscores="drop") == GOOD
+    assert check_request(headers, max_count=100, underscores="allow") == headers
+
+
+def test_trailers_take_no_pseudo_headers_or_bad_names() -> None:
+    assert check_trailers([(b"grpc-status", b"0")]) is None
+    assert check_trailers([(b":status", b"200")]) is not None
+    assert check_trailers([(b"Grpc-Status", b"0")]) is not None
+    assert check_trailers([(b"x", b"a\nb")]) is not None
+
+
+names = st.one_of(
+    st.sampled_from(
+        [b":method", b":path", b":scheme", b":authority", b":status", b"host", b"te", b"x-a"]
+    ),
+    st.binary(max_size=8),
+)
+values = st.one_of(
+    st.sampled_from([b"GET", b"/", b"https", b"api", b"trailers", b"*", b"CONNECT"]),
+    st.binary(max_size=8),
+)
+header_lists = st.lists(st.tuples(names, values), max_size=8)
+
+
+@given(header_lists)
+def test_whatever_arrives_gets_an_answer_and_h2_would_have_refused_nothing_we_pass(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    result = check(headers)
+    if not isinstance(result, Malformed):
+        assert result == headers
+        assert h2_accepts(headers)
+
+
+@given(st.sampled_from(sorted(BAD)), st.permutations(range(3)))
+def test_malformed_stays_malformed_whatever_else_is_added(case: str, order: list[int]) -> None:
+    extra = [(b"x-b", b"1"), (b"accept-language", b"en"), (b"x-c", b"2")]
+    headers = BAD[case] + [extra[i] for i in order]
+    assert isinstance(check(headers), Malformed)

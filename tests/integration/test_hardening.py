@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import h2.connection
 import h2.events
 import hpack
 import pytest
@@ -31,8 +32,10 @@ from tests.support.attacker import (
     request_frame,
     reset_frame,
 )
+from tests.support.client import get as curl_get
 from tests.support.client import metrics
 from tests.support.rawclient import RawH2Client
+from tests.support.rawh2 import RawH2Server
 
 NO_ERROR, PROTOCOL_ERROR, SETTINGS_TIMEOUT, FRAME_SIZE_ERROR = 0x0, 0x1, 0x4, 0x6
 CANCEL, ENHANCE_YOUR_CALM = 0x8, 0xB
@@ -388,3 +391,25 @@ async def test_made_you_reset_refusals_are_budgeted(tmp_path, nursery, start_nod
     await stream.aclose()
     assert goaway is not None and goaway.error_code == ENHANCE_YOUR_CALM
     assert 100 <= answered <= 150
+
+
+async def test_an_upstream_that_floods_is_cut_off_like_any_peer(
+    tmp_path, nursery, start_node
+) -> None:
+    def ping_flood(conn: h2.connection.H2Connection, event: h2.events.RequestReceived) -> None:
+        for _ in range(3000):
+            conn.ping(b"12345678")
+
+    flooding = await nursery.start(RawH2Server(ping_flood).serve)
+    directory = write_policies(
+        tmp_path,
+        {
+            "api": upstream_toml("api", await answering(nursery, b"ok")),
+            "bad": upstream_toml("bad", f"127.0.0.1:{flooding}"),
+        },
+    )
+    node = await start_node(directory)
+    status, _ = await curl_get(node.outbound[0], "bad")
+    assert status == 502
+    assert 'kind="ping-flood",listener="upstream"} 1.0' in await metrics(node.admin[0])
+    assert (await curl_get(node.outbound[0], "api"))[0] == 200

@@ -28,6 +28,7 @@ import pytest
 import trio
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from hyperframe.frame import PingFrame
 
 from meshnode import certs
 from meshnode.events import Event
@@ -35,6 +36,7 @@ from meshnode.net.tls import TLSRejected, TLSRotated
 from meshnode.node import Node, NodeAddresses
 from meshnode.policy import Address, load_policies
 from tests.conftest import require
+from tests.support.attacker import attack
 from tests.support.client import admin, fetch
 from tests.support.commands import meshnode
 from tests.support.rawh2 import RawH2Server, respond
@@ -494,6 +496,17 @@ def test_the_readme_two_node_example_runs_as_written(tmp_path) -> None:
     )
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert answer["x-meshnode-peer-identity"] == f"spiffe://{TRUST}/service/web", result.stderr
+
+
+async def test_the_inbound_listener_holds_peers_to_the_same_limits(guarded, pki) -> None:
+    address, server = guarded
+    assert server.requests == 0
+    pings = bytes(PingFrame(0).serialize()) * 5000
+    exchange = await attack(address, [pings], tls=client_context(pki, "node-a"))
+    goaway = exchange.goaway()
+    assert goaway is not None and goaway.error_code == 0xB  # ENHANCE_YOUR_CALM
+    assert await h2_request(address, client_context(pki, "node-a")) == "status 200"
+    assert server.requests == 1
 
 
 async def test_a_silent_client_is_dropped_after_the_handshake_timeout(guarded) -> None:

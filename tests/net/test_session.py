@@ -17,16 +17,25 @@ from meshnode.net.session import (
     Stream,
     StreamReset,
 )
+from meshnode.net.violations import ConnectionRules
 from meshnode.policy.models import Limits
+from meshnode.policy.units import Duration
 
 REQUEST = [(b":method", b"POST"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"a")]
 
 
 class Pair:
-    def __init__(self, nursery: trio.Nursery, on_request: Callable[[Stream], None]) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        on_request: Callable[[Stream], None],
+        limits: Limits | None = None,
+    ) -> None:
+        """``limits`` hold the server side to them (the client keeps the defaults)."""
         client_end, server_end = trio.testing.memory_stream_pair()
         self.client = H2Session(client_end, client_side=True)
-        self.server = H2Session(server_end, client_side=False, on_request=on_request)
+        rules = ConnectionRules("test", limits or Limits())
+        self.server = H2Session(server_end, client_side=False, on_request=on_request, rules=rules)
         self.nursery = nursery
 
     async def start(self) -> None:
@@ -187,3 +196,53 @@ def frames(data: bytes) -> list[Frame]:
         parsed.append(frame)
         data = data[9 + length :]
     return parsed
+
+
+async def timed_pair(nursery: trio.Nursery, limits: Limits) -> tuple[Pair, list[Stream]]:
+    received: list[Stream] = []
+    connection = Pair(nursery, received.append, limits)
+    await connection.start()
+    return connection, received
+
+
+async def test_a_connection_that_never_asks_is_told_to_go(
+    nursery: trio.Nursery, autojump_clock
+) -> None:
+    connection, _ = await timed_pair(nursery, Limits(first_request_timeout=Duration(30)))
+    await trio.sleep(29)
+    assert connection.client.goaway_received is None
+    await trio.sleep(2)
+    assert connection.client.goaway_received is not None
+    assert connection.client.goaway_received.error_code == 0
+
+
+async def test_an_idle_connection_is_told_to_go_after_its_last_stream(
+    nursery: trio.Nursery, autojump_clock
+) -> None:
+    connection, received = await timed_pair(nursery, Limits(idle_timeout=Duration(100)))
+    request = connection.client.open_stream(REQUEST, end_stream=True)
+    await trio.sleep(90)  # an open stream is not idleness
+    (served,) = received
+    await served.send_headers([(b":status", b"204")], end_stream=True)
+    await read_all(request)
+    await trio.sleep(99)
+    assert connection.client.goaway_received is None
+    await trio.sleep(2)
+    assert connection.client.goaway_received is not None
+
+
+async def test_a_stream_waiting_on_its_peer_is_reset_at_the_stream_idle_timeout(
+    nursery: trio.Nursery, autojump_clock
+) -> None:
+    connection, received = await timed_pair(nursery, Limits(stream_idle_timeout=Duration(60)))
+    request = connection.client.open_stream(REQUEST, end_stream=False)
+    await request.send_data(b"part of a body")
+    await trio.testing.wait_all_tasks_blocked()
+    (served,) = received
+    assert isinstance(await served.receive(), Data)
+    with pytest.raises(StreamReset) as caught:
+        await served.receive()  # the rest never comes
+    assert caught.value.code == 0x8
+    assert 60 <= trio.current_time() - served.session.started < 91
+    with pytest.raises(StreamReset):
+        await request.receive()  # and the peer was told

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable
 
 import attrs
@@ -71,10 +72,15 @@ async def attack(
     hello: bytes = HELLO + SETTINGS_ACK,
     within: float = 10.0,
     linger: float = 0.0,
+    tls: ssl.SSLContext | None = None,
 ) -> Exchange:
     """Send ``hello``, then every chunk (as fast as the node reads), then wait up to
-    ``within`` seconds for the node to close; ``linger`` > 0 stops waiting after that long."""
-    stream = await trio.open_tcp_stream(address.host, address.port)
+    ``within`` seconds for the node to close; ``linger`` > 0 stops waiting after that long.
+    With ``tls``, all of it goes over TLS (the inbound listener's mTLS)."""
+    stream: trio.abc.Stream = await trio.open_tcp_stream(address.host, address.port)
+    if tls is not None:
+        stream = trio.SSLStream(stream, tls)
+        await stream.do_handshake()
     received = bytearray()
     closed = False
 

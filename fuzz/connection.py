@@ -1,0 +1,100 @@
+"""Fuzz target (atheris): any bytes from a peer, through the frame gate, h2 and the
+request checks of a server session, must end in a served or refused stream, a GOAWAY
+or a closed connection, never an exception out of the session.
+
+Run by ``./dev fuzz [seconds]`` (``.ci/run`` gives it 20 s); the inputs start from
+seeds that reach the header path (a request, a request with a body, a bad request).
+Each input runs on a fresh session under a virtual clock, so timeouts fire at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import atheris
+
+with atheris.instrument_imports():
+    import hpack
+    import trio
+    import trio.testing
+    from hyperframe.frame import DataFrame, HeadersFrame, PingFrame, SettingsFrame
+
+    from meshnode.net.framing import CLIENT_PREFACE
+    from meshnode.net.session import Data, EndOfStream, H2Session, Stream, StreamReset
+    from meshnode.net.violations import ConnectionRules
+
+RULES = ConnectionRules("fuzz")
+GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"api")]
+
+
+async def answer(stream: Stream) -> None:
+    try:
+        if stream.malformed is not None:
+            stream.reset()
+            return
+        while not isinstance(item := await stream.receive(), EndOfStream):
+            if isinstance(item, Data):
+                stream.ack(item.flow_length)
+        await stream.send_headers([(b":status", b"200")])
+        await stream.send_data(b"ok", end_stream=True)
+    except StreamReset:
+        return
+
+
+async def exercise(data: bytes) -> None:
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        session = H2Session(
+            server,
+            client_side=False,
+            on_request=lambda stream: nursery.start_soon(answer, stream),
+            rules=RULES,
+        )
+        nursery.start_soon(session.run)
+        await client.send_all(CLIENT_PREFACE + data)
+        await client.send_stream.aclose()
+        with trio.fail_after(3600):  # virtual time: every timeout of the session fires first
+            while await client.receive_some(65536):
+                pass
+        nursery.cancel_scope.cancel()
+
+
+def test_one_input(data: bytes) -> None:
+    trio.run(exercise, data, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def seeds() -> list[bytes]:
+    encoder = hpack.Encoder()
+    settings = bytes(SettingsFrame(0).serialize()) + bytes(
+        SettingsFrame(0, flags=["ACK"]).serialize()
+    )
+    get = HeadersFrame(1, data=encoder.encode(GET), flags=["END_HEADERS", "END_STREAM"])
+    post = HeadersFrame(
+        3, data=encoder.encode([(b":method", b"POST"), *GET[1:]]), flags=["END_HEADERS"]
+    )
+    body = DataFrame(3, data=b"hello", flags=["END_STREAM"])
+    bad = HeadersFrame(
+        5, data=encoder.encode([*GET, (b"x_a", b"1")]), flags=["END_HEADERS", "END_STREAM"]
+    )
+    ping = PingFrame(0, opaque_data=b"12345678")
+    frames = [get, post, body, bad, ping]
+    return [
+        settings + b"".join(bytes(frame.serialize()) for frame in frames[:n]) for n in range(1, 6)
+    ]
+
+
+def main() -> None:
+    logging.disable(logging.CRITICAL)  # every violation logs a line: millions here
+    corpus = Path(sys.argv[1]) if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else None
+    if corpus is not None:
+        corpus.mkdir(parents=True, exist_ok=True)
+        for index, seed in enumerate(seeds()):
+            (corpus / f"seed-{index}").write_bytes(seed)
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

@@ -21,9 +21,12 @@ from meshnode.actors.messages import (
     InjectedFault,
     PolicyChanged,
 )
+from meshnode.discovery.backends import make_source
+from meshnode.discovery.runner import DiscoveryState, keep_discovering
 from meshnode.events import BreakerStateChanged, ServiceChanged
 from meshnode.policy.models import (
     CircuitBreakerPolicy,
+    Discovery,
     Endpoint,
     HealthCheckPolicy,
     UpstreamPolicy,
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
     from meshnode.actors.group import UpstreamGroup
 
 INBOX_SIZE = 256
+INITIAL_FETCH_TIMEOUT = 5.0  # seconds a new upstream waits for its registry's first answer
 
 
 class Actor:
@@ -65,21 +69,52 @@ class Actor:
 
 
 class DiscoveryWatcher(Actor):
-    """Turns the ``[discovery]`` policy into endpoint updates for the balancer (static today)."""
+    """Runs the upstream's ``[discovery]`` source and hands each endpoint set to the balancer.
+
+    A reload that changes the section stops the old source and starts the new
+    one. The group waits for a first endpoint set before it serves: if the
+    registry has not answered within ``INITIAL_FETCH_TIMEOUT`` the upstream
+    starts with none (requests get 503 ``no-healthy-endpoints``) and the
+    first answer fills it in.
+    """
 
     name = "discovery"
 
-    async def started(self) -> None:
-        self._discovery = self.group.policy.discovery
-        await self._resolve()
+    def __init__(self, group: UpstreamGroup) -> None:
+        super().__init__(group)
+        policy = group.policy.discovery
+        self.state = DiscoveryState(policy.backend, policy.backend)
 
-    async def handle(self, message: object) -> None:
-        if isinstance(message, PolicyChanged) and message.policy.discovery != self._discovery:
-            self._discovery = message.policy.discovery
-            await self._resolve()
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            current = self.group.policy.discovery
+            scope = await nursery.start(self._discover, current)
+            async for message in self.inbox_recv:
+                if isinstance(message, CrashForTest):
+                    raise InjectedFault(f"{self.name}: {message.reason}")
+                if isinstance(message, PolicyChanged) and message.policy.discovery != current:
+                    current = message.policy.discovery
+                    scope.cancel()
+                    scope = await nursery.start(self._discover, current)
 
-    async def _resolve(self) -> None:
-        endpoints = self._discovery.endpoints
+    async def _discover(
+        self,
+        policy: Discovery,
+        *,
+        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        source = make_source(policy, self.group.name)
+        self.state = DiscoveryState(policy.backend, source.description)
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keep_discovering, source, self._publish, self.state)
+                await trio.sleep(INITIAL_FETCH_TIMEOUT)
+                if not self.group.has_endpoints:
+                    self.state.stale = True
+                    await self._publish(())
+
+    async def _publish(self, endpoints: tuple[Endpoint, ...]) -> None:
         previous = [str(e.address) for e in self.group.endpoints.endpoints]
         await self.group.balancer.inbox_send.send(EndpointsReset(endpoints))
         instances = [str(e.address) for e in endpoints]

@@ -190,6 +190,11 @@ class UpstreamGroup:
 
     # -- published by actors -------------------------------------------------
 
+    @property
+    def has_endpoints(self) -> bool:
+        """Whether a first endpoint set was published (the group serves from then on)."""
+        return self._first_snapshot.is_set()
+
     def publish_endpoints(self, endpoints: tuple[Endpoint, ...]) -> None:
         self.endpoints = EndpointSet(endpoints, self.endpoints.version + 1)
         for endpoint in endpoints:
@@ -390,7 +395,7 @@ class UpstreamGroup:
         return {
             "strategy": self.policy.balancer.strategy,
             "sessions": len(self.balancing.sessions) if self.balancing.sessions is not None else 0,
-            "discovery": self.policy.discovery.backend,
+            "discovery": self.discovery.state.to_json(),
             "failed": self.failed,
             "in_flight": self.in_flight,
             "pending": self.pending,

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from typing import Any, Literal, get_args, get_origin
 
 import cattrs
-from cattrs.errors import ForbiddenExtraKeysError
+from cattrs.errors import AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn
 
-from meshnode.policy.models import Endpoint
+from meshnode.policy.models import DISCOVERY_BACKENDS, Discovery, Endpoint
 from meshnode.policy.units import Address, Duration, Size
 
 converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
@@ -72,6 +72,23 @@ def _structure_endpoint(value: object, _: type) -> Endpoint:
 
 
 converter.register_structure_hook(Endpoint, _structure_endpoint)
+
+
+def _structure_discovery(value: object, _: object) -> Discovery:
+    """``[discovery]`` takes the keys of its ``backend`` (static when absent) and no others."""
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a table, got {value!r}")
+    backend = value.get("backend", "static")
+    kind = DISCOVERY_BACKENDS.get(backend) if isinstance(backend, str) else None
+    if kind is None:
+        listed = ", ".join(f'"{name}"' for name in DISCOVERY_BACKENDS)
+        problem = ValueError(f"expected one of {listed}, got {backend!r}")
+        problem.__notes__ = [AttributeValidationNote("backend", "backend", str)]
+        raise ClassValidationError("discovery", [problem], dict)
+    return converter.structure(value, kind)
+
+
+converter.register_structure_hook_func(lambda kind: kind == Discovery, _structure_discovery)
 
 
 def error_lines(exc: BaseException, path: tuple[str, ...] = ()) -> Iterator[tuple[str, str]]:

@@ -21,7 +21,7 @@ import attrs
 
 from meshnode.policy.checks import check_limits, check_resilience
 from meshnode.policy.convert import converter, error_lines
-from meshnode.policy.models import NodePolicy, UpstreamPolicy
+from meshnode.policy.models import Discovery, NodePolicy, StaticDiscovery, UpstreamPolicy
 
 NODE_FILE = "node.toml"
 
@@ -30,15 +30,7 @@ NODE_FILE = "node.toml"
 _NOT_YET_VALUES = {
     ("listeners.inbound.local_protocol", "http1"): "HTTP/1.1 support",
     ("upstream.protocol", "http1"): "HTTP/1.1 support",
-    **{
-        ("discovery.backend", backend): "service discovery"
-        for backend in ("file", "dns", "consul", "kubernetes", "etcd")
-    },
 }
-# A value that selects a table's whole shape: when it is not supported yet, the
-# rest of its table is not checked either (its keys would all look unknown).
-# The table is emptied when the section is required, dropped when it is optional.
-_SELECTORS = {"discovery.backend": True}
 _UPSTREAM_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 
 
@@ -218,19 +210,34 @@ def _upstream_policy(path: Path, raw: dict[str, Any], errors: list[str]) -> Upst
     policy = _structure(path, raw, UpstreamPolicy, errors)
     if policy is None or len(errors) > before:
         return None
+    policy = attrs.evolve(policy, discovery=_anchored(policy.discovery, path.parent))
     name = policy.upstream.name
     if not _UPSTREAM_NAME.match(name):
         errors.append(
             f"{path}: upstream.name: {name!r} must be a lowercase host name "
             "(letters, digits, '-' and '.'), since it is matched against :authority"
         )
-    if not policy.discovery.endpoints:
+    discovery = policy.discovery
+    if isinstance(discovery, StaticDiscovery) and not discovery.endpoints:
         errors.append(f"{path}: discovery.endpoints: a static upstream needs at least one endpoint")
     for index, route in enumerate(policy.routes):
         if not route.path_prefix.startswith("/"):
             errors.append(f"{path}: routes.{index}.path_prefix: must start with '/'")
     errors.extend(f"{path}: {key}: {reason}" for key, reason in check_resilience(policy))
     return policy if len(errors) == before else None
+
+
+_DISCOVERY_FILES = ("path", "token_file", "ca_file", "kubeconfig", "service_account_dir")
+
+
+def _anchored(discovery: Discovery, directory: Path) -> Discovery:
+    """The discovery section with its file names made absolute (relative to the policies)."""
+    changes: dict[str, Any] = {
+        name: str(directory / value)
+        for name in _DISCOVERY_FILES
+        if isinstance(value := getattr(discovery, name, None), str)
+    }
+    return attrs.evolve(discovery, **changes) if changes else discovery
 
 
 def _structure(path: Path, raw: dict[str, Any], kind: type[Any], errors: list[str]) -> Any:
@@ -247,14 +254,7 @@ def _not_yet(raw: dict[str, Any]) -> Iterator[tuple[str, str]]:
         *parents, key = dotted.split(".")
         table = _table_at(raw, parents)
         if isinstance(table, dict) and table.get(key) == value:
-            if dotted in _SELECTORS:
-                section = parents[0]
-                if _SELECTORS[dotted]:
-                    raw[section] = {}
-                else:
-                    del raw[section]
-            else:
-                del table[key]
+            del table[key]
             yield dotted, f'"{value}" is not supported yet (arrives with {work})'
 
 

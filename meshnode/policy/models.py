@@ -333,10 +333,81 @@ class Endpoint:
 
 
 @attrs.frozen
-class Discovery:
+class StaticDiscovery:
     backend: Literal["static"] = "static"
     endpoints: tuple[Endpoint, ...] = ()
+    refresh_interval: Duration = Duration(15)  # accepted for symmetry; nothing to refresh
+
+
+@attrs.frozen
+class FileDiscovery:
+    """A JSON list (or a TOML file with ``endpoints = [...]``) shaped like ``endpoints``."""
+
+    path: str  # relative to the policies directory
+    backend: Literal["file"] = "file"
+    refresh_interval: Duration = Duration(1)  # how often the file is looked at
+
+
+@attrs.frozen
+class DNSDiscovery:
+    """SRV records when ``port`` is absent, else A/AAAA records with that port."""
+
+    name: str
+    backend: Literal["dns"] = "dns"
+    port: int | None = None
+    resolver: Address | None = None  # default: the system's resolvers
+    refresh_interval: Duration = Duration(15)  # the TTL's ceiling
+    min_ttl: Duration = Duration(5)  # the TTL's floor
+
+
+@attrs.frozen
+class ConsulDiscovery:
+    backend: Literal["consul"] = "consul"
+    consul_url: str = "http://127.0.0.1:8500"
+    service: str | None = None  # default: the upstream's name
+    tag: str | None = None
+    datacenter: str | None = None
+    token_file: str | None = None  # the ACL token, relative to the policies directory
+    ca_file: str | None = None  # for an https consul_url with a private CA
+    wait: Duration = Duration(300)  # how long one blocking query may wait
     refresh_interval: Duration = Duration(15)
+
+
+@attrs.frozen
+class KubernetesDiscovery:
+    backend: Literal["kubernetes"] = "kubernetes"
+    namespace: str = "default"
+    service: str | None = None  # default: the upstream's name
+    port: str | int | None = None  # a port name or number; default: the slice's only port
+    kubeconfig: str | None = None  # default: in-cluster (service account)
+    service_account_dir: str = "/var/run/secrets/kubernetes.io/serviceaccount"
+    refresh_interval: Duration = Duration(30)
+
+
+@attrs.frozen
+class EtcdDiscovery:
+    backend: Literal["etcd"] = "etcd"
+    etcd_url: str = "http://127.0.0.1:2379"
+    prefix: str | None = None  # default: /meshnode/services/<upstream>/
+    refresh_interval: Duration = Duration(15)
+
+
+Discovery = (
+    StaticDiscovery
+    | FileDiscovery
+    | DNSDiscovery
+    | ConsulDiscovery
+    | KubernetesDiscovery
+    | EtcdDiscovery
+)
+DISCOVERY_BACKENDS: dict[str, type[Discovery]] = {
+    "static": StaticDiscovery,
+    "file": FileDiscovery,
+    "dns": DNSDiscovery,
+    "consul": ConsulDiscovery,
+    "kubernetes": KubernetesDiscovery,
+    "etcd": EtcdDiscovery,
+}
 
 
 @attrs.frozen

@@ -15,9 +15,9 @@ from meshnode.events import ActorRestarted, EventBus, ServiceChanged
 from meshnode.policy.models import (
     BalancerPolicy,
     CircuitBreakerPolicy,
-    Discovery,
     Endpoint,
     SessionAffinity,
+    StaticDiscovery,
     UpstreamPolicy,
     UpstreamSection,
 )
@@ -28,7 +28,7 @@ B = Endpoint(Address("127.0.0.1", 9002))
 
 
 def policy(*endpoints: Endpoint) -> UpstreamPolicy:
-    return UpstreamPolicy(UpstreamSection("api"), Discovery(endpoints=endpoints))
+    return UpstreamPolicy(UpstreamSection("api"), StaticDiscovery(endpoints=endpoints))
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import trio
 from meshnode.actors.group import UpstreamGroup
 from meshnode.events import EndpointHealthChanged, EventBus
 from meshnode.policy.models import (
-    Discovery,
     Endpoint,
     HealthCheckPolicy,
+    StaticDiscovery,
     UpstreamPolicy,
     UpstreamSection,
 )
@@ -31,7 +31,7 @@ async def test_thresholds_mark_down_then_up(nursery, autojump_clock) -> None:
     check = HealthCheckPolicy(
         interval=Duration(2), jitter=0.0, unhealthy_threshold=3, healthy_threshold=2
     )
-    policy = UpstreamPolicy(UpstreamSection("api"), Discovery(endpoints=(A,)), health_check=check)
+    policy = UpstreamPolicy(UpstreamSection("api"), StaticDiscovery(endpoints=(A,)), health_check=check)
     group = UpstreamGroup(policy, EventBus(), probe=probe)
     with group.bus.subscribe() as events:
         await nursery.start(group.run)
@@ -59,7 +59,7 @@ async def test_thresholds_mark_down_then_up(nursery, autojump_clock) -> None:
 
 
 async def test_without_checks_every_endpoint_is_healthy(nursery, autojump_clock) -> None:
-    policy = UpstreamPolicy(UpstreamSection("api"), Discovery(endpoints=(A,)))
+    policy = UpstreamPolicy(UpstreamSection("api"), StaticDiscovery(endpoints=(A,)))
     group = UpstreamGroup(policy, EventBus(), probe=None)
     await nursery.start(group.run)
     group.health[A.address] = False

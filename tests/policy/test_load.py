@@ -138,21 +138,33 @@ def test_later_values_are_refused_not_ignored(tmp_path: Path) -> None:
     protocol = "http1"
 
     [discovery]
-    backend = "consul"
-    service = "payments"
+    endpoints = ["127.0.0.1:1"]
     """
     assert errors_of(write(tmp_path, node=NODE, payments=upstream)) == [
         'payments.toml: upstream.protocol: "http1" is not supported yet (arrives with HTTP/1.1 '
         "support)",
-        'payments.toml: discovery.backend: "consul" is not supported yet (arrives with service '
-        "discovery)",
     ]
 
 
 def test_unknown_choice_lists_the_choices(tmp_path: Path) -> None:
     upstream = UPSTREAM.replace('backend = "static"', 'backend = "carrier-pigeon"')
     assert errors_of(write(tmp_path, node=NODE, payments=upstream)) == [
-        "payments.toml: discovery.backend: expected one of \"static\", got 'carrier-pigeon'"
+        'payments.toml: discovery.backend: expected one of "static", "file", "dns", "consul", '
+        "\"kubernetes\", \"etcd\", got 'carrier-pigeon'"
+    ]
+
+
+def test_each_backend_takes_its_own_keys(tmp_path: Path) -> None:
+    upstream = """
+    [upstream]
+    name = "payments"
+    [discovery]
+    backend = "dns"
+    consul_url = "http://127.0.0.1:8500"
+    """
+    assert errors_of(write(tmp_path, node=NODE, payments=upstream)) == [
+        "payments.toml: discovery.name: required key is missing",
+        "payments.toml: discovery.consul_url: unknown key",
     ]
 
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnode.policy.models import Discovery, Endpoint, Route, UpstreamPolicy, UpstreamSection
+from meshnode.policy.models import Endpoint, Route, StaticDiscovery, UpstreamPolicy, UpstreamSection
 from meshnode.policy.units import Address
 from meshnode.proxy.routing import RouteTable, authority_host
 
@@ -12,7 +12,7 @@ from meshnode.proxy.routing import RouteTable, authority_host
 def upstream(name: str, *routes: Route) -> UpstreamPolicy:
     return UpstreamPolicy(
         UpstreamSection(name),
-        Discovery(endpoints=(Endpoint(Address("127.0.0.1", 1)),)),
+        StaticDiscovery(endpoints=(Endpoint(Address("127.0.0.1", 1)),)),
         routes=routes,
     )
 

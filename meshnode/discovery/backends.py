@@ -1,0 +1,16 @@
+"""The source for a ``[discovery]`` section: one backend per ``backend`` value."""
+
+from __future__ import annotations
+
+from meshnode.discovery.file import FileSource
+from meshnode.discovery.source import Source, StaticSource
+from meshnode.policy.models import Discovery, FileDiscovery, StaticDiscovery
+
+
+def make_source(policy: Discovery, upstream: str) -> Source:
+    """``upstream`` names the service where the policy does not."""
+    if isinstance(policy, StaticDiscovery):
+        return StaticSource(policy)
+    if isinstance(policy, FileDiscovery):
+        return FileSource(policy)
+    raise NotImplementedError(policy.backend)

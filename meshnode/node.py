@@ -529,6 +529,19 @@ class Node:
                 healthy = False
             critical = group.policy.upstream.critical
             checks.append(CheckResult(f"upstream:{name}", "readiness", critical, healthy, message))
+            discovery = group.discovery.state
+            if discovery.backend != "static":
+                fresh = not discovery.stale
+                checks.append(
+                    CheckResult(
+                        f"discovery:{name}",
+                        "readiness",
+                        False,  # stale endpoints still serve: worth a look, not a 503
+                        fresh,
+                        f"{discovery.source}: "
+                        + ("up to date" if fresh else f"stale: {discovery.last_error}"),
+                    )
+                )
         if uses_queue(self.policies):
             checks.append(
                 CheckResult(

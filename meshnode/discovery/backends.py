@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from meshnode.discovery.dns import DNSSource
 from meshnode.discovery.file import FileSource
 from meshnode.discovery.source import Source, StaticSource
-from meshnode.policy.models import Discovery, FileDiscovery, StaticDiscovery
+from meshnode.policy.models import Discovery, DNSDiscovery, FileDiscovery, StaticDiscovery
 
 
 def make_source(policy: Discovery, upstream: str) -> Source:
@@ -13,4 +14,6 @@ def make_source(policy: Discovery, upstream: str) -> Source:
         return StaticSource(policy)
     if isinstance(policy, FileDiscovery):
         return FileSource(policy)
+    if isinstance(policy, DNSDiscovery):
+        return DNSSource(policy)
     raise NotImplementedError(policy.backend)

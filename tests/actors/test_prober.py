@@ -31,7 +31,9 @@ async def test_thresholds_mark_down_then_up(nursery, autojump_clock) -> None:
     check = HealthCheckPolicy(
         interval=Duration(2), jitter=0.0, unhealthy_threshold=3, healthy_threshold=2
     )
-    policy = UpstreamPolicy(UpstreamSection("api"), StaticDiscovery(endpoints=(A,)), health_check=check)
+    policy = UpstreamPolicy(
+        UpstreamSection("api"), StaticDiscovery(endpoints=(A,)), health_check=check
+    )
     group = UpstreamGroup(policy, EventBus(), probe=probe)
     with group.bus.subscribe() as events:
         await nursery.start(group.run)

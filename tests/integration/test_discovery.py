@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import pytest
 import trio
 
-from tests.conftest import write_policies
+from tests.conftest import free_port, write_policies
 from tests.support.client import admin, fetch
+from tests.support.dnsmasq import DOMAIN, Dnsmasq
 from tests.support.tunable import TunableUpstream
 
 
@@ -90,3 +92,70 @@ async def test_file_discovery_follows_the_file_and_survives_garbage(
 
 async def _stale(admin_address: object) -> bool:
     return bool((await upstream_report(admin_address))["discovery"]["stale"])
+
+
+@pytest.fixture
+def dnsmasq() -> Iterator[Dnsmasq]:
+    server = Dnsmasq()
+    yield server
+    server.stop()
+
+
+async def test_dns_srv_records_with_priority_and_weight(
+    tmp_path: Path, nursery: trio.Nursery, running, dnsmasq: Dnsmasq
+) -> None:
+    upstreams = await start_upstreams(nursery, "one", "two", "backup")
+    port = {name: address.rsplit(":", 1)[1] for name, address in upstreams.items()}
+    name = f"_h2._tcp.api.{DOMAIN}"
+    hosts = tuple(f"{host}.{DOMAIN},127.0.0.1" for host in upstreams)
+    dnsmasq.serve(
+        srv=(
+            f"{name},one.{DOMAIN},{port['one']},0,10",
+            f"{name},two.{DOMAIN},{port['two']},0,30",
+            f"{name},backup.{DOMAIN},{port['backup']},10,10",  # a lower priority: unused
+        ),
+        hosts=hosts,
+    )
+    discovery = f"""
+        backend = "dns"
+        name = "{name}"
+        resolver = "{dnsmasq.address}"
+        refresh_interval = "1s"
+        min_ttl = "100ms"
+    """
+    policies = write_policies(tmp_path, {"api": discovered_toml("api", discovery)})
+    _, node = await running(policies)
+    report = await upstream_report(node.admin[0])
+    weights = {endpoint["address"]: endpoint["weight"] for endpoint in report["endpoints"]}
+    assert weights == {upstreams["one"]: 10, upstreams["two"]: 30}
+    seen = {await answered_by(node.outbound[0]) for _ in range(8)}
+    assert seen == {"one", "two"}
+
+    dnsmasq.serve(srv=(f"{name},backup.{DOMAIN},{port['backup']},0,10",), hosts=hosts)
+    await serves(node.outbound[0], "backup")
+
+    dnsmasq.stop()  # the registry goes away: the last endpoints keep serving
+    await eventually(lambda: _stale(node.admin[0]))
+    assert await answered_by(node.outbound[0]) == "backup"
+
+
+async def test_dns_address_records_with_a_port(
+    tmp_path: Path, nursery: trio.Nursery, running, dnsmasq: Dnsmasq
+) -> None:
+    port = free_port()
+    for name, host in (("a", "127.0.0.2"), ("b", "127.0.0.3")):
+        await nursery.start(TunableUpstream(name, host, port).serve)
+    dnsmasq.serve(hosts=(f"api.{DOMAIN},127.0.0.2",))
+    discovery = f"""
+        backend = "dns"
+        name = "api.{DOMAIN}"
+        port = {port}
+        resolver = "{dnsmasq.address}"
+        refresh_interval = "1s"
+        min_ttl = "100ms"
+    """
+    policies = write_policies(tmp_path, {"api": discovered_toml("api", discovery)})
+    _, node = await running(policies)
+    assert await answered_by(node.outbound[0]) == "a"
+    dnsmasq.serve(hosts=(f"api.{DOMAIN},127.0.0.3",))
+    await serves(node.outbound[0], "b")

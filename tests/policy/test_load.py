@@ -150,7 +150,7 @@ def test_unknown_choice_lists_the_choices(tmp_path: Path) -> None:
     upstream = UPSTREAM.replace('backend = "static"', 'backend = "carrier-pigeon"')
     assert errors_of(write(tmp_path, node=NODE, payments=upstream)) == [
         'payments.toml: discovery.backend: expected one of "static", "file", "dns", "consul", '
-        "\"kubernetes\", \"etcd\", got 'carrier-pigeon'"
+        '"kubernetes", "etcd", got \'carrier-pigeon\''
     ]
 
 

@@ -14,8 +14,9 @@ from meshnode.policy.units import Address
 
 
 class TunableUpstream:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0) -> None:
         self.name = name
+        self.address = Address(host, port)
         self.delay = 0.0
         self.status = 200
         self.health_status = 200
@@ -26,7 +27,7 @@ class TunableUpstream:
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         listener = H2Listener(self.name, self._answer)
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(listener.serve, Address("127.0.0.1", 0))
+            bound = await nursery.start(listener.serve, self.address)
             task_status.started(str(bound[0]))
 
     async def _answer(self, stream: Stream, peer: Peer) -> None:

@@ -13,6 +13,7 @@ import textwrap
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -58,9 +59,11 @@ def write_policies(directory: Path, upstreams: dict[str, str], *, drain: str = "
     return directory
 
 
-@pytest.fixture
-async def hypercorn_upstream(nursery: trio.Nursery) -> str:
-    """A Hypercorn HTTP/2 server running the test app; yields "127.0.0.1:PORT"."""
+async def serve_asgi(
+    nursery: trio.Nursery, application: Any, *, certfile: str = "", keyfile: str = ""
+) -> str:
+    """Serve an ASGI app with Hypercorn on 127.0.0.1 (TLS with a certificate and key);
+    return "127.0.0.1:PORT"."""
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.loglevel = "warning"
@@ -68,8 +71,19 @@ async def hypercorn_upstream(nursery: trio.Nursery) -> str:
     # Hypercorn's GOAWAY after keep_alive_max_requests moves h2 to CLOSED, so the
     # requests already in flight on that connection die with it (python-hyper/h2#1181).
     config.keep_alive_max_requests = 10**9
-    binds = await nursery.start(functools.partial(serve, app, config))
-    return binds[0].removeprefix("http://")
+    # Hypercorn can close an HTTP/1.1 connection that is waiting on a long poll (a
+    # registry's blocking query) when its 5 s keep-alive timer fires: keep them open.
+    config.keep_alive_timeout = 600
+    if certfile:
+        config.certfile, config.keyfile = certfile, keyfile
+    binds = await nursery.start(functools.partial(serve, application, config))
+    return str(binds[0]).split("://", 1)[1]
+
+
+@pytest.fixture
+async def hypercorn_upstream(nursery: trio.Nursery) -> str:
+    """A Hypercorn HTTP/2 server running the test app; yields "127.0.0.1:PORT"."""
+    return await serve_asgi(nursery, app)
 
 
 @pytest.fixture

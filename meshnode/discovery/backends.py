@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from meshnode.discovery.consul import ConsulSource
 from meshnode.discovery.dns import DNSSource
 from meshnode.discovery.file import FileSource
 from meshnode.discovery.source import Source, StaticSource
-from meshnode.policy.models import Discovery, DNSDiscovery, FileDiscovery, StaticDiscovery
+from meshnode.policy.models import (
+    ConsulDiscovery,
+    Discovery,
+    DNSDiscovery,
+    FileDiscovery,
+    StaticDiscovery,
+)
 
 
 def make_source(policy: Discovery, upstream: str) -> Source:
@@ -16,4 +23,6 @@ def make_source(policy: Discovery, upstream: str) -> Source:
         return FileSource(policy)
     if isinstance(policy, DNSDiscovery):
         return DNSSource(policy)
+    if isinstance(policy, ConsulDiscovery):
+        return ConsulSource(policy, upstream)
     raise NotImplementedError(policy.backend)

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import trio
+import trustme
 
-from tests.conftest import free_port, write_policies
+from tests.conftest import free_port, serve_asgi, write_policies
 from tests.support.client import admin, fetch
 from tests.support.dnsmasq import DOMAIN, Dnsmasq
+from tests.support.fake_consul import FakeConsul, Registration
 from tests.support.tunable import TunableUpstream
 
 
@@ -159,3 +161,138 @@ async def test_dns_address_records_with_a_port(
     assert await answered_by(node.outbound[0]) == "a"
     dnsmasq.serve(hosts=(f"api.{DOMAIN},127.0.0.3",))
     await serves(node.outbound[0], "b")
+
+
+def consul_toml(url: str, extra: str = "") -> str:
+    return discovered_toml(
+        "api",
+        f"""
+        backend = "consul"
+        consul_url = "{url}"
+        service = "api"
+        tag = "v1"
+        token_file = "consul-token"
+        """
+        + extra,
+    )
+
+
+def registration(name: str, address: str, **fields: object) -> Registration:
+    host, port = address.rsplit(":", 1)
+    return Registration("api", name, host, int(port), tags=["v1"], **fields)  # type: ignore[arg-type]
+
+
+async def endpoint_weights(admin_address: object) -> dict[str, int]:
+    report = await upstream_report(admin_address)
+    return {endpoint["address"]: endpoint["weight"] for endpoint in report["endpoints"]}
+
+
+async def test_consul_blocking_queries_follow_the_registry(
+    tmp_path: Path, nursery: trio.Nursery, running
+) -> None:
+    upstreams = await start_upstreams(nursery, "one", "two")
+    consul = FakeConsul(token="s3cret")
+    consul.register(registration("one", upstreams["one"], weight=2))
+    consul.register(registration("two", upstreams["two"], status="critical"))
+    consul.register(Registration("api", "v2", "127.0.0.1", 1, tags=["v2"]))  # another tag
+    url = "http://" + await serve_asgi(nursery, consul)
+    policies = write_policies(tmp_path, {"api": consul_toml(url)})
+    (policies / "consul-token").write_text("s3cret\n")
+    _, node = await running(policies)
+    assert await endpoint_weights(node.admin[0]) == {upstreams["one"]: 2}
+    assert await answered_by(node.outbound[0]) == "one"
+    assert consul.queries[0] == {"passing": "true", "tag": "v1"}  # the first: no index
+
+    consul.update("two", status="passing")
+    await eventually(lambda: _has(node.admin[0], upstreams["two"]))
+    consul.deregister("one")
+    await serves(node.outbound[0], "two")
+    consul.update("two", weight=7)
+    await eventually(lambda: _weights_are(node.admin[0], {upstreams["two"]: 7}))
+    blocking = [query for query in consul.queries if "index" in query]
+    assert blocking and all(query["wait"] == "300s" for query in blocking)
+
+    async def waiting_on_the_latest_index() -> bool:
+        return consul.queries[-1].get("index") == str(consul.service_index["api"])
+
+    await eventually(waiting_on_the_latest_index)
+    settled = len(consul.queries)
+    await trio.sleep(2)
+    assert len(consul.queries) == settled  # blocked in a query, not polling
+
+
+async def test_consul_outages_and_refusals_keep_the_last_endpoints(
+    tmp_path: Path, nursery: trio.Nursery, running
+) -> None:
+    upstreams = await start_upstreams(nursery, "one", "two")
+    consul = FakeConsul(token="s3cret")
+    consul.register(registration("one", upstreams["one"]))
+    url = "http://" + await serve_asgi(nursery, consul)
+    policies = write_policies(tmp_path, {"api": consul_toml(url, 'wait = "1s"\n')})
+    (policies / "consul-token").write_text("s3cret")
+    _, node = await running(policies)
+    assert await answered_by(node.outbound[0]) == "one"
+
+    consul.failure = (500, b"rpc error making call: No cluster leader")
+    await eventually(lambda: _stale(node.admin[0]))
+    report = await upstream_report(node.admin[0])
+    assert "No cluster leader" in report["discovery"]["last_error"]
+    assert await answered_by(node.outbound[0]) == "one"
+    consul.failure = None
+    await eventually(lambda: _fresh(node.admin[0]))
+
+    # The index goes back (a snapshot restore): once the blocking query returns with the
+    # lower index, the client starts again from 0 and sees the change.
+    before = len(consul.queries)
+    consul.restore_snapshot(3)
+    consul.register(registration("two", upstreams["two"]))
+    await eventually(lambda: _has(node.admin[0], upstreams["two"]))
+    assert any("index" not in query for query in consul.queries[before:])
+    consul.deregister("two")
+    await eventually(lambda: _weights_are(node.admin[0], {upstreams["one"]: 1}))
+
+    (policies / "consul-token").write_text("rotated-but-wrong")  # read before each query
+    await eventually(lambda: _stale(node.admin[0]))
+    assert "403: ACL not found" in (await upstream_report(node.admin[0]))["discovery"]["last_error"]
+    assert await answered_by(node.outbound[0]) == "one"
+
+
+async def test_consul_over_tls_with_a_private_ca(
+    tmp_path: Path, nursery: trio.Nursery, running
+) -> None:
+    upstreams = await start_upstreams(nursery, "one")
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    certificate.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "consul.pem"))
+    consul = FakeConsul()
+    consul.register(registration("one", upstreams["one"]))
+    address = await serve_asgi(
+        nursery,
+        consul,
+        certfile=str(tmp_path / "consul.pem"),
+        keyfile=str(tmp_path / "consul.pem"),
+    )
+    policies = write_policies(
+        tmp_path / "policies",
+        {
+            "api": discovered_toml(
+                "api",
+                f'backend = "consul"\nconsul_url = "https://{address}"\nca_file = "ca.pem"\n',
+            )
+        },
+    )
+    authority.cert_pem.write_to_path(str(policies / "ca.pem"))
+    _, node = await running(policies)
+    assert await answered_by(node.outbound[0]) == "one"
+
+
+async def _has(admin_address: object, address: str) -> bool:
+    return address in await endpoint_weights(admin_address)
+
+
+async def _weights_are(admin_address: object, weights: dict[str, int]) -> bool:
+    return await endpoint_weights(admin_address) == weights
+
+
+async def _fresh(admin_address: object) -> bool:
+    return not await _stale(admin_address)

@@ -15,6 +15,8 @@ from typing import Any
 
 import trio
 
+from tests.support.asgi import answer_lifespan
+
 CHUNK = 65536
 
 # Told each request path as it arrives, so a test can wait for "in flight" without sleeping.
@@ -34,13 +36,8 @@ def pattern(size: int) -> bytes:
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)
+        return
     path: str = scope["path"]
     if on_request is not None:
         on_request(path)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from meshnode.discovery.consul import ConsulSource
 from meshnode.discovery.dns import DNSSource
+from meshnode.discovery.etcd import EtcdSource
 from meshnode.discovery.file import FileSource
 from meshnode.discovery.source import Source, StaticSource
 from meshnode.policy.models import (
     ConsulDiscovery,
     Discovery,
     DNSDiscovery,
+    EtcdDiscovery,
     FileDiscovery,
     StaticDiscovery,
 )
@@ -25,4 +27,6 @@ def make_source(policy: Discovery, upstream: str) -> Source:
         return DNSSource(policy)
     if isinstance(policy, ConsulDiscovery):
         return ConsulSource(policy, upstream)
+    if isinstance(policy, EtcdDiscovery):
+        return EtcdSource(policy, upstream)
     raise NotImplementedError(policy.backend)

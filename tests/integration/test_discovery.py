@@ -14,6 +14,7 @@ import trustme
 from tests.conftest import free_port, serve_asgi, write_policies
 from tests.support.client import admin, fetch
 from tests.support.dnsmasq import DOMAIN, Dnsmasq
+from tests.support.etcd import Etcd
 from tests.support.fake_consul import FakeConsul, Registration
 from tests.support.tunable import TunableUpstream
 
@@ -296,3 +297,43 @@ async def _weights_are(admin_address: object, weights: dict[str, int]) -> bool:
 
 async def _fresh(admin_address: object) -> bool:
     return not await _stale(admin_address)
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[Etcd]:
+    server = Etcd(tmp_path / "etcd-data")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_etcd_watch_follows_the_keys_and_survives_an_outage(
+    tmp_path: Path, nursery: trio.Nursery, running, etcd: Etcd
+) -> None:
+    upstreams = await start_upstreams(nursery, "one", "two")
+    prefix = "/meshnode/services/api/"
+    etcd.put(prefix + "one", {"address": upstreams["one"], "weight": 2, "metadata": {"v": "1"}})
+    etcd.put(prefix + "broken", "{not json")
+    etcd.put(prefix + "no-address", {"weight": 1})
+    etcd.put("/meshnode/services/apiary/x", {"address": "127.0.0.1:1"})  # not under the prefix
+    policies = write_policies(
+        tmp_path / "policies",
+        {"api": discovered_toml("api", f'backend = "etcd"\netcd_url = "{etcd.url}"\n')},
+    )
+    _, node = await running(policies)
+    assert await endpoint_weights(node.admin[0]) == {upstreams["one"]: 2}
+
+    etcd.put(prefix + "two", {"address": upstreams["two"]})
+    await eventually(lambda: _has(node.admin[0], upstreams["two"]))
+    etcd.delete(prefix + "one")
+    await serves(node.outbound[0], "two")
+    etcd.put(prefix + "two", {"address": upstreams["two"], "weight": 5})
+    await eventually(lambda: _weights_are(node.admin[0], {upstreams["two"]: 5}))
+
+    etcd.stop()
+    await eventually(lambda: _stale(node.admin[0]))
+    assert await answered_by(node.outbound[0]) == "two"
+    etcd.start()
+    etcd.put(prefix + "one", {"address": upstreams["one"]})
+    await eventually(lambda: _has(node.admin[0], upstreams["one"]), within=40)
+    assert not await _stale(node.admin[0])

@@ -1,0 +1,79 @@
+"""A real etcd (Debian's etcd-server) on 127.0.0.1, in a temporary data directory; stoppable
+and restartable on the same ports and data, as a registry outage."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import free_port, require
+
+
+class Etcd:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.client_port, self.peer_port = free_port(), free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    def start(self) -> None:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        self._process = subprocess.Popen(
+            [
+                require("etcd"),
+                "--data-dir",
+                str(self.data_dir),
+                "--listen-client-urls",
+                self.url,
+                "--advertise-client-urls",
+                self.url,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"default={peer}",
+                "--log-level",
+                "error",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"etcd failed: {self._process.communicate()[1].decode()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=0.5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("etcd did not become healthy within 15 s")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+    def put(self, key: str, value: object) -> None:
+        text = value if isinstance(value, str) else json.dumps(value)
+        self._call("/v3/kv/put", {"key": _b64(key), "value": _b64(text)})
+
+    def delete(self, key: str) -> None:
+        self._call("/v3/kv/deleterange", {"key": _b64(key)})
+
+    def _call(self, path: str, body: object) -> None:
+        httpx.post(f"{self.url}{path}", json=body, timeout=5).raise_for_status()
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()

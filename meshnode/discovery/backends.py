@@ -6,6 +6,7 @@ from meshnode.discovery.consul import ConsulSource
 from meshnode.discovery.dns import DNSSource
 from meshnode.discovery.etcd import EtcdSource
 from meshnode.discovery.file import FileSource
+from meshnode.discovery.kubernetes import KubernetesSource
 from meshnode.discovery.source import Source, StaticSource
 from meshnode.policy.models import (
     ConsulDiscovery,
@@ -13,6 +14,7 @@ from meshnode.policy.models import (
     DNSDiscovery,
     EtcdDiscovery,
     FileDiscovery,
+    KubernetesDiscovery,
     StaticDiscovery,
 )
 
@@ -29,4 +31,6 @@ def make_source(policy: Discovery, upstream: str) -> Source:
         return ConsulSource(policy, upstream)
     if isinstance(policy, EtcdDiscovery):
         return EtcdSource(policy, upstream)
-    raise NotImplementedError(policy.backend)
+    if isinstance(policy, KubernetesDiscovery):
+        return KubernetesSource(policy, upstream)
+    raise AssertionError(f"no source for {policy!r}")

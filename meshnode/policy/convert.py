@@ -51,6 +51,16 @@ def _is_literal(kind: Any) -> bool:
 
 
 converter.register_structure_hook_func(_is_literal, _structure_literal)
+
+
+def _structure_name_or_number(value: object, _: object) -> str | int | None:
+    """A port given by name or by number (``[discovery] port`` for Kubernetes)."""
+    if value is None or (isinstance(value, (str, int)) and not isinstance(value, bool)):
+        return value
+    raise ValueError(f"expected a name or a number, got {value!r}")
+
+
+converter.register_structure_hook(str | int | None, _structure_name_or_number)
 converter.register_structure_hook(Duration, lambda value, _: Duration.parse(value))
 converter.register_structure_hook(Address, lambda value, _: Address.parse(value))
 converter.register_structure_hook(Size, lambda value, _: Size.parse(value))

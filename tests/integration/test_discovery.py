@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import textwrap
 from collections.abc import Awaitable, Callable, Iterator
@@ -10,12 +11,14 @@ from pathlib import Path
 import pytest
 import trio
 import trustme
+import yaml
 
 from tests.conftest import free_port, serve_asgi, write_policies
 from tests.support.client import admin, fetch
 from tests.support.dnsmasq import DOMAIN, Dnsmasq
 from tests.support.etcd import Etcd
 from tests.support.fake_consul import FakeConsul, Registration
+from tests.support.fake_kubernetes import FakeKubernetes, endpoint_slice
 from tests.support.tunable import TunableUpstream
 
 
@@ -337,3 +340,124 @@ async def test_etcd_watch_follows_the_keys_and_survives_an_outage(
     etcd.put(prefix + "one", {"address": upstreams["one"]})
     await eventually(lambda: _has(node.admin[0], upstreams["one"]), within=40)
     assert not await _stale(node.admin[0])
+
+
+@pytest.fixture
+async def kubernetes(tmp_path: Path, nursery: trio.Nursery) -> tuple[FakeKubernetes, str, Path]:
+    """The fake API server over TLS; its address and a service-account directory for it."""
+    authority = trustme.CA()
+    server_pem = tmp_path / "apiserver.pem"
+    authority.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+    cluster = FakeKubernetes(tokens={"token-1"})
+    address = await serve_asgi(nursery, cluster, certfile=str(server_pem), keyfile=str(server_pem))
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    authority.cert_pem.write_to_path(str(account / "ca.crt"))
+    (account / "token").write_text("token-1")
+    return cluster, address, account
+
+
+def port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+async def test_kubernetes_in_cluster_list_watch_bookmarks_and_410(
+    tmp_path: Path, nursery: trio.Nursery, running, kubernetes, monkeypatch
+) -> None:
+    cluster, address, account = kubernetes
+    host, port = address.rsplit(":", 1)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", port)
+    upstreams = await start_upstreams(nursery, "one", "two")
+    cluster.apply("prod", endpoint_slice("api-a", "api", port_of(upstreams["one"]), ["127.0.0.1"]))
+    cluster.apply("prod", endpoint_slice("other", "web", 1, ["127.0.0.1"]))  # another service
+    discovery = f"""
+        backend = "kubernetes"
+        namespace = "prod"
+        port = "http"
+        service_account_dir = "{account}"
+    """
+    policies = write_policies(tmp_path / "policies", {"api": discovered_toml("api", discovery)})
+    _, node = await running(policies)
+    assert await answered_by(node.outbound[0]) == "one"
+
+    two = endpoint_slice("api-b", "api", port_of(upstreams["two"]), ["127.0.0.1"])
+    cluster.apply("prod", two)
+    await eventually(lambda: _has(node.admin[0], upstreams["two"]))
+    not_ready = endpoint_slice(
+        "api-a", "api", port_of(upstreams["one"]), ["127.0.0.1"], ready=False
+    )
+    cluster.apply("prod", not_ready)  # only ready endpoints take traffic
+    await eventually(lambda: _weights_are(node.admin[0], {upstreams["two"]: 1}))
+
+    cluster.bookmark()  # an idle watch still moves its version on
+    await trio.sleep(0.2)
+    cluster.end_watches()
+    await eventually(lambda: _watched_from(cluster, cluster.version))
+
+    cluster.compact()  # the version the client holds is gone: 410, then a new list
+    cluster.end_watches()
+    lists_before = _lists(cluster)
+    await eventually(lambda: _listed_again(cluster, lists_before))
+    cluster.delete("prod", "api-a")
+    cluster.apply("prod", endpoint_slice("api-a", "api", port_of(upstreams["one"]), ["127.0.0.1"]))
+    await eventually(lambda: _has(node.admin[0], upstreams["one"]))
+
+    (account / "token").write_text("token-2")  # the kubelet rotates the token
+    cluster.tokens = {"token-2"}
+    cluster.end_watches()
+    cluster.delete("prod", "api-b")
+    await eventually(lambda: _weights_are(node.admin[0], {upstreams["one"]: 1}))
+    assert not await _stale(node.admin[0])
+
+
+async def test_kubernetes_with_a_kubeconfig_and_a_port_number(
+    tmp_path: Path, nursery: trio.Nursery, running, kubernetes
+) -> None:
+    cluster, address, account = kubernetes
+    upstreams = await start_upstreams(nursery, "one")
+    cluster.apply(
+        "default",
+        endpoint_slice("api-a", "api", port_of(upstreams["one"]), ["127.0.0.1"], ready=None),
+    )
+    policies = tmp_path / "policies"
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "test",
+        "contexts": [{"name": "test", "context": {"cluster": "c", "user": "u"}}],
+        "clusters": [
+            {
+                "name": "c",
+                "cluster": {
+                    "server": f"https://{address}",
+                    "certificate-authority-data": base64.b64encode(
+                        (account / "ca.crt").read_bytes()
+                    ).decode(),
+                },
+            }
+        ],
+        "users": [{"name": "u", "user": {"token": "token-1"}}],
+    }
+    discovery = f"""
+        backend = "kubernetes"
+        port = {port_of(upstreams["one"])}
+        kubeconfig = "kubeconfig.yaml"
+    """
+    write_policies(policies, {"api": discovered_toml("api", discovery)})
+    (policies / "kubeconfig.yaml").write_text(yaml.safe_dump(kubeconfig))
+    _, node = await running(policies)
+    assert await answered_by(node.outbound[0]) == "one"
+
+
+def _lists(cluster: FakeKubernetes) -> int:
+    return sum(1 for request in cluster.requests if "watch" not in request)
+
+
+async def _listed_again(cluster: FakeKubernetes, before: int) -> bool:
+    return _lists(cluster) > before
+
+
+async def _watched_from(cluster: FakeKubernetes, version: int) -> bool:
+    watches = [request for request in cluster.requests if "watch" in request]
+    return bool(watches) and watches[-1]["resourceVersion"] == str(version)

@@ -17,7 +17,7 @@ LAYERS = {
     "resilience": 2,
     "net": 3,
     "events": 3,
-    "discovery": 3,
+    "discovery": 2,
     "actors": 4,
     "proxy": 5,
     "admin": 5,

@@ -13,6 +13,7 @@ import trio
 import trustme
 import yaml
 
+from meshnode.discovery.service import ServiceChange, ServiceDiscovery
 from tests.conftest import free_port, serve_asgi, write_policies
 from tests.support.client import admin, fetch
 from tests.support.dnsmasq import DOMAIN, Dnsmasq
@@ -461,3 +462,35 @@ async def _listed_again(cluster: FakeKubernetes, before: int) -> bool:
 async def _watched_from(cluster: FakeKubernetes, version: int) -> bool:
     watches = [request for request in cluster.requests if "watch" in request]
     return bool(watches) and watches[-1]["resourceVersion"] == str(version)
+
+
+async def test_the_library_discovers_from_consul_as_in_the_seed(nursery: trio.Nursery) -> None:
+    consul = FakeConsul()
+    consul.register(Registration("api-service", "a", "10.0.0.5", 8080))
+    url = "http://" + await serve_asgi(nursery, consul)
+    async with ServiceDiscovery(
+        backend="consul", consul_url=url, refresh_interval=15.0
+    ) as discovery:
+        changes: list[ServiceChange] = []
+        discovery.on("service-changed", changes.append)
+        instances = await discovery.discover_service("api-service")
+        assert [instance.address for instance in instances] == ["10.0.0.5:8080"]
+        consul.register(Registration("api-service", "b", "10.0.0.6", 8080, weight=3))
+
+        async def changed_twice() -> bool:
+            return len(changes) == 2
+
+        await eventually(changed_twice)
+        assert [(i.address, i.weight) for i in changes[1].instances] == [
+            ("10.0.0.5:8080", 1),
+            ("10.0.0.6:8080", 3),
+        ]
+        assert changes[1].previous == changes[0].instances
+        assert len(await discovery.discover_service("api-service")) == 2
+
+
+def test_the_library_refuses_bad_options() -> None:
+    with pytest.raises(ValueError, match="wait: expected a duration"):
+        ServiceDiscovery(backend="consul", wait="soon")
+    with pytest.raises(ValueError, match="unknown backend"):
+        ServiceDiscovery(backend="zookeeper")

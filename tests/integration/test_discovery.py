@@ -282,13 +282,15 @@ async def test_consul_over_tls_with_a_private_ca(
         {
             "api": discovered_toml(
                 "api",
-                f'backend = "consul"\nconsul_url = "https://{address}"\nca_file = "ca.pem"\n',
+                f'backend = "consul"\nconsul_url = "https://{address}"\nca_file = "ca.pem"\n'
+                'datacenter = "dc1"\n',
             )
         },
     )
     authority.cert_pem.write_to_path(str(policies / "ca.pem"))
     _, node = await running(policies)
     assert await answered_by(node.outbound[0]) == "one"
+    assert consul.queries[0]["dc"] == "dc1"
 
 
 async def _has(admin_address: object, address: str) -> bool:

@@ -29,6 +29,7 @@ from meshnode.actors.replay import Deliverer
 from meshnode.actors.stats import UpstreamStats
 from meshnode.actors.supervisor import RestartPolicy
 from meshnode.admin.api import admin_routes, admin_websockets
+from meshnode.admin.history import SAMPLE_INTERVAL, RateHistory
 from meshnode.admin.http import AdminHTTPServer
 from meshnode.admin.metrics import Exposition, MeshCollector
 from meshnode.events import EventBus, OverloadChanged
@@ -167,6 +168,7 @@ class Node:
         self._checks_scope: trio.CancelScope | None = None
         self.loop_lag = 0.0
         self.violations = Violations()
+        self.rates = RateHistory()  # the status page's sparklines
         self.overload = Overload(policies.node.limits.overload_memory, on_change=self._on_overload)
         self._listeners: list[H2Listener] = []
         self._pool: UpstreamPool | None = None
@@ -278,6 +280,7 @@ class Node:
             if self.tls is not None:
                 nursery.start_soon(self.tls.watch, TLS_POLL_INTERVAL)
             nursery.start_soon(self.overload.watch_memory)
+            nursery.start_soon(self._sample_rates)
             nursery.start_soon(self._measure_loop_lag)
             await self._start_checks(self.policies)
             self._apply_node_settings(self.policies)
@@ -413,6 +416,11 @@ class Node:
             before = trio.current_time()
             await trio.sleep(LAG_PROBE)
             self.loop_lag = max(0.0, trio.current_time() - before - LAG_PROBE)
+
+    async def _sample_rates(self) -> None:
+        while True:
+            self.rates.sample({n: g.stats for n, g in self.groups.items()}, trio.current_time())
+            await trio.sleep(SAMPLE_INTERVAL)
 
     def _rules(self, where: str, limits: Limits) -> ConnectionRules:
         return ConnectionRules(where, limits, self.violations)
@@ -615,6 +623,22 @@ class Node:
 
     def upstreams_report(self) -> dict[str, Any]:
         return {"upstreams": {name: group.report() for name, group in sorted(self.groups.items())}}
+
+    def status_report(self) -> dict[str, Any]:
+        policies = self.policies_report()
+        upstreams = {
+            name: {**group.report(), "rates": self.rates.rates(name)}
+            for name, group in sorted(self.groups.items())
+        }
+        return {
+            "node": self.policies.node.node.name,
+            "version": policies["version"],
+            "loaded_at": policies["loaded_at"],
+            "last_reload_error": policies["last_error"],
+            "draining": self.draining,
+            "token_required": self._admin_token is not None,
+            "upstreams": upstreams,
+        }
 
     def policies_report(self) -> dict[str, Any]:
         reloader = self.reloader

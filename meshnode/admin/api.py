@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import trio
 import trio_websocket
 
+from meshnode.admin import status_page
 from meshnode.admin.http import AdminRequest, AdminResponse, Handler, WebSocketHandler
 from meshnode.admin.metrics import CONTENT_TYPE
 from meshnode.events import EventBus
@@ -40,6 +41,9 @@ class NodeControl(Protocol):
 
     def policies_report(self) -> dict[str, Any]: ...
 
+    def status_report(self) -> dict[str, Any]:
+        """What the status page shows: the node, its policies, every upstream with rates."""
+
     def metrics(self) -> bytes: ...
 
     async def reload(self, trigger: str) -> ReloadOutcome: ...
@@ -65,6 +69,14 @@ class NodeControl(Protocol):
         """Entries and dead letters dropped; None without such an upstream or queue."""
 
 
+def _html(text: str) -> AdminResponse:
+    headers = (
+        ("content-security-policy", status_page.CONTENT_SECURITY_POLICY),
+        ("x-content-type-options", "nosniff"),
+    )
+    return AdminResponse(200, text.encode(), "text/html; charset=utf-8", headers)
+
+
 def admin_routes(node: NodeControl) -> dict[tuple[str, str], Handler]:
     def health(kind: CheckType | None) -> Handler:
         async def answer(_: AdminRequest) -> AdminResponse:
@@ -81,6 +93,18 @@ def admin_routes(node: NodeControl) -> dict[tuple[str, str], Handler]:
 
     async def policies(_: AdminRequest) -> AdminResponse:
         return AdminResponse.json(200, node.policies_report())
+
+    async def status(_: AdminRequest) -> AdminResponse:
+        return _html(status_page.page(node.status_report()))
+
+    async def status_live(_: AdminRequest) -> AdminResponse:
+        return _html(status_page.live(node.status_report()))
+
+    async def static(request: AdminRequest) -> AdminResponse:
+        name = request.params["name"]
+        if name not in status_page.STATIC:
+            return AdminResponse.json(404, {"error": f"no static file {name!r}"})
+        return AdminResponse(200, status_page.STATIC[name], status_page.STATIC_TYPES[name])
 
     async def reload(_: AdminRequest) -> AdminResponse:
         result = await node.reload("admin")
@@ -138,6 +162,9 @@ def admin_routes(node: NodeControl) -> dict[tuple[str, str], Handler]:
         return AdminResponse.json(200, {"upstream": upstream, "purged": removed})
 
     return {
+        ("GET", "/"): status,
+        ("GET", "/status/live"): status_live,
+        ("GET", "/static/{name}"): static,
         ("GET", "/admin/queue/{upstream}"): queue,
         ("GET", "/admin/queue/{upstream}/{id}"): queue_entry,
         ("POST", "/admin/queue/{upstream}/retry"): queue_retry,

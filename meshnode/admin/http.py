@@ -50,6 +50,7 @@ class AdminResponse:
     status: int
     body: bytes
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def json(cls, status: int, payload: Any) -> AdminResponse:
@@ -125,6 +126,7 @@ class AdminHTTPServer:
             ("content-type", response.content_type),
             ("content-length", str(len(response.body))),
             ("cache-control", "no-store"),
+            *response.headers,
         ]
         for event in (
             h11.Response(status_code=response.status, headers=headers),

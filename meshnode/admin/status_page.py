@@ -196,7 +196,7 @@ def _sparkline(values: list[float], what: str) -> str:
     return (
         f'<svg class="spark spark-{what}" viewBox="0 0 {SPARK_WIDTH} {SPARK_HEIGHT}" '
         f'width="{SPARK_WIDTH}" height="{SPARK_HEIGHT}" role="img" aria-label="{label}">'
-        f'<polyline points="{points}"/></svg> {now:g}/s now, peak {peak:g}/s'
+        f'<polyline points="{points}"/></svg> {now:.3g}/s now, peak {peak:.3g}/s'
     )
 
 

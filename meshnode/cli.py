@@ -16,9 +16,10 @@ from meshnode.cli_admin import ADMIN_COMMANDS
 from meshnode.demo import answer
 from meshnode.logs import LogFormat
 from meshnode.net.listener import H2Listener
-from meshnode.node import Node, preflight
+from meshnode.node import Bindings, Node, NodeAddresses, preflight
 from meshnode.policy import Address, PolicyError, PolicySet, load_policies
 from meshnode.reload import POLL_INTERVAL
+from meshnode.workers import Parent, announce_ready, follow_parent, worker_count
 
 DEFAULT_POLICIES = "policies"
 
@@ -61,15 +62,64 @@ for command in ADMIN_COMMANDS:
     show_default=True,
     help="Reload when the policies directory changes (SIGHUP and the admin API always do).",
 )
-def serve(directory: Path, log_level: str, log_format: LogFormat, watch: bool) -> None:
+@click.option(
+    "--workers",
+    default="1",
+    show_default=True,
+    help="Worker processes sharing the ports (SO_REUSEPORT), or 'auto' for one per core.",
+)
+@click.option("--worker", type=int, hidden=True, help="Run as worker N of a parent.")
+@click.option("--bind-outbound", hidden=True, help="A worker's outbound address.")
+@click.option("--bind-inbound", hidden=True, help="A worker's inbound address.")
+def serve(
+    directory: Path,
+    log_level: str,
+    log_format: LogFormat,
+    watch: bool,
+    workers: str,
+    worker: int | None,
+    bind_outbound: str | None,
+    bind_inbound: str | None,
+) -> None:
     """Run the node (SIGHUP reloads; SIGTERM or SIGINT drains, then exits)."""
     logs.configure(log_level, log_format)
     policies = _checked(directory)
     try:
-        trio.run(Node(policies, poll_interval=POLL_INTERVAL if watch else None).run)
+        count = worker_count(workers)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--workers") from None
+    poll_interval = POLL_INTERVAL if watch else None
+    try:
+        if worker is not None and bind_outbound is not None:
+            bindings = Bindings(
+                outbound=Address.parse(bind_outbound),
+                admin=Address("127.0.0.1", 0),
+                inbound=Address.parse(bind_inbound) if bind_inbound else None,
+                worker=worker,
+            )
+            trio.run(_run_worker, Node(policies, poll_interval=poll_interval, bindings=bindings))
+        elif count > 1:
+            passed = ["--log-level", log_level, "--log-format", log_format]
+            if not watch:
+                passed.append("--no-watch")
+            trio.run(Parent(policies, count, passed).run)
+        else:
+            trio.run(Node(policies, poll_interval=poll_interval).run)
     except OSError as exc:
         click.echo(f"meshnode: cannot start: {exc}", err=True)
         raise SystemExit(1) from None
+
+
+async def _run_worker(node: Node) -> None:
+    async with trio.open_nursery() as nursery:
+
+        async def serve_then_stop(*, task_status: trio.TaskStatus[NodeAddresses]) -> None:
+            await node.run(task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(follow_parent)
+        addresses = await nursery.start(serve_then_stop)
+        announce_ready(addresses.admin[0])
 
 
 @main.group()

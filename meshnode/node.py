@@ -57,6 +57,18 @@ log = logging.getLogger(__name__)
 
 
 @attrs.frozen
+class Bindings:
+    """Where a worker of ``serve --workers`` listens, instead of node.toml's addresses: the
+    ports its parent reserved, shared with the other workers (SO_REUSEPORT), and an admin
+    listener of its own that only the parent talks to."""
+
+    outbound: Address
+    admin: Address
+    inbound: Address | None = None
+    worker: int = 0  # its queue database is its own: queue-<worker>.db
+
+
+@attrs.frozen
 class NodeAddresses:
     outbound: list[Address]
     admin: list[Address]
@@ -140,6 +152,7 @@ class Node:
         restart_policy: RestartPolicy = RestartPolicy(),
         poll_interval: float | None = POLL_INTERVAL,
         notifier: Notifier | None = None,
+        bindings: Bindings | None = None,
     ) -> None:
         """``poll_interval`` None turns off watching the directory (SIGHUP and admin remain)."""
         self.bus = EventBus()
@@ -154,6 +167,7 @@ class Node:
         self.draining = False
         self._restart_policy = restart_policy
         self._poll_interval = poll_interval
+        self._bindings = bindings
         self._drain_requested = trio.Event()
         self._exit_requested = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -250,8 +264,10 @@ class Node:
                 rules=self._rules("outbound", policy.limits),
                 overload=self.overload,
             )
+            bindings = self._bindings
             outbound_addresses = await nursery.start(
-                outbound.serve, policy.listeners.outbound.address
+                functools.partial(outbound.serve, reuse_port=bindings is not None),
+                bindings.outbound if bindings else policy.listeners.outbound.address,
             )
             listeners = [outbound]
             inbound_addresses: list[Address] = []
@@ -274,7 +290,10 @@ class Node:
                     rules=self._rules("inbound", policy.limits),
                     overload=self.overload,
                 )
-                inbound_addresses = await nursery.start(inbound.serve, inbound_policy.address)
+                inbound_addresses = await nursery.start(
+                    functools.partial(inbound.serve, reuse_port=bindings is not None),
+                    bindings.inbound if bindings and bindings.inbound else inbound_policy.address,
+                )
                 listeners.append(inbound)
             self._listeners = listeners
             if self.tls is not None:
@@ -287,7 +306,9 @@ class Node:
             admin = AdminHTTPServer(
                 admin_routes(self), admin_websockets(self), token=lambda: self._admin_token
             )
-            admin_addresses = await nursery.start(admin.serve, policy.admin.address)
+            admin_addresses = await nursery.start(
+                admin.serve, bindings.admin if bindings else policy.admin.address
+            )
             if self._poll_interval is not None:
                 nursery.start_soon(
                     functools.partial(
@@ -353,7 +374,8 @@ class Node:
         """Open the durable spool once any upstream has a queue fallback."""
         if self.queue is not None or not uses_queue(policies):
             return
-        path = state_dir(policies) / "queue.db"
+        name = f"queue-{self._bindings.worker}.db" if self._bindings else "queue.db"
+        path = state_dir(policies) / name
         try:
             self.queue = AsyncSpool(Spool(path))
             self.queue_error = None

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -168,7 +169,10 @@ def start_nghttpd(tmp_path: Path) -> Iterator[Callable[[], str]]:
 class NodeProcess:
     """``meshnode serve`` as a user runs it, in its own process."""
 
-    def __init__(self, directory: Path, *options: str) -> None:
+    READY = r"meshnode ready: outbound=(\S+) admin=(\S+)"
+
+    def __init__(self, directory: Path, *options: str, ready: str = READY) -> None:
+        """Start it, and return once a log line matches ``ready`` (outbound, admin)."""
         self.process = subprocess.Popen(
             [sys.executable, "-m", "meshnode", "serve", "--policies", str(directory), *options],
             stderr=subprocess.PIPE,
@@ -179,15 +183,22 @@ class NodeProcess:
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.log.append(line)
-            ready = re.search(r"meshnode ready: outbound=(\S+) admin=(\S+)", line)
-            if ready:
-                self.outbound, self.admin = ready.group(1), ready.group(2)
+            found = re.search(ready, line)
+            if found:
+                self.outbound, self.admin = found.group(1), found.group(2)
+                # Keep reading, or a chatty node fills the pipe and blocks on its next line.
+                self._reader = threading.Thread(target=self._read_log, daemon=True)
+                self._reader.start()
                 return
         raise AssertionError("meshnode exited before it was ready:\n" + "".join(self.log))
 
-    def rest_of_log(self) -> str:
+    def _read_log(self) -> None:
         assert self.process.stderr is not None
         self.log.extend(self.process.stderr)
+
+    def rest_of_log(self) -> str:
+        """The whole log, once the node has closed it (exited)."""
+        self._reader.join()
         return "".join(self.log)
 
     def stop(self) -> None:
@@ -200,8 +211,8 @@ class NodeProcess:
 def node_process() -> Iterator[Callable[..., NodeProcess]]:
     started: list[NodeProcess] = []
 
-    def start(directory: Path, *options: str) -> NodeProcess:
-        node = NodeProcess(directory, *options)
+    def start(directory: Path, *options: str, ready: str = NodeProcess.READY) -> NodeProcess:
+        node = NodeProcess(directory, *options, ready=ready)
         started.append(node)
         return node
 

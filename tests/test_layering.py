@@ -25,6 +25,7 @@ LAYERS = {
     "demo": 6,
     "notify": 6,
     "node": 7,
+    "workers": 7,
     "cli_admin": 8,
     "logs": 0,
     "cli": 8,

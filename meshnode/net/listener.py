@@ -43,6 +43,7 @@ RequestHandler = Callable[[Stream, Peer], Awaitable[None]]
 # accept() failures that mean "out of something for now": wait and try again.
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 _RESOURCE_BACKOFF = 0.1
+LISTEN_BACKLOG = 4096
 
 
 class H2Listener:
@@ -78,10 +79,18 @@ class H2Listener:
         self,
         address: Address,
         *,
+        reuse_port: bool = False,
         task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen on ``address``; report the bound addresses (port 0 picks one) once ready."""
-        self._listeners = await trio.open_tcp_listeners(address.port, host=address.host)
+        """Listen on ``address``; report the bound addresses (port 0 picks one) once ready.
+
+        ``reuse_port``: share the port with other processes (SO_REUSEPORT), as
+        ``serve --workers`` does; the kernel spreads connections among them.
+        """
+        if reuse_port:
+            self._listeners = [await _shared_listener(address)]
+        else:
+            self._listeners = await trio.open_tcp_listeners(address.port, host=address.host)
         bound = [Address(*listener.socket.getsockname()[:2]) for listener in self._listeners]
         async with trio.open_nursery() as connections:
             with self._accepting:
@@ -193,6 +202,21 @@ class H2Listener:
         self.rules.violations.record(self.rules.where, kind, client_ip.decode(), reason)
         await trio.aclose_forcefully(secured)
         return None
+
+
+async def _shared_listener(address: Address) -> trio.SocketListener:
+    """A listening socket on a concrete ``address`` that other processes may bind too."""
+    family = trio.socket.AF_INET6 if ":" in address.host else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        await sock.bind((address.host, address.port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
 
 
 def _spawn(nursery: trio.Nursery, handler: RequestHandler, peer: Peer, stream: Stream) -> None:

@@ -15,4 +15,3 @@ def test_hadolint_passes() -> None:
         [str(hadolint), str(ROOT / "Containerfile")], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
-

@@ -52,7 +52,7 @@ from meshnode.admin.http import AdminHTTPServer, AdminRequest, AdminResponse, Ha
 from meshnode.notify import Notifier
 from meshnode.policy import Address, PolicySet
 from meshnode.policy.load import read_token
-from meshnode.resilience.core.health import CheckResult, health_report
+from meshnode.resilience.core.health import CheckResult, CheckType, health_report
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,7 @@ RESTART_MAX = 30.0
 STABLE_AFTER = 60.0  # a worker that ran this long restarts from the initial backoff
 WORKER_TIMEOUT = 10.0  # seconds the parent waits for one worker's admin answer
 # Gauges that are a state, not an amount: the workers' worst (highest) is reported.
-_WORST_GAUGES = frozenset(
-    {"meshnode_breaker_state", "meshnode_overload_active", "meshnode_event_loop_lag_seconds"}
-)
+_WORST_GAUGES = frozenset({"meshnode_breaker_state", "meshnode_overload_active"})
 
 
 def worker_count(value: str) -> int:
@@ -293,7 +291,8 @@ class Parent:
 
     def _routes(self) -> dict[tuple[str, str], Handler]:
         async def health(request: AdminRequest) -> AdminResponse:
-            kind = {"/health/live": "liveness", "/health/ready": "readiness"}.get(request.path)
+            kinds: dict[str, CheckType] = {"/health/live": "liveness", "/health/ready": "readiness"}
+            kind = kinds.get(request.path)
             answers = {w.index: r for w, r in await self._each(request)}
             checks = [
                 CheckResult(
@@ -311,7 +310,7 @@ class Parent:
             checks.append(
                 CheckResult("drain", "readiness", True, not self.draining, self._status_line())
             )
-            status, body = health_report(checks, kind)  # type: ignore[arg-type]
+            status, body = health_report(checks, kind)
             return AdminResponse.json(status, body)
 
         async def metrics(request: AdminRequest) -> AdminResponse:

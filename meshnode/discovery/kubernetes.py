@@ -227,10 +227,10 @@ class KubernetesSource:
         wanted = self._policy.port
         ports = item.get("ports") or []
         for port in ports:
-            if wanted is None and len(ports) == 1:
-                return port.get("port")  # type: ignore[no-any-return]
-            if wanted is not None and wanted in (port.get("name"), port.get("port")):
-                return port.get("port")  # type: ignore[no-any-return]
+            number = port.get("port")
+            chosen = len(ports) == 1 if wanted is None else wanted in (port.get("name"), number)
+            if chosen and isinstance(number, int):
+                return number
         log.error("discovery: %s slice %s skipped: no port %s", self.description, name, wanted)
         return None
 

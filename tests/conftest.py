@@ -180,11 +180,13 @@ class NodeProcess:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.log: list[str] = []
+        self._logged = threading.Condition()
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.log.append(line)
             found = re.search(ready, line)
             if found:
+                self.ready_line = line
                 self.outbound, self.admin = found.group(1), found.group(2)
                 # Keep reading, or a chatty node fills the pipe and blocks on its next line.
                 self._reader = threading.Thread(target=self._read_log, daemon=True)
@@ -194,7 +196,23 @@ class NodeProcess:
 
     def _read_log(self) -> None:
         assert self.process.stderr is not None
-        self.log.extend(self.process.stderr)
+        for line in self.process.stderr:
+            with self._logged:
+                self.log.append(line)
+                self._logged.notify_all()
+
+    def wait_for_log(self, text: str, timeout: float = 30) -> str:
+        """The first line of the log that holds ``text``, waiting for it if need be."""
+        with self._logged:
+            found: list[str] = []
+
+            def seen() -> bool:
+                found.extend(line for line in self.log if text in line)
+                return bool(found)
+
+            if not self._logged.wait_for(seen, timeout):
+                raise AssertionError(f"no log line with {text!r} within {timeout}s")
+            return found[0]
 
     def rest_of_log(self) -> str:
         """The whole log, once the node has closed it (exited)."""

@@ -239,7 +239,7 @@ def test_json_logs(tmp_path, node_process, start_nghttpd) -> None:
     directory = tmp_path / "p"
     write_policies(directory, {"web": upstream_toml("web", start_nghttpd())})
     node = node_process(directory, "--log-format", "json")
-    line = json.loads(node.log[-1])
+    line = json.loads(node.ready_line)
     assert line["level"] == "info" and line["logger"] == "meshnode.node"
     assert line["message"].startswith("meshnode ready:")
 

@@ -170,12 +170,7 @@ def test_sighup_reloads(tmp_path, node_process) -> None:
     node: NodeProcess = node_process(directory, "--no-watch")
     write_policies(directory, {"api": upstream_toml("api", "127.0.0.1:10")})
     node.process.send_signal(signal.SIGHUP)
-    assert node.process.stderr is not None
-    for line in node.process.stderr:
-        node.log.append(line)
-        if "policies reloaded (sighup)" in line:
-            break
-    assert "updated ['api']" in node.log[-1]
+    assert "updated ['api']" in node.wait_for_log("policies reloaded (sighup)")
 
 
 def test_reload_command(tmp_path, node_process) -> None:

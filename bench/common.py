@@ -38,6 +38,25 @@ def start_nghttpd(docroot: Path) -> tuple[subprocess.Popen[bytes], int]:
     return server, port
 
 
+def start_haproxy(work: Path, upstream_port: int) -> tuple[subprocess.Popen[bytes], int]:
+    """HAProxy from Debian as the equivalent proxy: HTTP/2 cleartext on both sides, one
+    thread (as one meshnode worker), no logging."""
+    port = free_port()
+    config = work / "haproxy.cfg"
+    config.write_text(
+        "global\n  nbthread 1\n  maxconn 4000\n"
+        "defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n"
+        "  timeout server 60s\n"
+        f"frontend mesh\n  bind 127.0.0.1:{port} proto h2\n  default_backend web\n"
+        f"backend web\n  server nghttpd 127.0.0.1:{upstream_port} proto h2\n"
+    )
+    proxy = subprocess.Popen(
+        ["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for_port(port)
+    return proxy, port
+
+
 def write_policies(
     directory: Path,
     outbound_port: int,

@@ -1,7 +1,11 @@
-"""h2load straight to an upstream, then through meshnode, with and without resilience.
+"""h2load straight to an upstream, through meshnode with and without resilience, and
+through HAProxy (the baseline), all in one run.
 
 Two meshnodes run side by side: one forwarding only, one with every
-resilience section on (thresholds that never trip). Reports requests per
+resilience section on (thresholds that never trip); HAProxy from Debian
+(one thread, HTTP/2 on both sides) runs beside them when installed. The h2
+library's own floor per proxied request (bench/h2_floor.py) is measured in
+the same run, and meshnode's CPU per request is given as a multiple of it. Reports requests per
 second, p50/p99 latency (from h2load's per-request log) and each meshnode
 process's CPU microseconds per request (from /proc), which is steadier than
 req/s on a shared machine. Quote ratios within one run: absolute
@@ -25,7 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import free_port, start_meshnode, start_nghttpd, write_policies
+from common import free_port, start_haproxy, start_meshnode, start_nghttpd, write_policies
+from h2_floor import floor_us
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SCENARIOS = [("c10-m10", 10, 10), ("c50-m1", 50, 1), ("c1-m1", 1, 1)]
@@ -126,6 +131,9 @@ def main() -> None:
         outbound_port, admin_port = free_port(), free_port()
         write_policies(work / stack, outbound_port, admin_port, endpoints, extra)
         nodes[stack] = (start_meshnode(work / stack, outbound_port), outbound_port)
+    if shutil.which("haproxy") is not None:  # ./dev bench installs it
+        nodes["haproxy"] = start_haproxy(work, upstream_port)
+    floor = floor_us()
     results: dict[str, dict[str, object]] = {}
     try:
         for _, port in nodes.values():
@@ -158,7 +166,7 @@ def main() -> None:
     header = ("scenario", "path", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "failed")
     print("{:10} {:13} {:>9} {:>9} {:>9} {:>11} {:>7}".format(*header))
     for name, row in results.items():
-        for path in ("direct", *STACKS):
+        for path in ("direct", *nodes_order(results)):
             figures = row[path]
             assert isinstance(figures, dict)
             cpu = f"{figures['cpu_us_per_request']:.0f}" if "cpu_us_per_request" in figures else ""
@@ -168,7 +176,8 @@ def main() -> None:
             )
         plain, full = (row[stack]["cpu_us_per_request"] for stack in STACKS)  # type: ignore[index]
         print(
-            f"{'':10} resilience stack costs {(full - plain) / plain * 100:+.1f} % CPU per request"
+            f"{'':10} resilience stack costs {(full - plain) / plain * 100:+.1f} % CPU per request;"
+            f" meshnode+res is {full / floor:.2f}x h2's floor of {floor:.0f} µs"
         )
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
@@ -177,11 +186,45 @@ def main() -> None:
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
         },
+        "h2_floor_us": floor,
         "scenarios": results,
     }
     target = args.out / f"proxy-{time.strftime('%Y%m%dT%H%M%S')}.json"
     target.write_text(json.dumps(report, indent=2))
-    print(f"\nwritten to {target}")
+    chart(results, target.with_suffix(".png"))
+    print(f"\nwritten to {target} and {target.with_suffix('.png')}")
+
+
+def chart(results: dict[str, dict[str, object]], target: Path) -> None:
+    """Throughput and p50 latency per scenario and path, side by side (log scales: direct
+    and HAProxy are two orders of magnitude from meshnode)."""
+    import matplotlib  # noqa: PLC0415 - only the chart needs it (the bench extra)
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot  # noqa: PLC0415
+
+    paths = ["direct", *nodes_order(results)]
+    figure, (throughput, latency) = pyplot.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / len(paths)
+    for offset, path in enumerate(paths):
+        positions = [i + offset * width for i in range(len(results))]
+        rows = [results[name][path] for name in results]
+        throughput.bar(positions, [r["req_per_s"] for r in rows], width, label=path)
+        latency.bar(positions, [r["p50_us"] / 1000 for r in rows], width, label=path)
+    for axes, title in ((throughput, "requests per second"), (latency, "p50 latency (ms)")):
+        axes.set_title(title)
+        axes.set_yscale("log")
+        axes.set_xticks([i + width * (len(paths) - 1) / 2 for i in range(len(results))])
+        axes.set_xticklabels(list(results))
+    throughput.legend()
+    figure.tight_layout()
+    figure.savefig(target, dpi=100)
+
+
+def nodes_order(results: dict[str, dict[str, object]]) -> list[str]:
+    """The proxies measured, meshnode's stacks first, in a stable order."""
+    first = next(iter(results.values()))
+    return [path for path in (*STACKS, "haproxy") if path in first]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,111 @@
+"""The floor: the h2 library's own work for one proxied request, no sockets, no meshnode.
+
+A proxy's h2 work per request is four steps on two connections: receive the
+client's request headers, send them upstream, receive the upstream's response
+headers and 1 KiB body, send those back to the client. This times exactly
+those four (the peers' halves are done outside the timed sections), with the
+same h2 settings meshnode uses (header_encoding None, outbound validation
+off), so meshnode's CPU per request can be read as a multiple of this floor.
+
+    .venv/bin/python bench/h2_floor.py [--requests 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+
+BODY = b"k" * 1024
+REQUEST = [
+    (b":method", b"GET"),
+    (b":scheme", b"http"),
+    (b":path", b"/1k"),
+    (b":authority", b"web"),
+    (b"user-agent", b"h2load"),
+]
+RESPONSE = [(b":status", b"200"), (b"content-length", b"1024"), (b"server", b"nghttpd")]
+
+
+def _pair(meshnode_side: str) -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
+    """A client and a server connection; the ``meshnode_side`` one configured as meshnode's
+    sessions are (no outbound validation; on the server side, no inbound either)."""
+    client = h2.connection.H2Connection(
+        h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=meshnode_side != "client",
+        )
+    )
+    server = h2.connection.H2Connection(
+        h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_outbound_headers=meshnode_side != "server",
+            validate_inbound_headers=meshnode_side != "server",
+        )
+    )
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    return client, server
+
+
+def floor_us(requests: int = 20000) -> float:
+    """Microseconds of h2 work per proxied 1 KiB GET (the median of five batches)."""
+    batches = []
+    for _ in range(5):
+        app, proxy_in = _pair("server")  # the client and meshnode's downstream side
+        proxy_out, origin = _pair("client")  # meshnode's upstream side and the origin
+        spent = 0.0
+        for _ in range(requests // 5):
+            stream = app.get_next_available_stream_id()
+            app.send_headers(stream, REQUEST, end_stream=True)
+            wire = app.data_to_send()
+
+            started = time.perf_counter()
+            events = proxy_in.receive_data(wire)  # 1: receive the request
+            upstream = proxy_out.get_next_available_stream_id()
+            proxy_out.send_headers(upstream, events[0].headers, end_stream=True)  # 2: send it on
+            wire = proxy_out.data_to_send()
+            spent += time.perf_counter() - started
+
+            origin.receive_data(wire)
+            origin.send_headers(upstream, RESPONSE)
+            origin.send_data(upstream, BODY, end_stream=True)
+            wire = origin.data_to_send()
+
+            started = time.perf_counter()
+            answer = proxy_out.receive_data(wire)  # 3: receive the response and body
+            head = next(e for e in answer if isinstance(e, h2.events.ResponseReceived))
+            data = next(e for e in answer if isinstance(e, h2.events.DataReceived))
+            proxy_out.acknowledge_received_data(data.flow_controlled_length, upstream)
+            proxy_in.send_headers(stream, head.headers)  # 4: send them back
+            proxy_in.send_data(stream, data.data, end_stream=True)
+            wire = proxy_in.data_to_send()
+            spent += time.perf_counter() - started
+
+            for event in app.receive_data(wire):
+                if isinstance(event, h2.events.DataReceived):
+                    app.acknowledge_received_data(event.flow_controlled_length, stream)
+            proxy_in.receive_data(app.data_to_send())
+            origin.receive_data(proxy_out.data_to_send())
+            proxy_out.receive_data(origin.data_to_send())
+        batches.append(spent / (requests // 5) * 1e6)
+    return sorted(batches)[2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20000)
+    args = parser.parse_args()
+    print(f"h2's own work per proxied 1 KiB GET: {floor_us(args.requests):.1f} µs")
+
+
+if __name__ == "__main__":
+    main()

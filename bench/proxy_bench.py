@@ -22,7 +22,9 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import tempfile
@@ -33,7 +35,19 @@ from common import free_port, start_haproxy, start_meshnode, start_nghttpd, writ
 from h2_floor import floor_us
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-SCENARIOS = [("c10-m10", 10, 10), ("c50-m1", 50, 1), ("c1-m1", 1, 1)]
+# name, clients, streams per client, the resource fetched
+SCENARIOS = [
+    ("c10-m10", 10, 10, "1k"),
+    ("c50-m1", 50, 1, "1k"),
+    ("c1-m1", 1, 1, "1k"),
+    ("1MiB-down", 4, 1, "1m"),
+]
+IDLE_CONNECTIONS = 1000
+IDLE_HELLO = (
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # SETTINGS
+    + b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"  # SETTINGS ACK
+)
 # Every resilience section on, none of them ever deciding anything: the pure cost of checking.
 FULL_STACK = """
 [timeout]
@@ -124,6 +138,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="meshnode-bench-"))
     (work / "htdocs").mkdir()
     (work / "htdocs" / "1k").write_bytes(b"k" * 1024)
+    (work / "htdocs" / "1m").write_bytes(b"m" * 1024 * 1024)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the idle connections need it
     upstream, upstream_port = start_nghttpd(work / "htdocs")
     endpoints = {"web": [f"127.0.0.1:{upstream_port}"]}
     nodes = {}
@@ -138,23 +155,27 @@ def main() -> None:
     try:
         for _, port in nodes.values():
             h2load(f"http://127.0.0.1:{port}/1k", 2000, 10, 10, "web")  # warm up
-        for name, clients, streams in SCENARIOS:
+        for name, clients, streams, resource_name in SCENARIOS:
             count = requests if streams > 1 else max(requests // 4, 1000)
+            if resource_name == "1m":
+                count = max(requests // 100, 100)
             row: dict[str, object] = {"requests": count}
             row["direct"] = h2load(
-                f"http://127.0.0.1:{upstream_port}/1k", count, clients, streams, "web"
+                f"http://127.0.0.1:{upstream_port}/{resource_name}", count, clients, streams, "web"
             )
             runs: dict[str, list[dict[str, float]]] = {stack: [] for stack in nodes}
             for _ in range(rounds):  # alternate the stacks, so drift on the machine hits both
                 for stack, (node, port) in nodes.items():
                     before = cpu_seconds(node.pid)
-                    proxied = h2load(f"http://127.0.0.1:{port}/1k", count, clients, streams, "web")
+                    url = f"http://127.0.0.1:{port}/{resource_name}"
+                    proxied = h2load(url, count, clients, streams, "web")
                     cpu_us = (cpu_seconds(node.pid) - before) / count * 1e6
                     runs[stack].append({**proxied, "cpu_us_per_request": cpu_us})
             for stack, (node, _) in nodes.items():
                 ordered = sorted(runs[stack], key=lambda run: run["cpu_us_per_request"])
                 row[stack] = {**ordered[len(ordered) // 2], "rss_kib": rss_kib(node.pid)}
             results[name] = row
+        idle = {stack: idle_rss(node.pid, port) for stack, (node, port) in nodes.items()}
     finally:
         for node, _ in nodes.values():
             node.terminate()
@@ -175,12 +196,20 @@ def main() -> None:
                 f"{figures['p99_us']:>9.0f} {cpu:>11} {figures['failed']:>7}"
             )
         plain, full = (row[stack]["cpu_us_per_request"] for stack in STACKS)  # type: ignore[index]
+        if name == "1MiB-down":
+            continue
         print(
             f"{'':10} resilience stack costs {(full - plain) / plain * 100:+.1f} % CPU per request;"
             f" meshnode+res is {full / floor:.2f}x h2's floor of {floor:.0f} µs"
         )
+    for stack, (before, during) in idle.items():
+        print(
+            f"{IDLE_CONNECTIONS} idle connections  {stack:13} RSS {before / 1024:.0f} MiB -> "
+            f"{during / 1024:.0f} MiB"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
+        "idle_rss_kib": {stack: {"before": b, "idle": d} for stack, (b, d) in idle.items()},
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),
@@ -219,6 +248,22 @@ def chart(results: dict[str, dict[str, object]], target: Path) -> None:
     throughput.legend()
     figure.tight_layout()
     figure.savefig(target, dpi=100)
+
+
+def idle_rss(pid: int, port: int) -> tuple[int, int]:
+    """The proxy's RSS before, and while ``IDLE_CONNECTIONS`` HTTP/2 connections sit idle."""
+    before = rss_kib(pid)
+    idle = []
+    try:
+        for _ in range(IDLE_CONNECTIONS):
+            connection = socket.create_connection(("127.0.0.1", port))
+            connection.sendall(IDLE_HELLO)
+            idle.append(connection)
+        time.sleep(2)
+        return before, rss_kib(pid)
+    finally:
+        for connection in idle:
+            connection.close()
 
 
 def nodes_order(results: dict[str, dict[str, object]]) -> list[str]:

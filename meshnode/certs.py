@@ -24,7 +24,7 @@ SERVER_AND_CLIENT = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT
 
 
 class CertError(Exception):
-    pass
+    """A certificate operation that cannot be done; the message says why."""
 
 
 @attrs.frozen

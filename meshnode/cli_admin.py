@@ -289,7 +289,7 @@ def events(admin: str, as_json: bool, count: int | None) -> None:
     try:
         trio.run(_follow, url + "/admin/events", as_json, count)
     except KeyboardInterrupt:
-        pass
+        pass  # Ctrl-C is how a person stops following events: not an error
     except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as exc:
         click.echo(f"meshnode: cannot follow events at {admin}: {exc}", err=True)
         raise SystemExit(UNREACHABLE) from None

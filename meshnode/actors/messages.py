@@ -47,4 +47,4 @@ class CrashForTest:
 
 
 class InjectedFault(Exception):
-    pass
+    """Raised by an actor told ``CrashForTest``: a crash the supervisor must heal."""

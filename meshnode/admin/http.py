@@ -91,7 +91,7 @@ class AdminHTTPServer:
             trio.TooSlowError,
             h11.ProtocolError,
         ):
-            pass
+            pass  # the client went away, stalled or spoke garbage: its connection alone ends
         except Exception:
             log.exception("admin connection failed")
         finally:

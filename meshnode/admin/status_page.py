@@ -15,6 +15,8 @@ from html import escape
 from importlib.resources import files
 from typing import Any
 
+from meshnode.admin.history import SAMPLE_INTERVAL
+
 STATIC = {
     name: files("meshnode.admin").joinpath("static", name).read_bytes()
     for name in ("status.js", "status.css")
@@ -184,7 +186,8 @@ def _sparkline(values: list[float], what: str) -> str:
     if not values:
         return "no data yet"
     now, peak = values[-1], max(values)
-    label = f"{what} per second over the last {len(values) * 5 // 60 or 1} min"
+    minutes = round(len(values) * SAMPLE_INTERVAL / 60) or 1
+    label = f"{what} per second over the last {minutes} min"
     if peak > 0:
         step = SPARK_WIDTH / max(len(values) - 1, 1)
         points = " ".join(

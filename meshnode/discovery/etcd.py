@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from meshnode.discovery.entries import parse_entry, some_or_garbage
-from meshnode.discovery.http import registry_client
+from meshnode.discovery.http import json_object, registry_client
 from meshnode.discovery.source import DiscoveryError, Found
 from meshnode.policy.models import Endpoint, EtcdDiscovery
 
@@ -64,7 +64,7 @@ class EtcdSource:
             if response.status_code != 200:
                 raise DiscoveryError(f"etcd watch answered {response.status_code}")
             async for line in response.aiter_lines():
-                result = _json(line).get("result", {})
+                result = json_object(line, "etcd").get("result", {})
                 if result.get("canceled"):
                     if "compact_revision" in result:
                         return
@@ -86,7 +86,7 @@ class EtcdSource:
             raise DiscoveryError(
                 f"etcd {path} answered {response.status_code}: {response.text[:200]}"
             )
-        return _json(response.text)
+        return json_object(response.text, "etcd")
 
     def _entry(self, kv: dict[str, Any]) -> Endpoint | None:
         key = base64.b64decode(kv.get("key", "")).decode(errors="replace")
@@ -100,16 +100,6 @@ class EtcdSource:
     def _endpoints(self, entries: dict[str, Endpoint | None]) -> list[Endpoint]:
         endpoints = [endpoint for endpoint in entries.values() if endpoint is not None]
         return some_or_garbage(endpoints, len(entries) - len(endpoints), self.description)
-
-
-def _json(text: str) -> dict[str, Any]:
-    try:
-        answer = json.loads(text)
-    except ValueError as exc:
-        raise DiscoveryError(f"etcd answered something that is not JSON: {exc}") from exc
-    if not isinstance(answer, dict):
-        raise DiscoveryError("etcd answered JSON that is not an object")
-    return answer
 
 
 def _revision(answer: dict[str, Any]) -> int:

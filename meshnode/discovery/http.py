@@ -3,9 +3,13 @@ timeouts, so Consul, Kubernetes and etcd verify servers alike."""
 
 from __future__ import annotations
 
+import json
 import ssl
+from typing import Any
 
 import httpx
+
+from meshnode.discovery.source import DiscoveryError
 
 CONNECT_TIMEOUT = 5.0
 
@@ -24,3 +28,14 @@ def registry_client(
     return httpx.AsyncClient(
         timeout=httpx.Timeout(CONNECT_TIMEOUT, read=read_timeout), verify=context
     )
+
+
+def json_object(text: str, registry: str) -> dict[str, Any]:
+    """A registry's answer, which must be a JSON object; anything else is garbage."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise DiscoveryError(f"{registry} answered something that is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise DiscoveryError(f"{registry} answered JSON that is not an object")
+    return value

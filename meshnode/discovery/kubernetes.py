@@ -18,7 +18,6 @@ the kubelet rotates it.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import tempfile
@@ -31,7 +30,7 @@ import httpx
 import yaml
 
 from meshnode.discovery.entries import endpoint_at
-from meshnode.discovery.http import registry_client
+from meshnode.discovery.http import json_object, registry_client
 from meshnode.discovery.source import DiscoveryError, Found
 from meshnode.policy.models import Endpoint, KubernetesDiscovery
 
@@ -186,7 +185,7 @@ class KubernetesSource:
             async for line in response.aiter_lines():
                 if not line.strip():
                     continue
-                event = _decode(line)
+                event = json_object(line, "the API server")
                 kind, item = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":
                     if item.get("code") == GONE:
@@ -241,17 +240,7 @@ def _answer(response: httpx.Response, what: str) -> dict[str, Any]:
         raise DiscoveryError(
             f"the API server answered the {what} {response.status_code}: {message}"
         )
-    return _decode(response.text)
-
-
-def _decode(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise DiscoveryError(f"the API server sent something that is not JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise DiscoveryError("the API server sent JSON that is not an object")
-    return value
+    return json_object(response.text, "the API server")
 
 
 def _name(item: dict[str, Any]) -> str:

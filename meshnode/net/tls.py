@@ -171,7 +171,7 @@ def _leaf_problems(
             if usage not in usages:
                 problems.append(f"{path}: lacks the {word} extended key usage")
     except x509.ExtensionNotFound:
-        pass
+        pass  # no extended key usage at all: the certificate may serve any purpose
     return problems
 
 

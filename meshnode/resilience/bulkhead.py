@@ -12,7 +12,7 @@ T = TypeVar("T")
 
 
 class BulkheadFullError(Exception):
-    pass
+    """Every slot is taken and the queue is full: the call was refused, not run."""
 
 
 class Bulkhead:

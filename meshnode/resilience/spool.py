@@ -63,7 +63,7 @@ class SpoolError(Exception):
 
 
 class SpoolFull(SpoolError):
-    pass
+    """The spool holds its maximum: the entry was not stored."""
 
 
 @attrs.frozen

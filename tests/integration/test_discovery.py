@@ -262,6 +262,22 @@ async def test_consul_outages_and_refusals_keep_the_last_endpoints(
     assert await answered_by(node.outbound[0]) == "one"
 
 
+async def test_a_consul_that_answers_at_once_is_not_asked_in_a_tight_loop(
+    tmp_path: Path, nursery: trio.Nursery, running
+) -> None:
+    upstreams = await start_upstreams(nursery, "one")
+    consul = FakeConsul(token="s3cret")
+    consul.register(registration("one", upstreams["one"]))
+    url = "http://" + await serve_asgi(nursery, consul)
+    policies = write_policies(tmp_path, {"api": consul_toml(url)})
+    (policies / "consul-token").write_text("s3cret")
+    await running(policies)
+    consul.churn = True
+    before = len(consul.queries)
+    await trio.sleep(3)
+    assert 2 <= len(consul.queries) - before <= 4  # one a second, not thousands
+
+
 async def test_consul_over_tls_with_a_private_ca(
     tmp_path: Path, nursery: trio.Nursery, running
 ) -> None:

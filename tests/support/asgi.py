@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs
 
 
 async def answer_lifespan(receive: Any, send: Any) -> None:
@@ -14,3 +15,19 @@ async def answer_lifespan(receive: Any, send: Any) -> None:
         else:
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def request_of(scope: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, str]]:
+    """An HTTP scope's path, query (last value of each name) and headers (lowercase names)."""
+    query = {name: values[-1] for name, values in parse_qs(scope["query_string"].decode()).items()}
+    headers = {name.decode().lower(): value.decode() for name, value in scope["headers"]}
+    return scope["path"], query, headers
+
+
+async def respond(
+    send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """A whole JSON response."""
+    start = [(b"content-type", b"application/json"), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": start})
+    await send({"type": "http.response.body", "body": body})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Iterable
 
@@ -85,20 +86,16 @@ async def attack(
     closed = False
 
     async def send() -> None:
-        try:
-            await stream.send_all(hello)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(hello)  # the node may close before it has all
             for chunk in chunks:
                 await stream.send_all(chunk)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
 
     async def receive(cancel: trio.CancelScope) -> None:
         nonlocal closed
-        try:
+        with contextlib.suppress(trio.BrokenResourceError):  # a reset is a close too
             while data := await stream.receive_some(65536):
                 received.extend(data)
-        except trio.BrokenResourceError:
-            pass
         closed = True
         cancel.cancel()
 

@@ -15,12 +15,12 @@ import json
 import random
 import re
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
 import attrs
 import trio
 
-from tests.support.asgi import answer_lifespan
+from tests.support.asgi import answer_lifespan, request_of, respond
 
 MAX_WAIT = 600.0
 DEFAULT_WAIT = 300.0
@@ -68,6 +68,9 @@ class FakeConsul:
         self.service_index: dict[str, int] = {}
         self.queries: list[dict[str, str]] = []  # the query parameters of every request
         self.failure: tuple[int, bytes] | None = None  # answer this instead, while set
+        # Every blocking query returns at once with a new index and the same entries, as
+        # when idempotent writes bump it (hashicorp/consul#4988): a client must not spin.
+        self.churn = False
         self._changed = trio.Event()
 
     # -- what a test does to the registry ------------------------------------------
@@ -108,15 +111,11 @@ class FakeConsul:
         if scope["type"] == "lifespan":
             await answer_lifespan(receive, send)
             return
-        query = {k: v[-1] for k, v in parse_qs(scope["query_string"].decode()).items()}
+        path, query, headers = request_of(scope)
         self.queries.append(query)
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        status, body, index = await self._answer(scope["path"], query, headers)
-        response_headers = [(b"content-type", b"application/json")]
-        if index is not None:
-            response_headers.append((b"x-consul-index", str(index).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": response_headers})
-        await send({"type": "http.response.body", "body": body})
+        status, body, index = await self._answer(path, query, headers)
+        extra = [] if index is None else [(b"x-consul-index", str(index).encode())]
+        await respond(send, status, body, extra)
 
     async def _answer(
         self, path: str, query: dict[str, str], headers: dict[str, str]
@@ -137,7 +136,9 @@ class FakeConsul:
             return 400, b"Invalid wait time", None
         service = unquote(path[len(prefix) :])
         index = int(query.get("index", "0") or 0)
-        if index:
+        if self.churn:
+            self._touch(service)
+        elif index:
             with trio.move_on_after(wait + random.uniform(0, wait / 16)):
                 while self.service_index.get(service, 1) <= index:
                     await self._changed.wait()

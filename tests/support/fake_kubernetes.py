@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import parse_qs
 
 import trio
 
-from tests.support.asgi import answer_lifespan
+from tests.support.asgi import answer_lifespan, request_of, respond
 
 PREFIX = "/apis/discovery.k8s.io/v1/namespaces/"
 SERVICE_LABEL = "kubernetes.io/service-name"
@@ -110,11 +109,9 @@ class FakeKubernetes:
         if scope["type"] == "lifespan":
             await answer_lifespan(receive, send)
             return
-        query = {k: v[-1] for k, v in parse_qs(scope["query_string"].decode()).items()}
+        path, query, headers = request_of(scope)
         self.requests.append(query)
-        headers = dict(scope["headers"])
-        token = headers.get(b"authorization", b"").decode().removeprefix("Bearer ")
-        path = scope["path"]
+        token = headers.get("authorization", "").removeprefix("Bearer ")
         if token not in self.tokens:
             await _json(send, 401, _status(401, "Unauthorized", "Unauthorized"))
             return
@@ -199,6 +196,4 @@ async def _line(send: Any, event: dict[str, Any]) -> None:
 
 
 async def _json(send: Any, status: int, body: dict[str, Any]) -> None:
-    headers = [(b"content-type", b"application/json")]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+    await respond(send, status, json.dumps(body).encode())

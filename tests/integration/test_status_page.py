@@ -10,6 +10,7 @@ import httpx
 import pytest
 import trio
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -93,14 +94,30 @@ def _browser(profile: Path) -> webdriver.Chrome:
 def _browse(admin: str, profile: Path) -> list[str]:
     """Everything a person would do, in a real browser; returns the event feed's lines."""
     browser = _browser(profile)
-    wait = WebDriverWait(browser, 15)
+    # The live part is replaced every two seconds: an element found a moment ago may be gone.
+    wait = WebDriverWait(browser, 15, ignored_exceptions=(StaleElementReferenceException,))
+
+    def click(selector: str) -> None:
+        def clicked(b: webdriver.Chrome) -> bool:
+            button = b.find_element(By.CSS_SELECTOR, selector)
+            if not button.is_displayed():
+                return False
+            button.click()
+            return True
+
+        wait.until(clicked)
+
     try:
         browser.set_window_size(1200, 1100)
         browser.get(admin + "/")
         wait.until(lambda b: "Connected" in b.find_element(By.ID, "feed-state").text)
         browser.execute_script("window.sameDocument = true")
-        controls = browser.find_elements(By.CSS_SELECTOR, ".breaker-controls button")
-        assert controls and not any(button.is_displayed() for button in controls)
+        wait.until(
+            lambda b: (
+                (controls := b.find_elements(By.CSS_SELECTOR, ".breaker-controls button"))
+                and not any(button.is_displayed() for button in controls)
+            )
+        )
 
         headers = {"Authorization": f"Bearer {TOKEN}"}
         httpx.post(
@@ -113,13 +130,12 @@ def _browse(admin: str, profile: Path) -> list[str]:
 
         browser.find_element(By.ID, "token").send_keys(TOKEN)
         browser.find_element(By.CSS_SELECTOR, "#unlock button").click()
-        close = browser.find_element(
-            By.CSS_SELECTOR, '[data-breaker="payments"][data-state="closed"]'
+        click('[data-breaker="payments"][data-state="closed"]')
+        wait.until(
+            lambda b: (
+                "CLOSED" in (text := b.find_element(*breaker).text) and "forced closed" in text
+            )
         )
-        wait.until(lambda b: close.is_displayed())
-        close.click()
-        wait.until(lambda b: "CLOSED" in b.find_element(*breaker).text)
-        assert "forced closed" in browser.find_element(*breaker).text
         httpx.post(
             f"{admin}/admin/breakers/payments?state=open", headers=headers
         ).raise_for_status()

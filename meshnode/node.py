@@ -13,45 +13,39 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import signal
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
 from meshnode.actors.group import UpstreamGroup
-from meshnode.actors.probes import Prober
-from meshnode.actors.replay import Deliverer
-from meshnode.actors.stats import UpstreamStats
 from meshnode.actors.supervisor import RestartPolicy
 from meshnode.admin.api import admin_routes, admin_websockets
 from meshnode.admin.history import SAMPLE_INTERVAL, RateHistory
 from meshnode.admin.http import AdminHTTPServer
 from meshnode.admin.metrics import Exposition, MeshCollector
+from meshnode.engine import Engine, tls_paths, uses_queue
 from meshnode.events import EventBus, OverloadChanged
 from meshnode.net.listener import H2Listener
 from meshnode.net.overload import Overload
-from meshnode.net.pool import UpstreamPool, tcp_connector
-from meshnode.net.tls import TLSManager, TLSMaterialError, connect_mesh, load_material
-from meshnode.net.violations import ConnectionRules, Violations
+from meshnode.net.tls import TLSMaterialError, load_material
+from meshnode.net.violations import Violations
 from meshnode.notify import Notifier
-from meshnode.policy import Address, PolicySet, UpstreamPolicy
+from meshnode.policy import Address, PolicySet
 from meshnode.policy.convert import converter
 from meshnode.policy.diff import PolicyDiff
 from meshnode.policy.load import LOCAL, read_token
-from meshnode.policy.models import Limits, NodeHealthCheck
+from meshnode.policy.models import NodeHealthCheck
 from meshnode.proxy.access_log import log_access
-from meshnode.proxy.forward import InboundProxy, Proxy, expected_identity
-from meshnode.proxy.routing import RouteTable
+from meshnode.proxy.forward import InboundProxy
 from meshnode.reload import POLL_INTERVAL, Reloader, ReloadResult, watch_directory
 from meshnode.resilience.core.breaker import Override
 from meshnode.resilience.core.health import CheckResult
 from meshnode.resilience.health import CommonHealthChecks, HealthCheck, HealthCheckManager
-from meshnode.resilience.spool import AsyncSpool, Spool, SpoolError
+from meshnode.resilience.spool import AsyncSpool
 
 log = logging.getLogger(__name__)
 
@@ -106,32 +100,6 @@ def node_health_check(policy: NodeHealthCheck) -> HealthCheck:
     )
 
 
-def tls_paths(policies: PolicySet) -> tuple[Path, Path, Path] | None:
-    """The node's CA, certificate and key, relative to the policies directory."""
-    files = policies.node.tls
-    if files is None:
-        return None
-    base = policies.directory
-    return (base / files.ca, base / files.cert, base / files.key)
-
-
-def uses_queue(policies: PolicySet) -> bool:
-    locals_ = [policies.local] if policies.local is not None else []
-    return any(
-        p.fallback is not None and p.fallback.kind == "queue"
-        for p in [*policies.upstreams.values(), *locals_]
-    )
-
-
-def state_dir(policies: PolicySet) -> Path:
-    """``[node] state_dir`` (relative to node.toml), else $XDG_STATE_HOME/meshnode."""
-    configured = policies.node.node.state_dir
-    if configured is not None:
-        return policies.directory / configured
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "meshnode"
-
-
 def preflight(policies: PolicySet) -> list[str]:
     """Problems that would stop the node from starting beyond the policy files: TLS material."""
     paths = tls_paths(policies)
@@ -157,10 +125,17 @@ class Node:
         """``poll_interval`` None turns off watching the directory (SIGHUP and admin remain)."""
         self.bus = EventBus()
         self.reloader = Reloader(policies, self._apply, self.bus, time.time)
-        self.groups: dict[str, UpstreamGroup] = {}
-        paths = tls_paths(policies)
+        self.violations = Violations()
         # Refuses to start with bad material: TLSMaterialError says every problem.
-        self.tls = TLSManager(paths, self.bus) if paths is not None else None
+        self.engine = Engine(
+            policies,
+            self.bus,
+            restart_policy=restart_policy,
+            violations=self.violations,
+            queue_name=f"queue-{bindings.worker}.db" if bindings else "queue.db",
+        )
+        self.groups = self.engine.groups
+        self.tls = self.engine.tls
         self.local_group: UpstreamGroup | None = None
         self._inbound: InboundProxy | None = None
         self.listening = False
@@ -171,25 +146,18 @@ class Node:
         self._drain_requested = trio.Event()
         self._exit_requested = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._proxy: Proxy | None = None
         self._admin_token: str | None = None
-        self._prober: Prober | None = None
-        self._deliverer: Deliverer | None = None
-        self.queue: AsyncSpool | None = None
-        self.queue_error: str | None = None
         self.notifier = notifier if notifier is not None else Notifier()
         self.checks = HealthCheckManager()
         self._checks_scope: trio.CancelScope | None = None
         self.loop_lag = 0.0
-        self.violations = Violations()
         self.rates = RateHistory()  # the status page's sparklines
         self.overload = Overload(policies.node.limits.overload_memory, on_change=self._on_overload)
         self._listeners: list[H2Listener] = []
-        self._pool: UpstreamPool | None = None
         self._exposition = Exposition(
             MeshCollector(
                 groups=self._all_groups,
-                unrouted=lambda: self._proxy.unrouted if self._proxy else UpstreamStats(),
+                unrouted=lambda: self.engine.unrouted,
                 reloads=lambda: self.reloader.reloads,
                 certificate_seconds=lambda: (
                     self.tls.material.seconds_left() if self.tls is not None else None
@@ -202,6 +170,14 @@ class Node:
     @property
     def policies(self) -> PolicySet:
         return self.reloader.current
+
+    @property
+    def queue(self) -> AsyncSpool | None:
+        return self.engine.queue
+
+    @property
+    def queue_error(self) -> str | None:
+        return self.engine.queue_error
 
     def request_drain(self, *, then_exit: bool = True) -> None:
         """Drain; then exit (signals) or stay up answering the admin API (``POST /admin/drain``)."""
@@ -236,32 +212,12 @@ class Node:
             self._nursery = nursery
             if handle_signals:
                 await nursery.start(self._watch_signals, nursery.cancel_scope)
-            pool = self._pool = UpstreamPool(
-                nursery, connector=self._connect, rules=self._rules("upstream", policy.limits)
-            )
-            trust_domain = policy.node.trust_domain
-
-            def peer(upstream: UpstreamPolicy) -> str | None:
-                return expected_identity(
-                    upstream, self._proxy.trust_domain if self._proxy else trust_domain
-                )
-
-            self._prober = Prober(pool, peer)
-            self._deliverer = Deliverer(pool, peer)
-            self._open_queue(self.policies)
-            for upstream in self.policies.upstreams.values():
-                await self._start_group(upstream)
-            self._proxy = Proxy(
-                RouteTable.build(self.policies.upstreams),
-                dict(self.groups),
-                pool,
-                trust_domain=policy.node.trust_domain,
-            )
-            self._proxy.queue = self.queue
+            engine = self.engine
+            proxy = await engine.start(nursery)
             outbound = H2Listener(
                 "outbound",
-                self._proxy.handle,
-                rules=self._rules("outbound", policy.limits),
+                proxy.handle,
+                rules=engine.rules("outbound", self.policies),
                 overload=self.overload,
             )
             bindings = self._bindings
@@ -277,9 +233,10 @@ class Node:
                 self.local_group = UpstreamGroup(
                     self.policies.local, self.bus, self._restart_policy
                 )
+                self.local_group.queue = engine.queue
                 await nursery.start(self.local_group.run)
                 self._inbound = InboundProxy(
-                    self.local_group, frozenset(inbound_policy.allow), pool
+                    self.local_group, frozenset(inbound_policy.allow), engine.pool
                 )
                 tls = self.tls
                 inbound = H2Listener(
@@ -287,7 +244,7 @@ class Node:
                     self._inbound.handle,
                     tls=lambda: tls.material.server,
                     handshake_timeout=inbound_policy.handshake_timeout,
-                    rules=self._rules("inbound", policy.limits),
+                    rules=engine.rules("inbound", self.policies),
                     overload=self.overload,
                 )
                 inbound_addresses = await nursery.start(
@@ -296,8 +253,7 @@ class Node:
                 )
                 listeners.append(inbound)
             self._listeners = listeners
-            if self.tls is not None:
-                nursery.start_soon(self.tls.watch, TLS_POLL_INTERVAL)
+            nursery.start_soon(engine.watch_tls, TLS_POLL_INTERVAL)
             nursery.start_soon(self.overload.watch_memory)
             nursery.start_soon(self._sample_rates)
             nursery.start_soon(self._measure_loop_lag)
@@ -347,64 +303,23 @@ class Node:
                 for listener in listeners:
                     draining.start_soon(_drain_into, listener, timeout, results)
             finished = all(results)
-            pool.close_all()
+            engine.close()
             log.info("drained %s", "cleanly" if finished else "with requests cut short")
             await self._exit_requested.wait()
             log.info("stopping")
             self.notifier.stopping("stopping: drained")
             nursery.cancel_scope.cancel()
 
-    async def _connect(self, address: Address, peer: str | None) -> trio.abc.Stream:
-        """The pool's connector: cleartext, or mTLS with the current client context."""
-        if peer is None or self.tls is None:
-            return await tcp_connector(address, peer)
-        return await connect_mesh(address, peer, self.tls.material.client)
-
     def _all_groups(self) -> dict[str, UpstreamGroup]:
         if self.local_group is None:
             return self.groups
         return {**self.groups, LOCAL: self.local_group}
 
-    def _group(self, policy: UpstreamPolicy) -> UpstreamGroup:
-        return UpstreamGroup(
-            policy, self.bus, self._restart_policy, self._prober, self.queue, self._deliverer
-        )
-
-    def _open_queue(self, policies: PolicySet) -> None:
-        """Open the durable spool once any upstream has a queue fallback."""
-        if self.queue is not None or not uses_queue(policies):
-            return
-        name = f"queue-{self._bindings.worker}.db" if self._bindings else "queue.db"
-        path = state_dir(policies) / name
-        try:
-            self.queue = AsyncSpool(Spool(path))
-            self.queue_error = None
-        except SpoolError as exc:
-            self.queue_error = str(exc)
-            log.error("the queue fallback is unavailable: %s", exc)
-            return
-        for group in self._all_groups().values():
-            group.queue = self.queue
-        if self._proxy is not None:
-            self._proxy.queue = self.queue
-
-    async def _start_group(self, policy: UpstreamPolicy) -> None:
-        assert self._nursery is not None
-        group = self._group(policy)
-        await self._nursery.start(group.run)
-        self.groups[policy.name] = group
-
     async def _apply(self, new: PolicySet, diff: PolicyDiff) -> None:
         """Bring the running node to ``new``; requests in flight keep their own policy."""
-        assert self._nursery is not None and self._proxy is not None
-        self._open_queue(new)
-        for name in diff.added:
-            await self._start_group(new.upstreams[name])
-        for name in diff.updated:
-            await self.groups[name].update_policy(new.upstreams[name])
-        removed = [self.groups.pop(name) for name in diff.removed]
-        self._proxy.swap(RouteTable.build(new.upstreams), dict(self.groups))
-        self._proxy.trust_domain = new.node.node.trust_domain
+        await self.engine.apply(new, diff)
+        if self.local_group is not None:
+            self.local_group.queue = self.engine.queue
         if self._inbound is not None and new.node.listeners.inbound is not None:
             self._inbound.allow = frozenset(new.node.listeners.inbound.allow)
         if self.local_group is not None and new.local is not None:
@@ -412,8 +327,6 @@ class Node:
         if new.node.health_checks != self.policies.node.health_checks:
             await self._start_checks(new)
         self._apply_node_settings(new)
-        for group in removed:
-            self._nursery.start_soon(self._retire, group, new.node.node.drain_timeout)
 
     async def _start_checks(self, policies: PolicySet) -> None:
         """(Re)start the node's own [[health_checks]]; the previous set stops."""
@@ -444,35 +357,24 @@ class Node:
             self.rates.sample({n: g.stats for n, g in self.groups.items()}, trio.current_time())
             await trio.sleep(SAMPLE_INTERVAL)
 
-    def _rules(self, where: str, limits: Limits) -> ConnectionRules:
-        return ConnectionRules(where, limits, self.violations)
-
     def _on_overload(self, reason: str, active: bool) -> None:
         self.bus.publish(OverloadChanged(reason=reason, active=active))
 
     def _apply_node_settings(self, policies: PolicySet) -> None:
         """Node settings that a reload may change: the access log, the admin token and the
         limits (connections keep the limits they began with; new ones take the new)."""
-        assert self._proxy is not None and self._pool is not None
-        self._proxy.observers = [log_access] if policies.node.node.access_log else []
+        proxy = self.engine.proxy
+        proxy.observers = [log_access] if policies.node.node.access_log else []
         limits = policies.node.limits
-        for proxy in (self._proxy, self._inbound):
-            if proxy is not None:
-                proxy.limits, proxy.overload = limits, self.overload
+        proxy.overload = self.overload
+        if self._inbound is not None:
+            self._inbound.limits, self._inbound.overload = limits, self.overload
         for listener in self._listeners:
-            listener.rules = self._rules(listener.name, limits)
-        self._pool.rules = self._rules("upstream", limits)
+            listener.rules = self.engine.rules(listener.name, policies)
         self.overload.memory_limit = limits.overload_memory
         token_file = policies.node.admin.token_file
         self._admin_token = (
             None if token_file is None else read_token(policies.directory, token_file)
-        )
-
-    async def _retire(self, group: UpstreamGroup, timeout: float) -> None:
-        finished = await group.drain(timeout)
-        group.stop()
-        log.info(
-            "upstream %s removed%s", group.name, "" if finished else " with requests cut short"
         )
 
     async def _watch_signals(

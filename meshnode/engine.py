@@ -1,0 +1,211 @@
+"""The part of meshnode that makes calls: upstream groups, the pool, the request path.
+
+Built from a policy set and brought to the next one on reload. The node puts
+listeners and an admin plane around it; the embedded mesh client
+(``meshnode.client``) hands it requests in-process. Both therefore run the very
+same routing, protections, retries and fallbacks on the very same policy files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import trio
+
+from meshnode.actors.group import UpstreamGroup
+from meshnode.actors.probes import Prober
+from meshnode.actors.replay import Deliverer
+from meshnode.actors.stats import UpstreamStats
+from meshnode.actors.supervisor import RestartPolicy
+from meshnode.events import EventBus
+from meshnode.net.pool import UpstreamPool, tcp_connector
+from meshnode.net.tls import TLSManager, connect_mesh
+from meshnode.net.violations import ConnectionRules, Violations
+from meshnode.policy import Address, PolicySet, UpstreamPolicy
+from meshnode.policy.diff import PolicyDiff
+from meshnode.proxy.forward import Proxy, expected_identity
+from meshnode.proxy.routing import RouteTable
+from meshnode.resilience.spool import AsyncSpool, Spool, SpoolError
+
+log = logging.getLogger(__name__)
+
+
+def tls_paths(policies: PolicySet) -> tuple[Path, Path, Path] | None:
+    """The node's CA, certificate and key, relative to the policies directory."""
+    files = policies.node.tls
+    if files is None:
+        return None
+    base = policies.directory
+    return (base / files.ca, base / files.cert, base / files.key)
+
+
+def uses_queue(policies: PolicySet) -> bool:
+    locals_ = [policies.local] if policies.local is not None else []
+    return any(
+        p.fallback is not None and p.fallback.kind == "queue"
+        for p in [*policies.upstreams.values(), *locals_]
+    )
+
+
+def state_dir(policies: PolicySet) -> Path:
+    """``[node] state_dir`` (relative to node.toml), else $XDG_STATE_HOME/meshnode."""
+    configured = policies.node.node.state_dir
+    if configured is not None:
+        return policies.directory / configured
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "meshnode"
+
+
+class Engine:
+    """Upstream groups, the connection pool and the ``Proxy`` that serves requests with them.
+
+    ``groups`` is one dict for the engine's life (updated in place on reload),
+    so whoever holds it sees the current upstreams.
+    """
+
+    def __init__(
+        self,
+        policies: PolicySet,
+        bus: EventBus,
+        *,
+        restart_policy: RestartPolicy = RestartPolicy(),
+        violations: Violations | None = None,
+        queue_name: str = "queue.db",
+    ) -> None:
+        """Refuses bad TLS material: ``TLSMaterialError`` lists every problem."""
+        self.bus = bus
+        self.groups: dict[str, UpstreamGroup] = {}
+        self.violations = violations if violations is not None else Violations()
+        paths = tls_paths(policies)
+        self.tls = TLSManager(paths, bus) if paths is not None else None
+        self.queue: AsyncSpool | None = None
+        self.queue_error: str | None = None
+        self._policies = policies
+        self._restart_policy = restart_policy
+        self._queue_name = queue_name
+        self._nursery: trio.Nursery | None = None
+        self._pool: UpstreamPool | None = None
+        self._proxy: Proxy | None = None
+        self._prober: Prober | None = None
+        self._deliverer: Deliverer | None = None
+
+    @property
+    def pool(self) -> UpstreamPool:
+        assert self._pool is not None, "the engine has not started"
+        return self._pool
+
+    @property
+    def proxy(self) -> Proxy:
+        assert self._proxy is not None, "the engine has not started"
+        return self._proxy
+
+    @property
+    def unrouted(self) -> UpstreamStats:
+        """The figures of requests that reached no upstream."""
+        return self._proxy.unrouted if self._proxy is not None else UpstreamStats()
+
+    async def start(self, nursery: trio.Nursery) -> Proxy:
+        """Start every upstream group in ``nursery`` (each has published its first endpoint
+        set on return) and the request path that uses them."""
+        self._nursery = nursery
+        policies = self._policies
+        self._pool = UpstreamPool(
+            nursery, connector=self._connect, rules=self.rules("upstream", policies)
+        )
+        trust_domain = policies.node.node.trust_domain
+
+        def peer(upstream: UpstreamPolicy) -> str | None:
+            return expected_identity(
+                upstream, self._proxy.trust_domain if self._proxy else trust_domain
+            )
+
+        self._prober = Prober(self._pool, peer)
+        self._deliverer = Deliverer(self._pool, peer)
+        self.open_queue(policies)
+        for upstream in policies.upstreams.values():
+            await self._start_group(upstream)
+        proxy = self._proxy = Proxy(
+            RouteTable.build(policies.upstreams),
+            dict(self.groups),
+            self._pool,
+            trust_domain=trust_domain,
+        )
+        proxy.queue = self.queue
+        self._apply_limits(policies)
+        return proxy
+
+    def rules(self, where: str, policies: PolicySet) -> ConnectionRules:
+        """The rules a connection of ``where`` is held to under ``policies``' [limits]."""
+        return ConnectionRules(where, policies.node.limits, self.violations)
+
+    async def apply(self, new: PolicySet, diff: PolicyDiff) -> None:
+        """Bring the groups and the request path to ``new``; requests in flight keep the
+        policy they started under, and removed upstreams drain before they stop."""
+        assert self._nursery is not None and self._proxy is not None
+        self._policies = new
+        self.open_queue(new)
+        for name in diff.added:
+            await self._start_group(new.upstreams[name])
+        for name in diff.updated:
+            await self.groups[name].update_policy(new.upstreams[name])
+        removed = [self.groups.pop(name) for name in diff.removed]
+        self._proxy.swap(RouteTable.build(new.upstreams), dict(self.groups))
+        self._proxy.trust_domain = new.node.node.trust_domain
+        self._apply_limits(new)
+        for group in removed:
+            self._nursery.start_soon(self._retire, group, new.node.node.drain_timeout)
+
+    def open_queue(self, policies: PolicySet) -> None:
+        """Open the durable spool once any upstream has a queue fallback."""
+        if self.queue is not None or not uses_queue(policies):
+            return
+        path = state_dir(policies) / self._queue_name
+        try:
+            self.queue = AsyncSpool(Spool(path))
+            self.queue_error = None
+        except SpoolError as exc:
+            self.queue_error = str(exc)
+            log.error("the queue fallback is unavailable: %s", exc)
+            return
+        for group in self.groups.values():
+            group.queue = self.queue
+        if self._proxy is not None:
+            self._proxy.queue = self.queue
+
+    async def watch_tls(self, poll_interval: float) -> None:
+        """Re-read the certificate files when they change (rotation), until cancelled."""
+        if self.tls is not None:
+            await self.tls.watch(poll_interval)
+
+    def close(self) -> None:
+        """Tell every upstream connection we are leaving; streams in flight still finish."""
+        if self._pool is not None:
+            self._pool.close_all()
+
+    def _apply_limits(self, policies: PolicySet) -> None:
+        assert self._pool is not None and self._proxy is not None
+        self._pool.rules = self.rules("upstream", policies)
+        self._proxy.limits = policies.node.limits
+
+    async def _connect(self, address: Address, peer: str | None) -> trio.abc.Stream:
+        """The pool's connector: cleartext, or mTLS with the current client context."""
+        if peer is None or self.tls is None:
+            return await tcp_connector(address, peer)
+        return await connect_mesh(address, peer, self.tls.material.client)
+
+    async def _start_group(self, policy: UpstreamPolicy) -> None:
+        assert self._nursery is not None
+        group = UpstreamGroup(
+            policy, self.bus, self._restart_policy, self._prober, self.queue, self._deliverer
+        )
+        await self._nursery.start(group.run)
+        self.groups[policy.name] = group
+
+    async def _retire(self, group: UpstreamGroup, timeout: float) -> None:
+        finished = await group.drain(timeout)
+        group.stop()
+        log.info(
+            "upstream %s removed%s", group.name, "" if finished else " with requests cut short"
+        )

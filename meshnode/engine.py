@@ -25,6 +25,7 @@ from meshnode.net.tls import TLSManager, connect_mesh
 from meshnode.net.violations import ConnectionRules, Violations
 from meshnode.policy import Address, PolicySet, UpstreamPolicy
 from meshnode.policy.diff import PolicyDiff
+from meshnode.proxy.access_log import log_access
 from meshnode.proxy.forward import Proxy, expected_identity
 from meshnode.proxy.routing import RouteTable
 from meshnode.resilience.spool import AsyncSpool, Spool, SpoolError
@@ -133,7 +134,7 @@ class Engine:
             trust_domain=trust_domain,
         )
         proxy.queue = self.queue
-        self._apply_limits(policies)
+        self._apply_settings(policies)
         return proxy
 
     def rules(self, where: str, policies: PolicySet) -> ConnectionRules:
@@ -153,7 +154,7 @@ class Engine:
         removed = [self.groups.pop(name) for name in diff.removed]
         self._proxy.swap(RouteTable.build(new.upstreams), dict(self.groups))
         self._proxy.trust_domain = new.node.node.trust_domain
-        self._apply_limits(new)
+        self._apply_settings(new)
         for group in removed:
             self._nursery.start_soon(self._retire, group, new.node.node.drain_timeout)
 
@@ -184,10 +185,13 @@ class Engine:
         if self._pool is not None:
             self._pool.close_all()
 
-    def _apply_limits(self, policies: PolicySet) -> None:
+    def _apply_settings(self, policies: PolicySet) -> None:
+        """The node settings a reload may change here: [limits] (connections keep the rules
+        they began with, new ones take the new) and the access log."""
         assert self._pool is not None and self._proxy is not None
         self._pool.rules = self.rules("upstream", policies)
         self._proxy.limits = policies.node.limits
+        self._proxy.observers = [log_access] if policies.node.node.access_log else []
 
     async def _connect(self, address: Address, peer: str | None) -> trio.abc.Stream:
         """The pool's connector: cleartext, or mTLS with the current client context."""

@@ -39,7 +39,6 @@ from meshnode.policy.convert import converter
 from meshnode.policy.diff import PolicyDiff
 from meshnode.policy.load import LOCAL, read_token
 from meshnode.policy.models import NodeHealthCheck
-from meshnode.proxy.access_log import log_access
 from meshnode.proxy.forward import InboundProxy
 from meshnode.reload import POLL_INTERVAL, Reloader, ReloadResult, watch_directory
 from meshnode.resilience.core.breaker import Override
@@ -361,12 +360,10 @@ class Node:
         self.bus.publish(OverloadChanged(reason=reason, active=active))
 
     def _apply_node_settings(self, policies: PolicySet) -> None:
-        """Node settings that a reload may change: the access log, the admin token and the
-        limits (connections keep the limits they began with; new ones take the new)."""
-        proxy = self.engine.proxy
-        proxy.observers = [log_access] if policies.node.node.access_log else []
+        """Node settings that a reload may change beyond the engine's: the admin token, the
+        inbound listener's limits, and the listeners' rules."""
         limits = policies.node.limits
-        proxy.overload = self.overload
+        self.engine.proxy.overload = self.overload
         if self._inbound is not None:
             self._inbound.limits, self._inbound.overload = limits, self.overload
         for listener in self._listeners:

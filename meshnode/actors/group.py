@@ -60,6 +60,8 @@ class EndpointLoad:
     address: Address
     in_flight: int = 0
     latency: PeakEWMA = attrs.field(factory=PeakEWMA)
+    tries: int = 0
+    failures: int = 0  # tries that failed (connect, reset, timeout, 5xx)
 
 
 class _LoadView:
@@ -296,6 +298,8 @@ class UpstreamGroup:
         """The try on ``load``'s endpoint ended; its outcome feeds latency and ejection."""
         now = trio.current_time()
         load.in_flight -= 1
+        load.tries += 1
+        load.failures += failed
         load.latency.observe(latency, now, failed=failed)
         self.in_flight -= 1
         if self.in_flight == 0:
@@ -403,6 +407,7 @@ class UpstreamGroup:
             "breaker": self.breaker.report(),
             "requests": {str(code): count for code, count in sorted(stats.requests.items())},
             "retries": dict(stats.retries),
+            "tries": dict(stats.tries),
             "rate_limited": stats.rate_limited,
             "rejected": {**stats.rejected, "circuit-open": stats.breaker_rejected},
             "fallbacks": dict(stats.fallbacks),
@@ -422,5 +427,7 @@ class UpstreamGroup:
             "ejected": outliers is not None and outliers.ejected(endpoint.address, now),
             "ejections": outliers.ejections(endpoint.address) if outliers is not None else 0,
             "in_flight": load.in_flight,
+            "tries": load.tries,
+            "failures": load.failures,
             "ewma_latency_ms": None if latency is None else round(latency * 1000, 3),
         }

@@ -26,6 +26,7 @@ class UpstreamStats:
         "rejected",
         "requests",
         "retries",
+        "tries",
     )
 
     def __init__(self) -> None:
@@ -34,6 +35,8 @@ class UpstreamStats:
         self.duration_sum = 0.0
         self.duration_count = 0
         self.retries = {"retried": 0, "budget-exhausted": 0, "exhausted": 0}
+        # Tries made, requests that needed more than one, and those a retry saved.
+        self.tries = {"total": 0, "retried_requests": 0, "recovered": 0}
         self.rate_limited = 0
         self.breaker_rejected = 0
         self.fallbacks: dict[str, int] = {}

@@ -30,7 +30,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
 import h2.config
@@ -118,6 +118,23 @@ class StreamReset(Exception):
         self.connection_lost = connection_lost
 
 
+class StreamCarrier(Protocol):
+    """What carries a ``Stream``'s frames: an HTTP/2 connection (``H2Session``), or the
+    two ends of an in-process exchange (``meshnode.net.local``)."""
+
+    def _ack(self, stream: Stream, flow_length: int) -> None: ...
+
+    def _send_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None: ...
+
+    async def _send_data(self, stream: Stream, data: bytes, end_stream: bool) -> None: ...
+
+    def _reset(self, stream: Stream, code: int) -> None: ...
+
+    def violation(self, kind: str, detail: str) -> None: ...
+
+    def _charge_reset(self) -> None: ...
+
+
 class Stream:
     """One HTTP/2 stream: items received in order, and sends that respect flow control."""
 
@@ -138,7 +155,7 @@ class Stream:
         "waiting_since",
     )
 
-    def __init__(self, session: H2Session, stream_id: int, headers: Headers | None) -> None:
+    def __init__(self, session: StreamCarrier, stream_id: int, headers: Headers | None) -> None:
         self.session = session
         self.id = stream_id
         self.headers = headers  # request headers on a server session

@@ -329,8 +329,12 @@ class Proxy:
             raise AttemptFailed(condition, error, headers=headers, retry_delay=delay)
 
         session = _session_key(request, policy)
+        counts = group.stats.tries
         while True:
             tries += 1
+            counts["total"] += 1
+            if tries == 2:
+                counts["retried_requests"] += 1
             endpoint, load = await group.acquire(avoid, request.client_ip, session)
             request.tries += 1
             request.endpoint = str(endpoint.address)
@@ -350,6 +354,8 @@ class Proxy:
                     peer=peer,
                 )
                 try_failed = status >= 500
+                if tries > 1 and not try_failed:
+                    counts["recovered"] += 1
                 if capture is not None and status == 200 and not capture.overflow:
                     _remember(group.protections, request.path, head, capture)
                 return status

@@ -65,9 +65,12 @@ class RoundRobinStrategy:
         load: Load,
         client: bytes | None,
     ) -> T:
-        index = self._next % len(candidates)
+        # One counter for every pick, whatever the list: a retry picks from a shorter list
+        # (its failed endpoint left out), and restarting from that list's index would send
+        # every next request to the same (dead) endpoint first.
+        index = self._next
         self._next = index + 1
-        return candidates[index]
+        return candidates[index % len(candidates)]
 
 
 class RandomStrategy:

@@ -289,7 +289,9 @@ class UpstreamGroup:
             for endpoint in free:
                 if endpoint.address == sticky:
                     return endpoint
-        chosen = self.balancing.strategy.pick(free, _address, self._load_view, client)
+        chosen = self.balancing.strategy.pick(
+            free, _address, self._load_view, client, retry=avoid is not None
+        )
         if sessions is not None and session is not None:
             sessions.stick(session, chosen.address, now)
         return chosen

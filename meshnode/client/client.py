@@ -230,7 +230,7 @@ async def open_mesh_client(
         async with trio.open_nursery() as nursery:
             transport: Embedded | Sidecar
             if policies is not None:
-                transport = await Embedded.start(Path(policies), nursery, watch=watch)
+                transport = await Embedded.start(name, Path(policies), nursery, watch=watch)
             else:
                 address = Address.parse(sidecar or DEFAULT_SIDECAR)
                 admin_url = admin or os.environ.get("MESHNODE_ADMIN") or DEFAULT_ADMIN

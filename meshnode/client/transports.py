@@ -49,17 +49,22 @@ class Embedded:
 
     mode = "embedded"
 
-    def __init__(self, policies: PolicySet, nursery: trio.Nursery) -> None:
+    def __init__(self, name: str, policies: PolicySet, nursery: trio.Nursery) -> None:
         self.bus = EventBus()
-        self.engine = Engine(policies, self.bus)  # TLSMaterialError on bad [tls] material
+        # The queue fallback's database is the client's own: the host's node has one too.
+        queue_name = f"queue-client-{name}.db"
+        # TLSMaterialError on bad [tls] material, every problem listed.
+        self.engine = Engine(policies, self.bus, queue_name=queue_name)
         self.reloader = Reloader(policies, self.engine.apply, self.bus, time.time)
         self._nursery = nursery
 
     @classmethod
-    async def start(cls, directory: Path, nursery: trio.Nursery, *, watch: bool) -> Embedded:
+    async def start(
+        cls, name: str, directory: Path, nursery: trio.Nursery, *, watch: bool
+    ) -> Embedded:
         """``PolicyError`` lists every problem of a bad policy directory."""
         policies = await trio.to_thread.run_sync(load_policies, directory)
-        embedded = cls(policies, nursery)
+        embedded = cls(name, policies, nursery)
         await embedded.engine.start(nursery)
         nursery.start_soon(embedded.engine.watch_tls, TLS_POLL_INTERVAL)
         if watch:

@@ -20,6 +20,7 @@ import trio.testing
 
 from meshnode import certs
 from meshnode.client import MeshClient, MeshStatusError, MeshUnavailable, open_mesh_client
+from meshnode.policy import PolicyError
 from tests.conftest import free_port, upstream_toml, write_policies
 from tests.support.user_service import UserService, download_body
 
@@ -346,3 +347,29 @@ async def test_a_client_of_another_ca_is_refused(tmp_path, remote_node, mesh_cli
     assert (response.status, response.mesh_error) == (503, "upstream-connect-failure")
     assert "TLS handshake failed" in json.loads(response.body)["detail"]
     assert service.requests == 0
+
+
+# -- embedded mode's own policy handling --------------------------------------------------
+
+
+async def test_a_bad_policy_directory_is_refused_with_every_problem(tmp_path) -> None:
+    directory = write_policies(
+        tmp_path / "policies",
+        {"users": upstream_toml("users", "127.0.0.1:1", extra="[retry]\nmax_retries = 'two'\n")},
+    )
+    with pytest.raises(PolicyError) as refused:
+        async with open_mesh_client("api-gateway", policies=directory):
+            pytest.fail("opened on a bad policy directory")
+    problem = "retry.max_retries: expected an integer, got 'two'"
+    assert refused.value.lines == [f"{directory}/users.toml: {problem}"]
+
+
+async def test_embedded_policies_reload(tmp_path, nursery) -> None:
+    _, addresses = await services(nursery, "orders")
+    directory = write_policies(tmp_path / "policies", {})
+    async with open_mesh_client("api-gateway", policies=directory, watch=False) as mesh:
+        assert (await mesh.get("orders", "/")).mesh_error == "no-route"
+        (directory / "orders.toml").write_text(upstream_toml("orders", *addresses))
+        result = await mesh.reload()
+        assert result.applied and list(result.diff.added) == ["orders"]
+        assert (await mesh.get("orders", "/")).json()["instance"] == "orders"

@@ -58,6 +58,22 @@ def test_round_robin_is_even() -> None:
     assert set(spread(RoundRobinStrategy(), HOSTS, 1000).values()) == {250}
 
 
+def test_round_robin_keeps_turning_when_a_retry_picks_from_fewer() -> None:
+    """A dead endpoint b: each request that lands on it is retried among the others. The next
+    request must not land on b again (it did every time while the turn restarted from the
+    retry's shorter list), and the retries must not move the turn (c, after b, would only
+    ever be reached by retries): every endpoint gets its third of first tries."""
+    strategy, load = RoundRobinStrategy(), FakeLoad()
+    hosts = HOSTS[:3]
+    first_tries = []
+    for _ in range(30):
+        chosen = strategy.pick(hosts, name, load, None)
+        first_tries.append(chosen.name)
+        if chosen.name == "b":
+            strategy.pick([h for h in hosts if h.name != "b"], name, load, None, retry=True)
+    assert collections.Counter(first_tries) == {"a": 10, "b": 10, "c": 10}
+
+
 def test_random_is_roughly_even() -> None:
     counts = spread(RandomStrategy(random.Random(3)), HOSTS, 10_000)
     assert all(2300 < count < 2700 for count in counts.values())

@@ -45,12 +45,18 @@ class Load(Protocol):
 
 
 class Strategy(Protocol):
+    """``retry`` marks the pick of a retry, among the endpoints left once the failed one is
+    set aside: it must not move a rotation, or round robin would skip an endpoint for
+    good (the one after a dead endpoint would only ever be reached by retries)."""
+
     def pick(
         self,
         candidates: Sequence[T],
         key: Callable[[T], Hashable],
         load: Load,
         client: bytes | None,
+        *,
+        retry: bool = False,
     ) -> T: ...
 
 
@@ -64,12 +70,12 @@ class RoundRobinStrategy:
         key: Callable[[T], Hashable],
         load: Load,
         client: bytes | None,
+        *,
+        retry: bool = False,
     ) -> T:
-        # One counter for every pick, whatever the list: a retry picks from a shorter list
-        # (its failed endpoint left out), and restarting from that list's index would send
-        # every next request to the same (dead) endpoint first.
         index = self._next
-        self._next = index + 1
+        if not retry:
+            self._next = index + 1
         return candidates[index % len(candidates)]
 
 
@@ -83,6 +89,8 @@ class RandomStrategy:
         key: Callable[[T], Hashable],
         load: Load,
         client: bytes | None,
+        *,
+        retry: bool = False,
     ) -> T:
         return candidates[self._rng.randrange(len(candidates))]
 
@@ -100,6 +108,8 @@ class PowerOfTwoChoices:
         key: Callable[[T], Hashable],
         load: Load,
         client: bytes | None,
+        *,
+        retry: bool = False,
     ) -> T:
         if len(candidates) == 1:
             return candidates[0]
@@ -130,6 +140,8 @@ class WeightedRoundRobin:
         key: Callable[[T], Hashable],
         load: Load,
         client: bytes | None,
+        *,
+        retry: bool = False,
     ) -> T:
         current = self._current
         total = 0
@@ -165,6 +177,8 @@ class ConsistentHash:
         key: Callable[[T], Hashable],
         load: Load,
         client: bytes | None,
+        *,
+        retry: bool = False,
     ) -> T:
         names = tuple(sorted(str(key(c)) for c in candidates))
         if names != self._members:

@@ -23,7 +23,9 @@ from meshnode.client.metrics import seed_metrics
 from meshnode.client.response import CallReset, MeshResponse, StreamingResponse
 from meshnode.client.transports import Embedded, Sidecar, Transport
 from meshnode.net.session import CANCEL, Headers, ResponseHead, Stream, StreamReset
+from meshnode.net.validation import Malformed, check_request
 from meshnode.policy import Address
+from meshnode.proxy.headers import strip_hop_by_hop
 from meshnode.reload import ReloadResult
 
 CLIENT_ID_HEADER = "x-client-id"  # the header SPEC's session affinity and rate limits key on
@@ -162,7 +164,10 @@ class MeshClient:
         if isinstance(body, bytes):
             given.setdefault("content-length", str(len(body)))
         given.setdefault("user-agent", self._user_agent.decode())
-        head.extend((name.encode(), value.encode()) for name, value in given.items())
+        head.extend(strip_hop_by_hop((n.encode(), v.encode()) for n, v in given.items()))
+        checked = check_request(head, max_count=len(head), underscores="allow")
+        if isinstance(checked, Malformed):
+            raise ValueError(f"a request to {service} cannot be sent: {checked.reason}")
         return head, body
 
 

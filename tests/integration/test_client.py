@@ -373,3 +373,17 @@ async def test_embedded_policies_reload(tmp_path, nursery) -> None:
         result = await mesh.reload()
         assert result.applied and list(result.diff.added) == ["orders"]
         assert (await mesh.get("orders", "/")).json()["instance"] == "orders"
+
+
+async def test_headers_http2_forbids_are_dropped_and_bad_ones_refused(
+    tmp_path, nursery, mesh_client
+) -> None:
+    (service,), addresses = await services(nursery, "users")
+    directory = write_policies(tmp_path / "policies", {"users": upstream_toml("users", *addresses)})
+    async with mesh_client(directory) as mesh:
+        response = await mesh.get("users", "/", headers={"connection": "close", "x-kept": "1"})
+        with pytest.raises(ValueError, match="invalid characters in the value of x-bad"):
+            await mesh.get("users", "/", headers={"x-bad": "one\r\nx-injected: two"})
+    assert response.status == 200
+    assert service.requests == 1
+    assert "connection" not in service.seen[0] and service.seen[0]["x-kept"] == "1"

@@ -13,7 +13,7 @@ import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import urlencode
 
 import trio
@@ -36,6 +36,15 @@ DEFAULT_ADMIN = "http://127.0.0.1:15000"
 Content = bytes | AsyncIterable[bytes]
 
 
+class CallOptions(TypedDict, total=False):
+    """What a call may add to its method, service, path and JSON body (docs/client.md)."""
+
+    content: Content | None
+    params: Mapping[str, str] | None
+    headers: Mapping[str, str] | None
+    client_id: str | None
+
+
 class MeshClient:
     """Calls to services through the mesh. Made by ``open_mesh_client``."""
 
@@ -49,16 +58,20 @@ class MeshClient:
         """``embedded`` or ``sidecar``."""
         return self._transport.mode
 
-    async def get(self, service: str, path: str, **options: Any) -> MeshResponse:
+    async def get(self, service: str, path: str, **options: Unpack[CallOptions]) -> MeshResponse:
         return await self.request("GET", service, path, **options)
 
-    async def post(self, service: str, path: str, json: Any = None, **options: Any) -> MeshResponse:
+    async def post(
+        self, service: str, path: str, json: Any = None, **options: Unpack[CallOptions]
+    ) -> MeshResponse:
         return await self.request("POST", service, path, json=json, **options)
 
-    async def put(self, service: str, path: str, json: Any = None, **options: Any) -> MeshResponse:
+    async def put(
+        self, service: str, path: str, json: Any = None, **options: Unpack[CallOptions]
+    ) -> MeshResponse:
         return await self.request("PUT", service, path, json=json, **options)
 
-    async def delete(self, service: str, path: str, **options: Any) -> MeshResponse:
+    async def delete(self, service: str, path: str, **options: Unpack[CallOptions]) -> MeshResponse:
         return await self.request("DELETE", service, path, **options)
 
     async def request(
@@ -66,25 +79,12 @@ class MeshClient:
         method: str,
         service: str,
         path: str,
-        *,
         json: Any = None,
-        content: Content | None = None,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        client_id: str | None = None,
+        **options: Unpack[CallOptions],
     ) -> MeshResponse:
         """One call, its whole response read. A mesh-made answer (an open breaker, a timeout)
         is a response like any other: see ``mesh_error`` and ``raise_for_status``."""
-        async with self.stream(
-            method,
-            service,
-            path,
-            json=json,
-            content=content,
-            params=params,
-            headers=headers,
-            client_id=client_id,
-        ) as response:
+        async with self.stream(method, service, path, json=json, **options) as response:
             return await response.read()
 
     @asynccontextmanager

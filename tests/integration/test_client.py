@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,11 +19,11 @@ import trio.testing
 
 from meshnode import certs
 from meshnode.client import MeshClient, MeshStatusError, MeshUnavailable, open_mesh_client
-from meshnode.policy import PolicyError
+from meshnode.policy import Address, PolicyError
 from tests.conftest import free_port, upstream_toml, write_policies
+from tests.support.mtls import TRUST, inbound_section, mesh_upstream, node_toml
 from tests.support.user_service import UserService, download_body
 
-TRUST = "mesh.local"
 FAST_RETRY = """
 [retry]
 max_retries = 2
@@ -260,35 +259,9 @@ async def test_a_sidecar_that_is_not_there_is_said_so() -> None:
 
 
 def client_policies(directory: Path, pki: Path, remote: str) -> Path:
-    directory.mkdir(parents=True)
-    (directory / "node.toml").write_text(
-        textwrap.dedent(f"""
-        [node]
-        name = "api-gateway"
-        trust_domain = "{TRUST}"
-
-        [listeners.outbound]
-        address = "127.0.0.1:0"
-
-        [admin]
-        address = "127.0.0.1:0"
-
-        [tls]
-        ca = "{pki}/ca.pem"
-        cert = "{pki}/api-gateway.pem"
-        key = "{pki}/api-gateway-key.pem"
-        """)
-    )
-    (directory / "user-service.toml").write_text(
-        textwrap.dedent(f"""
-        [upstream]
-        name = "user-service"
-        tls = "mesh"
-
-        [discovery]
-        endpoints = ["{remote}"]
-        """)
-    )
+    """api-gateway's policies: its certificate, and user-service over mTLS at ``remote``."""
+    node_toml(directory, "api-gateway", pki)
+    mesh_upstream(directory, "user-service", Address.parse(remote))
     return directory
 
 
@@ -301,26 +274,7 @@ async def remote_node(tmp_path, nursery, running) -> tuple[UserService, str, Pat
         certs.issue(pki, name)
     (service,), (local,) = await services(nursery, "users")
     remote = tmp_path / "remote"
-    remote.mkdir()
-    (remote / "node.toml").write_text(
-        textwrap.dedent(f"""
-        [node]
-        name = "user-service"
-        trust_domain = "{TRUST}"
-        [listeners.outbound]
-        address = "127.0.0.1:0"
-        [admin]
-        address = "127.0.0.1:0"
-        [listeners.inbound]
-        address = "127.0.0.1:0"
-        local = "{local}"
-        allow = ["spiffe://{TRUST}/service/api-gateway"]
-        [tls]
-        ca = "{pki}/ca.pem"
-        cert = "{pki}/user-service.pem"
-        key = "{pki}/user-service-key.pem"
-        """)
-    )
+    node_toml(remote, "user-service", pki, inbound=inbound_section(local, "api-gateway"))
     _, addresses = await running(remote)
     return service, str(addresses.inbound[0]), pki
 

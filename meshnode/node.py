@@ -218,6 +218,7 @@ class Node:
                 proxy.handle,
                 rules=engine.rules("outbound", self.policies),
                 overload=self.overload,
+                http1=True,
             )
             bindings = self._bindings
             outbound_addresses = await nursery.start(

@@ -59,7 +59,11 @@ class Prober:
         if grpc:
             headers += [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
         stream = await self._pool.open_stream(
-            address, headers, end_stream=not grpc, peer=self._peer(policy)
+            address,
+            headers,
+            end_stream=not grpc,
+            peer=self._peer(policy),
+            protocol=policy.upstream.protocol,
         )
         try:
             if grpc:

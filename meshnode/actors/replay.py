@@ -65,6 +65,7 @@ class Deliverer:
                     headers,
                     end_stream=not entry.body,
                     peer=self._peer(group.policy),
+                    protocol=group.policy.upstream.protocol,
                 )
                 try:
                     if entry.body:

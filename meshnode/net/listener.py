@@ -23,6 +23,8 @@ from functools import partial
 import attrs
 import trio
 
+from meshnode.net.http1 import sniff
+from meshnode.net.http1_server import H1ServerSession
 from meshnode.net.overload import Overload
 from meshnode.net.session import H2Session, Stream
 from meshnode.net.tls import ALPN, peer_identity
@@ -56,8 +58,10 @@ class H2Listener:
         handshake_timeout: float = 10.0,
         rules: ConnectionRules | None = None,
         overload: Overload | None = None,
+        http1: bool = False,
     ) -> None:
         """``tls`` gives the context for each new connection (rotation swaps what it returns).
+        ``http1``: HTTP/1.1 callers too, told from HTTP/2 ones by the connection preface.
 
         ``rules`` may be swapped on reload; each connection keeps the rules it began with.
         """
@@ -69,7 +73,8 @@ class H2Listener:
         self.overload = overload if overload is not None else Overload()
         self._saturation = f"connections:{name}"
         self.connections = 0  # accepted and not yet closed, handshakes included
-        self.sessions: set[H2Session] = set()
+        self.sessions: set[H2Session | H1ServerSession] = set()
+        self._http1 = http1
         self._accepting = trio.CancelScope()
         self._listeners: list[trio.SocketListener] = []
         self._idle = trio.Event()
@@ -155,17 +160,30 @@ class H2Listener:
             if secured is None:
                 return
             stream, identity = secured, peer_identity(secured)
+        protocol = "h2"
+        if self._http1:
+            sniffed = await sniff(stream, self.rules.limits.header_timeout)
+            if sniffed is None:
+                await trio.aclose_forcefully(stream)
+                return
+            protocol, stream = sniffed
         peer = Peer(client_ip, identity)
-        session: H2Session | None = None
+        session: H2Session | H1ServerSession | None = None
         try:
             async with trio.open_nursery() as requests:
-                session = H2Session(
-                    stream,
-                    client_side=False,
-                    on_request=partial(_spawn, requests, self._handler, peer),
-                    rules=self.rules,
-                    peer=client_ip.decode(),
-                )
+                on_request = partial(_spawn, requests, self._handler, peer)
+                if protocol == "http1":
+                    session = H1ServerSession(
+                        stream, on_request=on_request, rules=self.rules, peer=client_ip.decode()
+                    )
+                else:
+                    session = H2Session(
+                        stream,
+                        client_side=False,
+                        on_request=on_request,
+                        rules=self.rules,
+                        peer=client_ip.decode(),
+                    )
                 self.sessions.add(session)
                 if self._draining:
                     session.close_gracefully()

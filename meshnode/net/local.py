@@ -130,6 +130,9 @@ class LocalExchange:
     def _charge_reset(self) -> None:
         """Resets are budgeted against hostile peers; this process is not one."""
 
+    def _waiting(self, stream: Stream) -> None:
+        """Nothing to do: the other end sends without being asked."""
+
     def _pulse(self) -> None:
         self._window_opened.set()
         self._window_opened = trio.Event()

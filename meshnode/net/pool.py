@@ -19,6 +19,7 @@ import attrs
 import trio
 
 from meshnode.errors import UpstreamConnectFailure
+from meshnode.net.http1_client import H1ClientConnection
 from meshnode.net.session import H2Session, Headers, Stream
 from meshnode.net.violations import ConnectionRules
 from meshnode.policy.units import Address, Duration
@@ -70,15 +71,29 @@ class UpstreamPool:
         self._idle_timeout = idle_timeout
         self.rules = rules if rules is not None else ConnectionRules("upstream")
         self._endpoints: dict[tuple[Address, str | None], _Endpoint] = {}
+        # HTTP/1.1 upstreams: idle keep-alive connections per endpoint (the last used first),
+        # and every open one, to retire on close_all.
+        self._idle_http1: dict[Address, list[H1ClientConnection]] = {}
+        self._http1: set[H1ClientConnection] = set()
 
     async def open_stream(
-        self, address: Address, headers: Headers, *, end_stream: bool, peer: str | None = None
+        self,
+        address: Address,
+        headers: Headers,
+        *,
+        end_stream: bool,
+        peer: str | None = None,
+        protocol: str = "h2",
     ) -> Stream:
         """Send a request's headers to ``address``, connecting if no connection has room.
 
         ``peer``, when given, is the identity the endpoint must prove over mTLS;
         such connections are pooled apart from cleartext ones to the same address.
+        ``protocol`` "http1": one request per connection at a time, kept alive for the next
+        (the bulkhead's per-endpoint limit bounds how many are open).
         """
+        if protocol == "http1":
+            return await self._open_http1(address, headers, end_stream)
         key = (address, peer)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
@@ -97,19 +112,52 @@ class UpstreamPool:
         for endpoint in self._endpoints.values():
             for session in endpoint.sessions:
                 session.close_gracefully()
+        for connection in list(self._http1):
+            connection.close()
+
+    async def _open_http1(self, address: Address, headers: Headers, end_stream: bool) -> Stream:
+        idle = self._idle_http1.setdefault(address, [])
+        while idle:
+            connection = idle.pop()
+            if connection.usable:
+                return connection.start(headers, end_stream=end_stream)
+        transport = await self._open_transport(address, None)
+        connection = H1ClientConnection(
+            transport,
+            rules=self._session_rules(),
+            peer=str(address),
+            idle_timeout=self._session_rules().limits.idle_timeout,
+            on_idle=idle.append,
+        )
+        self._http1.add(connection)
+        self._nursery.start_soon(self._run_http1, idle, connection)
+        return connection.start(headers, end_stream=end_stream)
+
+    async def _run_http1(
+        self, idle: list[H1ClientConnection], connection: H1ClientConnection
+    ) -> None:
+        try:
+            await connection.run()
+        except Exception:
+            log.exception("upstream connection to %s failed", connection.peer)
+        finally:
+            self._http1.discard(connection)
+            if connection in idle:
+                idle.remove(connection)
+
+    async def _open_transport(self, address: Address, peer: str | None) -> trio.abc.Stream:
+        try:
+            with trio.fail_after(self._connect_timeout):
+                return await self._connector(address, peer)
+        except (OSError, trio.TooSlowError) as exc:
+            raise UpstreamConnectFailure(f"cannot connect to {address}: {_reason(exc)}") from exc
 
     async def _connect(self, address: Address, peer: str | None, endpoint: _Endpoint) -> H2Session:
         async with endpoint.connect_lock:
             session = endpoint.usable()
             if session is not None:
                 return session
-            try:
-                with trio.fail_after(self._connect_timeout):
-                    transport = await self._connector(address, peer)
-            except (OSError, trio.TooSlowError) as exc:
-                raise UpstreamConnectFailure(
-                    f"cannot connect to {address}: {_reason(exc)}"
-                ) from exc
+            transport = await self._open_transport(address, peer)
             session = H2Session(
                 transport, client_side=True, rules=self._session_rules(), peer=str(address)
             )

@@ -134,6 +134,9 @@ class StreamCarrier(Protocol):
 
     def _charge_reset(self) -> None: ...
 
+    def _waiting(self, stream: Stream) -> None:
+        """The consumer waits for what the peer sends next (HTTP/1.1: time for a 100)."""
+
 
 class Stream:
     """One HTTP/2 stream: items received in order, and sends that respect flow control."""
@@ -181,6 +184,7 @@ class Stream:
                 raise self.error
             self._wakeup = trio.Event()
             self.waiting_since = trio.current_time()
+            self.session._waiting(self)
             try:
                 await self._wakeup.wait()
             finally:
@@ -489,6 +493,9 @@ class H2Session:
             self._gate.budgets.spend("resets_sent", trio.current_time())
         except FrameError as exc:
             self._fatal(exc.error_code, exc.kind, str(exc))
+
+    def _waiting(self, stream: Stream) -> None:
+        """Nothing to do: HTTP/2 peers send without being asked."""
 
     def _push(self, stream_id: int, item: StreamItem) -> None:
         stream = self.streams.get(stream_id)

@@ -25,6 +25,12 @@ def _is_status(value: str) -> bool:
 
 def check_resilience(policy: UpstreamPolicy) -> Iterator[tuple[str, str]]:
     """Yield ``(key.path, reason)`` for every value out of its range or vocabulary."""
+    section = policy.upstream
+    if section.protocol == "http1" and section.tls == "mesh":
+        yield (
+            "upstream.protocol",
+            'http1 needs tls = "none": traffic between nodes is HTTP/2 over mTLS',
+        )
     breaker = policy.circuit_breaker
     if breaker is not None:
         yield from _at_least("circuit_breaker.failure_threshold", breaker.failure_threshold, 1)

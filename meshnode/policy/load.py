@@ -25,12 +25,6 @@ from meshnode.policy.models import Discovery, NodePolicy, StaticDiscovery, Upstr
 
 NODE_FILE = "node.toml"
 
-# Values of SPEC that a later piece of work implements. Until then a file
-# using them is rejected with this reason rather than silently half-applied.
-_NOT_YET_VALUES = {
-    ("listeners.inbound.local_protocol", "http1"): "HTTP/1.1 support",
-    ("upstream.protocol", "http1"): "HTTP/1.1 support",
-}
 _UPSTREAM_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 
 
@@ -156,7 +150,6 @@ def _parse(path: Path, text: bytes, errors: list[str]) -> dict[str, Any] | None:
 def _node_policy(
     path: Path, raw: dict[str, Any], errors: list[str]
 ) -> tuple[NodePolicy | None, dict[str, Any]]:
-    errors.extend(f"{path}: {key}: {reason}" for key, reason in _not_yet(raw))
     defaults = raw.get("defaults", {})
     policy = _structure(path, raw, NodePolicy, errors)
     if policy is not None:
@@ -206,7 +199,6 @@ def is_loopback(host: str) -> bool:
 
 def _upstream_policy(path: Path, raw: dict[str, Any], errors: list[str]) -> UpstreamPolicy | None:
     before = len(errors)
-    errors.extend(f"{path}: {key}: {reason}" for key, reason in _not_yet(raw))
     policy = _structure(path, raw, UpstreamPolicy, errors)
     if policy is None or len(errors) > before:
         return None
@@ -246,23 +238,6 @@ def _structure(path: Path, raw: dict[str, Any], kind: type[Any], errors: list[st
     except Exception as exc:  # cattrs raises groups of any leaf error; all of them are reported
         errors.extend(f"{path}: {key}: {reason}" for key, reason in error_lines(exc))
         return None
-
-
-def _not_yet(raw: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """Remove what a later piece of work implements from ``raw`` and say so, key by key."""
-    for (dotted, value), work in _NOT_YET_VALUES.items():
-        *parents, key = dotted.split(".")
-        table = _table_at(raw, parents)
-        if isinstance(table, dict) and table.get(key) == value:
-            del table[key]
-            yield dotted, f'"{value}" is not supported yet (arrives with {work})'
-
-
-def _table_at(raw: dict[str, Any], path: list[str]) -> Any:
-    table: Any = raw
-    for key in path:
-        table = table.get(key) if isinstance(table, dict) else None
-    return table
 
 
 def _merged(defaults: Mapping[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
@@ -344,7 +319,7 @@ def _local_policy(
     if inbound is None:
         return None
     raw = {
-        "upstream": {"name": LOCAL, "tls": "none"},
+        "upstream": {"name": LOCAL, "tls": "none", "protocol": inbound.local_protocol},
         "discovery": {"endpoints": [str(inbound.local)]},
     }
     policy = _structure(node_path, _merged(defaults, raw), UpstreamPolicy, errors)

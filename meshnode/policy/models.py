@@ -34,7 +34,7 @@ class InboundListener:
 
     local: Address
     address: Address = Address("0.0.0.0", 15443)
-    local_protocol: Literal["h2"] = "h2"
+    local_protocol: Literal["h2", "http1"] = "h2"  # what the local service speaks
     allow: tuple[str, ...] = ()  # caller identities (spiffe://...) let in; empty: nobody
     handshake_timeout: Duration = Duration(10)
 
@@ -308,7 +308,7 @@ class NodePolicy:
 class UpstreamSection:
     name: str
     tls: Literal["mesh", "none"] = "mesh"
-    protocol: Literal["h2"] = "h2"
+    protocol: Literal["h2", "http1"] = "h2"  # http1: cleartext HTTP/1.1, keep-alive pooled
     critical: bool = False
     # tls = "mesh": the identity the upstream must present; default
     # spiffe://<trust_domain>/service/<name>.

@@ -58,6 +58,7 @@ async def attempt(
     extra_headers: Sequence[tuple[bytes, bytes]] = (),
     tap: Callable[[bytes], None] | None = None,
     peer: str | None = None,
+    protocol: str = "h2",
 ) -> tuple[int, HeaderList]:
     """Send the request to ``endpoint`` and relay the answer; return its status and head.
 
@@ -65,7 +66,7 @@ async def attempt(
     most requests, and a nursery per try is a visible share of their cost.
     """
     exchange = _Exchange(
-        pool, endpoint, headers, body, client, per_try, judge, extra_headers, tap, peer
+        pool, endpoint, headers, body, client, per_try, judge, extra_headers, tap, peer, protocol
     )
     try:
         if body is None:
@@ -96,6 +97,7 @@ class _Exchange:
         "peer",
         "per_try",
         "pool",
+        "protocol",
         "tap",
         "upstream",
     )
@@ -112,8 +114,10 @@ class _Exchange:
         extra_headers: Sequence[tuple[bytes, bytes]],
         tap: Callable[[bytes], None] | None,
         peer: str | None,
+        protocol: str,
     ) -> None:
         self.peer = peer
+        self.protocol = protocol
         self.pool = pool
         self.endpoint = endpoint
         self.headers = headers
@@ -151,7 +155,11 @@ class _Exchange:
     async def _start(self, nursery: trio.Nursery | None) -> ResponseHead:
         try:
             self.upstream = await self.pool.open_stream(
-                self.endpoint.address, self.headers, end_stream=self.body is None, peer=self.peer
+                self.endpoint.address,
+                self.headers,
+                end_stream=self.body is None,
+                peer=self.peer,
+                protocol=self.protocol,
             )
         except UpstreamConnectFailure as error:
             raise AttemptFailed("connect-failure", error) from error

@@ -352,6 +352,7 @@ class Proxy:
                     extra_headers=extra_headers,
                     tap=capture,
                     peer=peer,
+                    protocol=policy.upstream.protocol,
                 )
                 try_failed = status >= 500
                 if tries > 1 and not try_failed:

@@ -130,20 +130,22 @@ def test_limits_are_checked_key_by_key(tmp_path: Path) -> None:
     ]
 
 
-def test_later_values_are_refused_not_ignored(tmp_path: Path) -> None:
+def test_http1_is_for_cleartext_upstreams(tmp_path: Path) -> None:
     upstream = """
     [upstream]
     name = "payments"
-    tls = "none"
     protocol = "http1"
 
     [discovery]
     endpoints = ["127.0.0.1:1"]
     """
     assert errors_of(write(tmp_path, node=NODE, payments=upstream)) == [
-        'payments.toml: upstream.protocol: "http1" is not supported yet (arrives with HTTP/1.1 '
-        "support)",
+        'payments.toml: upstream.protocol: http1 needs tls = "none": traffic between nodes is '
+        "HTTP/2 over mTLS",
     ]
+    allowed = upstream.replace('protocol = "http1"', 'protocol = "http1"\ntls = "none"')
+    policies = load_policies(write(tmp_path, node=NODE, payments=allowed))
+    assert policies.upstreams["payments"].upstream.protocol == "http1"
 
 
 def test_unknown_choice_lists_the_choices(tmp_path: Path) -> None:

@@ -1,0 +1,209 @@
+"""HTTP/1.1 as meshnode's request path sees it: translation to and from HTTP/2's header form,
+the framing rules that keep smuggled requests out, and telling the protocols apart.
+
+Inside the node every request and response is a list of HTTP/2-style header fields
+(pseudo-headers first, lowercase names) carried by a ``Stream``; the HTTP/1.1
+sessions (``http1_server``, ``http1_client``) translate at the edge, so routing,
+protections and retries never know which protocol a peer spoke.
+
+Smuggling (RFC 9112 section 6.3, 11.2): h11 already refuses what it cannot frame
+(several differing lengths, a transfer coding other than chunked, obs-fold,
+invalid characters); on top of it a request or response carrying both
+Content-Length and Transfer-Encoding, or several Content-Length fields even if
+equal, is refused (400 for a request and the connection closed; a response is
+an upstream failure), so nothing ambiguous is ever forwarded.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import h11
+import trio
+
+from meshnode.net.validation import Malformed
+
+Headers = list[tuple[bytes, bytes]]
+
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HOP_BY_HOP: Final = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
+)
+
+
+def connection_named(headers: Headers) -> frozenset[bytes]:
+    """The fields ``Connection`` names: hop-by-hop too (RFC 9110 section 7.6.1)."""
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    return frozenset(named)
+
+
+def end_to_end(headers: Headers) -> Headers:
+    """``headers`` without the hop-by-hop fields (``te: trailers`` is kept: HTTP/2 allows it)."""
+    named = connection_named(headers)
+    return [
+        (name, value)
+        for name, value in headers
+        if (name not in HOP_BY_HOP or (name == b"te" and value.strip().lower() == b"trailers"))
+        and name not in named
+    ]
+
+
+def framing_problem(headers: Headers) -> str | None:
+    """Why a message's framing is ambiguous (a smuggling attempt, or a broken peer), if it is."""
+    lengths = sum(1 for name, _ in headers if name == b"content-length")
+    chunked = any(name == b"transfer-encoding" for name, _ in headers)
+    if lengths and chunked:
+        return "both content-length and transfer-encoding"
+    if lengths > 1:
+        return "several content-length fields"
+    return None
+
+
+def head_problem(conn: h11.Connection) -> str | None:
+    """What h11 would let through in the head it is about to parse: a header line folded
+    onto the next (obs-fold, which h11 unfolds) or Content-Length given twice (which it
+    merges when the values agree). Looked at only once the whole head is buffered."""
+    if conn.their_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return None
+    buffered = conn.trailing_data[0]
+    end = buffered.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = bytes(buffered[:end]).split(b"\r\n")[1:]
+    if any(line[:1] in (b" ", b"\t") for line in lines):
+        return "obs-fold: a header line continued on the next"
+    if sum(line[:15].lower() == b"content-length:" for line in lines) > 1:
+        return "several content-length fields"
+    return None
+
+
+def request_to_h2(request: h11.Request, scheme: bytes) -> Headers | Malformed:
+    """An HTTP/1.1 request head as HTTP/2 header fields, or why it must be refused."""
+    raw: Headers = [(bytes(name), bytes(value)) for name, value in request.headers]
+    problem = framing_problem(raw)
+    if problem is not None:
+        return Malformed(400, problem)
+    target = bytes(request.target)
+    authority = None
+    if target.startswith((b"http://", b"https://")):  # absolute form: it names the authority
+        rest = target.split(b"://", 1)[1]
+        authority, slash, path = rest.partition(b"/")
+        target = slash + path or b"/"
+    hosts = [value for name, value in raw if name == b"host"]
+    if len(hosts) > 1:
+        return Malformed(400, "several host fields")
+    if authority is None:
+        if not hosts:
+            return Malformed(400, "no host field")
+        authority = hosts[0]
+    method = bytes(request.method)
+    if method == b"CONNECT":
+        return Malformed(405, "CONNECT tunnels are not proxied")
+    out: Headers = [
+        (b":method", method),
+        (b":scheme", scheme),
+        (b":authority", authority),
+        (b":path", target),
+    ]
+    out.extend((n, v) for n, v in end_to_end(raw) if n != b"host")
+    return out
+
+
+def response_from_h1(response: h11.Response) -> Headers | str:
+    """An HTTP/1.1 response head as HTTP/2 header fields, or why it cannot be relayed."""
+    raw: Headers = [(bytes(name), bytes(value)) for name, value in response.headers]
+    problem = framing_problem(raw)
+    if problem is not None:
+        return f"an ambiguous response: {problem}"
+    return [(b":status", str(response.status_code).encode()), *end_to_end(raw)]
+
+
+def request_to_h1(headers: Headers, *, has_body: bool) -> h11.Request:
+    """An HTTP/2-style request as an HTTP/1.1 request head (``host`` from ``:authority``)."""
+    method = target = authority = b""
+    fields: Headers = []
+    length = False
+    for name, value in headers:
+        if name == b":method":
+            method = value
+        elif name == b":path":
+            target = value
+        elif name == b":authority":
+            authority = value
+        elif name.startswith(b":") or name in HOP_BY_HOP or name == b"host":
+            continue  # te included: on HTTP/1.1 it would have to be named in Connection
+        else:
+            length = length or name == b"content-length"
+            fields.append((name, value))
+    if has_body and not length:
+        fields.append((b"transfer-encoding", b"chunked"))
+    return h11.Request(method=method, target=target, headers=[(b"host", authority), *fields])
+
+
+def response_to_h1(
+    headers: Headers, *, end_stream: bool, close: bool = False
+) -> h11.Response | h11.InformationalResponse:
+    """An HTTP/2-style response head as an HTTP/1.1 one (``close``: the connection ends after
+    it). A response that has no length and will have a body goes out chunked (h11 chooses
+    it for an HTTP/1.1 client)."""
+    status = 0
+    fields: Headers = []
+    length = False
+    for name, value in headers:
+        if name == b":status":
+            status = int(value)
+        elif not name.startswith(b":") and name not in HOP_BY_HOP:
+            length = length or name == b"content-length"
+            fields.append((name, value))
+    if status < 200:
+        return h11.InformationalResponse(status_code=status, headers=fields)
+    if end_stream and not length and status not in (204, 304):
+        fields.append((b"content-length", b"0"))
+    if close:
+        fields.append((b"connection", b"close"))
+    return h11.Response(status_code=status, headers=fields)
+
+
+class Replay(trio.abc.Stream):
+    """A transport whose first bytes were already read (to tell the protocol): they are
+    given back first."""
+
+    def __init__(self, transport: trio.abc.Stream, first: bytes) -> None:
+        self.transport = transport
+        self._first = first
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._first:
+            first, self._first = self._first, b""
+            return first
+        return bytes(await self.transport.receive_some(max_bytes))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+async def sniff(transport: trio.abc.Stream, timeout: float) -> tuple[str, Replay] | None:
+    """Read until the HTTP/2 preface is seen or ruled out: ``("h2" | "http1", transport)``,
+    None if the peer closed or stayed silent for ``timeout``."""
+    seen = b""
+    with trio.move_on_after(timeout):
+        while len(seen) < len(PREFACE) and PREFACE.startswith(seen):
+            try:
+                data = await transport.receive_some(len(PREFACE) - len(seen))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return None
+            if not data:
+                return None
+            seen += data
+        protocol = "h2" if seen == PREFACE else "http1"
+        return protocol, Replay(transport, seen)
+    return None

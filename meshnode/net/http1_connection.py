@@ -1,0 +1,138 @@
+"""What both ends of an HTTP/1.1 connection share: one writer task that flushes what h11
+produced, senders that wait once ``write_buffer`` bytes are queued, and the window rule
+(received body data counts against ``stream_window`` until the consumer acknowledges it)."""
+
+from __future__ import annotations
+
+import h11
+import trio
+
+from meshnode.net.session import CANCEL, Stream, StreamReset
+from meshnode.net.violations import ConnectionRules
+
+FLUSH_GRACE = 2.0  # seconds to write the last bytes once the connection is ending
+
+
+class H1Connection:
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        role: type[h11.CLIENT] | type[h11.SERVER],
+        rules: ConnectionRules,
+        peer: str,
+    ) -> None:
+        self.transport = transport
+        self.rules = rules
+        self.peer = peer
+        self._limits = rules.limits
+        self.conn = h11.Connection(
+            role, max_incomplete_event_size=self._limits.max_header_list_size
+        )
+        self.dead = False
+        self.streams: dict[int, Stream] = {}  # the exchange in flight, if any
+        self._out = bytearray()
+        self._writer_wakeup = trio.Event()
+        self._drained = trio.Event()
+        self._progress = trio.Event()  # bytes went out, or window was handed back
+
+    # -- the StreamCarrier methods both sides implement alike --------------
+
+    def _ack(self, stream: Stream, flow_length: int) -> None:
+        if flow_length:
+            stream.owed -= flow_length
+            self._pulse()
+
+    def violation(self, kind: str, detail: str) -> None:
+        self.rules.violations.record(self.rules.where, kind, self.peer, detail)
+
+    async def _send_body(self, stream: Stream, data: bytes, end_stream: bool) -> None:
+        """Queue body bytes (and the end), then wait while too much is queued."""
+        self._check_open(stream)
+        if data:
+            self._write(h11.Data(data=data))
+        if end_stream:
+            self._end_message(stream, None)
+        while len(self._out) > self._limits.write_buffer and not self.dead:
+            await self._wait(stream, self._drained)
+        self._check_open(stream)
+
+    def _end_message(self, stream: Stream, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        """End this side's message; trailers go only on a chunked body (else dropped)."""
+        try:
+            self._write(h11.EndOfMessage(headers=trailers or []))
+        except h11.LocalProtocolError:
+            self._write(h11.EndOfMessage())
+        stream.local_closed = True
+
+    # -- reading -----------------------------------------------------------
+
+    async def _receive(self) -> bytes:
+        """The next bytes from the peer; b"" once it closed (or the connection broke)."""
+        try:
+            return bytes(await self.transport.receive_some(65536))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return b""
+
+    async def _wait_for_window(self, stream: Stream) -> None:
+        """Read no more body while ``stream_window`` bytes wait to be passed on."""
+        while stream.owed >= self._limits.stream_window and not stream.finished:
+            await self._wait(stream, None)
+
+    # -- writing -----------------------------------------------------------
+
+    def _write(self, event: h11.Event) -> None:
+        data = self.conn.send(event)
+        if data:
+            self._out += data
+            self._writer_wakeup.set()
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                if self._out:
+                    chunk = bytes(self._out)
+                    self._out.clear()
+                    await self.transport.send_all(chunk)
+                    self._pulse()
+                    continue
+                self._drained.set()
+                self._drained = trio.Event()
+                await self._writer_wakeup.wait()
+                self._writer_wakeup = trio.Event()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.dead = True
+            self._connection_lost()
+            self._drained.set()
+
+    async def _flush(self) -> None:
+        with trio.move_on_after(FLUSH_GRACE):
+            while self._out and not self.dead:
+                await self._drained.wait()
+
+    # -- bookkeeping -------------------------------------------------------
+
+    def _connection_lost(self) -> None:
+        """The connection is gone: the stream in flight fails, as on a lost HTTP/2 connection."""
+        for stream in list(self.streams.values()):
+            stream._fail(StreamReset(stream, CANCEL, connection_lost=True))
+        self.streams.clear()
+        self._pulse()
+
+    def _check_open(self, stream: Stream) -> None:
+        if stream.error is not None:
+            raise stream.error
+        if self.dead:
+            stream._fail(StreamReset(stream, CANCEL, connection_lost=True))
+            raise stream.error  # type: ignore[misc]
+
+    async def _wait(self, stream: Stream, event: trio.Event | None) -> None:
+        """Wait for ``event`` (or any progress), on the stream's idle clock."""
+        stream.waiting_since = trio.current_time()
+        try:
+            await (event or self._progress).wait()
+        finally:
+            stream.waiting_since = None
+
+    def _pulse(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()

@@ -1,0 +1,270 @@
+"""Theory of operation: one HTTP/1.1 connection from a caller, served with h11.
+
+Requests are read one at a time. Each becomes a ``Stream`` in HTTP/2 form and
+goes to the same ``on_request`` handler an HTTP/2 session feeds, so the request
+path is shared. The next request (pipelined or not) is not parsed until the
+current response is complete, so answers go out in order; bytes a client
+pipelines meanwhile wait in h11's buffer, bounded by the header size limit.
+
+The reader keeps reading while a request is served, to notice a caller that
+goes away (its stream is reset, which cancels the work and the upstream
+stream). Received body data is handed back as window once the handler has
+passed it on (``ack``): past ``stream_window`` bytes unacknowledged, the reader
+stops reading the socket, so a slow upstream slows the caller (TCP pushes back).
+
+A request h11 cannot parse, or that is ambiguous (``http1.request_to_h2``), is
+still handed to the handler, marked ``malformed``: it answers 400 the way it
+answers every mesh-made error, and the connection then closes. A response that
+cannot be completed (the upstream broke mid-body) closes the connection: an
+HTTP/1.1 client sees the body cut short, never a complete-looking one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import h11
+import trio
+
+from meshnode.net.http1 import head_problem, request_to_h2, response_to_h1
+from meshnode.net.http1_connection import H1Connection
+from meshnode.net.session import (
+    CANCEL,
+    END_OF_STREAM,
+    Data,
+    Headers,
+    Stream,
+    StreamReset,
+    Trailers,
+)
+from meshnode.net.validation import Malformed, check_request
+from meshnode.net.violations import ConnectionRules
+
+log = logging.getLogger(__name__)
+
+
+class H1ServerSession(H1Connection):
+    """A server side HTTP/1.1 connection: a ``StreamCarrier`` for one request at a time."""
+
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        *,
+        on_request: Callable[[Stream], None],
+        rules: ConnectionRules,
+        peer: str = "peer",
+    ) -> None:
+        super().__init__(transport, h11.SERVER, rules, peer)
+        self._on_request = on_request
+        self.requests_seen = 0
+        self.closing = False  # finish the current request, then close
+        self._response_done = trio.Event()
+        self._cancel_scope = trio.CancelScope()
+        self._continue_sent = False
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            with self._cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_loop)
+                    await self._serve()
+                    await self._flush()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._connection_lost()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.transport)
+
+    def close_gracefully(self, error_code: int = 0) -> None:
+        """Finish the request in flight (its response says ``connection: close``), then close;
+        an idle connection closes at once."""
+        self.closing = True
+        if not self.streams:
+            self._cancel_scope.cancel()
+
+    def abort(self) -> None:
+        self.dead = True
+        self._cancel_scope.cancel()
+
+    # -- reading requests --------------------------------------------------
+
+    async def _serve(self) -> None:
+        limits = self._limits
+        while not self.closing:
+            quiet = limits.idle_timeout if self.requests_seen else limits.first_request_timeout
+            with trio.move_on_after(quiet) as idle:
+                event = await self._next_event(first=True)
+            if idle.cancelled_caught:
+                return
+            if not isinstance(event, h11.Request | Malformed):
+                return  # the caller closed, or broke the protocol before a request began
+            self.requests_seen += 1
+            stream = self._start(event)
+            await self._read_body(stream)
+            await self._response_done.wait()
+            limit = limits.max_requests_per_connection
+            if limit and self.requests_seen >= limit:
+                self.closing = True
+            if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
+                return  # answered before the body was read, or the caller said close
+            self.conn.start_next_cycle()
+            self._response_done = trio.Event()
+            self._continue_sent = False
+
+    async def _next_event(self, *, first: bool = False) -> object:
+        """The next h11 event, reading as needed. A protocol error comes back as ``Malformed``
+        (and the connection will close once it is answered)."""
+        header_deadline = trio.current_time() + self._limits.header_timeout
+        while True:
+            problem = head_problem(self.conn)
+            if problem is not None:
+                self.closing = True
+                return Malformed(400, problem)
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self.closing = True
+                return Malformed(exc.error_status_hint, f"malformed HTTP/1.1: {exc}")
+            if event is not h11.NEED_DATA:
+                return event
+            # A started head must complete in header_timeout (slowloris); a body waits on the
+            # stream's idle clock instead.
+            started = first and bool(self.conn.trailing_data[0])
+            timeout = (
+                header_deadline - trio.current_time()
+                if started
+                else self._limits.stream_idle_timeout
+            )
+            with trio.move_on_after(max(timeout, 0)) as waited:
+                data = await self._receive()
+            if waited.cancelled_caught:
+                if started:
+                    self.rules.violations.record(
+                        self.rules.where, "header-timeout", self.peer, "request head incomplete"
+                    )
+                return h11.ConnectionClosed()
+            self.conn.receive_data(data)
+
+    def _start(self, event: h11.Request | Malformed) -> Stream:
+        """Make the request's stream and hand it to the handler."""
+        checked: Headers | Malformed = event if isinstance(event, Malformed) else Malformed(400, "")
+        if isinstance(event, h11.Request):
+            checked = request_to_h2(event, b"http")
+            if isinstance(checked, list):
+                limits = self._limits
+                checked = check_request(
+                    checked,
+                    max_count=limits.max_header_count,
+                    underscores=limits.headers_with_underscores,
+                )
+        stream = Stream(self, self.requests_seen, checked if isinstance(checked, list) else [])
+        if isinstance(checked, Malformed):
+            stream.malformed = checked
+            self.closing = True
+            self.rules.violations.record(
+                self.rules.where, "malformed-request", self.peer, checked.reason
+            )
+        self.streams[stream.id] = stream
+        self._on_request(stream)
+        return stream
+
+    async def _read_body(self, stream: Stream) -> None:
+        """Hand the body to the stream as it arrives, then watch for the caller leaving until
+        the response is complete."""
+        if stream.malformed is not None:
+            self._end_of_request(stream, None)
+            await self._response_done.wait()  # nothing more is read from this caller
+            return
+        if self.conn.their_state is not h11.SEND_BODY:
+            self._end_of_request(stream, None)
+        while not stream.remote_closed and not stream.finished:
+            await self._wait_for_window(stream)
+            event = await self._next_event()
+            if isinstance(event, h11.Data):
+                stream.owed += len(event.data)
+                stream._push(Data(bytes(event.data), len(event.data)))
+            elif isinstance(event, h11.EndOfMessage):
+                trailers = [(bytes(n), bytes(v)) for n, v in event.headers]
+                self._end_of_request(stream, trailers or None)
+            else:  # the caller went away mid-body, or sent garbage
+                self._fail(stream, CANCEL)
+                return
+        while not self._response_done.is_set():
+            with trio.move_on_after(self._limits.stream_idle_timeout):
+                data = await self._receive()
+            if not data:
+                self._fail(stream, CANCEL)  # the caller is gone: stop the work
+                return
+            self.conn.receive_data(data)  # pipelined: waits in h11 until this answer is done
+            if len(self.conn.trailing_data[0]) > self._limits.max_header_list_size:
+                await self._response_done.wait()  # read no more until there is room
+
+    def _end_of_request(self, stream: Stream, trailers: Headers | None) -> None:
+        stream.remote_closed = True
+        stream._push(Trailers(trailers) if trailers else END_OF_STREAM)
+        if trailers:
+            stream._push(END_OF_STREAM)
+
+    # -- the StreamCarrier side: what the handler calls --------------------
+
+    def _send_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
+        self._check_open(stream)
+        if stream.headers_sent:  # trailers: HTTP/1.1 carries them only on a chunked body
+            self._end_message(stream, headers)
+            return
+        head = response_to_h1(headers, end_stream=end_stream, close=self.closing)
+        if isinstance(head, h11.InformationalResponse):
+            self._write(head)
+            return
+        stream.status_sent = head.status_code
+        stream.headers_sent = True
+        self._continue_sent = True  # a final answer replaces 100 Continue
+        self._write(head)
+        if end_stream:
+            self._end_message(stream, None)
+
+    async def _send_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
+        await self._send_body(stream, data, end_stream)
+
+    def _reset(self, stream: Stream, code: int) -> None:
+        if stream.finished or self.dead:
+            return
+        if stream.local_closed:
+            # Answered in full while the caller was still sending: it may stop; the unread
+            # rest of the body means this connection cannot carry another request.
+            self.closing = True
+            stream._fail(StreamReset(stream, code))
+            return
+        self._fail(stream, code)
+        self.abort()  # a response cut short: closing is the only way HTTP/1.1 can say so
+
+    def _charge_reset(self) -> None:
+        """An HTTP/1.1 caller cannot make resets cheap: each refusal costs it the connection."""
+        self.closing = True
+
+    def _waiting(self, stream: Stream) -> None:
+        """The handler wants the body: a caller that sent ``Expect: 100-continue`` gets its go."""
+        if not self._continue_sent and self.conn.they_are_waiting_for_100_continue:
+            self._continue_sent = True
+            self._write(h11.InformationalResponse(status_code=100, headers=[]))
+
+    # -- bookkeeping -------------------------------------------------------
+
+    def _end_message(self, stream: Stream, trailers: Headers | None) -> None:
+        super()._end_message(stream, trailers)
+        if stream.remote_closed:
+            self.streams.pop(stream.id, None)
+        self._response_done.set()
+
+    def _connection_lost(self) -> None:
+        super()._connection_lost()
+        self._response_done.set()
+
+    def _fail(self, stream: Stream, code: int) -> None:
+        stream._fail(StreamReset(stream, code))
+        self.streams.pop(stream.id, None)
+        self._response_done.set()
+        self._pulse()

@@ -6,6 +6,7 @@ SPEC section 5: every response the node makes itself carries
 
 from __future__ import annotations
 
+import json
 import math
 from typing import ClassVar
 
@@ -25,6 +26,22 @@ class MeshError(Exception):
 
     def extra_headers(self) -> list[tuple[bytes, bytes]]:
         return []
+
+    def response(self) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The answer the node makes (SPEC section 5): headers in HTTP/2 form, JSON body."""
+        body = json.dumps(
+            {"error": self.reason, "upstream": self.upstream, "detail": self.detail}
+        ).encode()
+        headers = [
+            (b":status", str(self.status).encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-meshnode-error", self.reason.encode()),
+        ]
+        if self.request_id:
+            headers.append((b"x-request-id", self.request_id))
+        headers.extend(self.extra_headers())
+        return headers, body
 
 
 class NoRoute(MeshError):

@@ -22,10 +22,10 @@ from meshnode import __version__
 from meshnode.client.metrics import seed_metrics
 from meshnode.client.response import CallReset, MeshResponse, StreamingResponse
 from meshnode.client.transports import Embedded, Sidecar, Transport
+from meshnode.net.hop_by_hop import strip_hop_by_hop
 from meshnode.net.session import CANCEL, Headers, ResponseHead, Stream, StreamReset
 from meshnode.net.validation import Malformed, check_request
 from meshnode.policy import Address
-from meshnode.proxy.headers import strip_hop_by_hop
 from meshnode.reload import ReloadResult
 
 CLIENT_ID_HEADER = "x-client-id"  # the header SPEC's session affinity and rate limits key on

@@ -21,34 +21,12 @@ from typing import Final
 import h11
 import trio
 
+from meshnode.net.hop_by_hop import HOP_BY_HOP, strip_hop_by_hop
 from meshnode.net.validation import Malformed
 
 Headers = list[tuple[bytes, bytes]]
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-HOP_BY_HOP: Final = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
-)
-
-
-def connection_named(headers: Headers) -> frozenset[bytes]:
-    """The fields ``Connection`` names: hop-by-hop too (RFC 9110 section 7.6.1)."""
-    named: set[bytes] = set()
-    for name, value in headers:
-        if name == b"connection":
-            named.update(token.strip().lower() for token in value.split(b","))
-    return frozenset(named)
-
-
-def end_to_end(headers: Headers) -> Headers:
-    """``headers`` without the hop-by-hop fields (``te: trailers`` is kept: HTTP/2 allows it)."""
-    named = connection_named(headers)
-    return [
-        (name, value)
-        for name, value in headers
-        if (name not in HOP_BY_HOP or (name == b"te" and value.strip().lower() == b"trailers"))
-        and name not in named
-    ]
 
 
 def framing_problem(headers: Headers) -> str | None:
@@ -108,7 +86,7 @@ def request_to_h2(request: h11.Request, scheme: bytes) -> Headers | Malformed:
         (b":authority", authority),
         (b":path", target),
     ]
-    out.extend((n, v) for n, v in end_to_end(raw) if n != b"host")
+    out.extend((n, v) for n, v in strip_hop_by_hop(raw) if n != b"host")
     return out
 
 
@@ -118,7 +96,7 @@ def response_from_h1(response: h11.Response) -> Headers | str:
     problem = framing_problem(raw)
     if problem is not None:
         return f"an ambiguous response: {problem}"
-    return [(b":status", str(response.status_code).encode()), *end_to_end(raw)]
+    return [(b":status", str(response.status_code).encode()), *strip_hop_by_hop(raw)]
 
 
 def request_to_h1(headers: Headers, *, has_body: bool) -> h11.Request:

@@ -129,7 +129,7 @@ class H1Connection:
         """Wait for ``event`` (or any progress), on the stream's idle clock."""
         stream.waiting_since = trio.current_time()
         try:
-            await (event or self._progress).wait()
+            await (event if event is not None else self._progress).wait()
         finally:
             stream.waiting_since = None
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import h11
 import trio
 
+from meshnode.errors import BadRequest
 from meshnode.net.http1 import head_problem, request_to_h2, response_to_h1
 from meshnode.net.http1_connection import H1Connection
 from meshnode.net.session import (
@@ -60,6 +61,7 @@ class H1ServerSession(H1Connection):
         self.requests_seen = 0
         self.closing = False  # finish the current request, then close
         self._response_done = trio.Event()
+        self._watching: trio.CancelScope | None = None  # the read that watches for a hang-up
         self._cancel_scope = trio.CancelScope()
         self._continue_sent = False
 
@@ -189,18 +191,42 @@ class H1ServerSession(H1Connection):
             elif isinstance(event, h11.EndOfMessage):
                 trailers = [(bytes(n), bytes(v)) for n, v in event.headers]
                 self._end_of_request(stream, trailers or None)
-            else:  # the caller went away mid-body, or sent garbage
+            elif isinstance(event, Malformed):  # a broken body: this request is refused
+                self._refuse_midway(stream, event)
+                return
+            else:  # the caller went away mid-body
                 self._fail(stream, CANCEL)
                 return
+        # The caller may hang up while its answer is produced: keep reading to notice (what
+        # it pipelines meanwhile waits in h11), until the answer is complete.
         while not self._response_done.is_set():
-            with trio.move_on_after(self._limits.stream_idle_timeout):
+            data = None
+            with trio.CancelScope() as self._watching:
                 data = await self._receive()
+            self._watching = None
+            if data is None:
+                return  # the answer is complete
             if not data:
                 self._fail(stream, CANCEL)  # the caller is gone: stop the work
                 return
-            self.conn.receive_data(data)  # pipelined: waits in h11 until this answer is done
+            self.conn.receive_data(data)
             if len(self.conn.trailing_data[0]) > self._limits.max_header_list_size:
                 await self._response_done.wait()  # read no more until there is room
+
+    def _refuse_midway(self, stream: Stream, malformed: Malformed) -> None:
+        """The body broke the protocol after the request was handed on: its work stops (the
+        upstream stream is reset) and, if no answer has begun, the caller gets the 400."""
+        self.violation("malformed-request", malformed.reason)
+        self.closing = True
+        answered = stream.headers_sent
+        self._fail(stream, CANCEL)
+        if answered:
+            self.abort()
+            return
+        headers, body = BadRequest(malformed.reason).response()
+        self._write(response_to_h1(headers, end_stream=False, close=True))
+        self._write(h11.Data(data=body))
+        self._write(h11.EndOfMessage())
 
     def _end_of_request(self, stream: Stream, trailers: Headers | None) -> None:
         stream.remote_closed = True
@@ -257,14 +283,19 @@ class H1ServerSession(H1Connection):
         super()._end_message(stream, trailers)
         if stream.remote_closed:
             self.streams.pop(stream.id, None)
+        self._response_finished()
+
+    def _response_finished(self) -> None:
         self._response_done.set()
+        if self._watching is not None:
+            self._watching.cancel()
 
     def _connection_lost(self) -> None:
         super()._connection_lost()
-        self._response_done.set()
+        self._response_finished()
 
     def _fail(self, stream: Stream, code: int) -> None:
         stream._fail(StreamReset(stream, code))
         self.streams.pop(stream.id, None)
-        self._response_done.set()
+        self._response_finished()
         self._pulse()

@@ -18,11 +18,12 @@ from collections.abc import Callable, Sequence
 import trio
 
 from meshnode.errors import MeshError, Timeout, UpstreamConnectFailure, UpstreamReset
+from meshnode.net.hop_by_hop import strip_hop_by_hop
 from meshnode.net.pool import UpstreamPool
 from meshnode.net.session import CANCEL, ResponseHead, Stream, StreamReset
 from meshnode.policy.models import Endpoint
 from meshnode.proxy.body import RequestBody
-from meshnode.proxy.headers import HeaderList, strip_hop_by_hop
+from meshnode.proxy.headers import HeaderList
 from meshnode.proxy.relay import relay_body
 
 Judge = Callable[[int, HeaderList], None]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
+from meshnode.net.hop_by_hop import strip_hop_by_hop
 from meshnode.net.session import CANCEL, Data, EndOfStream, Stream, Trailers
-from meshnode.proxy.headers import HeaderList, strip_hop_by_hop
+from meshnode.proxy.headers import HeaderList
 
 
 class RequestBody:

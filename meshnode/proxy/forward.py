@@ -43,6 +43,7 @@ from meshnode.errors import (
     UpstreamReset,
 )
 from meshnode.events import QueueFilling
+from meshnode.net.hop_by_hop import strip_hop_by_hop
 from meshnode.net.listener import Peer
 from meshnode.net.overload import Overload
 from meshnode.net.pool import UpstreamPool
@@ -52,8 +53,7 @@ from meshnode.policy.units import Duration
 from meshnode.proxy import fallback
 from meshnode.proxy.attempt import AttemptFailed, attempt
 from meshnode.proxy.body import RequestBody
-from meshnode.proxy.headers import HeaderList, forwarded_request_headers, strip_hop_by_hop
-from meshnode.proxy.responses import error_response
+from meshnode.proxy.headers import HeaderList, forwarded_request_headers
 from meshnode.proxy.retry import head_condition, is_breaker_failure, may_resend
 from meshnode.proxy.retry import retry_after as retry_after_of
 from meshnode.proxy.routing import RouteTable, authority_host
@@ -599,7 +599,7 @@ async def _answer(stream: Stream, error: MeshError) -> None:
     if stream.headers_sent:
         stream.reset(CANCEL)
         return
-    headers, body = error_response(error)
+    headers, body = error.response()
     try:
         await stream.send_headers(headers)
         await stream.send_data(body, end_stream=True)

@@ -1,41 +1,13 @@
-"""Header rules for forwarding (pure): hop-by-hop removal and the headers a proxy adds.
-
-RFC 9110 section 7.6.1: a proxy removes the connection-specific fields and
-every field that ``Connection`` names. HTTP/2 peers may not send them at all
-(h2 rejects them), but HTTP/1.1 peers do, and one rule serves both.
-"""
+"""Header rules for forwarding (pure): the headers a proxy adds (hop-by-hop removal is
+``meshnode.net.hop_by_hop``, shared with the HTTP/1.1 translation)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+
+from meshnode.net.hop_by_hop import connection_named, keeps
 
 HeaderList = list[tuple[bytes, bytes]]
-
-HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
-)
-
-
-def _connection_named(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    named: set[bytes] = set()
-    for name, value in headers:
-        if name == b"connection":
-            named.update(token.strip().lower() for token in value.split(b","))
-    return frozenset(named)
-
-
-def _keep(name: bytes, value: bytes, named: frozenset[bytes]) -> bool:
-    if name == b"te":
-        return value.strip().lower() == b"trailers"  # the one TE value HTTP/2 allows
-    return name not in HOP_BY_HOP and name not in named
-
-
-def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> HeaderList:
-    headers = list(headers)
-    named = _connection_named(headers)
-    return [(name, value) for name, value in headers if _keep(name, value, named)]
-
 
 PEER_IDENTITY = b"x-meshnode-peer-identity"
 
@@ -49,7 +21,7 @@ def forwarded_request_headers(
     ``x-meshnode-peer-identity`` is never taken from the caller: it is dropped,
     and set to ``peer_identity`` (verified by mTLS) when there is one.
     """
-    named = _connection_named(headers)
+    named = connection_named(headers)
     out: HeaderList = []
     request_id = b""
     forwarded_for = b""
@@ -61,7 +33,7 @@ def forwarded_request_headers(
             forwarded = forwarded + b", " + value if forwarded else value
         elif name.startswith(b"x-meshnode-"):
             continue  # fault requests are for this node; the peer identity is never the caller's
-        elif _keep(name, value, named):
+        elif keeps(name, value, named):
             if name == b"x-request-id":
                 request_id = value
             out.append((name, value))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from meshnode.net.hop_by_hop import strip_hop_by_hop
 from meshnode.net.session import Data, EndOfStream, Stream, Trailers
-from meshnode.proxy.headers import strip_hop_by_hop
 
 
 async def relay_body(

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from meshnode.errors import Timeout
-from meshnode.proxy.headers import forwarded_request_headers, strip_hop_by_hop
-from meshnode.proxy.responses import error_response
+from meshnode.net.hop_by_hop import strip_hop_by_hop
+from meshnode.proxy.headers import forwarded_request_headers
 
 REQUEST = [(b":method", b"GET"), (b":path", b"/"), (b":authority", b"api")]
 
@@ -67,7 +67,7 @@ def test_connection_named_headers_are_not_forwarded() -> None:
 def test_mesh_error_response() -> None:
     error = Timeout("no complete response within 3s", "payments")
     error.request_id = b"abc"
-    headers, body = error_response(error)
+    headers, body = error.response()
     assert headers == [
         (b":status", b"504"),
         (b"content-type", b"application/json"),

@@ -22,6 +22,8 @@ class UserService:
         self.broken = False  # answer everything 500 (a failing service)
         self.requests = 0
         self.seen: list[dict[str, str]] = []  # each request's headers
+        self.connections: set[tuple[str, int]] = set()  # the client ends requests came from
+        self.versions: set[str] = set()  # HTTP versions spoken to it
         self.disconnected = trio.Event()  # a /slow request's caller went away
         self._scope = trio.CancelScope()
 
@@ -44,6 +46,8 @@ class UserService:
             await answer_lifespan(receive, send)
             return
         path, query, headers = request_of(scope)
+        self.connections.add(tuple(scope["client"]))
+        self.versions.add(scope["http_version"])
         if path == "/slow":
             self.requests += 1
             while (await receive())["type"] != "http.disconnect":

@@ -1,0 +1,39 @@
+"""Hop-by-hop fields (pure): what a proxy never passes on.
+
+RFC 9110 section 7.6.1: a proxy removes the connection-specific fields and
+every field that ``Connection`` names. HTTP/2 peers may not send them at all,
+but HTTP/1.1 peers do, and one rule serves both (``te: trailers`` is kept:
+it is the one TE HTTP/2 allows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+Headers = list[tuple[bytes, bytes]]
+
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
+)
+
+
+def connection_named(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """The fields ``Connection`` names: hop-by-hop too."""
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    return frozenset(named)
+
+
+def keeps(name: bytes, value: bytes, named: frozenset[bytes]) -> bool:
+    """Whether a field goes on to the next hop (``named``: what ``Connection`` lists)."""
+    if name == b"te":
+        return value.strip().lower() == b"trailers"  # the one TE value HTTP/2 allows
+    return name not in HOP_BY_HOP and name not in named
+
+
+def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    headers = list(headers)
+    named = connection_named(headers)
+    return [(name, value) for name, value in headers if keeps(name, value, named)]

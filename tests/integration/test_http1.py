@@ -1,0 +1,293 @@
+"""HTTP/1.1 on both sides of the node, with real clients (curl, Python's http.client, wrk)
+and real servers (Hypercorn speaks HTTP/1.1 and HTTP/2 on the same port)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+import trio
+
+from meshnode import certs
+from tests.conftest import require, upstream_toml, write_policies
+from tests.support.client import fetch
+from tests.support.mtls import TRUST, inbound_section, mesh_upstream, node_toml
+from tests.support.raw_http1 import ScriptedUpstream, responses_in, send_raw
+from tests.support.user_service import UserService, download_body
+
+HTTP1 = 'protocol = "http1"\n'
+
+
+def http1_upstream(name: str, *endpoints: str, extra: str = "") -> str:
+    return upstream_toml(name, *endpoints, extra=extra).replace(
+        'tls = "none"\n', 'tls = "none"\n' + HTTP1
+    )
+
+
+@pytest.fixture
+async def users(nursery) -> tuple[UserService, str]:
+    service = UserService("users")
+    return service, await service.start(nursery)
+
+
+async def node_for(tmp_path: Path, running, upstreams: dict[str, str]) -> str:
+    _, addresses = await running(write_policies(tmp_path / "policies", upstreams))
+    return str(addresses.outbound[0])
+
+
+def get(
+    address: str,
+    path: str,
+    host: str,
+    *,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    requests: int = 1,
+) -> list[tuple[int, bytes]]:
+    """``requests`` calls on one keep-alive connection with Python's http.client."""
+    host_name, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host_name, int(port), timeout=10)
+    answers = []
+    try:
+        for _ in range(requests):
+            connection.request(method, path, body=body, headers={"Host": host, **(headers or {})})
+            response = connection.getresponse()
+            answers.append((response.status, response.read()))
+    finally:
+        connection.close()
+    return answers
+
+
+@pytest.mark.parametrize("protocol", ["h2", "http1"])
+async def test_http_client_keeps_one_connection_through_the_node(
+    tmp_path, running, users, protocol
+) -> None:
+    service, address = users
+    make = http1_upstream if protocol == "http1" else upstream_toml
+    node = await node_for(tmp_path, running, {"users": make("users", address)})
+    answers = await trio.to_thread.run_sync(lambda: get(node, "/users/7?x=1", "users", requests=5))
+    assert [status for status, _ in answers] == [200] * 5
+    assert json.loads(answers[0][1]) == {
+        "instance": "users",
+        "path": "/users/7",
+        "query": {"x": "1"},
+    }
+    assert service.versions == ({"1.1"} if protocol == "http1" else {"2"})
+    assert len(service.connections) == 1  # pooled: one upstream connection for all five
+    assert "connection" not in service.seen[0] and service.seen[0]["host"] == "users"
+
+
+async def test_curl_http1_post_to_an_http1_upstream(tmp_path, running, users) -> None:
+    service, address = users
+    node = await node_for(tmp_path, running, {"users": http1_upstream("users", address)})
+    status, _, body = await fetch(
+        node, "users", "/api/users", "--http1.1", "--json", '{"name": "John"}'
+    )
+    assert status == 201 and json.loads(body)["name"] == "John"
+    assert service.seen[0]["content-type"] == "application/json"
+    assert "x-forwarded-for" in service.seen[0] and "x-request-id" in service.seen[0]
+
+
+async def test_http2_client_to_an_http1_upstream(tmp_path, running, users) -> None:
+    service, address = users
+    node = await node_for(tmp_path, running, {"users": http1_upstream("users", address)})
+    status, _, body = await fetch(node, "users", "/download?size=300000")
+    assert status == 200 and body == download_body(300_000)
+    assert service.versions == {"1.1"}
+
+
+@pytest.mark.parametrize("upstream_protocol", ["h2", "http1"])
+async def test_large_chunked_bodies_both_ways_are_byte_identical(
+    tmp_path, running, users, upstream_protocol
+) -> None:
+    _, address = users
+    make = http1_upstream if upstream_protocol == "http1" else upstream_toml
+    node = await node_for(tmp_path, running, {"users": make("users", address)})
+    payload = tmp_path / "payload"
+    payload.write_bytes(bytes(range(256)) * (20 * 4096))  # 20 MiB
+    upload = await trio.run_process(
+        [
+            require("curl"),
+            "-s",
+            "--http1.1",
+            "-H",
+            "host: users",
+            "-H",
+            "transfer-encoding: chunked",
+            "-H",
+            "expect: 100-continue",
+            "--data-binary",
+            f"@{payload}",
+            "-w",
+            "\n%{http_code}",
+            f"http://{node}/upload",
+        ],
+        capture_stdout=True,
+    )
+    body, _, code = upload.stdout.rpartition(b"\n")
+    status = int(code)
+    assert status == 200
+    assert json.loads(body) == {
+        "size": payload.stat().st_size,
+        "sha256": hashlib.sha256(payload.read_bytes()).hexdigest(),
+    }
+    size = 20 * 1024 * 1024
+    status, headers, body = await fetch(node, "users", f"/download?size={size}", "--http1.1")
+    assert status == 200 and headers.get("transfer-encoding") == "chunked"
+    assert hashlib.sha256(body).digest() == hashlib.sha256(download_body(size)).digest()
+
+
+async def test_pipelined_requests_are_answered_in_order(tmp_path, running, users) -> None:
+    _, address = users
+    node = await node_for(tmp_path, running, {"users": http1_upstream("users", address)})
+    pipeline = (
+        b"".join(f"GET /p{n} HTTP/1.1\r\nHost: users\r\n\r\n".encode() for n in range(5))
+        + b"GET /last HTTP/1.1\r\nHost: users\r\nConnection: close\r\n\r\n"
+    )
+    answers = responses_in(await send_raw(node, pipeline))
+    assert [json.loads(body)["path"] for _, _, body in answers] == [
+        "/p0",
+        "/p1",
+        "/p2",
+        "/p3",
+        "/p4",
+        "/last",
+    ]
+
+
+SMUGGLING = {
+    "content-length and transfer-encoding": (
+        b"POST / HTTP/1.1\r\nHost: users\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: users\r\n\r\n"
+    ),
+    "two equal content-lengths": (
+        b"POST / HTTP/1.1\r\nHost: users\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"
+    ),
+    "two different content-lengths": (
+        b"POST / HTTP/1.1\r\nHost: users\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"
+    ),
+    "obs-fold": b"GET / HTTP/1.1\r\nHost: users\r\nX-Folded: a\r\n b\r\n\r\n",
+    "a transfer coding other than chunked": (
+        b"POST / HTTP/1.1\r\nHost: users\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "a bad chunk size": (
+        b"POST / HTTP/1.1\r\nHost: users\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhi\r\n0\r\n\r\n"
+    ),
+    "a control character in a value": b"GET / HTTP/1.1\r\nHost: users\r\nX-Bad: a\x01b\r\n\r\n",
+    "a space before the colon": b"GET / HTTP/1.1\r\nHost: users\r\nX-Bad : a\r\n\r\n",
+    "no host": b"GET / HTTP/1.1\r\n\r\n",
+    "two hosts": b"GET / HTTP/1.1\r\nHost: users\r\nHost: other\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("attempt", list(SMUGGLING), ids=list(SMUGGLING))
+async def test_ambiguous_requests_get_400_and_are_never_forwarded(
+    tmp_path, running, users, attempt
+) -> None:
+    service, address = users
+    node = await node_for(tmp_path, running, {"users": http1_upstream("users", address)})
+    raw = await send_raw(node, SMUGGLING[attempt])
+    answers = responses_in(raw)
+    assert len(answers) == 1, raw  # and the connection closed: nothing after it is read
+    status, headers, body = answers[0]
+    assert status == 400, raw
+    assert headers[b"x-meshnode-error"] == b"bad-request"
+    assert headers[b"connection"] == b"close"
+    assert json.loads(body)["error"] == "bad-request"
+    assert service.requests == 0
+
+
+AMBIGUOUS_RESPONSES = {
+    "content-length and transfer-encoding": (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n"
+    ),
+    "two content-lengths": (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"
+    ),
+    "not HTTP": b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("answer", list(AMBIGUOUS_RESPONSES), ids=list(AMBIGUOUS_RESPONSES))
+async def test_an_ambiguous_upstream_response_is_a_failure(
+    tmp_path, nursery, running, answer
+) -> None:
+    upstream = ScriptedUpstream(lambda n: AMBIGUOUS_RESPONSES[answer])
+    address = await nursery.start(upstream.serve)
+    node = await node_for(tmp_path, running, {"odd": http1_upstream("odd", address)})
+    status, headers, _ = await fetch(node, "odd", "/", "--http1.1")
+    assert (status, headers["x-meshnode-error"]) == (502, "upstream-reset")
+
+
+async def test_a_connection_that_failed_mid_response_is_never_reused(
+    tmp_path, nursery, running
+) -> None:
+    def answer(n: int) -> bytes:
+        if n == 1:  # promises ten bytes, sends four, closes
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf"
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwhole"
+
+    upstream = ScriptedUpstream(answer, close_after=True)
+    address = await nursery.start(upstream.serve)
+    node = await node_for(tmp_path, running, {"odd": http1_upstream("odd", address)})
+    first = await trio.run_process(
+        [require("curl"), "-s", "--http1.1", "-H", "host: odd", f"http://{node}/"],
+        capture_stdout=True,
+        check=False,
+    )
+    assert first.returncode != 0  # cut short, never a complete-looking body
+    status, _, body = await fetch(node, "odd", "/", "--http1.1")
+    assert (status, body) == (200, b"whole")
+    assert upstream.connections == 2
+
+
+async def test_resilience_applies_to_http1_upstreams(tmp_path, nursery, running) -> None:
+    flaky = UserService("flaky")
+    flaky.fail_next = 2
+    address = await flaky.start(nursery)
+    retry = '[retry]\nmax_retries = 3\ninitial_delay = "5ms"\n'
+    node = await node_for(
+        tmp_path, running, {"flaky": http1_upstream("flaky", address, extra=retry)}
+    )
+    status, _, _ = await fetch(node, "flaky", "/", "--http1.1")
+    assert status == 200 and flaky.requests == 3
+
+
+async def test_wrk_through_the_node(tmp_path, running, users) -> None:
+    service, address = users
+    node = await node_for(tmp_path, running, {"users": http1_upstream("users", address)})
+    result = await trio.run_process(
+        [require("wrk"), "-t1", "-c4", "-d1s", "-H", "Host: users", f"http://{node}/wrk"],
+        capture_stdout=True,
+    )
+    report = result.stdout.decode()
+    done = int(re.search(r"(\d+) requests in", report).group(1))
+    assert done > 20, report
+    assert "Non-2xx" not in report and "Socket errors" not in report, report
+    assert len(service.connections) <= 4  # keep-alive upstream: at most one per caller
+
+
+async def test_http1_at_both_ends_of_an_mtls_chain(tmp_path, running, users) -> None:
+    """curl (HTTP/1.1) -> node A -> HTTP/2 + mTLS -> node B -> the local service (HTTP/1.1)."""
+    service, local = users
+    pki = tmp_path / "pki"
+    certs.init_ca(pki, TRUST)
+    for name in ("node-a", "node-b"):
+        certs.issue(pki, name)
+    inbound = inbound_section(local, "node-a") + 'local_protocol = "http1"\n'
+    node_toml(tmp_path / "b", "node-b", pki, inbound=textwrap.dedent(inbound))
+    _, b = await running(tmp_path / "b")
+    node_toml(tmp_path / "a", "node-a", pki)
+    mesh_upstream(tmp_path / "a", "node-b", b.inbound[0])
+    _, a = await running(tmp_path / "a")
+    status, _, body = await fetch(a.outbound[0], "node-b", "/chained", "--http1.1")
+    assert status == 200 and json.loads(body)["path"] == "/chained"
+    assert service.versions == {"1.1"}
+    assert service.seen[0]["x-meshnode-peer-identity"] == f"spiffe://{TRUST}/service/node-a"

@@ -16,17 +16,42 @@ an upstream failure), so nothing ambiguous is ever forwarded.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
 from typing import Final
 
 import h11
 import trio
 
-from meshnode.net.hop_by_hop import HOP_BY_HOP, strip_hop_by_hop
-from meshnode.net.validation import Malformed
+from meshnode.net.hop_by_hop import HOP_BY_HOP, connection_named, strip_hop_by_hop
+from meshnode.net.validation import WEBSOCKET, Malformed
 
 Headers = list[tuple[bytes, bytes]]
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_WEBSOCKET_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# What a WebSocket handshake carries end to end (the key and accept are per hop).
+_WEBSOCKET_FIELDS: Final = (b"sec-websocket-protocol", b"sec-websocket-extensions")
+
+
+def websocket_accept(key: bytes) -> bytes:
+    """The Sec-WebSocket-Accept that proves a server read ``key`` (RFC 6455 section 4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key.strip() + _WEBSOCKET_GUID).digest())
+
+
+def new_websocket_key() -> bytes:
+    return base64.b64encode(os.urandom(16))
+
+
+def is_websocket_upgrade(request: h11.Request) -> bool:
+    """An HTTP/1.1 WebSocket opening handshake: GET, ``Upgrade: websocket``, and ``Connection``
+    naming upgrade."""
+    if bytes(request.method) != b"GET":
+        return False
+    raw: Headers = [(bytes(n), bytes(v)) for n, v in request.headers]
+    upgrades = {token.strip().lower() for n, v in raw if n == b"upgrade" for token in v.split(b",")}
+    return b"websocket" in upgrades and b"upgrade" in connection_named(raw)
 
 
 def framing_problem(headers: Headers) -> str | None:
@@ -79,14 +104,17 @@ def request_to_h2(request: h11.Request, scheme: bytes) -> Headers | Malformed:
         authority = hosts[0]
     method = bytes(request.method)
     if method == b"CONNECT":
-        return Malformed(405, "CONNECT tunnels are not proxied")
+        return Malformed(400, "CONNECT tunnels are not proxied (only WebSocket upgrades)")
+    websocket = is_websocket_upgrade(request)
     out: Headers = [
-        (b":method", method),
+        (b":method", b"CONNECT" if websocket else method),
         (b":scheme", scheme),
         (b":authority", authority),
         (b":path", target),
     ]
-    out.extend((n, v) for n, v in strip_hop_by_hop(raw) if n != b"host")
+    if websocket:  # as RFC 8441's extended CONNECT: one form for both protocols inside
+        out.append(WEBSOCKET)
+    out.extend((n, v) for n, v in strip_hop_by_hop(raw) if n not in (b"host", b"sec-websocket-key"))
     return out
 
 
@@ -99,14 +127,24 @@ def response_from_h1(response: h11.Response) -> Headers | str:
     return [(b":status", str(response.status_code).encode()), *strip_hop_by_hop(raw)]
 
 
-def request_to_h1(headers: Headers, *, has_body: bool) -> h11.Request:
-    """An HTTP/2-style request as an HTTP/1.1 request head (``host`` from ``:authority``)."""
+def request_to_h1(
+    headers: Headers, *, has_body: bool, websocket_key: bytes | None = None
+) -> h11.Request:
+    """An HTTP/2-style request as an HTTP/1.1 request head (``host`` from ``:authority``);
+    with ``websocket_key``, an extended CONNECT becomes the WebSocket opening handshake."""
     method = target = authority = b""
     fields: Headers = []
     length = False
+    if websocket_key is not None:
+        has_body = False
+        fields += [
+            (b"upgrade", b"websocket"),
+            (b"connection", b"Upgrade"),
+            (b"sec-websocket-key", websocket_key),
+        ]
     for name, value in headers:
         if name == b":method":
-            method = value
+            method = b"GET" if websocket_key is not None else value
         elif name == b":path":
             target = value
         elif name == b":authority":
@@ -119,6 +157,26 @@ def request_to_h1(headers: Headers, *, has_body: bool) -> h11.Request:
     if has_body and not length:
         fields.append((b"transfer-encoding", b"chunked"))
     return h11.Request(method=method, target=target, headers=[(b"host", authority), *fields])
+
+
+def websocket_accepted(response: h11.InformationalResponse, key: bytes) -> Headers | str:
+    """An upstream's 101 to our handshake as the HTTP/2 form (200), or why it is refused."""
+    raw: Headers = [(bytes(name), bytes(value)) for name, value in response.headers]
+    accept = next((v for n, v in raw if n == b"sec-websocket-accept"), None)
+    if accept != websocket_accept(key):
+        return "a WebSocket upgrade without the Sec-WebSocket-Accept our key asks for"
+    return [(b":status", b"200"), *((n, v) for n, v in raw if n in _WEBSOCKET_FIELDS)]
+
+
+def websocket_switch(headers: Headers, key: bytes) -> h11.InformationalResponse:
+    """The 101 an HTTP/1.1 caller gets once its tunnel is up (``headers``: the 200)."""
+    fields: Headers = [
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+        (b"sec-websocket-accept", websocket_accept(key)),
+    ]
+    fields += [(n, v) for n, v in headers if n in _WEBSOCKET_FIELDS]
+    return h11.InformationalResponse(status_code=101, headers=fields)
 
 
 def response_to_h1(

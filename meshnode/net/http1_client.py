@@ -24,7 +24,13 @@ from collections.abc import Callable
 import h11
 import trio
 
-from meshnode.net.http1 import head_problem, request_to_h1, response_from_h1
+from meshnode.net.http1 import (
+    head_problem,
+    new_websocket_key,
+    request_to_h1,
+    response_from_h1,
+    websocket_accepted,
+)
 from meshnode.net.http1_connection import H1Connection
 from meshnode.net.session import (
     CANCEL,
@@ -37,6 +43,7 @@ from meshnode.net.session import (
     StreamReset,
     Trailers,
 )
+from meshnode.net.validation import WEBSOCKET
 from meshnode.net.violations import ConnectionRules
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,8 @@ class H1ClientConnection(H1Connection):
         self._on_idle = on_idle
         self._started = trio.Event()
         self._cancel_scope = trio.CancelScope()
+        self._websocket_key: bytes | None = None  # ours, while a WebSocket upgrade is pending
+        self.tunnel = False  # switched to WebSocket: bytes both ways until the end
 
     @property
     def usable(self) -> bool:
@@ -68,10 +77,15 @@ class H1ClientConnection(H1Connection):
         self.exchanges += 1
         stream = Stream(self, self.exchanges, None)
         self.streams[stream.id] = stream
-        self._write(request_to_h1(headers, has_body=not end_stream))
         stream.headers_sent = True
-        if end_stream:
-            self._end_message(stream, None)
+        if WEBSOCKET in headers:  # the opening handshake; the tunnel's bytes follow the 101
+            key = self._websocket_key = new_websocket_key()
+            self._write(request_to_h1(headers, has_body=False, websocket_key=key))
+            self._write(h11.EndOfMessage())
+        else:
+            self._write(request_to_h1(headers, has_body=not end_stream))
+            if end_stream:
+                self._end_message(stream, None)
         self._started.set()
         return stream
 
@@ -141,10 +155,25 @@ class H1ClientConnection(H1Connection):
                 closed = not data
                 self.conn.receive_data(data)
             elif isinstance(event, h11.Response):
+                if self._websocket_key is not None and event.status_code < 300:
+                    return self._refuse(stream, "a WebSocket upgrade answered without switching")
                 head = response_from_h1(event)
                 if isinstance(head, str):
                     return self._refuse(stream, head)
                 stream._push(ResponseHead(head))
+            elif isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+                key = self._websocket_key
+                accepted = (
+                    websocket_accepted(event, key)
+                    if key is not None
+                    else "a switch to a protocol never asked for"
+                )
+                if isinstance(accepted, str):
+                    return self._refuse(stream, accepted)
+                stream._push(ResponseHead(accepted))
+                self.tunnel = True
+                await self._carry_tunnel(stream)
+                return False
             elif isinstance(event, h11.Data):
                 stream.owed += len(event.data)
                 stream._push(Data(bytes(event.data), len(event.data)))
@@ -161,6 +190,23 @@ class H1ClientConnection(H1Connection):
                 return False
             # InformationalResponse (100 Continue, 103): nothing to relay
 
+    async def _carry_tunnel(self, stream: Stream) -> None:
+        """The upstream's tunnel bytes into the stream, until it closes (the connection then
+        ends: it never carries HTTP again)."""
+        data = bytes(self.conn.trailing_data[0])
+        while True:
+            if data:
+                stream.owed += len(data)
+                stream._push(Data(data, len(data)))
+                await self._wait_for_window(stream)
+            data = await self._receive()
+            if not data:
+                break
+        stream.remote_closed = True
+        stream._push(END_OF_STREAM)
+        while not stream.finished and not stream.local_closed:
+            await self._wait(stream, None)
+
     def _refuse(self, stream: Stream, problem: str) -> bool:
         self.violation("malformed-response", problem)
         stream._fail(StreamReset(stream, PROTOCOL_ERROR))
@@ -174,6 +220,9 @@ class H1ClientConnection(H1Connection):
         self._end_message(stream, headers)
 
     async def _send_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
+        if self._websocket_key is not None:
+            await self._send_raw(stream, data, end_stream)
+            return
         await self._send_body(stream, data, end_stream)
 
     def _reset(self, stream: Stream, code: int) -> None:

@@ -56,6 +56,18 @@ class H1Connection:
             await self._wait(stream, self._drained)
         self._check_open(stream)
 
+    async def _send_raw(self, stream: Stream, data: bytes, end_stream: bool) -> None:
+        """A tunnel's bytes, as they are (h11 is out of the way once protocols switched)."""
+        self._check_open(stream)
+        if data:
+            self._out += data
+            self._writer_wakeup.set()
+        if end_stream:
+            stream.local_closed = True
+        while len(self._out) > self._limits.write_buffer and not self.dead:
+            await self._wait(stream, self._drained)
+        self._check_open(stream)
+
     def _end_message(self, stream: Stream, trailers: list[tuple[bytes, bytes]] | None) -> None:
         """End this side's message; trailers go only on a chunked body (else dropped)."""
         try:

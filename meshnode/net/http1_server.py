@@ -28,7 +28,13 @@ import h11
 import trio
 
 from meshnode.errors import BadRequest
-from meshnode.net.http1 import head_problem, request_to_h2, response_to_h1
+from meshnode.net.http1 import (
+    head_problem,
+    is_websocket_upgrade,
+    request_to_h2,
+    response_to_h1,
+    websocket_switch,
+)
 from meshnode.net.http1_connection import H1Connection
 from meshnode.net.session import (
     CANCEL,
@@ -62,6 +68,9 @@ class H1ServerSession(H1Connection):
         self.closing = False  # finish the current request, then close
         self._response_done = trio.Event()
         self._watching: trio.CancelScope | None = None  # the read that watches for a hang-up
+        self._answered = trio.Event()  # the response head went out (or never will)
+        self._websocket_key: bytes | None = None  # the caller's, while its upgrade is pending
+        self.tunnel = False  # switched to WebSocket: bytes both ways, no more HTTP
         self._cancel_scope = trio.CancelScope()
         self._continue_sent = False
 
@@ -105,7 +114,12 @@ class H1ServerSession(H1Connection):
                 return  # the caller closed, or broke the protocol before a request began
             self.requests_seen += 1
             stream = self._start(event)
-            await self._read_body(stream)
+            if self._websocket_key is not None:
+                await self._upgrade(stream)
+                if self.tunnel:
+                    return  # the tunnel has ended: so has the connection
+            else:
+                await self._read_body(stream)
             await self._response_done.wait()
             limit = limits.max_requests_per_connection
             if limit and self.requests_seen >= limit:
@@ -114,6 +128,7 @@ class H1ServerSession(H1Connection):
                 return  # answered before the body was read, or the caller said close
             self.conn.start_next_cycle()
             self._response_done = trio.Event()
+            self._answered = trio.Event()
             self._continue_sent = False
 
     async def _next_event(self, *, first: bool = False) -> object:
@@ -155,6 +170,10 @@ class H1ServerSession(H1Connection):
         checked: Headers | Malformed = event if isinstance(event, Malformed) else Malformed(400, "")
         if isinstance(event, h11.Request):
             checked = request_to_h2(event, b"http")
+            if is_websocket_upgrade(event):
+                self._websocket_key = dict(event.headers).get(b"sec-websocket-key")
+                if not self._websocket_key:
+                    checked = Malformed(400, "a WebSocket upgrade without Sec-WebSocket-Key")
             if isinstance(checked, list):
                 limits = self._limits
                 checked = check_request(
@@ -213,6 +232,39 @@ class H1ServerSession(H1Connection):
             if len(self.conn.trailing_data[0]) > self._limits.max_header_list_size:
                 await self._response_done.wait()  # read no more until there is room
 
+    async def _upgrade(self, stream: Stream) -> None:
+        """A WebSocket upgrade: once the answer is a 200 (the tunnel is up upstream), the
+        caller gets its 101 and the connection carries bytes both ways until either side
+        ends; any other answer is an ordinary response to a request without a body."""
+        event = await self._next_event()  # the end of the upgrade request (it has no body)
+        if not isinstance(event, h11.EndOfMessage):
+            self._fail(stream, CANCEL)
+            return
+        await self._answered.wait()
+        if not self.tunnel:
+            self._websocket_key = None
+            self._end_of_request(stream, None)
+            return
+        first = bytes(self.conn.trailing_data[0])
+        if first:
+            stream.owed += len(first)
+            stream._push(Data(first, len(first)))
+        while not stream.finished and not stream.local_closed:
+            await self._wait_for_window(stream)
+            data = None
+            with trio.CancelScope() as self._watching:
+                data = await self._receive()
+            self._watching = None
+            if data is None or stream.finished:
+                return  # the other side ended the tunnel
+            if not data:  # the caller closed its side: the tunnel ends once the other does
+                self._end_of_request(stream, None)
+                while not stream.finished and not stream.local_closed:
+                    await self._wait(stream, None)
+                return
+            stream.owed += len(data)
+            stream._push(Data(data, len(data)))
+
     def _refuse_midway(self, stream: Stream, malformed: Malformed) -> None:
         """The body broke the protocol after the request was handed on: its work stops (the
         upstream stream is reset) and, if no answer has begun, the caller gets the 400."""
@@ -241,6 +293,14 @@ class H1ServerSession(H1Connection):
         if stream.headers_sent:  # trailers: HTTP/1.1 carries them only on a chunked body
             self._end_message(stream, headers)
             return
+        key = self._websocket_key
+        if key is not None and headers[:1] == [(b":status", b"200")]:
+            self._write(websocket_switch(headers, key))
+            self.tunnel = True
+            stream.status_sent = 200
+            stream.headers_sent = True
+            self._answered.set()
+            return
         head = response_to_h1(headers, end_stream=end_stream, close=self.closing)
         if isinstance(head, h11.InformationalResponse):
             self._write(head)
@@ -249,11 +309,17 @@ class H1ServerSession(H1Connection):
         stream.headers_sent = True
         self._continue_sent = True  # a final answer replaces 100 Continue
         self._write(head)
+        self._answered.set()
         if end_stream:
             self._end_message(stream, None)
 
     async def _send_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
-        await self._send_body(stream, data, end_stream)
+        if not self.tunnel:
+            await self._send_body(stream, data, end_stream)
+            return
+        await self._send_raw(stream, data, end_stream)
+        if end_stream and self._watching is not None:
+            self._watching.cancel()  # the upstream ended the tunnel: so does this connection
 
     def _reset(self, stream: Stream, code: int) -> None:
         if stream.finished or self.dead:
@@ -287,6 +353,7 @@ class H1ServerSession(H1Connection):
 
     def _response_finished(self) -> None:
         self._response_done.set()
+        self._answered.set()
         if self._watching is not None:
             self._watching.cancel()
 

@@ -299,6 +299,8 @@ class H2Session:
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
                 h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.max_frame_size,
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                # WebSocket tunnels by extended CONNECT (RFC 8441), on the serving side.
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0 if client_side else 1,
             },
         )
         # h2 applies our SETTINGS only once the peer acknowledges them; the limits hold now.

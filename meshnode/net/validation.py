@@ -27,7 +27,8 @@ _AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]+\Z")  # host[:port]
 _CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
-_REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
+_REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority", b":protocol"})
+WEBSOCKET = (b":protocol", b"websocket")  # an extended CONNECT (RFC 8441): a WebSocket tunnel
 UnderscoreRule = Literal["reject", "drop", "allow"]
 
 
@@ -105,10 +106,11 @@ def _check_pseudo(pseudo: dict[bytes, bytes], host: bytes | None) -> str | None:
         return "invalid :authority (userinfo, spaces or other characters a host cannot have)"
     if authority is not None and host is not None and host != authority:
         return "host and :authority differ"
-    if method == b"CONNECT":
-        if authority is None or b":path" in pseudo or b":scheme" in pseudo:
-            return "CONNECT takes :authority and neither :scheme nor :path"
-        return None
+    protocol = pseudo.get(b":protocol")
+    if method == b"CONNECT" and protocol is None:
+        return "CONNECT tunnels are not proxied (only WebSocket, by extended CONNECT)"
+    if protocol is not None and (method != b"CONNECT" or protocol != b"websocket"):
+        return ":protocol other than websocket on a CONNECT"
     scheme = pseudo.get(b":scheme")
     if scheme not in (b"http", b"https"):
         return "no :scheme" if scheme is None else ":scheme other than http or https"

@@ -70,7 +70,12 @@ BAD = {
     "unknown pseudo": [*GOOD[:4], (b":protocol", b"websocket"), *GOOD[4:]],
     "no method": GOOD[1:],
     "no path": [h for h in GOOD if h[0] != b":path"],
-    "CONNECT with a path": replace(b":method", b"CONNECT"),
+    "plain CONNECT": [(b":method", b"CONNECT"), (b":authority", b"db.example:5432")],
+    "CONNECT with a path and no protocol": replace(b":method", b"CONNECT"),
+    "extended CONNECT for another protocol": [
+        *replace(b":method", b"CONNECT"),
+        (b":protocol", b"x"),
+    ],
 }
 
 
@@ -87,11 +92,12 @@ def test_too_many_fields_is_431() -> None:
     assert isinstance(result, Malformed) and result.status == 431
 
 
-def test_options_star_and_connect_are_allowed() -> None:
+def test_options_star_and_websocket_tunnels_are_allowed() -> None:
     options = [(n, b"OPTIONS" if n == b":method" else v) for n, v in replace(b":path", b"*")]
     assert check(options) == options
-    connect = [(b":method", b"CONNECT"), (b":authority", b"db.example:5432")]
-    assert check(connect) == connect
+    websocket = [*GOOD[:4], (b":protocol", b"websocket"), *GOOD[4:]]
+    websocket = [(n, b"CONNECT" if n == b":method" else v) for n, v in websocket]
+    assert check(websocket) == websocket
 
 
 def test_underscores_can_be_dropped_or_allowed() -> None:

@@ -44,6 +44,14 @@ class MeshError(Exception):
         return headers, body
 
 
+class TunnelLimit(MeshError):
+    """A WebSocket tunnel reached ``tunnel_idle`` or ``tunnel_lifetime``: it is closed (its
+    answer went out long ago, so nobody sees this status; logs and the access log do)."""
+
+    reason = "tunnel-limit"
+    status = 504
+
+
 class NoRoute(MeshError):
     reason = "no-route"
     status = 404

@@ -49,7 +49,7 @@ from meshnode.net.framing import (
     GoAwayReceived,
     goaway_frame,
 )
-from meshnode.net.validation import Malformed, check_request, check_trailers
+from meshnode.net.validation import WEBSOCKET, Malformed, check_request, check_trailers
 from meshnode.net.violations import ConnectionRules
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,7 @@ class Stream:
         "remote_closed",
         "session",
         "status_sent",
+        "tunnel",
         "waiting_since",
     )
 
@@ -176,6 +177,9 @@ class Stream:
         # Since when the stream has been waiting on the peer (data, window, or a drain).
         self.waiting_since: float | None = None
         self.owed = 0  # flow-controlled bytes received and not yet acknowledged
+        # A WebSocket tunnel: waiting on one side is its normal state; the request path
+        # holds it to ``tunnel_idle`` (no byte either way) instead of ``stream_idle_timeout``.
+        self.tunnel = headers is not None and WEBSOCKET in headers
 
     async def receive(self) -> StreamItem:
         """The next item; items that arrived before a reset are still delivered first."""
@@ -384,6 +388,7 @@ class H2Session:
         """Start a request (client side); the caller checked ``accepts_streams``."""
         stream_id = self.conn.get_next_available_stream_id()
         stream = Stream(self, stream_id, None)
+        stream.tunnel = WEBSOCKET in headers
         self.streams[stream_id] = stream
         self.last_active = trio.current_time()
         self._send_headers(stream, headers, end_stream)
@@ -613,7 +618,7 @@ class H2Session:
             deadlines.append(due)
         for stream in list(self.streams.values()):
             since = stream.waiting_since
-            if since is None:
+            if since is None or stream.tunnel:
                 continue
             due = since + limits.stream_idle_timeout
             if now >= due:

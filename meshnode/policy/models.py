@@ -68,6 +68,9 @@ class TimeoutPolicy:
 
     request: Duration = Duration(10)
     per_try: Duration | None = None
+    # A WebSocket tunnel: ``request`` bounds only its opening; then these do.
+    tunnel_idle: Duration = Duration(300)  # no bytes either way for this long: closed
+    tunnel_lifetime: Duration = Duration(86400)
 
 
 FAILURE_KINDS = ("connect-failure", "refused-stream", "reset", "timeout", "5xx")

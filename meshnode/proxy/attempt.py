@@ -17,7 +17,13 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from meshnode.errors import MeshError, Timeout, UpstreamConnectFailure, UpstreamReset
+from meshnode.errors import (
+    MeshError,
+    Timeout,
+    TunnelLimit,
+    UpstreamConnectFailure,
+    UpstreamReset,
+)
 from meshnode.net.hop_by_hop import strip_hop_by_hop
 from meshnode.net.pool import UpstreamPool
 from meshnode.net.session import CANCEL, ResponseHead, Stream, StreamReset
@@ -60,12 +66,18 @@ async def attempt(
     tap: Callable[[bytes], None] | None = None,
     peer: str | None = None,
     protocol: str = "h2",
+    tunnel_idle: float | None = None,
 ) -> tuple[int, HeaderList]:
     """Send the request to ``endpoint`` and relay the answer; return its status and head.
 
     A request without a body needs no upload task, hence no nursery: that is
     most requests, and a nursery per try is a visible share of their cost.
+    ``tunnel_idle``: the request is a tunnel, closed once no byte went either way
+    for that long (``TunnelLimit``).
     """
+    activity = _Activity() if tunnel_idle is not None else None
+    if activity is not None:
+        tap = activity.touch  # a tunnel is a CONNECT: never a GET the stale cache would keep
     exchange = _Exchange(
         pool, endpoint, headers, body, client, per_try, judge, extra_headers, tap, peer, protocol
     )
@@ -73,7 +85,10 @@ async def attempt(
         if body is None:
             return await exchange.run(None)
         failure: BaseException | None = None
+        result: tuple[int, HeaderList] | None = None
         async with trio.open_nursery() as nursery:
+            if activity is not None and tunnel_idle is not None:
+                nursery.start_soon(activity.watch, tunnel_idle, nursery.cancel_scope)
             try:
                 result = await exchange.run(nursery)
             except (AttemptFailed, StreamReset, MeshError) as exc:
@@ -81,10 +96,29 @@ async def attempt(
             nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure
+        if result is None:  # the idle watch ended it
+            raise TunnelLimit(f"no byte either way for its tunnel_idle of {tunnel_idle:g}s")
         return result
     finally:
         if exchange.upstream is not None:
             exchange.upstream.reset(CANCEL)
+
+
+class _Activity:
+    """When a tunnel last carried a byte, either way; ``watch`` ends it once idle too long."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = trio.current_time()
+
+    def touch(self, data: bytes = b"") -> None:
+        self.last = trio.current_time()
+
+    async def watch(self, idle: float, scope: trio.CancelScope) -> None:
+        while trio.current_time() < self.last + idle:
+            await trio.sleep_until(self.last + idle)
+        scope.cancel()
 
 
 class _Exchange:
@@ -165,7 +199,7 @@ class _Exchange:
         except UpstreamConnectFailure as error:
             raise AttemptFailed("connect-failure", error) from error
         if nursery is not None and self.body is not None:
-            nursery.start_soon(_upload, self.body, self.upstream)
+            nursery.start_soon(_upload, self.body, self.upstream, self.tap)
         return await _receive_head(self.upstream)
 
 
@@ -180,10 +214,10 @@ async def _receive_head(upstream: Stream) -> ResponseHead:
     return head
 
 
-async def _upload(body: RequestBody, upstream: Stream) -> None:
+async def _upload(body: RequestBody, upstream: Stream, tap: Callable[[bytes], None] | None) -> None:
     """Send the request body; a reset here is seen (and answered) by the response side."""
     try:
-        await body.send_to(upstream)
+        await body.send_to(upstream, tap)
     except StreamReset:
         return
 

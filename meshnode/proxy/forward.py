@@ -38,6 +38,7 @@ from meshnode.errors import (
     RateLimited,
     RequestTooLarge,
     Timeout,
+    TunnelLimit,
     UpstreamConnectFailure,
     UpstreamFailed,
     UpstreamReset,
@@ -48,6 +49,7 @@ from meshnode.net.listener import Peer
 from meshnode.net.overload import Overload
 from meshnode.net.pool import UpstreamPool
 from meshnode.net.session import CANCEL, INTERNAL_ERROR, NO_ERROR, Stream, StreamReset
+from meshnode.net.validation import WEBSOCKET
 from meshnode.policy.models import ChaosPolicy, FallbackPolicy, Limits, UpstreamPolicy
 from meshnode.policy.units import Duration
 from meshnode.proxy import fallback
@@ -84,6 +86,7 @@ class Request:
         "endpoint",
         "error",
         "group",
+        "head_at",
         "headers",
         "method",
         "out_headers",
@@ -93,6 +96,7 @@ class Request:
         "started",
         "stream",
         "tries",
+        "tunnel",
     )
 
     def __init__(self, stream: Stream, peer: Peer) -> None:
@@ -108,6 +112,8 @@ class Request:
         self.group: UpstreamGroup | None = None
         self.endpoint: str | None = None
         self.tries = 0
+        self.tunnel = WEBSOCKET in self.headers  # a WebSocket: bytes both ways once it is up
+        self.head_at: float | None = None  # when the response head arrived
         self.error: str | None = None  # the mesh error reason, or "fallback:<kind>"
 
 
@@ -196,6 +202,8 @@ class Proxy:
             headers, request.client_ip, request.peer.identity
         )
         replay = policy.retry.buffer if policy.retry is not None else DEFAULT_REPLAY_BUFFER
+        if request.tunnel:
+            replay = 0  # a tunnel's bytes are not a body to send again
         request.body = None if stream.consume_end() else self._body(request, replay)
         try:
             await self._serve(request, group, policy)
@@ -213,7 +221,7 @@ class Proxy:
     def _body(self, request: Request, replay: int) -> RequestBody:
         """The request's body, refused at once (413) if its declared length is over the limit."""
         limit = self.limits.max_request_body
-        if limit is None:
+        if limit is None or request.tunnel:
             return RequestBody(request.stream, replay)
         for name, value in request.headers:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
@@ -267,9 +275,13 @@ class Proxy:
         status, condition, finished = 0, None, False
         try:
             limit = policy.timeout.request or math.inf
+            if request.tunnel:
+                limit = policy.timeout.tunnel_lifetime
             with trio.move_on_after(limit) as deadline:
                 status = await self._tries(request, group, policy, extra_headers or [])
                 finished = True
+            if deadline.cancelled_caught and request.tunnel and request.head_at is not None:
+                raise TunnelLimit(f"open for its tunnel_lifetime of {limit:g}s", group.name)
             if deadline.cancelled_caught:
                 condition, finished = "timeout", True
                 raise Timeout(f"no complete response within {limit:g}s", group.name)
@@ -277,7 +289,9 @@ class Proxy:
             condition = _ERROR_CONDITIONS.get(type(error))
             if isinstance(error, UpstreamFailed):
                 status = error.status_seen
-            finished = condition is not None or isinstance(error, UpstreamFailed)
+            if isinstance(error, TunnelLimit):
+                status = 200  # it opened, served, and was closed by the node's own limit
+            finished = condition is not None or isinstance(error, UpstreamFailed | TunnelLimit)
             raise
         except StreamReset as reset:
             if reset.stream is not request.stream:  # the upstream broke mid-body
@@ -290,7 +304,7 @@ class Proxy:
                     core.record(
                         permit,
                         failed=failed,
-                        duration=trio.current_time() - now,
+                        duration=_outcome_time(request) - now,
                         now=trio.current_time(),
                     )
                 else:
@@ -309,6 +323,10 @@ class Proxy:
         if budget is not None:
             budget.record_request(trio.current_time())
         per_try = policy.timeout.per_try or math.inf
+        tunnel_idle = None
+        if request.tunnel:  # the request timeout bounds its opening, the idle limit the rest
+            per_try = min(per_try, policy.timeout.request or math.inf)
+            tunnel_idle = policy.timeout.tunnel_idle
         capture = _capture_for(request, policy)
         peer = expected_identity(policy, self.trust_domain)
         tries = 0
@@ -316,6 +334,7 @@ class Proxy:
 
         def judge(status: int, headers: HeaderList) -> None:
             """Refuse to relay a head the retry policy names, while a retry may follow."""
+            request.head_at = trio.current_time()
             if policy.retry is None:
                 return
             condition = head_condition(status, headers, policy.retry.retry_on)
@@ -353,6 +372,7 @@ class Proxy:
                     tap=capture,
                     peer=peer,
                     protocol=policy.upstream.protocol,
+                    tunnel_idle=tunnel_idle,
                 )
                 try_failed = status >= 500
                 if tries > 1 and not try_failed:
@@ -549,6 +569,14 @@ def _session_key(request: Request, policy: UpstreamPolicy) -> bytes | None:
                     if stripped.startswith(prefix):
                         return stripped[len(prefix) :]
     return None
+
+
+def _outcome_time(request: Request) -> float:
+    """When the request's outcome was known: its end, or for a tunnel its opening (a tunnel
+    open for an hour is not a slow call)."""
+    if request.tunnel and request.head_at is not None:
+        return request.head_at
+    return trio.current_time()
 
 
 def _fallback_on_exhausted(policy: UpstreamPolicy) -> bool:

@@ -1,0 +1,171 @@
+"""WebSocket pass-through with real clients and servers (trio-websocket): through one node
+to an HTTP/1.1 upstream, and through two nodes chained with mTLS (extended CONNECT between
+them), with the upstream's policies applied to the upgrade and limits to the tunnel."""
+
+from __future__ import annotations
+
+import functools
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    WebSocketRequest,
+    open_websocket_url,
+    serve_websocket,
+)
+
+from meshnode import certs
+from tests.conftest import upstream_toml, write_policies
+from tests.support.mtls import TRUST, inbound_section, mesh_upstream, node_toml
+
+ROUTE = '[[routes]]\npath_prefix = "/chat"\n'  # trio-websocket's Host is the node's address
+
+
+class EchoServer:
+    """Echoes every message; counts handshakes and remembers how each connection ended."""
+
+    def __init__(self) -> None:
+        self.handshakes = 0
+        self.closed: list[int | None] = []
+        self.paths: list[str] = []
+
+    async def start(self, nursery: trio.Nursery) -> str:
+        server = await nursery.start(
+            functools.partial(serve_websocket, self._echo, "127.0.0.1", 0, ssl_context=None)
+        )
+        return f"127.0.0.1:{server.port}"
+
+    async def _echo(self, request: WebSocketRequest) -> None:
+        self.handshakes += 1
+        self.paths.append(request.path)
+        ws = await request.accept(subprotocol=(request.proposed_subprotocols or [None])[0])
+        try:
+            while True:
+                await ws.send_message(await ws.get_message())
+        except ConnectionClosed as closed:
+            self.closed.append(closed.reason.code)
+
+
+def websocket_upstream(name: str, address: str, extra: str = "") -> str:
+    return upstream_toml(name, address, extra=ROUTE + extra).replace(
+        'tls = "none"\n', 'tls = "none"\nprotocol = "http1"\n'
+    )
+
+
+@asynccontextmanager
+async def chat(node: object, **options: object) -> AsyncIterator[WebSocketConnection]:
+    with trio.fail_after(10):
+        async with open_websocket_url(f"ws://{node}/chat", **options) as ws:  # type: ignore[arg-type]
+            yield ws
+
+
+async def exchange(ws: WebSocketConnection) -> list[str | bytes]:
+    messages: list[str | bytes] = ["hello", "x" * 300_000, bytes(range(256)) * 64]
+    answers = []
+    for message in messages:
+        await ws.send_message(message)
+        answers.append(await ws.get_message())
+    assert answers == messages
+    return answers
+
+
+async def test_an_echo_through_one_node(tmp_path, nursery, running) -> None:
+    echo = EchoServer()
+    address = await echo.start(nursery)
+    _, node = await running(
+        write_policies(tmp_path / "p", {"echo": websocket_upstream("echo", address)})
+    )
+    async with chat(node.outbound[0], subprotocols=["chat.v1"]) as ws:
+        assert ws.subprotocol == "chat.v1"  # negotiated end to end
+        await exchange(ws)
+    with trio.fail_after(5):
+        while not echo.closed:
+            await trio.sleep(0.01)
+    assert echo.closed == [1000]  # the client's close handshake reached the server
+    assert echo.paths == ["/chat"]
+
+
+async def test_an_echo_through_two_nodes_chained_with_mtls(tmp_path, nursery, running) -> None:
+    echo = EchoServer()
+    local = await echo.start(nursery)
+    pki = tmp_path / "pki"
+    certs.init_ca(pki, TRUST)
+    for name in ("node-a", "node-b"):
+        certs.issue(pki, name)
+    inbound = inbound_section(local, "node-a") + 'local_protocol = "http1"\n'
+    node_toml(tmp_path / "b", "node-b", pki, inbound=textwrap.dedent(inbound))
+    _, b = await running(tmp_path / "b")
+    node_toml(tmp_path / "a", "node-a", pki)
+    mesh_upstream(tmp_path / "a", "node-b", b.inbound[0], ROUTE)
+    _, a = await running(tmp_path / "a")
+    async with chat(a.outbound[0]) as ws:
+        await exchange(ws)
+    assert echo.handshakes == 1
+
+
+async def test_the_upgrade_is_rate_limited_and_guarded_by_the_breaker(
+    tmp_path, nursery, running
+) -> None:
+    echo = EchoServer()
+    address = await echo.start(nursery)
+    limits = "[rate_limit]\nrequests_per_second = 0.001\nburst = 1\n"
+    _, node = await running(
+        write_policies(tmp_path / "p", {"echo": websocket_upstream("echo", address, limits)})
+    )
+    async with chat(node.outbound[0]) as ws:
+        await exchange(ws)
+    with pytest.raises(ConnectionRejected) as refused:
+        async with chat(node.outbound[0]):
+            pass
+    assert refused.value.status_code == 429
+    assert dict(refused.value.headers)[b"x-meshnode-error"] == b"rate-limited"
+    assert echo.handshakes == 1
+
+
+async def test_a_refused_upgrade_is_an_ordinary_answer(tmp_path, nursery, running) -> None:
+    _, node = await running(write_policies(tmp_path / "p", {}))
+    with pytest.raises(ConnectionRejected) as refused:
+        async with chat(node.outbound[0]):
+            pass
+    assert refused.value.status_code == 404  # no route: nothing was switched
+
+
+async def test_an_idle_tunnel_is_closed(tmp_path, nursery, running) -> None:
+    echo = EchoServer()
+    address = await echo.start(nursery)
+    timeouts = '[timeout]\nrequest = "2s"\ntunnel_idle = "300ms"\n'
+    _, node = await running(
+        write_policies(tmp_path / "p", {"echo": websocket_upstream("echo", address, timeouts)})
+    )
+    async with chat(node.outbound[0]) as ws:
+        for _ in range(16):  # busy for longer than the request timeout, never idle long
+            await trio.sleep(0.15)
+            await ws.send_message("still here")
+            assert await ws.get_message() == "still here"
+        with pytest.raises(ConnectionClosed):
+            with trio.fail_after(5):
+                await ws.get_message()  # silent: the node closes it
+
+
+async def test_a_tunnel_ends_at_its_lifetime(tmp_path, nursery, running) -> None:
+    echo = EchoServer()
+    address = await echo.start(nursery)
+    timeouts = '[timeout]\ntunnel_lifetime = "1s"\n'
+    _, node = await running(
+        write_policies(tmp_path / "p", {"echo": websocket_upstream("echo", address, timeouts)})
+    )
+    async with chat(node.outbound[0]) as ws:
+        started = trio.current_time()
+        with pytest.raises(ConnectionClosed):
+            with trio.fail_after(5):
+                while True:
+                    await ws.send_message("ping")
+                    await ws.get_message()
+                    await trio.sleep(0.1)
+        assert trio.current_time() - started >= 0.9

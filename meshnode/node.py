@@ -69,6 +69,7 @@ class NodeAddresses:
 
 
 TLS_POLL_INTERVAL = 1.0  # seconds between looks at the certificate files
+TUNNEL_CLOSE_GRACE = 1.0  # seconds before the drain deadline that tunnels are told to close
 LAG_PROBE = 0.25  # seconds the loop-lag probe sleeps
 MAX_LOOP_LAG = 1.0  # liveness fails when the loop wakes a sleeper later than this
 
@@ -300,8 +301,14 @@ class Node:
             log.info("draining: up to %gs for requests in flight", timeout)
             results: list[bool] = []
             async with trio.open_nursery() as draining:
-                for listener in listeners:
-                    draining.start_soon(_drain_into, listener, timeout, results)
+                # Tunnels never finish by themselves: they are told (WebSocket Close) a moment
+                # before the deadline, so the close reaches them before connections are cut.
+                close_at = trio.current_time() + timeout - min(TUNNEL_CLOSE_GRACE, timeout / 2)
+                draining.start_soon(self._close_tunnels_at, close_at)
+                async with trio.open_nursery() as listeners_draining:
+                    for listener in listeners:
+                        listeners_draining.start_soon(_drain_into, listener, timeout, results)
+                draining.cancel_scope.cancel()
             finished = all(results)
             engine.close()
             log.info("drained %s", "cleanly" if finished else "with requests cut short")
@@ -344,6 +351,12 @@ class Node:
                 await manager.run(task_status=task_status)
 
         await self._nursery.start(run)
+
+    async def _close_tunnels_at(self, deadline: float) -> None:
+        await trio.sleep_until(deadline)
+        for proxy in (self.engine.proxy, self._inbound):
+            if proxy is not None:
+                proxy.close_tunnels("the node is draining")
 
     async def _measure_loop_lag(self) -> None:
         """How late the event loop wakes a sleeper: liveness fails when it falls far behind."""

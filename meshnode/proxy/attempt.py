@@ -17,13 +17,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from meshnode.errors import (
-    MeshError,
-    Timeout,
-    TunnelLimit,
-    UpstreamConnectFailure,
-    UpstreamReset,
-)
+from meshnode.errors import MeshError, Timeout, UpstreamConnectFailure, UpstreamReset
 from meshnode.net.hop_by_hop import strip_hop_by_hop
 from meshnode.net.pool import UpstreamPool
 from meshnode.net.session import CANCEL, ResponseHead, Stream, StreamReset
@@ -31,6 +25,7 @@ from meshnode.policy.models import Endpoint
 from meshnode.proxy.body import RequestBody
 from meshnode.proxy.headers import HeaderList
 from meshnode.proxy.relay import relay_body
+from meshnode.proxy.tunnel import Tunnel
 
 Judge = Callable[[int, HeaderList], None]
 
@@ -66,29 +61,34 @@ async def attempt(
     tap: Callable[[bytes], None] | None = None,
     peer: str | None = None,
     protocol: str = "h2",
-    tunnel_idle: float | None = None,
+    tunnel: Tunnel | None = None,
 ) -> tuple[int, HeaderList]:
     """Send the request to ``endpoint`` and relay the answer; return its status and head.
 
     A request without a body needs no upload task, hence no nursery: that is
     most requests, and a nursery per try is a visible share of their cost.
-    ``tunnel_idle``: the request is a tunnel, closed once no byte went either way
-    for that long (``TunnelLimit``).
+    ``tunnel``: the request is a WebSocket; once the upstream accepted it, the tunnel
+    carries its bytes both ways.
     """
-    activity = _Activity() if tunnel_idle is not None else None
-    if activity is not None:
-        tap = activity.touch  # a tunnel is a CONNECT: never a GET the stale cache would keep
     exchange = _Exchange(
-        pool, endpoint, headers, body, client, per_try, judge, extra_headers, tap, peer, protocol
+        pool,
+        endpoint,
+        headers,
+        body,
+        client,
+        per_try,
+        judge,
+        extra_headers,
+        tap,
+        peer,
+        protocol,
+        tunnel,
     )
     try:
         if body is None:
             return await exchange.run(None)
         failure: BaseException | None = None
-        result: tuple[int, HeaderList] | None = None
         async with trio.open_nursery() as nursery:
-            if activity is not None and tunnel_idle is not None:
-                nursery.start_soon(activity.watch, tunnel_idle, nursery.cancel_scope)
             try:
                 result = await exchange.run(nursery)
             except (AttemptFailed, StreamReset, MeshError) as exc:
@@ -96,29 +96,10 @@ async def attempt(
             nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure
-        if result is None:  # the idle watch ended it
-            raise TunnelLimit(f"no byte either way for its tunnel_idle of {tunnel_idle:g}s")
         return result
     finally:
         if exchange.upstream is not None:
             exchange.upstream.reset(CANCEL)
-
-
-class _Activity:
-    """When a tunnel last carried a byte, either way; ``watch`` ends it once idle too long."""
-
-    __slots__ = ("last",)
-
-    def __init__(self) -> None:
-        self.last = trio.current_time()
-
-    def touch(self, data: bytes = b"") -> None:
-        self.last = trio.current_time()
-
-    async def watch(self, idle: float, scope: trio.CancelScope) -> None:
-        while trio.current_time() < self.last + idle:
-            await trio.sleep_until(self.last + idle)
-        scope.cancel()
 
 
 class _Exchange:
@@ -134,6 +115,7 @@ class _Exchange:
         "pool",
         "protocol",
         "tap",
+        "tunnel",
         "upstream",
     )
 
@@ -150,9 +132,11 @@ class _Exchange:
         tap: Callable[[bytes], None] | None,
         peer: str | None,
         protocol: str,
+        tunnel: Tunnel | None,
     ) -> None:
         self.peer = peer
         self.protocol = protocol
+        self.tunnel = tunnel
         self.pool = pool
         self.endpoint = endpoint
         self.headers = headers
@@ -183,7 +167,9 @@ class _Exchange:
         out = strip_hop_by_hop(head.headers)
         out.extend(self.extra_headers)
         await self.client.send_headers(out, end_stream=no_body)
-        if not no_body:
+        if self.tunnel is not None and status == 200:
+            await self.tunnel.carry(self.client, upstream)
+        elif not no_body:
             await relay_body(upstream, self.client, self.tap)
         return status, head.headers
 
@@ -198,8 +184,8 @@ class _Exchange:
             )
         except UpstreamConnectFailure as error:
             raise AttemptFailed("connect-failure", error) from error
-        if nursery is not None and self.body is not None:
-            nursery.start_soon(_upload, self.body, self.upstream, self.tap)
+        if nursery is not None and self.body is not None and self.tunnel is None:
+            nursery.start_soon(_upload, self.body, self.upstream)
         return await _receive_head(self.upstream)
 
 
@@ -214,10 +200,10 @@ async def _receive_head(upstream: Stream) -> ResponseHead:
     return head
 
 
-async def _upload(body: RequestBody, upstream: Stream, tap: Callable[[bytes], None] | None) -> None:
+async def _upload(body: RequestBody, upstream: Stream) -> None:
     """Send the request body; a reset here is seen (and answered) by the response side."""
     try:
-        await body.send_to(upstream, tap)
+        await body.send_to(upstream)
     except StreamReset:
         return
 

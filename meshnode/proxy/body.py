@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from meshnode.net.hop_by_hop import strip_hop_by_hop
 from meshnode.net.session import CANCEL, Data, EndOfStream, Stream, Trailers
@@ -33,9 +32,7 @@ class RequestBody:
         self._unacked = 0
         self.replayable = True
 
-    async def send_to(self, sink: Stream, tap: Callable[[bytes], None] | None = None) -> None:
-        """Send the body (what was kept first, then the rest as it arrives); ``tap`` sees
-        each chunk that arrives."""
+    async def send_to(self, sink: Stream) -> None:
         if self._unacked:  # taken from the client by a try that was cut short: kept now
             self._client.ack(self._unacked)
             self._unacked = 0
@@ -50,8 +47,6 @@ class RequestBody:
             if type(item) is Data:
                 end = client.consume_end()
                 self._keep(item.data)
-                if tap is not None:
-                    tap(item.data)
                 if end:
                     self._complete = True
                 self._unacked = item.flow_length

@@ -59,6 +59,7 @@ from meshnode.proxy.headers import HeaderList, forwarded_request_headers
 from meshnode.proxy.retry import head_condition, is_breaker_failure, may_resend
 from meshnode.proxy.retry import retry_after as retry_after_of
 from meshnode.proxy.routing import RouteTable, authority_host
+from meshnode.proxy.tunnel import Tunnel
 from meshnode.resilience.core import backoff
 from meshnode.resilience.core.faults import NO_FAULT, Fault, FaultPlan, decide
 from meshnode.resilience.spool import AsyncSpool, SpoolError
@@ -141,6 +142,12 @@ class Proxy:
         self.unrouted = UpstreamStats()  # requests that reached no upstream
         self.limits = Limits()  # the node's [limits], swapped on reload
         self.overload = Overload()  # the node's, shared with its listeners
+        self.tunnels: set[Tunnel] = set()  # WebSocket tunnels open now
+
+    def close_tunnels(self, why: str) -> None:
+        """End every open tunnel with a WebSocket Close (a drain at its deadline)."""
+        for tunnel in list(self.tunnels):
+            tunnel.close(why)
 
     def swap(self, routes: RouteTable, upstreams: dict[str, UpstreamGroup]) -> None:
         self.routes, self.upstreams = routes, upstreams
@@ -323,10 +330,10 @@ class Proxy:
         if budget is not None:
             budget.record_request(trio.current_time())
         per_try = policy.timeout.per_try or math.inf
-        tunnel_idle = None
+        tunnel = None
         if request.tunnel:  # the request timeout bounds its opening, the idle limit the rest
             per_try = min(per_try, policy.timeout.request or math.inf)
-            tunnel_idle = policy.timeout.tunnel_idle
+            tunnel = Tunnel(policy.timeout.tunnel_idle, self.tunnels)
         capture = _capture_for(request, policy)
         peer = expected_identity(policy, self.trust_domain)
         tries = 0
@@ -372,7 +379,7 @@ class Proxy:
                     tap=capture,
                     peer=peer,
                     protocol=policy.upstream.protocol,
-                    tunnel_idle=tunnel_idle,
+                    tunnel=tunnel,
                 )
                 try_failed = status >= 500
                 if tries > 1 and not try_failed:

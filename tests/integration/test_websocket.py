@@ -148,9 +148,41 @@ async def test_an_idle_tunnel_is_closed(tmp_path, nursery, running) -> None:
             await trio.sleep(0.15)
             await ws.send_message("still here")
             assert await ws.get_message() == "still here"
-        with pytest.raises(ConnectionClosed):
+        with pytest.raises(ConnectionClosed) as closed:
             with trio.fail_after(5):
                 await ws.get_message()  # silent: the node closes it
+    assert closed.value.reason.code == 1001  # going away: a Close frame, not a cut
+    with trio.fail_after(5):
+        while not echo.closed:
+            await trio.sleep(0.01)
+    assert echo.closed == [1001]  # the server was told too
+
+
+async def test_drain_closes_tunnels_with_a_close_frame_at_its_deadline(
+    tmp_path, nursery, running
+) -> None:
+    echo = EchoServer()
+    address = await echo.start(nursery)
+    directory = write_policies(
+        tmp_path / "p", {"echo": websocket_upstream("echo", address)}, drain="2s"
+    )
+    node, addresses = await running(directory)
+    async with chat(addresses.outbound[0]) as ws:
+        await exchange(ws)
+        node.request_drain(then_exit=False)
+        started = trio.current_time()
+        with pytest.raises(ConnectionClosed) as closed:
+            with trio.fail_after(5):
+                while True:  # the tunnel keeps working while the node drains
+                    await ws.send_message("during the drain")
+                    assert await ws.get_message() == "during the drain"
+                    await trio.sleep(0.05)
+        assert 0.9 <= trio.current_time() - started < 2.0  # just before the deadline
+    assert closed.value.reason.code == 1001
+    with trio.fail_after(5):
+        while not echo.closed:
+            await trio.sleep(0.01)
+    assert echo.closed == [1001]
 
 
 async def test_a_tunnel_ends_at_its_lifetime(tmp_path, nursery, running) -> None:

@@ -131,6 +131,11 @@ class Tunnel:
             return
         for sink, cursor, masked in ((client, to_client, False), (upstream, to_upstream, True)):
             await _say_goodbye(sink, cursor, masked=masked)
+        # The closing handshake: each side answers with its own Close and ends.
+        with trio.move_on_after(SEND_GRACE):
+            async with trio.open_nursery() as nursery:
+                for stream in (client, upstream):
+                    nursery.start_soon(_until_ended, stream)
         raise TunnelLimit(self._closing)
 
     async def _pipe(
@@ -175,6 +180,19 @@ class Tunnel:
             with trio.move_on_at(due):
                 await self._close_requested.wait()
         scope.cancel()
+
+
+async def _until_ended(stream: Stream) -> None:
+    """Read (and drop) what ``stream``'s peer still sends, until it ends."""
+    try:
+        while True:
+            item = await stream.receive()
+            if type(item) is Data:
+                stream.ack(item.flow_length)
+            else:
+                return
+    except StreamReset:
+        return
 
 
 async def _say_goodbye(sink: Stream, cursor: FrameCursor, *, masked: bool) -> None:

@@ -32,6 +32,7 @@ CLIENT_ID_HEADER = "x-client-id"  # the header SPEC's session affinity and rate 
 CHUNK = 64 * 1024  # request bodies go out in pieces of at most this size
 DEFAULT_SIDECAR = "127.0.0.1:15001"
 DEFAULT_ADMIN = "http://127.0.0.1:15000"
+SETTLE_TIMEOUT = 1.0  # seconds a finished call may wait for its figures to be recorded
 
 Content = bytes | AsyncIterable[bytes]
 
@@ -122,6 +123,8 @@ class MeshClient:
                     nursery.cancel_scope.cancel()
         finally:
             stream.reset(CANCEL)
+            with trio.CancelScope(shield=True), trio.move_on_after(SETTLE_TIMEOUT):
+                await self._transport.settle(stream)  # so metrics() has counted this call
 
     async def metrics(self) -> dict[str, Any]:
         """The seed's ``getMetrics()``: load balancer per instance, breaker per service, retry

@@ -39,6 +39,9 @@ class Transport(Protocol):
     async def reports(self) -> dict[str, dict[str, Any]]:
         """``/admin/upstreams``' report of every upstream, by name."""
 
+    async def settle(self, stream: Stream) -> None:
+        """Wait until the call on ``stream`` is recorded where ``reports`` reads."""
+
     def close(self) -> None:
         """Say goodbye to the connections (GOAWAY); calls in flight may finish."""
 
@@ -83,8 +86,18 @@ class Embedded:
         exchange = LocalExchange(headers, end_stream=end_stream, limits=limits)
         # In the client's nursery, not the caller's: a cancelled call resets its stream and
         # the request path finishes (and counts) it, as it does for a network caller.
-        self._nursery.start_soon(self.engine.proxy.handle, exchange.server, IN_PROCESS)
+        self._nursery.start_soon(self._serve, exchange)
         return exchange.client
+
+    async def _serve(self, exchange: LocalExchange) -> None:
+        try:
+            await self.engine.proxy.handle(exchange.server, IN_PROCESS)
+        finally:
+            exchange.served.set()
+
+    async def settle(self, stream: Stream) -> None:
+        if isinstance(stream.session, LocalExchange):
+            await stream.session.served.wait()
 
     async def reports(self) -> dict[str, dict[str, Any]]:
         return {name: group.report() for name, group in self.engine.groups.items()}
@@ -123,6 +136,9 @@ class Sidecar:
             ) from exc
         upstreams: dict[str, dict[str, Any]] = answer.json()["upstreams"]
         return upstreams
+
+    async def settle(self, stream: Stream) -> None:
+        """The node records a call as it ends it; nothing to wait for here."""
 
     def close(self) -> None:
         self._pool.close_all()

@@ -66,6 +66,9 @@ class LocalExchange:
         self.client.headers_sent = True
         self._window = window
         self._window_opened = trio.Event()
+        # Set by whoever serves the request once done with it (its figures recorded): the
+        # answer reaches the caller a moment before that.
+        self.served = trio.Event()
         if end_stream:
             self._end(self.client)
 

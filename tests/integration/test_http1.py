@@ -291,3 +291,20 @@ async def test_http1_at_both_ends_of_an_mtls_chain(tmp_path, running, users) -> 
     assert status == 200 and json.loads(body)["path"] == "/chained"
     assert service.versions == {"1.1"}
     assert service.seen[0]["x-meshnode-peer-identity"] == f"spiffe://{TRUST}/service/node-a"
+
+
+async def test_http2_trailers_reach_an_http1_caller_as_chunked_trailers(
+    tmp_path, running, users
+) -> None:
+    _, address = users
+    node = await node_for(tmp_path, running, {"users": upstream_toml("users", address)})
+    raw = await send_raw(
+        node,
+        b"GET /download?size=1000 HTTP/1.1\r\nHost: users\r\nTE: trailers\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    head, _, _ = raw.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert re.search(rb"\r\n0\r\nx-checksum: [0-9a-f]{64}\r\n\r\n$", raw), raw[-200:]
+    ((status, _, body),) = responses_in(raw)
+    assert status == 200 and body == download_body(1000)

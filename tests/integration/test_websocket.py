@@ -201,3 +201,26 @@ async def test_a_tunnel_ends_at_its_lifetime(tmp_path, nursery, running) -> None
                     await ws.get_message()
                     await trio.sleep(0.1)
         assert trio.current_time() - started >= 0.9
+
+
+async def test_an_upgrade_from_a_caller_not_allowed_is_forbidden(
+    tmp_path, nursery, running
+) -> None:
+    echo = EchoServer()
+    local = await echo.start(nursery)
+    pki = tmp_path / "pki"
+    certs.init_ca(pki, TRUST)
+    for name in ("node-a", "node-b"):
+        certs.issue(pki, name)
+    inbound = inbound_section(local, "node-c") + 'local_protocol = "http1"\n'  # not node-a
+    node_toml(tmp_path / "b", "node-b", pki, inbound=textwrap.dedent(inbound))
+    _, b = await running(tmp_path / "b")
+    node_toml(tmp_path / "a", "node-a", pki)
+    mesh_upstream(tmp_path / "a", "node-b", b.inbound[0], ROUTE)
+    _, a = await running(tmp_path / "a")
+    with pytest.raises(ConnectionRejected) as refused:
+        async with chat(a.outbound[0]):
+            pass
+    assert refused.value.status_code == 403
+    assert dict(refused.value.headers)[b"x-meshnode-error"] == b"forbidden"
+    assert echo.handshakes == 0

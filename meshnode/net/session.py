@@ -40,6 +40,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import trio
+from hpack import NeverIndexedHeaderTuple
 
 from meshnode.net.framing import (
     ENHANCE_YOUR_CALM,
@@ -103,6 +104,21 @@ END_OF_STREAM: Final = EndOfStream()
 StreamItem = ResponseHead | Data | Trailers | EndOfStream
 
 _h2_errors = (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError)
+_SECRETS = frozenset({b"authorization", b"proxy-authorization"})
+
+
+def never_indexed(headers: Headers) -> Headers:
+    """``headers`` with credentials marked never-indexed, so HPACK never keeps them in its
+    table where a compression side channel could guess them (h2's own rule: authorization
+    fields, and cookies shorter than 20 bytes). Most requests carry none: one scan."""
+    for name, value in headers:
+        if _secret(name, value):
+            return [NeverIndexedHeaderTuple(n, v) if _secret(n, v) else (n, v) for n, v in headers]
+    return headers
+
+
+def _secret(name: bytes, value: bytes) -> bool:
+    return name in _SECRETS or (name == b"cookie" and len(value) < 20)
 
 
 class StreamReset(Exception):
@@ -290,6 +306,10 @@ class H2Session:
                 # by meshnode itself; validating again cost a fifth of the CPU of a proxied
                 # request. Normalization (never-indexed secrets) stays on.
                 validate_outbound_headers=False,
+                # Normalizing is redundant for the same reason (names arrive lowercase, values
+                # trimmed, connection fields stripped) and cost as much again; the one part
+                # that matters, keeping secrets out of HPACK's table, is ``never_indexed``.
+                normalize_outbound_headers=False,
                 # Requests are checked by ``check_request`` instead, so that a malformed
                 # one fails its stream rather than every stream of the connection.
                 validate_inbound_headers=client_side,
@@ -638,7 +658,7 @@ class H2Session:
     def _send_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
         self._check_open(stream)
         try:
-            self.conn.send_headers(stream.id, headers, end_stream=end_stream)
+            self.conn.send_headers(stream.id, never_indexed(headers), end_stream=end_stream)
         except _h2_errors as exc:
             self._forget(stream, StreamReset(stream, CANCEL))
             raise stream.error from exc  # type: ignore[misc]

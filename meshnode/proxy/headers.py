@@ -3,13 +3,22 @@
 
 from __future__ import annotations
 
-import uuid
+import random
 
 from meshnode.net.hop_by_hop import connection_named, keeps
 
 HeaderList = list[tuple[bytes, bytes]]
 
 PEER_IDENTITY = b"x-meshnode-peer-identity"
+# Request ids must be unique, not unguessable: a seeded generator, not a syscall per request.
+_request_ids = random.Random()
+
+
+def new_request_id() -> bytes:
+    """A random (version 4) UUID, as text."""
+    bits = _request_ids.getrandbits(128) & ~(0xF << 76 | 0x3 << 62) | (0x4 << 76 | 0x2 << 62)
+    text = f"{bits:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}".encode()
 
 
 def forwarded_request_headers(
@@ -38,7 +47,7 @@ def forwarded_request_headers(
                 request_id = value
             out.append((name, value))
     if not request_id:
-        request_id = str(uuid.uuid4()).encode()
+        request_id = new_request_id()
         out.append((b"x-request-id", request_id))
     out.append(
         (b"x-forwarded-for", forwarded_for + b", " + client_ip if forwarded_for else client_ip)

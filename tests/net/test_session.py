@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
+import hpack
 import pytest
 import trio
 import trio.testing
@@ -16,6 +17,7 @@ from meshnode.net.session import (
     ResponseHead,
     Stream,
     StreamReset,
+    never_indexed,
 )
 from meshnode.net.violations import ConnectionRules
 from meshnode.policy.models import Limits
@@ -246,3 +248,19 @@ async def test_a_stream_waiting_on_its_peer_is_reset_at_the_stream_idle_timeout(
     assert 60 <= trio.current_time() - served.session.started < 91
     with pytest.raises(StreamReset):
         await request.receive()  # and the peer was told
+
+
+def test_credentials_are_never_indexed_by_hpack() -> None:
+    headers = [
+        (b":method", b"GET"),
+        (b"authorization", b"Bearer secret"),
+        (b"cookie", b"short=1"),
+        (b"cookie", b"long=" + b"x" * 40),
+        (b"x-plain", b"1"),
+    ]
+    marked = never_indexed(headers)
+    decoded = hpack.Decoder().decode(hpack.Encoder().encode(marked), raw=True)
+    secret = [isinstance(field, hpack.NeverIndexedHeaderTuple) for field in decoded]
+    assert secret == [False, True, True, False, False]
+    plain = [(b":method", b"GET"), (b"x-plain", b"1")]
+    assert never_indexed(plain) is plain  # nothing to mark: not even a copy

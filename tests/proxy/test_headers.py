@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import uuid
+
 from meshnode.errors import Timeout
 from meshnode.net.hop_by_hop import strip_hop_by_hop
-from meshnode.proxy.headers import forwarded_request_headers
+from meshnode.proxy.headers import forwarded_request_headers, new_request_id
 
 REQUEST = [(b":method", b"GET"), (b":path", b"/"), (b":authority", b"api")]
 
@@ -78,3 +80,11 @@ def test_mesh_error_response() -> None:
     assert body == (
         b'{"error": "timeout", "upstream": "payments", "detail": "no complete response within 3s"}'
     )
+
+
+def test_request_ids_are_version_4_uuids_and_differ() -> None:
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for text in list(ids)[:50]:
+        parsed = uuid.UUID(text.decode())
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)

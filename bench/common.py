@@ -38,16 +38,25 @@ def start_nghttpd(docroot: Path) -> tuple[subprocess.Popen[bytes], int]:
     return server, port
 
 
-def start_haproxy(work: Path, upstream_port: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_haproxy(
+    work: Path, upstream_port: int, grpc_port: int | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     """HAProxy from Debian as the equivalent proxy: HTTP/2 cleartext on both sides, one
-    thread (as one meshnode worker), no logging."""
+    thread (as one meshnode worker), no logging; requests for authority ``grpc`` go to
+    ``grpc_port`` when given."""
     port = free_port()
     config = work / "haproxy.cfg"
+    grpc = ""
+    if grpc_port is not None:
+        grpc = (
+            "  use_backend grpc if { hdr(host) -i grpc }\n"
+            f"backend grpc\n  server grpcio 127.0.0.1:{grpc_port} proto h2\n"
+        )
     config.write_text(
         "global\n  nbthread 1\n  maxconn 4000\n"
         "defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n"
         "  timeout server 60s\n"
-        f"frontend mesh\n  bind 127.0.0.1:{port} proto h2\n  default_backend web\n"
+        f"frontend mesh\n  bind 127.0.0.1:{port} proto h2\n  default_backend web\n{grpc}"
         f"backend web\n  server nghttpd 127.0.0.1:{upstream_port} proto h2\n"
     )
     proxy = subprocess.Popen(

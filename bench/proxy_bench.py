@@ -11,6 +11,12 @@ process's CPU microseconds per request (from /proc), which is steadier than
 req/s on a shared machine. Quote ratios within one run: absolute
 figures move with the machine's neighbours.
 
+Scenarios: 1 KiB GETs at -c10 -m10, -c50 -m1 and -c1 -m1; 1 MiB down and up;
+gRPC unary calls (to a grpcio server); an mTLS hop (two meshnodes, outbound then
+inbound, against one HAProxy doing both hops; h2load cannot present a client
+certificate, so the first proxy does); RSS with 1,000 idle connections, and
+while 50 clients ask for 100 MiB each and never read.
+
     ./dev bench proxy                 # default scenarios
     ./dev bench proxy --requests 5000 # fewer requests per scenario
 """
@@ -33,14 +39,25 @@ from pathlib import Path
 
 from common import free_port, start_haproxy, start_meshnode, start_nghttpd, write_policies
 from h2_floor import floor_us
+from scenarios import (
+    GRPC_PATH,
+    STALLED_CLIENTS,
+    grpc_request_file,
+    stalled_downloads,
+    start_grpc_server,
+    start_haproxy_mtls,
+    start_mtls_pair,
+)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-# name, clients, streams per client, the resource fetched
+# name, clients, streams per client, the resource fetched, what is sent
 SCENARIOS = [
-    ("c10-m10", 10, 10, "1k"),
-    ("c50-m1", 50, 1, "1k"),
-    ("c1-m1", 1, 1, "1k"),
-    ("1MiB-down", 4, 1, "1m"),
+    ("c10-m10", 10, 10, "1k", "get"),
+    ("c50-m1", 50, 1, "1k", "get"),
+    ("c1-m1", 1, 1, "1k", "get"),
+    ("1MiB-down", 4, 1, "1m", "get"),
+    ("1MiB-up", 4, 1, "1k", "upload"),
+    ("grpc-unary", 10, 10, GRPC_PATH.lstrip("/"), "grpc"),
 ]
 IDLE_CONNECTIONS = 1000
 IDLE_HELLO = (
@@ -85,7 +102,15 @@ def rss_kib(pid: int) -> int:
     return int(match.group(1)) if match else 0
 
 
-def h2load(url: str, requests: int, clients: int, streams: int, authority: str) -> dict[str, float]:
+def h2load(
+    url: str,
+    requests: int,
+    clients: int,
+    streams: int,
+    authority: str,
+    extra: tuple[str, ...] = (),
+) -> dict[str, float]:
+    """``extra``: more h2load options (a body to send, headers)."""
     with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
         out = subprocess.run(
             [
@@ -98,6 +123,7 @@ def h2load(url: str, requests: int, clients: int, streams: int, authority: str) 
                 str(streams),
                 "-H",
                 f":authority: {authority}",
+                *extra,
                 "--log-file",
                 log.name,
                 url,
@@ -139,55 +165,91 @@ def main() -> None:
     (work / "htdocs").mkdir()
     (work / "htdocs" / "1k").write_bytes(b"k" * 1024)
     (work / "htdocs" / "1m").write_bytes(b"m" * 1024 * 1024)
+    with (work / "htdocs" / "100m").open("wb") as big:
+        big.truncate(100 * 1024 * 1024)  # sparse: served as zeros
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the idle connections need it
     upstream, upstream_port = start_nghttpd(work / "htdocs")
-    endpoints = {"web": [f"127.0.0.1:{upstream_port}"]}
+    grpc_server, grpc_port = start_grpc_server()
+    sends = {
+        "get": (),
+        "upload": ("-d", str(work / "htdocs" / "1m")),
+        "grpc": (
+            "-d",
+            str(grpc_request_file(work)),
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+        ),
+    }
+    endpoints = {"web": [f"127.0.0.1:{upstream_port}"], "grpc": [f"127.0.0.1:{grpc_port}"]}
     nodes = {}
     for stack, extra in STACKS.items():
         outbound_port, admin_port = free_port(), free_port()
         write_policies(work / stack, outbound_port, admin_port, endpoints, extra)
         nodes[stack] = (start_meshnode(work / stack, outbound_port), outbound_port)
     if shutil.which("haproxy") is not None:  # ./dev bench installs it
-        nodes["haproxy"] = start_haproxy(work, upstream_port)
+        nodes["haproxy"] = start_haproxy(work, upstream_port, grpc_port)
+    mtls_nodes, mtls_port = start_mtls_pair(work, upstream_port)
+    mtls_haproxy = start_haproxy_mtls(work, upstream_port)
     floor = floor_us()
     results: dict[str, dict[str, object]] = {}
     try:
         for _, port in nodes.values():
             h2load(f"http://127.0.0.1:{port}/1k", 2000, 10, 10, "web")  # warm up
-        for name, clients, streams, resource_name in SCENARIOS:
+        for name, clients, streams, resource_name, kind in SCENARIOS:
             count = requests if streams > 1 else max(requests // 4, 1000)
-            if resource_name == "1m":
+            if "MiB" in name:
                 count = max(requests // 100, 100)
+            authority, direct_port = (
+                ("grpc", grpc_port) if kind == "grpc" else ("web", upstream_port)
+            )
+            extra_options = sends[kind]
             row: dict[str, object] = {"requests": count}
             row["direct"] = h2load(
-                f"http://127.0.0.1:{upstream_port}/{resource_name}", count, clients, streams, "web"
+                f"http://127.0.0.1:{direct_port}/{resource_name}",
+                count,
+                clients,
+                streams,
+                authority,
+                extra_options,
             )
             runs: dict[str, list[dict[str, float]]] = {stack: [] for stack in nodes}
             for _ in range(rounds):  # alternate the stacks, so drift on the machine hits both
                 for stack, (node, port) in nodes.items():
                     before = cpu_seconds(node.pid)
                     url = f"http://127.0.0.1:{port}/{resource_name}"
-                    proxied = h2load(url, count, clients, streams, "web")
+                    proxied = h2load(url, count, clients, streams, authority, extra_options)
                     cpu_us = (cpu_seconds(node.pid) - before) / count * 1e6
                     runs[stack].append({**proxied, "cpu_us_per_request": cpu_us})
             for stack, (node, _) in nodes.items():
                 ordered = sorted(runs[stack], key=lambda run: run["cpu_us_per_request"])
                 row[stack] = {**ordered[len(ordered) // 2], "rss_kib": rss_kib(node.pid)}
             results[name] = row
+        results["mtls-c10-m10"] = mtls_row(
+            requests, upstream_port, mtls_nodes, mtls_port, mtls_haproxy, rounds
+        )
         idle = {stack: idle_rss(node.pid, port) for stack, (node, port) in nodes.items()}
+        stalled = {
+            stack: stalled_downloads(port, "web", "/100m", lambda pid=node.pid: rss_kib(pid))
+            for stack, (node, port) in nodes.items()
+        }
     finally:
-        for node, _ in nodes.values():
+        for node in [*(node for node, _ in nodes.values()), *mtls_nodes, mtls_haproxy[0]]:
             node.terminate()
             node.wait(30)
         upstream.terminate()
         upstream.wait(30)
+        grpc_server.stop(None)
         shutil.rmtree(work, ignore_errors=True)
 
     header = ("scenario", "path", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "failed")
     print("{:10} {:13} {:>9} {:>9} {:>9} {:>11} {:>7}".format(*header))
     for name, row in results.items():
         for path in ("direct", *nodes_order(results)):
+            if path not in row:
+                continue
             figures = row[path]
             assert isinstance(figures, dict)
             cpu = f"{figures['cpu_us_per_request']:.0f}" if "cpu_us_per_request" in figures else ""
@@ -195,9 +257,9 @@ def main() -> None:
                 f"{name:10} {path:13} {figures['req_per_s']:>9.0f} {figures['p50_us']:>9.0f} "
                 f"{figures['p99_us']:>9.0f} {cpu:>11} {figures['failed']:>7}"
             )
-        plain, full = (row[stack]["cpu_us_per_request"] for stack in STACKS)  # type: ignore[index]
-        if name == "1MiB-down":
+        if name != "c10-m10":
             continue
+        plain, full = (row[stack]["cpu_us_per_request"] for stack in STACKS)  # type: ignore[index]
         print(
             f"{'':10} resilience stack costs {(full - plain) / plain * 100:+.1f} % CPU per request;"
             f" meshnode+res is {full / floor:.2f}x h2's floor of {floor:.0f} µs"
@@ -207,9 +269,17 @@ def main() -> None:
             f"{IDLE_CONNECTIONS} idle connections  {stack:13} RSS {before / 1024:.0f} MiB -> "
             f"{during / 1024:.0f} MiB"
         )
+    for stack, (before, during) in stalled.items():
+        print(
+            f"{STALLED_CLIENTS} stalled 100 MiB downloads {stack:13} RSS {before / 1024:.0f} MiB "
+            f"-> {during / 1024:.0f} MiB"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "idle_rss_kib": {stack: {"before": b, "idle": d} for stack, (b, d) in idle.items()},
+        "stalled_rss_kib": {
+            stack: {"before": b, "stalled": d} for stack, (b, d) in stalled.items()
+        },
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),
@@ -237,9 +307,9 @@ def chart(results: dict[str, dict[str, object]], target: Path) -> None:
     width = 0.8 / len(paths)
     for offset, path in enumerate(paths):
         positions = [i + offset * width for i in range(len(results))]
-        rows = [results[name][path] for name in results]
-        throughput.bar(positions, [r["req_per_s"] for r in rows], width, label=path)
-        latency.bar(positions, [r["p50_us"] / 1000 for r in rows], width, label=path)
+        rows = [results[name].get(path, {}) for name in results]
+        throughput.bar(positions, [r.get("req_per_s", 0) for r in rows], width, label=path)
+        latency.bar(positions, [r.get("p50_us", 0) / 1000 for r in rows], width, label=path)
     for axes, title in ((throughput, "requests per second"), (latency, "p50 latency (ms)")):
         axes.set_title(title)
         axes.set_yscale("log")
@@ -248,6 +318,36 @@ def chart(results: dict[str, dict[str, object]], target: Path) -> None:
     throughput.legend()
     figure.tight_layout()
     figure.savefig(target, dpi=100)
+
+
+def mtls_row(
+    requests: int,
+    upstream_port: int,
+    pair: list[subprocess.Popen[bytes]],
+    pair_port: int,
+    haproxy: tuple[subprocess.Popen[bytes], int],
+    rounds: int,
+) -> dict[str, object]:
+    """1 KiB GETs at -c10 -m10 across an mTLS hop: two meshnodes (outbound, then inbound; the
+    CPU is both) against one HAProxy doing both hops, and straight to nghttpd."""
+    row: dict[str, object] = {"requests": requests}
+    row["direct"] = h2load(f"http://127.0.0.1:{upstream_port}/1k", requests, 10, 10, "web")
+    paths = {
+        "meshnode": ([node.pid for node in pair], pair_port),
+        "haproxy": ([haproxy[0].pid], haproxy[1]),
+    }
+    for _, port in paths.values():
+        h2load(f"http://127.0.0.1:{port}/1k", 2000, 10, 10, "web")  # warm up, handshakes
+    runs: dict[str, list[dict[str, float]]] = {path: [] for path in paths}
+    for _ in range(rounds):
+        for path, (pids, port) in paths.items():
+            before = sum(cpu_seconds(pid) for pid in pids)
+            proxied = h2load(f"http://127.0.0.1:{port}/1k", requests, 10, 10, "web")
+            cpu_us = (sum(cpu_seconds(pid) for pid in pids) - before) / requests * 1e6
+            runs[path].append({**proxied, "cpu_us_per_request": cpu_us})
+    for path, measured in runs.items():
+        row[path] = sorted(measured, key=lambda run: run["cpu_us_per_request"])[len(measured) // 2]
+    return row
 
 
 def idle_rss(pid: int, port: int) -> tuple[int, int]:

@@ -42,6 +42,7 @@ import h2.settings
 import trio
 from hpack import NeverIndexedHeaderTuple
 
+from meshnode.net import h2_speedups  # noqa: F401 - installs itself into hyperframe
 from meshnode.net.framing import (
     ENHANCE_YOUR_CALM,
     WINDOW_UPDATES_PER_DATA_FRAME,

@@ -1,0 +1,32 @@
+"""The cheaper frame repr shows exactly what hyperframe's own did."""
+
+from __future__ import annotations
+
+import binascii
+
+import hyperframe.frame
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshnode.net.h2_speedups import short_raw_data_repr
+
+
+def hyperframes_own(data: bytes | None) -> str:
+    """hyperframe 6's ``_raw_data_repr``, as published."""
+    if not data:
+        return "None"
+    r = binascii.hexlify(data).decode("ascii")
+    if len(r) > 20:
+        r = r[:20] + "..."
+    return "<hex:" + r + ">"
+
+
+@given(st.one_of(st.none(), st.binary(max_size=64)))
+def test_the_same_text_for_any_body(data: bytes | None) -> None:
+    assert short_raw_data_repr(data) == hyperframes_own(data)
+
+
+def test_it_is_what_frames_use() -> None:
+    assert hyperframe.frame._raw_data_repr is short_raw_data_repr
+    frame = hyperframe.frame.DataFrame(1, data=b"\x01" * 16384)
+    assert repr(frame).endswith("<hex:01010101010101010101...>")

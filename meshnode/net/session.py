@@ -51,7 +51,13 @@ from meshnode.net.framing import (
     GoAwayReceived,
     goaway_frame,
 )
-from meshnode.net.validation import WEBSOCKET, Malformed, check_request, check_trailers
+from meshnode.net.validation import (
+    WEBSOCKET,
+    Malformed,
+    check_request,
+    check_response,
+    check_trailers,
+)
 from meshnode.net.violations import ConnectionRules
 
 log = logging.getLogger(__name__)
@@ -305,15 +311,16 @@ class H2Session:
                 header_encoding=None,
                 # Everything sent was either validated when it arrived from a peer or made
                 # by meshnode itself; validating again cost a fifth of the CPU of a proxied
-                # request. Normalization (never-indexed secrets) stays on.
+                # request.
                 validate_outbound_headers=False,
                 # Normalizing is redundant for the same reason (names arrive lowercase, values
                 # trimmed, connection fields stripped) and cost as much again; the one part
                 # that matters, keeping secrets out of HPACK's table, is ``never_indexed``.
                 normalize_outbound_headers=False,
                 # Requests are checked by ``check_request`` instead, so that a malformed
-                # one fails its stream rather than every stream of the connection.
-                validate_inbound_headers=client_side,
+                # one fails its stream rather than every stream of the connection; responses
+                # and trailers in one pass each (``check_response``, ``check_trailers``).
+                validate_inbound_headers=False,
             )
         )
         self.conn.local_settings = h2.settings.Settings(
@@ -454,7 +461,7 @@ class H2Session:
         elif isinstance(event, h2.events.RequestReceived):
             self._on_request_received(event)
         elif isinstance(event, h2.events.ResponseReceived):
-            self._push(event.stream_id, ResponseHead(event.headers))
+            self._on_response(event)
         elif isinstance(event, h2.events.TrailersReceived):
             self._on_trailers(event)
         elif isinstance(event, h2.events.StreamEnded):
@@ -501,11 +508,21 @@ class H2Session:
             self.close_gracefully()
         self._on_request(stream)
 
+    def _on_response(self, event: h2.events.ResponseReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            return
+        problem = check_response(event.headers)
+        if problem is None:
+            stream._push(ResponseHead(event.headers))
+        else:  # a broken upstream: this answer fails as a reset would
+            stream.refuse(PROTOCOL_ERROR, "malformed-response", problem)
+
     def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
         stream = self.streams.get(event.stream_id)
         if stream is None:
             return
-        problem = None if self.client_side else check_trailers(event.headers)
+        problem = check_trailers(event.headers)
         if problem is None:
             stream._push(Trailers(event.headers))
         else:

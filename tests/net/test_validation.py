@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnode.net.validation import Malformed, check_request, check_trailers
+from meshnode.net.validation import Malformed, check_request, check_response, check_trailers
 
 REQUEST_FLAGS = h2.utilities.HeaderValidationFlags(
     is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
@@ -141,3 +141,31 @@ def test_malformed_stays_malformed_whatever_else_is_added(case: str, order: list
     extra = [(b"x-b", b"1"), (b"accept-language", b"en"), (b"x-c", b"2")]
     headers = BAD[case] + [extra[i] for i in order]
     assert isinstance(check(headers), Malformed)
+
+
+RESPONSE_FLAGS = h2.utilities.HeaderValidationFlags(
+    is_client=True, is_trailer=False, is_response_header=True, is_push_promise=False
+)
+response_names = st.one_of(
+    st.sampled_from([b":status", b":path", b"content-length", b"te", b"connection", b"x-a"]),
+    st.binary(max_size=8),
+)
+response_values = st.one_of(
+    st.sampled_from([b"200", b"404", b"20", b"trailers", b"gzip", b"ok"]), st.binary(max_size=8)
+)
+
+
+@given(st.lists(st.tuples(response_names, response_values), max_size=6))
+def test_a_response_passes_only_if_h2_would_have_passed_it(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    if check_response(headers) is None:
+        list(h2.utilities.validate_headers(headers, RESPONSE_FLAGS))  # raises if refused
+
+
+def test_malformed_responses_are_named() -> None:
+    assert check_response([(b":status", b"200"), (b"x-a", b"1")]) is None
+    assert check_response([(b"x-a", b"1")]) == "no valid :status"
+    assert check_response([(b":status", b"200"), (b"connection", b"close")]) is not None
+    assert check_response([(b":status", b"200"), (b":path", b"/")]) is not None
+    assert check_response([(b":status", b"200"), (b"x-a", b"a\r\nb")]) is not None

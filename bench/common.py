@@ -59,11 +59,16 @@ def start_haproxy(
         f"frontend mesh\n  bind 127.0.0.1:{port} proto h2\n  default_backend web\n{grpc}"
         f"backend web\n  server nghttpd 127.0.0.1:{upstream_port} proto h2\n"
     )
+    return run_haproxy(config, port), port
+
+
+def run_haproxy(config: Path, port: int) -> subprocess.Popen[bytes]:
+    """HAProxy on ``config``, once it listens on ``port``."""
     proxy = subprocess.Popen(
         ["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     wait_for_port(port)
-    return proxy, port
+    return proxy
 
 
 def write_policies(

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import free_port, start_meshnode, wait_for_port, write_policies
+from common import free_port, run_haproxy, start_meshnode, wait_for_port, write_policies
 from proxy_bench import cpu_seconds
 
 UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6}
@@ -57,11 +57,7 @@ def start_haproxy_http1(work: Path, upstream_port: int) -> tuple[subprocess.Pope
         f"frontend mesh\n  bind 127.0.0.1:{port}\n  default_backend web\n"
         f"backend web\n  http-reuse always\n  server nginx 127.0.0.1:{upstream_port}\n"
     )
-    proxy = subprocess.Popen(
-        ["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    wait_for_port(port)
-    return proxy, port
+    return run_haproxy(config, port), port
 
 
 def wrk(port: int, seconds: int, connections: int) -> dict[str, float]:

@@ -12,7 +12,7 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
-from common import free_port, start_meshnode, wait_for_port, write_policies
+from common import free_port, run_haproxy, start_meshnode, wait_for_port, write_policies
 from h2.connection import H2Connection
 
 from meshnode import certs
@@ -93,11 +93,7 @@ def start_haproxy_mtls(work: Path, upstream_port: int) -> tuple[subprocess.Popen
         f"ca-file {pki}/ca.pem verify required alpn h2\n  default_backend local\n"
         f"backend local\n  server nghttpd 127.0.0.1:{upstream_port} proto h2\n"
     )
-    proxy = subprocess.Popen(
-        ["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    wait_for_port(front)
-    return proxy, front
+    return run_haproxy(config, front), front
 
 
 def stalled_downloads(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import h11
 import trio
 
-from meshnode.net.session import CANCEL, Stream, StreamReset
+from meshnode.net.session import CANCEL, Stream, StreamReset, ensure_open
 from meshnode.net.violations import ConnectionRules
 
 FLUSH_GRACE = 2.0  # seconds to write the last bytes once the connection is ending
@@ -131,11 +131,7 @@ class H1Connection:
         self._pulse()
 
     def _check_open(self, stream: Stream) -> None:
-        if stream.error is not None:
-            raise stream.error
-        if self.dead:
-            stream._fail(StreamReset(stream, CANCEL, connection_lost=True))
-            raise stream.error  # type: ignore[misc]
+        ensure_open(stream, connection_dead=self.dead)
 
     async def _wait(self, stream: Stream, event: trio.Event | None) -> None:
         """Wait for ``event`` (or any progress), on the stream's idle clock."""

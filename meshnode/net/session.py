@@ -289,6 +289,15 @@ class Stream:
             self._wakeup = None
 
 
+def ensure_open(stream: Stream, *, connection_dead: bool) -> None:
+    """Raise the stream's reset if it has one (or gets one now: its connection is gone)."""
+    if stream.error is not None:
+        raise stream.error
+    if connection_dead:
+        stream._fail(StreamReset(stream, CANCEL, connection_lost=True))
+        raise stream.error  # type: ignore[misc]
+
+
 class H2Session:
     def __init__(
         self,
@@ -461,9 +470,11 @@ class H2Session:
         elif isinstance(event, h2.events.RequestReceived):
             self._on_request_received(event)
         elif isinstance(event, h2.events.ResponseReceived):
-            self._on_response(event)
+            head = event.headers
+            self._push_checked(event.stream_id, ResponseHead(head), check_response(head))
         elif isinstance(event, h2.events.TrailersReceived):
-            self._on_trailers(event)
+            trailers = event.headers
+            self._push_checked(event.stream_id, Trailers(trailers), check_trailers(trailers))
         elif isinstance(event, h2.events.StreamEnded):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -508,25 +519,19 @@ class H2Session:
             self.close_gracefully()
         self._on_request(stream)
 
-    def _on_response(self, event: h2.events.ResponseReceived) -> None:
-        stream = self.streams.get(event.stream_id)
+    def _push_checked(
+        self, stream_id: int, item: ResponseHead | Trailers, problem: str | None
+    ) -> None:
+        """A response head or trailers, unless malformed: then the stream fails as a reset
+        would (a broken upstream, or a caller's bad trailers), charged to the peer."""
+        stream = self.streams.get(stream_id)
         if stream is None:
             return
-        problem = check_response(event.headers)
         if problem is None:
-            stream._push(ResponseHead(event.headers))
-        else:  # a broken upstream: this answer fails as a reset would
-            stream.refuse(PROTOCOL_ERROR, "malformed-response", problem)
-
-    def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
-        stream = self.streams.get(event.stream_id)
-        if stream is None:
-            return
-        problem = check_trailers(event.headers)
-        if problem is None:
-            stream._push(Trailers(event.headers))
+            stream._push(item)
         else:
-            stream.refuse(PROTOCOL_ERROR, "malformed-trailers", problem)
+            kind = "malformed-response" if type(item) is ResponseHead else "malformed-trailers"
+            stream.refuse(PROTOCOL_ERROR, kind, problem)
 
     def violation(self, kind: str, detail: str) -> None:
         """Count and log a rule the peer broke (the caller decides what it costs the peer)."""
@@ -723,11 +728,7 @@ class H2Session:
             self._forget_if_finished(stream)
 
     def _check_open(self, stream: Stream) -> None:
-        if stream.error is not None:
-            raise stream.error
-        if self.dead:
-            stream._fail(StreamReset(stream, CANCEL, connection_lost=True))
-            raise stream.error  # type: ignore[misc]
+        ensure_open(stream, connection_dead=self.dead)
 
     def _reset(self, stream: Stream, code: int) -> None:
         if stream.finished or self.dead:

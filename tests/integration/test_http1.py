@@ -7,16 +7,14 @@ import hashlib
 import http.client
 import json
 import re
-import textwrap
 from pathlib import Path
 
 import pytest
 import trio
 
-from meshnode import certs
 from tests.conftest import require, upstream_toml, write_policies
 from tests.support.client import fetch
-from tests.support.mtls import TRUST, inbound_section, mesh_upstream, node_toml
+from tests.support.mtls import TRUST, mtls_chain
 from tests.support.raw_http1 import ScriptedUpstream, responses_in, send_raw
 from tests.support.user_service import UserService, download_body
 
@@ -27,6 +25,9 @@ def http1_upstream(name: str, *endpoints: str, extra: str = "") -> str:
     return upstream_toml(name, *endpoints, extra=extra).replace(
         'tls = "none"\n', 'tls = "none"\n' + HTTP1
     )
+
+
+UPSTREAMS = {"h2": upstream_toml, "http1": http1_upstream}
 
 
 @pytest.fixture
@@ -69,8 +70,7 @@ async def test_http_client_keeps_one_connection_through_the_node(
     tmp_path, running, users, protocol
 ) -> None:
     service, address = users
-    make = http1_upstream if protocol == "http1" else upstream_toml
-    node = await node_for(tmp_path, running, {"users": make("users", address)})
+    node = await node_for(tmp_path, running, {"users": UPSTREAMS[protocol]("users", address)})
     answers = await trio.to_thread.run_sync(lambda: get(node, "/users/7?x=1", "users", requests=5))
     assert [status for status, _ in answers] == [200] * 5
     assert json.loads(answers[0][1]) == {
@@ -107,8 +107,8 @@ async def test_large_chunked_bodies_both_ways_are_byte_identical(
     tmp_path, running, users, upstream_protocol
 ) -> None:
     _, address = users
-    make = http1_upstream if upstream_protocol == "http1" else upstream_toml
-    node = await node_for(tmp_path, running, {"users": make("users", address)})
+    upstream = UPSTREAMS[upstream_protocol]("users", address)
+    node = await node_for(tmp_path, running, {"users": upstream})
     payload = tmp_path / "payload"
     payload.write_bytes(bytes(range(256)) * (20 * 4096))  # 20 MiB
     upload = await trio.run_process(
@@ -277,16 +277,7 @@ async def test_wrk_through_the_node(tmp_path, running, users) -> None:
 async def test_http1_at_both_ends_of_an_mtls_chain(tmp_path, running, users) -> None:
     """curl (HTTP/1.1) -> node A -> HTTP/2 + mTLS -> node B -> the local service (HTTP/1.1)."""
     service, local = users
-    pki = tmp_path / "pki"
-    certs.init_ca(pki, TRUST)
-    for name in ("node-a", "node-b"):
-        certs.issue(pki, name)
-    inbound = inbound_section(local, "node-a") + 'local_protocol = "http1"\n'
-    node_toml(tmp_path / "b", "node-b", pki, inbound=textwrap.dedent(inbound))
-    _, b = await running(tmp_path / "b")
-    node_toml(tmp_path / "a", "node-a", pki)
-    mesh_upstream(tmp_path / "a", "node-b", b.inbound[0])
-    _, a = await running(tmp_path / "a")
+    a = await mtls_chain(tmp_path, running, local, local_protocol="http1")
     status, _, body = await fetch(a.outbound[0], "node-b", "/chained", "--http1.1")
     assert status == 200 and json.loads(body)["path"] == "/chained"
     assert service.versions == {"1.1"}

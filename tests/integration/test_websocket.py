@@ -5,9 +5,10 @@ them), with the upstream's policies applied to the upgrade and limits to the tun
 from __future__ import annotations
 
 import functools
-import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -20,9 +21,9 @@ from trio_websocket import (
     serve_websocket,
 )
 
-from meshnode import certs
+from meshnode.policy import Address
 from tests.conftest import upstream_toml, write_policies
-from tests.support.mtls import TRUST, inbound_section, mesh_upstream, node_toml
+from tests.support.mtls import mtls_chain
 
 ROUTE = '[[routes]]\npath_prefix = "/chat"\n'  # trio-websocket's Host is the node's address
 
@@ -41,6 +42,13 @@ class EchoServer:
         )
         return f"127.0.0.1:{server.port}"
 
+    async def wait_closed(self) -> None:
+        """Until a connection has ended (the close handshake takes a moment after the client's
+        side is done)."""
+        with trio.fail_after(5):
+            while not self.closed:
+                await trio.sleep(0.01)
+
     async def _echo(self, request: WebSocketRequest) -> None:
         self.handshakes += 1
         self.paths.append(request.path)
@@ -56,6 +64,17 @@ def websocket_upstream(name: str, address: str, extra: str = "") -> str:
     return upstream_toml(name, address, extra=ROUTE + extra).replace(
         'tls = "none"\n', 'tls = "none"\nprotocol = "http1"\n'
     )
+
+
+async def echo_node(
+    tmp_path: Path, nursery: trio.Nursery, running: Any, extra: str = ""
+) -> tuple[EchoServer, Address]:
+    """An echo server and a node that routes /chat to it (``extra``: policy sections)."""
+    echo = EchoServer()
+    address = await echo.start(nursery)
+    directory = write_policies(tmp_path / "p", {"echo": websocket_upstream("echo", address, extra)})
+    _, addresses = await running(directory)
+    return echo, addresses.outbound[0]
 
 
 @asynccontextmanager
@@ -76,17 +95,11 @@ async def exchange(ws: WebSocketConnection) -> list[str | bytes]:
 
 
 async def test_an_echo_through_one_node(tmp_path, nursery, running) -> None:
-    echo = EchoServer()
-    address = await echo.start(nursery)
-    _, node = await running(
-        write_policies(tmp_path / "p", {"echo": websocket_upstream("echo", address)})
-    )
-    async with chat(node.outbound[0], subprotocols=["chat.v1"]) as ws:
+    echo, node = await echo_node(tmp_path, nursery, running)
+    async with chat(node, subprotocols=["chat.v1"]) as ws:
         assert ws.subprotocol == "chat.v1"  # negotiated end to end
         await exchange(ws)
-    with trio.fail_after(5):
-        while not echo.closed:
-            await trio.sleep(0.01)
+    await echo.wait_closed()
     assert echo.closed == [1000]  # the client's close handshake reached the server
     assert echo.paths == ["/chat"]
 
@@ -94,16 +107,7 @@ async def test_an_echo_through_one_node(tmp_path, nursery, running) -> None:
 async def test_an_echo_through_two_nodes_chained_with_mtls(tmp_path, nursery, running) -> None:
     echo = EchoServer()
     local = await echo.start(nursery)
-    pki = tmp_path / "pki"
-    certs.init_ca(pki, TRUST)
-    for name in ("node-a", "node-b"):
-        certs.issue(pki, name)
-    inbound = inbound_section(local, "node-a") + 'local_protocol = "http1"\n'
-    node_toml(tmp_path / "b", "node-b", pki, inbound=textwrap.dedent(inbound))
-    _, b = await running(tmp_path / "b")
-    node_toml(tmp_path / "a", "node-a", pki)
-    mesh_upstream(tmp_path / "a", "node-b", b.inbound[0], ROUTE)
-    _, a = await running(tmp_path / "a")
+    a = await mtls_chain(tmp_path, running, local, local_protocol="http1", route=ROUTE)
     async with chat(a.outbound[0]) as ws:
         await exchange(ws)
     assert echo.handshakes == 1
@@ -112,16 +116,12 @@ async def test_an_echo_through_two_nodes_chained_with_mtls(tmp_path, nursery, ru
 async def test_the_upgrade_is_rate_limited_and_guarded_by_the_breaker(
     tmp_path, nursery, running
 ) -> None:
-    echo = EchoServer()
-    address = await echo.start(nursery)
     limits = "[rate_limit]\nrequests_per_second = 0.001\nburst = 1\n"
-    _, node = await running(
-        write_policies(tmp_path / "p", {"echo": websocket_upstream("echo", address, limits)})
-    )
-    async with chat(node.outbound[0]) as ws:
+    echo, node = await echo_node(tmp_path, nursery, running, limits)
+    async with chat(node) as ws:
         await exchange(ws)
     with pytest.raises(ConnectionRejected) as refused:
-        async with chat(node.outbound[0]):
+        async with chat(node):
             pass
     assert refused.value.status_code == 429
     assert dict(refused.value.headers)[b"x-meshnode-error"] == b"rate-limited"
@@ -137,13 +137,9 @@ async def test_a_refused_upgrade_is_an_ordinary_answer(tmp_path, nursery, runnin
 
 
 async def test_an_idle_tunnel_is_closed(tmp_path, nursery, running) -> None:
-    echo = EchoServer()
-    address = await echo.start(nursery)
     timeouts = '[timeout]\nrequest = "2s"\ntunnel_idle = "300ms"\n'
-    _, node = await running(
-        write_policies(tmp_path / "p", {"echo": websocket_upstream("echo", address, timeouts)})
-    )
-    async with chat(node.outbound[0]) as ws:
+    echo, node = await echo_node(tmp_path, nursery, running, timeouts)
+    async with chat(node) as ws:
         for _ in range(16):  # busy for longer than the request timeout, never idle long
             await trio.sleep(0.15)
             await ws.send_message("still here")
@@ -152,9 +148,7 @@ async def test_an_idle_tunnel_is_closed(tmp_path, nursery, running) -> None:
             with trio.fail_after(5):
                 await ws.get_message()  # silent: the node closes it
     assert closed.value.reason.code == 1001  # going away: a Close frame, not a cut
-    with trio.fail_after(5):
-        while not echo.closed:
-            await trio.sleep(0.01)
+    await echo.wait_closed()
     assert echo.closed == [1001]  # the server was told too
 
 
@@ -179,20 +173,14 @@ async def test_drain_closes_tunnels_with_a_close_frame_at_its_deadline(
                     await trio.sleep(0.05)
         assert 0.9 <= trio.current_time() - started < 2.0  # just before the deadline
     assert closed.value.reason.code == 1001
-    with trio.fail_after(5):
-        while not echo.closed:
-            await trio.sleep(0.01)
+    await echo.wait_closed()
     assert echo.closed == [1001]
 
 
 async def test_a_tunnel_ends_at_its_lifetime(tmp_path, nursery, running) -> None:
-    echo = EchoServer()
-    address = await echo.start(nursery)
     timeouts = '[timeout]\ntunnel_lifetime = "1s"\n'
-    _, node = await running(
-        write_policies(tmp_path / "p", {"echo": websocket_upstream("echo", address, timeouts)})
-    )
-    async with chat(node.outbound[0]) as ws:
+    _, node = await echo_node(tmp_path, nursery, running, timeouts)
+    async with chat(node) as ws:
         started = trio.current_time()
         with pytest.raises(ConnectionClosed):
             with trio.fail_after(5):
@@ -208,16 +196,9 @@ async def test_an_upgrade_from_a_caller_not_allowed_is_forbidden(
 ) -> None:
     echo = EchoServer()
     local = await echo.start(nursery)
-    pki = tmp_path / "pki"
-    certs.init_ca(pki, TRUST)
-    for name in ("node-a", "node-b"):
-        certs.issue(pki, name)
-    inbound = inbound_section(local, "node-c") + 'local_protocol = "http1"\n'  # not node-a
-    node_toml(tmp_path / "b", "node-b", pki, inbound=textwrap.dedent(inbound))
-    _, b = await running(tmp_path / "b")
-    node_toml(tmp_path / "a", "node-a", pki)
-    mesh_upstream(tmp_path / "a", "node-b", b.inbound[0], ROUTE)
-    _, a = await running(tmp_path / "a")
+    a = await mtls_chain(
+        tmp_path, running, local, allowed="node-c", local_protocol="http1", route=ROUTE
+    )
     with pytest.raises(ConnectionRejected) as refused:
         async with chat(a.outbound[0]):
             pass

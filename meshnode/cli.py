@@ -19,7 +19,7 @@ from meshnode.net.listener import H2Listener
 from meshnode.node import Bindings, Node, NodeAddresses, preflight
 from meshnode.policy import Address, PolicyError, PolicySet, load_policies
 from meshnode.reload import POLL_INTERVAL
-from meshnode.workers import Parent, announce_ready, follow_parent, worker_count
+from meshnode.worker_process import announce_ready, follow_parent, worker_count
 
 DEFAULT_POLICIES = "policies"
 
@@ -102,6 +102,9 @@ def serve(
             passed = ["--log-level", log_level, "--log-format", log_format]
             if not watch:
                 passed.append("--no-watch")
+            # The parent's machinery (an HTTP client, a metrics parser) only where it runs.
+            from meshnode.workers import Parent  # noqa: PLC0415
+
             trio.run(Parent(policies, count, passed).run)
         else:
             trio.run(Node(policies, poll_interval=poll_interval).run)

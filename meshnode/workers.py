@@ -53,31 +53,16 @@ from meshnode.notify import Notifier
 from meshnode.policy import Address, PolicySet
 from meshnode.policy.load import read_token
 from meshnode.resilience.core.health import CheckResult, CheckType, health_report
+from meshnode.worker_process import READY_PREFIX
 
 log = logging.getLogger(__name__)
 
-READY_PREFIX = "meshnode-worker-ready "
-PARENT_CHECK_INTERVAL = 1.0
 RESTART_INITIAL = 0.5
 RESTART_MAX = 30.0
 STABLE_AFTER = 60.0  # a worker that ran this long restarts from the initial backoff
 WORKER_TIMEOUT = 10.0  # seconds the parent waits for one worker's admin answer
 # Gauges that are a state, not an amount: the workers' worst (highest) is reported.
 _WORST_GAUGES = frozenset({"meshnode_breaker_state", "meshnode_overload_active"})
-
-
-def worker_count(value: str) -> int:
-    """``auto`` (the usable cores) or a positive number."""
-    if value == "auto":
-        return (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1
-        )
-    count = int(value)
-    if count < 1:
-        raise ValueError("--workers must be at least 1 or auto")
-    return count
 
 
 @attrs.define
@@ -487,20 +472,3 @@ async def _lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[str]:
 
 async def _kill(process: trio.Process) -> None:
     process.kill()
-
-
-async def follow_parent() -> None:
-    """In a worker: drain and exit (SIGTERM to itself) once the parent is gone, even killed,
-    rather than serve on as an orphan nobody supervises. The parent's death shows as a new
-    parent process id; prctl's PDEATHSIG cannot serve, as it follows the thread that
-    started the worker, and Trio starts processes from short-lived threads."""
-    parent = os.getppid()
-    while os.getppid() == parent:
-        await trio.sleep(PARENT_CHECK_INTERVAL)
-    log.error("the parent process is gone: draining")
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def announce_ready(admin: Address) -> None:
-    """A worker tells its parent it serves, and where its admin listener is."""
-    print(READY_PREFIX + json.dumps({"admin": str(admin)}), flush=True)

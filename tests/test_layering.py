@@ -28,6 +28,7 @@ LAYERS = {
     "node": 7,
     "client": 7,
     "workers": 7,
+    "worker_process": 7,
     "cli_admin": 8,
     "logs": 0,
     "cli": 8,

@@ -121,3 +121,8 @@ def _endpoint_of(entry: object, where: str) -> Endpoint | None:
         zone=node.get("Datacenter") if isinstance(node.get("Datacenter"), str) else None,
         metadata=metadata,
     )
+
+
+def source(policy: ConsulDiscovery, upstream: str) -> ConsulSource:
+    """The backend's source (see ``discovery.backends.make_source``)."""
+    return ConsulSource(policy, upstream)

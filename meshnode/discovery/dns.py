@@ -105,3 +105,8 @@ def _additional_addresses(answer: dns.resolver.Answer) -> dict[str, list[str]]:
         if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
             known.setdefault(rrset.name.to_text(), []).extend(r.address for r in rrset)
     return known
+
+
+def source(policy: DNSDiscovery, upstream: str) -> DNSSource:
+    """The backend's source (see ``discovery.backends.make_source``)."""
+    return DNSSource(policy)

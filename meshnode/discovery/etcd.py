@@ -123,3 +123,8 @@ def _prefix_end(prefix: str) -> bytes:
         return b"\x00"  # every key
     end[-1] += 1
     return bytes(end)
+
+
+def source(policy: EtcdDiscovery, upstream: str) -> EtcdSource:
+    """The backend's source (see ``discovery.backends.make_source``)."""
+    return EtcdSource(policy, upstream)

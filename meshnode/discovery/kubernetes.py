@@ -245,3 +245,8 @@ def _answer(response: httpx.Response, what: str) -> dict[str, Any]:
 
 def _name(item: dict[str, Any]) -> str:
     return str(item.get("metadata", {}).get("name", ""))
+
+
+def source(policy: KubernetesDiscovery, upstream: str) -> KubernetesSource:
+    """The backend's source (see ``discovery.backends.make_source``)."""
+    return KubernetesSource(policy, upstream)

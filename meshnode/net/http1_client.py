@@ -83,7 +83,9 @@ class H1ClientConnection(H1Connection):
             self._write(request_to_h1(headers, has_body=False, websocket_key=key))
             self._write(h11.EndOfMessage())
         else:
-            self._write(request_to_h1(headers, has_body=not end_stream))
+            request = request_to_h1(headers, has_body=not end_stream)
+            self._chunked = (b"transfer-encoding", b"chunked") in request.headers
+            self._write(request)
             if end_stream:
                 self._end_message(stream, None)
         self._started.set()

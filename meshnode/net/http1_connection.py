@@ -30,6 +30,7 @@ class H1Connection:
         )
         self.dead = False
         self.streams: dict[int, Stream] = {}  # the exchange in flight, if any
+        self._chunked = False  # this side's message in flight is chunked (it may have trailers)
         self._out = bytearray()
         self._writer_wakeup = trio.Event()
         self._drained = trio.Event()
@@ -69,11 +70,9 @@ class H1Connection:
         self._check_open(stream)
 
     def _end_message(self, stream: Stream, trailers: list[tuple[bytes, bytes]] | None) -> None:
-        """End this side's message; trailers go only on a chunked body (else dropped)."""
-        try:
-            self._write(h11.EndOfMessage(headers=trailers or []))
-        except h11.LocalProtocolError:
-            self._write(h11.EndOfMessage())
+        """End this side's message; trailers go only on a chunked body (else dropped: h11
+        would refuse them, and a refusal leaves its connection unusable)."""
+        self._write(h11.EndOfMessage(headers=trailers if trailers and self._chunked else []))
         stream.local_closed = True
 
     # -- reading -----------------------------------------------------------

@@ -290,6 +290,11 @@ class H1ServerSession(H1Connection):
 
     def _send_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
         self._check_open(stream)
+        if self.tunnel:  # a tunnel has no trailers: they can only mean its end
+            stream.local_closed = True
+            if self._watching is not None:
+                self._watching.cancel()
+            return
         if stream.headers_sent:  # trailers: HTTP/1.1 carries them only on a chunked body
             self._end_message(stream, headers)
             return
@@ -308,6 +313,10 @@ class H1ServerSession(H1Connection):
         stream.status_sent = head.status_code
         stream.headers_sent = True
         self._continue_sent = True  # a final answer replaces 100 Continue
+        # h11 frames an answer without a length as chunked, for an HTTP/1.1 caller only.
+        self._chunked = self.conn.their_http_version == b"1.1" and not any(
+            name == b"content-length" for name, _ in head.headers
+        )
         self._write(head)
         self._answered.set()
         if end_stream:

@@ -299,3 +299,19 @@ async def test_http2_trailers_reach_an_http1_caller_as_chunked_trailers(
     assert re.search(rb"\r\n0\r\nx-checksum: [0-9a-f]{64}\r\n\r\n$", raw), raw[-200:]
     ((status, _, body),) = responses_in(raw)
     assert status == 200 and body == download_body(1000)
+
+
+async def test_an_http10_caller_gets_no_trailers_and_a_whole_answer(
+    tmp_path, running, users
+) -> None:
+    """Found by fuzz/http1.py: trailers cannot go to an HTTP/1.0 caller (no chunking); h11
+    refused them and the session broke. They are dropped; the body arrives whole."""
+    _, address = users
+    node = await node_for(tmp_path, running, {"users": upstream_toml("users", address)})
+    raw = await send_raw(
+        node, b"GET /download?size=1000 HTTP/1.0\r\nHost: users\r\nTE: trailers\r\n\r\n"
+    )
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
+    assert body == download_body(1000)
+    assert b"x-checksum" not in raw

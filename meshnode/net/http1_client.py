@@ -64,7 +64,6 @@ class H1ClientConnection(H1Connection):
         self._idle_timeout = idle_timeout
         self._on_idle = on_idle
         self._started = trio.Event()
-        self._cancel_scope = trio.CancelScope()
         self._websocket_key: bytes | None = None  # ours, while a WebSocket upgrade is pending
         self.tunnel = False  # switched to WebSocket: bytes both ways until the end
 

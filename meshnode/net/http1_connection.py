@@ -4,11 +4,15 @@ produced, senders that wait once ``write_buffer`` bytes are queued, and the wind
 
 from __future__ import annotations
 
+import logging
+
 import h11
 import trio
 
 from meshnode.net.session import CANCEL, Stream, StreamReset, ensure_open
 from meshnode.net.violations import ConnectionRules
+
+log = logging.getLogger(__name__)
 
 FLUSH_GRACE = 2.0  # seconds to write the last bytes once the connection is ending
 
@@ -29,8 +33,12 @@ class H1Connection:
             role, max_incomplete_event_size=self._limits.max_header_list_size
         )
         self.dead = False
+        self._cancel_scope = trio.CancelScope()  # the connection's: cancelled, it ends
         self.streams: dict[int, Stream] = {}  # the exchange in flight, if any
         self._chunked = False  # this side's message in flight is chunked (it may have trailers)
+        # This side's message may carry no body (an answer to HEAD, a 204 or 304): h11 refuses
+        # any, and a refusal leaves the connection unusable, so whatever comes is dropped.
+        self._bodiless = False
         self._out = bytearray()
         self._writer_wakeup = trio.Event()
         self._drained = trio.Event()
@@ -49,7 +57,7 @@ class H1Connection:
     async def _send_body(self, stream: Stream, data: bytes, end_stream: bool) -> None:
         """Queue body bytes (and the end), then wait while too much is queued."""
         self._check_open(stream)
-        if data:
+        if data and not self._bodiless:
             self._write(h11.Data(data=data))
         if end_stream:
             self._end_message(stream, None)
@@ -92,7 +100,19 @@ class H1Connection:
     # -- writing -----------------------------------------------------------
 
     def _write(self, event: h11.Event) -> None:
-        data = self.conn.send(event)
+        try:
+            data = self.conn.send(event)
+        except h11.LocalProtocolError as exc:
+            # h11 refused what it was given (a combination nothing else caught): h11 cannot
+            # go on with this connection, so it ends here and its exchange fails as a reset.
+            log.warning("HTTP/1.1 connection with %s ended: %s", self.peer, exc)
+            lost = list(self.streams.values())
+            self.dead = True
+            self._connection_lost()
+            self._cancel_scope.cancel()
+            if lost and lost[0].error is not None:
+                raise lost[0].error from exc
+            return
         if data:
             self._out += data
             self._writer_wakeup.set()

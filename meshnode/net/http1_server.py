@@ -71,8 +71,8 @@ class H1ServerSession(H1Connection):
         self._answered = trio.Event()  # the response head went out (or never will)
         self._websocket_key: bytes | None = None  # the caller's, while its upgrade is pending
         self.tunnel = False  # switched to WebSocket: bytes both ways, no more HTTP
-        self._cancel_scope = trio.CancelScope()
         self._continue_sent = False
+        self._head_request = False  # the request being answered is a HEAD
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -168,6 +168,7 @@ class H1ServerSession(H1Connection):
     def _start(self, event: h11.Request | Malformed) -> Stream:
         """Make the request's stream and hand it to the handler."""
         checked: Headers | Malformed = event if isinstance(event, Malformed) else Malformed(400, "")
+        self._head_request = isinstance(event, h11.Request) and event.method == b"HEAD"
         if isinstance(event, h11.Request):
             checked = request_to_h2(event, b"http")
             if is_websocket_upgrade(event):
@@ -277,7 +278,8 @@ class H1ServerSession(H1Connection):
             return
         headers, body = BadRequest(malformed.reason).response()
         self._write(response_to_h1(headers, end_stream=False, close=True))
-        self._write(h11.Data(data=body))
+        if not self._head_request:
+            self._write(h11.Data(data=body))
         self._write(h11.EndOfMessage())
 
     def _end_of_request(self, stream: Stream, trailers: Headers | None) -> None:
@@ -313,8 +315,9 @@ class H1ServerSession(H1Connection):
         stream.status_sent = head.status_code
         stream.headers_sent = True
         self._continue_sent = True  # a final answer replaces 100 Continue
+        self._bodiless = self._head_request or head.status_code in (204, 304)
         # h11 frames an answer without a length as chunked, for an HTTP/1.1 caller only.
-        self._chunked = self.conn.their_http_version == b"1.1" and not any(
+        self._chunked = (not self._bodiless and self.conn.their_http_version == b"1.1") and not any(
             name == b"content-length" for name, _ in head.headers
         )
         self._write(head)

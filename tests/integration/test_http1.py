@@ -315,3 +315,18 @@ async def test_an_http10_caller_gets_no_trailers_and_a_whole_answer(
     assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
     assert body == download_body(1000)
     assert b"x-checksum" not in raw
+
+
+async def test_a_head_request_gets_a_head_even_from_the_mesh(tmp_path, running, users) -> None:
+    """Found by fuzz/http1.py: the node's own answers carry a JSON body, which an answer to
+    HEAD may not; h11 refused it and the connection broke. The body is dropped instead."""
+    _, address = users
+    node = await node_for(tmp_path, running, {"users": upstream_toml("users", address)})
+    raw = await send_raw(
+        node,
+        b"HEAD /x HTTP/1.1\r\nHost: nowhere\r\n\r\n"
+        b"GET /after HTTP/1.1\r\nHost: users\r\nConnection: close\r\n\r\n",
+    )
+    first, _, rest = raw.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 404") and b"x-meshnode-error: no-route" in first
+    assert rest.startswith(b"HTTP/1.1 200")  # the same connection goes on, nothing in between

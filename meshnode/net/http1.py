@@ -203,7 +203,7 @@ def response_to_h1(
     return h11.Response(status_code=status, headers=fields)
 
 
-class Replay(trio.abc.Stream):
+class Replay(trio.abc.HalfCloseableStream):
     """A transport whose first bytes were already read (to tell the protocol): they are
     given back first."""
 
@@ -222,6 +222,11 @@ class Replay(trio.abc.Stream):
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        """Half-close, where the transport can (TCP can, TLS cannot: then nothing)."""
+        if isinstance(self.transport, trio.abc.HalfCloseableStream):
+            await self.transport.send_eof()
 
     async def aclose(self) -> None:
         await self.transport.aclose()

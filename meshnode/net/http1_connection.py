@@ -39,6 +39,7 @@ class H1Connection:
         # This side's message may carry no body (an answer to HEAD, a 204 or 304): h11 refuses
         # any, and a refusal leaves the connection unusable, so whatever comes is dropped.
         self._bodiless = False
+        self._eof_pending = False  # a tunnel's side has ended: half-close once all is sent
         self._out = bytearray()
         self._writer_wakeup = trio.Event()
         self._drained = trio.Event()
@@ -73,6 +74,9 @@ class H1Connection:
             self._writer_wakeup.set()
         if end_stream:
             stream.local_closed = True
+            self._eof_pending = True  # the peer learns it as TCP's half-close, once flushed
+            self._writer_wakeup.set()
+            self._pulse()  # whoever waits for this side's end
         while len(self._out) > self._limits.write_buffer and not self.dead:
             await self._wait(stream, self._drained)
         self._check_open(stream)
@@ -126,6 +130,10 @@ class H1Connection:
                     await self.transport.send_all(chunk)
                     self._pulse()
                     continue
+                if self._eof_pending:
+                    self._eof_pending = False
+                    if isinstance(self.transport, trio.abc.HalfCloseableStream):
+                        await self.transport.send_eof()
                 self._drained.set()
                 self._drained = trio.Event()
                 await self._writer_wakeup.wait()

@@ -294,6 +294,7 @@ class H1ServerSession(H1Connection):
         self._check_open(stream)
         if self.tunnel:  # a tunnel has no trailers: they can only mean its end
             stream.local_closed = True
+            self._pulse()
             if self._watching is not None:
                 self._watching.cancel()
             return

@@ -205,3 +205,25 @@ async def test_an_upgrade_from_a_caller_not_allowed_is_forbidden(
     assert refused.value.status_code == 403
     assert dict(refused.value.headers)[b"x-meshnode-error"] == b"forbidden"
     assert echo.handshakes == 0
+
+
+async def test_a_caller_that_half_closes_gets_its_connection_closed(
+    tmp_path, nursery, running
+) -> None:
+    """Found by fuzz/http1.py: once the caller had ended its side and the upstream then ended
+    its own, the node never noticed and held the connection open."""
+    _, node = await echo_node(tmp_path, nursery, running)
+    stream = await trio.open_tcp_stream(node.host, node.port)
+    async with stream:
+        await stream.send_all(
+            b"GET /chat HTTP/1.1\r\nHost: echo\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        received = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in received:
+                received += await stream.receive_some(4096)
+            assert received.startswith(b"HTTP/1.1 101")
+            await stream.send_eof()
+            while await stream.receive_some(4096):  # until the node closes the connection
+                pass

@@ -9,16 +9,11 @@ Each input runs on a fresh session under a virtual clock, so timeouts fire at on
 
 from __future__ import annotations
 
-import logging
-import sys
-from pathlib import Path
-
 import atheris
+from harness import main, runner
 
 with atheris.instrument_imports():
     import hpack
-    import trio
-    import trio.testing
     from hyperframe.frame import DataFrame, HeadersFrame, PingFrame, SettingsFrame
 
     from meshnode.net.framing import CLIENT_PREFACE
@@ -43,26 +38,13 @@ async def answer(stream: Stream) -> None:
         return
 
 
-async def exercise(data: bytes) -> None:
-    client, server = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        session = H2Session(
-            server,
-            client_side=False,
-            on_request=lambda stream: nursery.start_soon(answer, stream),
-            rules=RULES,
-        )
-        nursery.start_soon(session.run)
-        await client.send_all(CLIENT_PREFACE + data)
-        await client.send_stream.aclose()
-        with trio.fail_after(3600):  # virtual time: every timeout of the session fires first
-            while await client.receive_some(65536):
-                pass
-        nursery.cancel_scope.cancel()
-
-
-def test_one_input(data: bytes) -> None:
-    trio.run(exercise, data, clock=trio.testing.MockClock(autojump_threshold=0))
+test_one_input = runner(
+    lambda transport, on_request: H2Session(
+        transport, client_side=False, on_request=on_request, rules=RULES
+    ),
+    answer,
+    prefix=CLIENT_PREFACE,
+)
 
 
 def seeds() -> list[bytes]:
@@ -85,16 +67,5 @@ def seeds() -> list[bytes]:
     ]
 
 
-def main() -> None:
-    logging.disable(logging.CRITICAL)  # every violation logs a line: millions here
-    corpus = Path(sys.argv[1]) if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else None
-    if corpus is not None:
-        corpus.mkdir(parents=True, exist_ok=True)
-        for index, seed in enumerate(seeds()):
-            (corpus / f"seed-{index}").write_bytes(seed)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    main(test_one_input, seeds())

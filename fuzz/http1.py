@@ -9,16 +9,10 @@ reach each path. Each input runs on a fresh session under a virtual clock.
 
 from __future__ import annotations
 
-import logging
-import sys
-from pathlib import Path
-
 import atheris
+from harness import main, runner
 
 with atheris.instrument_imports():
-    import trio
-    import trio.testing
-
     from meshnode.net.http1_server import H1ServerSession
     from meshnode.net.session import Data, EndOfStream, Stream, StreamReset, Trailers
     from meshnode.net.violations import ConnectionRules
@@ -67,35 +61,11 @@ async def answer(stream: Stream) -> None:
         return
 
 
-async def exercise(data: bytes) -> None:
-    client, server = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        session = H1ServerSession(
-            server, on_request=lambda stream: nursery.start_soon(answer, stream), rules=RULES
-        )
-        nursery.start_soon(session.run)
-        await client.send_all(data)
-        await client.send_stream.aclose()
-        with trio.fail_after(3600):  # virtual time: every timeout of the session fires first
-            while await client.receive_some(65536):
-                pass
-        nursery.cancel_scope.cancel()
-
-
-def test_one_input(data: bytes) -> None:
-    trio.run(exercise, data, clock=trio.testing.MockClock(autojump_threshold=0))
-
-
-def main() -> None:
-    logging.disable(logging.CRITICAL)  # every violation logs a line: millions here
-    corpus = Path(sys.argv[1]) if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else None
-    if corpus is not None:
-        corpus.mkdir(parents=True, exist_ok=True)
-        for index, seed in enumerate(SEEDS):
-            (corpus / f"seed-{index}").write_bytes(seed)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+test_one_input = runner(
+    lambda transport, on_request: H1ServerSession(transport, on_request=on_request, rules=RULES),
+    answer,
+)
 
 
 if __name__ == "__main__":
-    main()
+    main(test_one_input, SEEDS)

@@ -49,7 +49,6 @@ from meshnode.net.listener import Peer
 from meshnode.net.overload import Overload
 from meshnode.net.pool import UpstreamPool
 from meshnode.net.session import CANCEL, INTERNAL_ERROR, NO_ERROR, Stream, StreamReset
-from meshnode.net.validation import WEBSOCKET
 from meshnode.policy.models import ChaosPolicy, FallbackPolicy, Limits, UpstreamPolicy
 from meshnode.policy.units import Duration
 from meshnode.proxy import fallback
@@ -113,7 +112,7 @@ class Request:
         self.group: UpstreamGroup | None = None
         self.endpoint: str | None = None
         self.tries = 0
-        self.tunnel = WEBSOCKET in self.headers  # a WebSocket: bytes both ways once it is up
+        self.tunnel = stream.tunnel  # a WebSocket: bytes both ways once it is up
         self.head_at: float | None = None  # when the response head arrived
         self.error: str | None = None  # the mesh error reason, or "fallback:<kind>"
 

@@ -330,3 +330,32 @@ async def test_a_head_request_gets_a_head_even_from_the_mesh(tmp_path, running, 
     first, _, rest = raw.partition(b"\r\n\r\n")
     assert first.startswith(b"HTTP/1.1 404") and b"x-meshnode-error: no-route" in first
     assert rest.startswith(b"HTTP/1.1 200")  # the same connection goes on, nothing in between
+
+
+async def test_the_http1_pool_is_bounded_by_the_bulkhead_and_retires_idle_connections(
+    tmp_path, running, users
+) -> None:
+    service, address = users
+    bulkhead = "[balancer]\nmax_connections_per_instance = 2\n"
+    directory = write_policies(
+        tmp_path / "policies", {"users": http1_upstream("users", address, extra=bulkhead)}
+    )
+    with (directory / "node.toml").open("a") as node_toml:
+        node_toml.write('[limits]\nidle_timeout = "1s"\n')
+    _, addresses = await running(directory)
+    node = str(addresses.outbound[0])
+    statuses: list[int] = []
+
+    async def download() -> None:
+        status, _, _ = await fetch(node, "users", "/download?size=2000000", "--http1.1")
+        statuses.append(status)
+
+    async with trio.open_nursery() as callers:
+        for _ in range(6):
+            callers.start_soon(download)
+    assert statuses == [200] * 6
+    assert len(service.connections) <= 2  # one request per connection, two at a time
+    before = len(service.connections)
+    await trio.sleep(1.5)  # past the idle timeout: the pooled connections close
+    assert (await fetch(node, "users", "/after-idle", "--http1.1"))[0] == 200
+    assert len(service.connections) == before + 1  # a new one, the idle ones retired

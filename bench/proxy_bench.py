@@ -19,6 +19,7 @@ while 50 clients ask for 100 MiB each and never read.
 
     ./dev bench proxy                 # default scenarios
     ./dev bench proxy --requests 5000 # fewer requests per scenario
+    ./dev bench proxy --only c10-m10,c1-m1,idle   # some scenarios only
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ SCENARIOS = [
     ("1MiB-up", 4, 1, "1k", "upload"),
     ("grpc-unary", 10, 10, GRPC_PATH.lstrip("/"), "grpc"),
 ]
+MTLS = "mtls-c10-m10"
+EVERY_SCENARIO = [*(scenario[0] for scenario in SCENARIOS), MTLS, "idle", "stalled"]
 IDLE_CONNECTIONS = 1000
 IDLE_HELLO = (
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -154,7 +157,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20000, help="per scenario (max 200000)")
     parser.add_argument("--rounds", type=int, default=3, help="per stack; the median is kept")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated scenarios to run, of: {', '.join(EVERY_SCENARIO)} (default all)",
+    )
     args = parser.parse_args()
+    chosen = set(args.only.split(",")) if args.only else set(EVERY_SCENARIO)
+    if chosen - set(EVERY_SCENARIO):
+        raise SystemExit(f"unknown scenarios: {', '.join(sorted(chosen - set(EVERY_SCENARIO)))}")
     requests = min(args.requests, 200_000)
     rounds = max(1, min(args.rounds, 10))
     for tool in ("h2load", "nghttpd"):
@@ -199,6 +210,8 @@ def main() -> None:
         for _, port in nodes.values():
             h2load(f"http://127.0.0.1:{port}/1k", 2000, 10, 10, "web")  # warm up
         for name, clients, streams, resource_name, kind in SCENARIOS:
+            if name not in chosen:
+                continue
             count = requests if streams > 1 else max(requests // 4, 1000)
             if "MiB" in name:
                 count = max(requests // 100, 100)
@@ -227,14 +240,19 @@ def main() -> None:
                 ordered = sorted(runs[stack], key=lambda run: run["cpu_us_per_request"])
                 row[stack] = {**ordered[len(ordered) // 2], "rss_kib": rss_kib(node.pid)}
             results[name] = row
-        results["mtls-c10-m10"] = mtls_row(
-            requests, upstream_port, mtls_nodes, mtls_port, mtls_haproxy, rounds
-        )
-        idle = {stack: idle_rss(node.pid, port) for stack, (node, port) in nodes.items()}
-        stalled = {
-            stack: stalled_downloads(port, "web", "/100m", lambda pid=node.pid: rss_kib(pid))
-            for stack, (node, port) in nodes.items()
-        }
+        if MTLS in chosen:
+            results[MTLS] = mtls_row(
+                requests, upstream_port, mtls_nodes, mtls_port, mtls_haproxy, rounds
+            )
+        idle: dict[str, tuple[int, int]] = {}
+        if "idle" in chosen:
+            idle = {stack: idle_rss(node.pid, port) for stack, (node, port) in nodes.items()}
+        stalled: dict[str, tuple[int, int]] = {}
+        if "stalled" in chosen:
+            stalled = {
+                stack: stalled_downloads(port, "web", "/100m", lambda pid=node.pid: rss_kib(pid))
+                for stack, (node, port) in nodes.items()
+            }
     finally:
         for node in [*(node for node, _ in nodes.values()), *mtls_nodes, mtls_haproxy[0]]:
             node.terminate()

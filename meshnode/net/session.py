@@ -40,7 +40,6 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import trio
-from hpack import NeverIndexedHeaderTuple
 
 from meshnode.net import h2_speedups  # noqa: F401 - installs itself into hyperframe
 from meshnode.net.framing import (
@@ -51,6 +50,8 @@ from meshnode.net.framing import (
     GoAwayReceived,
     goaway_frame,
 )
+from meshnode.net.hpack_decoder import HeaderDecoder
+from meshnode.net.hpack_encoder import StaticTableEncoder
 from meshnode.net.validation import (
     WEBSOCKET,
     Malformed,
@@ -111,21 +112,6 @@ END_OF_STREAM: Final = EndOfStream()
 StreamItem = ResponseHead | Data | Trailers | EndOfStream
 
 _h2_errors = (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError)
-_SECRETS = frozenset({b"authorization", b"proxy-authorization"})
-
-
-def never_indexed(headers: Headers) -> Headers:
-    """``headers`` with credentials marked never-indexed, so HPACK never keeps them in its
-    table where a compression side channel could guess them (h2's own rule: authorization
-    fields, and cookies shorter than 20 bytes). Most requests carry none: one scan."""
-    for name, value in headers:
-        if _secret(name, value):
-            return [NeverIndexedHeaderTuple(n, v) if _secret(n, v) else (n, v) for n, v in headers]
-    return headers
-
-
-def _secret(name: bytes, value: bytes) -> bool:
-    return name in _SECRETS or (name == b"cookie" and len(value) < 20)
 
 
 class StreamReset(Exception):
@@ -324,7 +310,7 @@ class H2Session:
                 validate_outbound_headers=False,
                 # Normalizing is redundant for the same reason (names arrive lowercase, values
                 # trimmed, connection fields stripped) and cost as much again; the one part
-                # that matters, keeping secrets out of HPACK's table, is ``never_indexed``.
+                # that matters, keeping secrets out of HPACK's tables, is the encoder's.
                 normalize_outbound_headers=False,
                 # Requests are checked by ``check_request`` instead, so that a malformed
                 # one fails its stream rather than every stream of the connection; responses
@@ -344,6 +330,8 @@ class H2Session:
                 h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0 if client_side else 1,
             },
         )
+        self.conn.encoder = StaticTableEncoder()
+        self.conn.decoder = HeaderDecoder()
         # h2 applies our SETTINGS only once the peer acknowledges them; the limits hold now.
         self.conn.decoder.max_header_list_size = limits.max_header_list_size
         self.conn.max_inbound_frame_size = limits.max_frame_size
@@ -681,7 +669,7 @@ class H2Session:
     def _send_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
         self._check_open(stream)
         try:
-            self.conn.send_headers(stream.id, never_indexed(headers), end_stream=end_stream)
+            self.conn.send_headers(stream.id, headers, end_stream=end_stream)
         except _h2_errors as exc:
             self._forget(stream, StreamReset(stream, CANCEL))
             raise stream.error from exc  # type: ignore[misc]

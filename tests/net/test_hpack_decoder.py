@@ -1,0 +1,84 @@
+"""meshnode's HPACK decoder against hpack's: the same fields, the same refusals."""
+
+from __future__ import annotations
+
+import hpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshnode.net.hpack_decoder import HeaderDecoder
+
+names = st.one_of(
+    st.sampled_from([b":method", b":path", b":authority", b"user-agent", b"cookie", b"x-id"]),
+    st.binary(min_size=1, max_size=30),
+)
+fields = st.tuples(names, st.binary(max_size=200), st.booleans())
+blocks = st.lists(st.lists(fields, max_size=12), min_size=1, max_size=6)
+
+
+def outcome(decoder: hpack.Decoder, block: bytes) -> object:
+    try:
+        decoded = decoder.decode(block, raw=True)
+    except hpack.HPACKDecodingError as error:
+        return type(error)
+    return [(type(field), tuple(field)) for field in decoded]
+
+
+@given(blocks, st.booleans(), st.sampled_from([0, 100, 4096]))
+def test_blocks_from_hpacks_encoder_decode_the_same(
+    sent: list[list[tuple[bytes, bytes, bool]]], huffman: bool, table_size: int
+) -> None:
+    encoder = hpack.Encoder()
+    encoder.header_table_size = table_size
+    ours, reference = HeaderDecoder(), hpack.Decoder()
+    for fields_sent in sent:
+        block = encoder.encode(fields_sent, huffman=huffman)
+        assert outcome(ours, block) == outcome(reference, block)
+        assert ours.header_table.dynamic_entries == reference.header_table.dynamic_entries
+
+
+@given(st.lists(st.binary(max_size=64), min_size=1, max_size=4), st.integers(0, 8192))
+def test_any_bytes_get_the_same_answer(raw_blocks: list[bytes], list_limit: int) -> None:
+    ours, reference = HeaderDecoder(), hpack.Decoder()
+    for decoder in (ours, reference):
+        decoder.max_header_list_size = list_limit
+        decoder.max_allowed_table_size = 256
+    for block in raw_blocks:
+        assert outcome(ours, block) == outcome(reference, block)
+
+
+@pytest.mark.parametrize(
+    ("block", "error"),
+    [
+        (b"\x80", hpack.exceptions.InvalidTableIndex),  # index 0
+        (b"\xff\x80\x80\x80\x80\x80\x01", hpack.HPACKDecodingError),  # integer too long
+        (b"\x00\x05ab", hpack.HPACKDecodingError),  # truncated name
+        (b"\x82\x20", hpack.HPACKDecodingError),  # size update after a field
+        (b"\x3f\xe2\x1f", hpack.exceptions.InvalidTableSizeError),  # over what we allowed
+    ],
+)
+def test_malformed_blocks_are_refused(block: bytes, error: type[Exception]) -> None:
+    decoder = HeaderDecoder()
+    with pytest.raises(error):
+        decoder.decode(block, raw=True)
+    with pytest.raises(error):
+        hpack.Decoder().decode(block, raw=True)
+
+
+def test_the_header_list_limit_holds() -> None:
+    decoder = HeaderDecoder()
+    decoder.max_header_list_size = 100
+    block = hpack.Encoder().encode([(b"x-big", b"v" * 80)])
+    with pytest.raises(hpack.OversizedHeaderListError):
+        decoder.decode(block, raw=True)
+
+
+def test_huffman_strings_are_cached_within_bounds() -> None:
+    decoder = HeaderDecoder()
+    encoder = hpack.Encoder()
+    encoder.header_table_size = 0  # every value sent as a literal
+    for number in range(3000):
+        field = [(b"x-id", str(number % 1500).encode() * 3)]
+        assert decoder.decode(encoder.encode(field, huffman=True), raw=True) == field
+    assert 0 < len(decoder._strings) <= 1024

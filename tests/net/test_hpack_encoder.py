@@ -1,0 +1,81 @@
+"""The static-table HPACK encoder: what any decoder reads back, secrets never indexed."""
+
+from __future__ import annotations
+
+import hpack
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshnode.net.hpack_encoder import (
+    CACHED_FIELDS,
+    TABLE_SIZE_ZERO,
+    StaticTableEncoder,
+    encode_field,
+    huffman,
+)
+
+names = st.one_of(
+    st.sampled_from([b":method", b":path", b":status", b"content-length", b"cookie", b"accept"]),
+    st.binary(min_size=1, max_size=40),
+)
+fields = st.lists(st.tuples(names, st.binary(max_size=300)), max_size=20)
+
+
+@given(st.lists(fields, min_size=1, max_size=5))
+def test_every_block_decodes_to_the_fields_given(blocks: list[list[tuple[bytes, bytes]]]) -> None:
+    encoder = StaticTableEncoder()
+    decoder = hpack.Decoder()
+    for block in blocks:
+        assert [tuple(field) for field in decoder.decode(encoder.encode(block), raw=True)] == block
+    assert len(decoder.header_table.dynamic_entries) == 0
+
+
+def test_the_first_block_empties_the_peers_table_once() -> None:
+    encoder = StaticTableEncoder()
+    first = encoder.encode([(b":method", b"GET")])
+    second = encoder.encode([(b":method", b"GET")])
+    assert first == TABLE_SIZE_ZERO + b"\x82"
+    assert second == b"\x82"
+    strict = hpack.Decoder()
+    strict.max_allowed_table_size = 0  # a peer that allows no dynamic table at all
+    assert strict.decode(first, raw=True) == [(b":method", b"GET")]
+
+
+def test_names_the_static_table_knows_are_indexed() -> None:
+    assert encode_field(b":status", b"200") == b"\x88"
+    literal = encode_field(b":path", b"/users/7")
+    assert literal[0] == 0x04  # without indexing, name index 4
+    assert encode_field(b"x-new", b"1")[0] == 0x00  # a literal name too
+
+
+def test_credentials_are_never_indexed_and_never_cached() -> None:
+    encoder = StaticTableEncoder()
+    headers = [
+        (b":method", b"GET"),
+        (b"authorization", b"Bearer secret"),
+        (b"cookie", b"short=1"),
+        (b"cookie", b"long=" + b"x" * 40),
+        (b"proxy-authorization", b"Basic eA=="),
+    ]
+    decoded = hpack.Decoder().decode(encoder.encode(headers), raw=True)
+    secret = [isinstance(field, hpack.NeverIndexedHeaderTuple) for field in decoded]
+    assert secret == [False, True, True, False, True]
+    cached = {name for name, _ in encoder._cache}
+    assert cached == {b":method", b"cookie"}  # the long cookie only
+    assert (b"cookie", b"short=1") not in encoder._cache
+
+
+def test_the_cache_stays_bounded() -> None:
+    encoder = StaticTableEncoder()
+    decoder = hpack.Decoder()
+    for number in range(CACHED_FIELDS * 3):
+        block = [(b"x-request-id", str(number).encode())]
+        assert decoder.decode(encoder.encode(block), raw=True) == block
+        assert len(encoder._cache) <= CACHED_FIELDS
+
+
+@given(st.binary(max_size=200))
+def test_huffman_coding_matches_hpacks(data: bytes) -> None:
+    reference = hpack.hpack.HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+    assert huffman(data) == reference.encode(data)

@@ -10,6 +10,10 @@ same few fields all day. The cost is bytes on the wire: fields a dynamic table
 would have shrunk to one byte go as literals each time (Huffman-coded when
 that is shorter).
 
+Fields that are unique to each message by construction (request and
+trace ids) are neither cached, where they would only churn the cache, nor
+Huffman-coded, which would cost more CPU than the bytes it saves.
+
 Credentials are written as never-indexed literals (6.2.3), so no intermediary
 ever keeps them in a table where a compression side channel could guess them
 (h2's own rule: authorization fields, and cookies shorter than 20 bytes);
@@ -38,6 +42,9 @@ _INDEXED: Final = 0x80  # 6.1
 _NOT_INDEXED: Final = 0x00  # 6.2.2
 _NEVER_INDEXED: Final = 0x10  # 6.2.3
 _SECRETS: Final = frozenset({b"authorization", b"proxy-authorization"})
+UNIQUE_PER_MESSAGE: Final = frozenset(
+    {b"x-request-id", b"traceparent", b"x-b3-traceid", b"x-b3-spanid", b"x-amzn-trace-id"}
+)
 
 # Each byte's Huffman code as a string of bits: joining strings and one int() is three times
 # faster than hpack's bit arithmetic per byte.
@@ -57,7 +64,9 @@ def is_secret(name: bytes, value: bytes) -> bool:
     return name in _SECRETS or (name == b"cookie" and len(value) < 20)
 
 
-def encode_field(name: bytes, value: bytes, *, never_indexed: bool = False) -> bytes:
+def encode_field(
+    name: bytes, value: bytes, *, never_indexed: bool = False, huffman_value: bool = True
+) -> bytes:
     """One field's representation, using the static table only."""
     if not never_indexed:
         index = _static_fields.get((name, value))
@@ -65,9 +74,10 @@ def encode_field(name: bytes, value: bytes, *, never_indexed: bool = False) -> b
             return _prefixed(_INDEXED, index, 7)
     flag = _NEVER_INDEXED if never_indexed else _NOT_INDEXED
     name_index = _static_names.get(name)
+    coded_value = _string(value) if huffman_value else _prefixed(0x00, len(value), 7) + value
     if name_index is None:
-        return bytes([flag]) + _string(name) + _string(value)
-    return _prefixed(flag, name_index, 4) + _string(value)
+        return bytes([flag]) + _string(name) + coded_value
+    return _prefixed(flag, name_index, 4) + coded_value
 
 
 def _prefixed(flag: int, integer: int, prefix_bits: int) -> bytes:
@@ -116,6 +126,9 @@ class StaticTableEncoder(hpack.Encoder):
             field = (name, value)
             encoded = cache.get(field)
             if encoded is None:
+                if name in UNIQUE_PER_MESSAGE:
+                    parts.append(encode_field(name, value, huffman_value=False))
+                    continue
                 if is_secret(name, value):
                     parts.append(encode_field(name, value, never_indexed=True))
                     continue

@@ -48,7 +48,14 @@ from meshnode.net.hop_by_hop import strip_hop_by_hop
 from meshnode.net.listener import Peer
 from meshnode.net.overload import Overload
 from meshnode.net.pool import UpstreamPool
-from meshnode.net.session import CANCEL, INTERNAL_ERROR, NO_ERROR, Stream, StreamReset
+from meshnode.net.session import (
+    CANCEL,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    Stream,
+    StreamReset,
+    ensure_open,
+)
 from meshnode.policy.models import ChaosPolicy, FallbackPolicy, Limits, UpstreamPolicy
 from meshnode.policy.units import Duration
 from meshnode.proxy import fallback
@@ -154,22 +161,20 @@ class Proxy:
     async def handle(self, stream: Stream, peer: Peer) -> None:
         """Serve one request stream to the end. Never raises: one request fails alone."""
         request = Request(stream, peer)
-        with trio.CancelScope() as scope:
-            stream.cancel_scope = scope
-            if stream.error is not None:
-                return
-            try:
-                self._admit(stream)
-                await self._forward(request)
-            except MeshError as error:
-                request.error = error.reason
-                await _answer(stream, error)
-            except StreamReset as reset:
-                if reset.stream is not stream:
-                    stream.reset(INTERNAL_ERROR if reset.connection_lost else reset.code)
-            except Exception:
-                log.exception("request on stream %d failed", stream.id)
-                stream.reset(INTERNAL_ERROR)
+        if stream.error is not None:
+            return
+        try:
+            self._admit(stream)
+            await self._forward(request)
+        except MeshError as error:
+            request.error = error.reason
+            await _answer(stream, error)
+        except StreamReset as reset:
+            if reset.stream is not stream:
+                stream.reset(INTERNAL_ERROR if reset.connection_lost else reset.code)
+        except Exception:
+            log.exception("request on stream %d failed", stream.id)
+            stream.reset(INTERNAL_ERROR)
         # Answered while the client was still sending: RFC 9113 section 8.1 asks it to stop.
         stream.reset(NO_ERROR)
         group = request.group
@@ -266,7 +271,10 @@ class Proxy:
         if policy.chaos is not None:
             fault = _fault(policy.chaos, protections, request.headers)
             if fault.delay:
-                await trio.sleep(fault.delay)
+                with trio.CancelScope() as delaying:
+                    request.stream.cancel_scope = delaying
+                    await trio.sleep(fault.delay)
+                ensure_open(request.stream, connection_dead=False)
             if fault.abort_status is not None:
                 raise ChaosAbort("injected by [chaos]", group.name, fault.abort_status)
 
@@ -283,9 +291,15 @@ class Proxy:
             limit = policy.timeout.request or math.inf
             if request.tunnel:
                 limit = policy.timeout.tunnel_lifetime
+            # The request's one cancel scope: its deadline, and a reset by the caller (the
+            # session cancels ``stream.cancel_scope``) stops the work at once.
             with trio.move_on_after(limit) as deadline:
+                request.stream.cancel_scope = deadline
+                ensure_open(request.stream, connection_dead=False)
                 status = await self._tries(request, group, policy, extra_headers or [])
                 finished = True
+            if deadline.cancelled_caught and request.stream.error is not None:
+                raise request.stream.error
             if deadline.cancelled_caught and request.tunnel and request.head_at is not None:
                 raise TunnelLimit(f"open for its tunnel_lifetime of {limit:g}s", group.name)
             if deadline.cancelled_caught:

@@ -186,6 +186,22 @@ async def test_client_reset_cancels_the_upstream_stream(tmp_path, start_node: St
     assert server.resets_received == [1]
 
 
+async def test_client_reset_during_an_injected_delay_stops_the_request(
+    tmp_path, start_node: Start, nursery
+):
+    server = RawH2Server(lambda conn, event: respond(conn, event.stream_id, b"late"))
+    port = await nursery.start(server.serve)
+    chaos = "[chaos]\nheader_faults = true\n"
+    node = await start_node(
+        write_policies(tmp_path, {"api": upstream_toml("api", f"127.0.0.1:{port}", extra=chaos)})
+    )
+    delayed = ("-H", "x-meshnode-fault-delay: 1500ms", "--max-time", "0.3")
+    result = await curl("-H", "host: api", *delayed, f"http://{node.outbound[0]}/", check=False)
+    assert result.returncode == 28  # curl gave up and reset its stream
+    await trio.sleep(1.5)  # past the delay: a request still alive would have gone upstream
+    assert server.requests == 0
+
+
 async def test_many_concurrent_streams_share_few_upstream_connections(
     tmp_path, start_node: Start, hypercorn_upstream
 ):

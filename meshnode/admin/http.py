@@ -22,6 +22,7 @@ import h11
 import trio
 import trio_websocket
 
+from meshnode.net.replay import Replay
 from meshnode.policy.units import Address
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ class AdminHTTPServer:
     ) -> None:
         async with trio.open_nursery() as nursery:
             request = await trio_websocket.wrap_server_stream(
-                nursery, _Replay(transport, already_read)
+                nursery, Replay(transport, already_read)
             )
             websocket = await request.accept()
             try:
@@ -206,34 +207,6 @@ class AdminHTTPServer:
             return True
         given = request.headers.get("authorization", "")
         return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
-
-
-class _Replay(trio.abc.Stream):
-    """A stream that hands out ``prefix`` before reading on from ``stream``."""
-
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            size = len(self._prefix) if max_bytes is None else max_bytes
-            data, self._prefix = self._prefix[:size], self._prefix[size:]
-            return data
-        return bytes(await self._stream.receive_some(max_bytes))
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        if isinstance(self._stream, trio.abc.HalfCloseableStream):
-            await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 def _match(pattern: str, path: str) -> dict[str, str] | None:

@@ -203,37 +203,8 @@ def response_to_h1(
     return h11.Response(status_code=status, headers=fields)
 
 
-class Replay(trio.abc.HalfCloseableStream):
-    """A transport whose first bytes were already read (to tell the protocol): they are
-    given back first."""
-
-    def __init__(self, transport: trio.abc.Stream, first: bytes) -> None:
-        self.transport = transport
-        self._first = first
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._first:
-            first, self._first = self._first, b""
-            return first
-        return bytes(await self.transport.receive_some(max_bytes))
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.transport.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.transport.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        """Half-close, where the transport can (TCP can, TLS cannot: then nothing)."""
-        if isinstance(self.transport, trio.abc.HalfCloseableStream):
-            await self.transport.send_eof()
-
-    async def aclose(self) -> None:
-        await self.transport.aclose()
-
-
-async def sniff(transport: trio.abc.Stream, timeout: float) -> tuple[str, Replay] | None:
-    """Read until the HTTP/2 preface is seen or ruled out: ``("h2" | "http1", transport)``,
+async def sniff(transport: trio.abc.Stream, timeout: float) -> tuple[str, bytes] | None:
+    """Read until the HTTP/2 preface is seen or ruled out: ``("h2" | "http1", bytes read)``,
     None if the peer closed or stayed silent for ``timeout``."""
     seen = b""
     with trio.move_on_after(timeout):
@@ -246,5 +217,5 @@ async def sniff(transport: trio.abc.Stream, timeout: float) -> tuple[str, Replay
                 return None
             seen += data
         protocol = "h2" if seen == PREFACE else "http1"
-        return protocol, Replay(transport, seen)
+        return protocol, seen
     return None

@@ -26,6 +26,7 @@ import trio
 from meshnode.net.http1 import sniff
 from meshnode.net.http1_server import H1ServerSession
 from meshnode.net.overload import Overload
+from meshnode.net.replay import Replay
 from meshnode.net.session import H2Session, Stream
 from meshnode.net.tls import ALPN, peer_identity
 from meshnode.net.violations import ConnectionRules
@@ -160,13 +161,13 @@ class H2Listener:
             if secured is None:
                 return
             stream, identity = secured, peer_identity(secured)
-        protocol = "h2"
+        protocol, received = "h2", b""
         if self._http1:
             sniffed = await sniff(stream, self.rules.limits.header_timeout)
             if sniffed is None:
                 await trio.aclose_forcefully(stream)
                 return
-            protocol, stream = sniffed
+            protocol, received = sniffed
         peer = Peer(client_ip, identity)
         session: H2Session | H1ServerSession | None = None
         try:
@@ -174,7 +175,10 @@ class H2Listener:
                 on_request = partial(_spawn, requests, self._handler, peer)
                 if protocol == "http1":
                     session = H1ServerSession(
-                        stream, on_request=on_request, rules=self.rules, peer=client_ip.decode()
+                        Replay(stream, received),
+                        on_request=on_request,
+                        rules=self.rules,
+                        peer=client_ip.decode(),
                     )
                 else:
                     session = H2Session(
@@ -183,6 +187,7 @@ class H2Listener:
                         on_request=on_request,
                         rules=self.rules,
                         peer=client_ip.decode(),
+                        received=received,
                     )
                 self.sessions.add(session)
                 if self._draining:

@@ -293,8 +293,11 @@ class H2Session:
         on_request: Callable[[Stream], None] | None = None,
         rules: ConnectionRules | None = None,
         peer: str = "peer",
+        received: bytes = b"",
     ) -> None:
+        """``received``: bytes already read from ``transport`` (to tell the protocol)."""
         self.transport = transport
+        self._received = received
         self.client_side = client_side
         self._on_request = on_request
         self.rules = rules if rules is not None else ConnectionRules("upstream")
@@ -424,9 +427,10 @@ class H2Session:
     async def _read_loop(self) -> None:
         while True:
             try:
-                data = await self.transport.receive_some(RECEIVE_SIZE)
+                data = self._received or await self.transport.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
+            self._received = b""
             if not data:
                 return
             try:

@@ -4,7 +4,12 @@ h2load drives 1 KiB GETs through meshnode to nghttpd, first with one worker,
 then with two, then one again (so drift on the machine shows). Reports req/s,
 p50/p99 and the CPU microseconds per request of every meshnode process (parent
 and workers) from /proc. The load generator and the upstream share the machine:
-on two cores, two workers compete with them, which the CPU figure shows.
+on two cores, two workers compete with them for the second core. So the run also
+reports how many cores meshnode kept busy, and h2load's and nghttpd's CPU per
+request, and gives the scaling two ways: throughput as measured, and with the
+load generator accounted for, as the throughput two workers give per core they
+use against one worker's (two cores of it is what a machine with cores to spare
+for the load generator would see).
 
     ./dev bench workers
     ./dev bench workers --requests 50000
@@ -16,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import tempfile
 import time
@@ -34,7 +40,9 @@ def node_pids(node: subprocess.Popen[bytes], admin_port: int, workers: int) -> l
     return [node.pid, *(worker["pid"] for worker in listed)]
 
 
-def measure(work: Path, upstream_port: int, workers: int, requests: int) -> dict[str, float]:
+def measure(
+    work: Path, upstream: subprocess.Popen[bytes], upstream_port: int, workers: int, requests: int
+) -> dict[str, float]:
     outbound_port, admin_port = free_port(), free_port()
     policies = work / f"workers-{workers}-{time.monotonic_ns()}"
     write_policies(policies, outbound_port, admin_port, {"web": [f"127.0.0.1:{upstream_port}"]}, "")
@@ -45,9 +53,21 @@ def measure(work: Path, upstream_port: int, workers: int, requests: int) -> dict
         h2load(url, 4000, 16, 10, "web")  # warm up
         pids = node_pids(node, admin_port, workers)
         before = sum(cpu_seconds(pid) for pid in pids)
+        upstream_before = cpu_seconds(upstream.pid)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.monotonic()
         result = h2load(url, requests, 16, 10, "web")
+        elapsed = time.monotonic() - started
         used = sum(cpu_seconds(pid) for pid in pids) - before
+        finished = resource.getrusage(resource.RUSAGE_CHILDREN)
+        h2load_cpu = (finished.ru_utime + finished.ru_stime) - (
+            children.ru_utime + children.ru_stime
+        )
         result["cpu_us_per_request"] = used * 1e6 / requests
+        result["meshnode_cores"] = used / elapsed
+        result["load_cpu_us_per_request"] = (
+            (h2load_cpu + cpu_seconds(upstream.pid) - upstream_before) * 1e6 / requests
+        )
         return result
     finally:
         node.terminate()
@@ -67,24 +87,38 @@ def main() -> None:
     runs = []
     try:
         for workers in (1, 2, 1, 2):
-            row = measure(work, upstream_port, workers, requests)
+            row = measure(work, upstream, upstream_port, workers, requests)
             runs.append({"workers": workers, **row})
             print(
                 f"workers={workers}  {row['req_per_s']:>8.0f} req/s  p50 {row['p50_us']:>7.0f} µs"
                 f"  p99 {row['p99_us']:>7.0f} µs  {row['cpu_us_per_request']:>5.0f} µs CPU/req"
-                f"  failed {row['failed']}"
+                f" on {row['meshnode_cores']:.2f} cores  h2load+nghttpd"
+                f" {row['load_cpu_us_per_request']:>4.0f} µs/req  failed {row['failed']}"
             )
     finally:
         upstream.terminate()
-    one = [r["req_per_s"] for r in runs if r["workers"] == 1]
-    two = [r["req_per_s"] for r in runs if r["workers"] == 2]
-    ratio = (sum(two) / len(two)) / (sum(one) / len(one))
+    ratio = _mean(runs, 2, "req_per_s") / _mean(runs, 1, "req_per_s")
+    per_core = {
+        workers: _mean(runs, workers, "req_per_s") / _mean(runs, workers, "meshnode_cores")
+        for workers in (1, 2)
+    }
+    accounted = 2 * per_core[2] / per_core[1]
     print(f"two workers / one: {ratio:.2f}x throughput on {os.cpu_count()} cores")
+    print(
+        f"with the load generator accounted for: {accounted:.2f}x (req/s per busy meshnode core:"
+        f" {per_core[1]:.0f} with one worker, {per_core[2]:.0f} with two)"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"workers-{time.strftime('%Y%m%dT%H%M%S')}.json"
     machine = {"cores": os.cpu_count(), "python": platform.python_version()}
-    out.write_text(json.dumps({"machine": machine, "runs": runs, "ratio": ratio}, indent=2))
+    report = {"machine": machine, "runs": runs, "ratio": ratio, "accounted_ratio": accounted}
+    out.write_text(json.dumps(report, indent=2))
     print(f"written to {out}")
+
+
+def _mean(runs: list[dict[str, float]], workers: int, key: str) -> float:
+    values = [run[key] for run in runs if run["workers"] == workers]
+    return sum(values) / len(values)
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ class Stream:
 
     __slots__ = (
         "_items",
-        "_wakeup",
+        "_waiter",
         "cancel_scope",
         "error",
         "headers",
@@ -173,7 +173,7 @@ class Stream:
         self.id = stream_id
         self.headers = headers  # request headers on a server session
         self._items: deque[StreamItem] = deque()
-        self._wakeup: trio.Event | None = None
+        self._waiter: trio.lowlevel.Task | None = None  # the task parked in ``receive``
         self.remote_closed = False
         self.local_closed = False
         self.headers_sent = False
@@ -195,14 +195,20 @@ class Stream:
         while not self._items:
             if self.error is not None:
                 raise self.error
-            self._wakeup = trio.Event()
+            # Parked directly (one consumer at a time), not on an Event: a wait per item
+            # on the request path, made cheap.
+            self._waiter = trio.lowlevel.current_task()
             self.waiting_since = trio.current_time()
             self.session._waiting(self)
             try:
-                await self._wakeup.wait()
+                await trio.lowlevel.wait_task_rescheduled(self._abandon_wait)
             finally:
                 self.waiting_since = None
         return self._items.popleft()
+
+    def _abandon_wait(self, raise_cancel: object) -> trio.lowlevel.Abort:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def read_rest(self, keep: int) -> tuple[bytes, Headers | None]:
         """Read the body to its end, handing window back as it goes: the first ``keep``
@@ -270,9 +276,10 @@ class Stream:
                 self.cancel_scope.cancel()
 
     def _wake(self) -> None:
-        if self._wakeup is not None:
-            self._wakeup.set()
-            self._wakeup = None
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(waiter)
 
 
 def ensure_open(stream: Stream, *, connection_dead: bool) -> None:

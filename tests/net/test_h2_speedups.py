@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import binascii
 
+import hyperframe.flags
 import hyperframe.frame
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -30,3 +32,14 @@ def test_it_is_what_frames_use() -> None:
     assert hyperframe.frame._raw_data_repr is short_raw_data_repr
     frame = hyperframe.frame.DataFrame(1, data=b"\x01" * 16384)
     assert repr(frame).endswith("<hex:01010101010101010101...>")
+
+
+def test_flags_accept_and_refuse_as_before() -> None:
+    frame = hyperframe.frame.HeadersFrame(1, flags=["END_STREAM", "END_HEADERS"])
+    assert set(frame.flags) == {"END_STREAM", "END_HEADERS"}
+    assert "PADDED" not in frame.flags
+    other = hyperframe.frame.DataFrame(3)
+    other.flags.add("PADDED")
+    with pytest.raises(ValueError, match="Unexpected flag: PRIORITY"):
+        other.flags.add("PRIORITY")  # valid for HEADERS, not for DATA
+    assert hyperframe.flags.Flags(iter([hyperframe.flags.Flag("ACK", 1)]))._valid_flags == {"ACK"}

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meshnode.net import validation
 from meshnode.net.validation import Malformed, check_request, check_response, check_trailers
 
 REQUEST_FLAGS = h2.utilities.HeaderValidationFlags(
@@ -169,3 +170,28 @@ def test_malformed_responses_are_named() -> None:
     assert check_response([(b":status", b"200"), (b"connection", b"close")]) is not None
     assert check_response([(b":status", b"200"), (b":path", b"/")]) is not None
     assert check_response([(b":status", b"200"), (b"x-a", b"a\r\nb")]) is not None
+
+
+def test_a_remembered_field_still_counts_as_a_regular_one() -> None:
+    assert check_response([(b":status", b"200"), (b"x-seen", b"1")]) is None
+    refused = check_request(
+        [(b":method", b"GET"), (b"x-seen", b"1"), (b":path", b"/")],
+        max_count=100,
+        underscores="reject",
+    )
+    assert isinstance(refused, Malformed)
+    assert "after a regular field" in refused.reason
+    assert check_response([(b"x-seen", b"1"), (b":status", b"200")]) is not None
+
+
+def test_underscore_names_are_never_remembered_past_their_rule() -> None:
+    assert check_response([(b":status", b"200"), (b"x_user", b"1")]) is None
+    request = [*GOOD, (b"x_user", b"1")]
+    assert isinstance(check_request(request, max_count=100, underscores="reject"), Malformed)
+    assert check_request(request, max_count=100, underscores="drop") == GOOD
+
+
+def test_remembered_fields_stay_bounded() -> None:
+    for number in range(validation.REMEMBERED_FIELDS + 10):
+        assert check_response([(b":status", b"200"), (b"x-n", str(number).encode())]) is None
+    assert len(validation._known_valid) <= validation.REMEMBERED_FIELDS

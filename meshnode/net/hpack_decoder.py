@@ -12,9 +12,9 @@ when we lowered it, indexes inside the table, integers of at most five bytes,
 truncation, bad Huffman codes; tests compare the two decoders on the same
 input, arbitrary bytes included.
 
-Huffman-coded strings are cached by their coded bytes (a pure function,
-bounded), since a peer that does not index a field sends the same coded
-value on every request.
+Huffman-coded strings are cached by their coded bytes (a pure function, so
+one bounded cache serves every connection), since a peer that does not index
+a field sends the same coded value on every request.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ _STATIC: Final = HeaderTable.STATIC_TABLE
 _ENTRY_OVERHEAD: Final = 32  # RFC 7541 4.1
 
 
-class HeaderDecoder(hpack.Decoder):
-    def __init__(self) -> None:
-        super().__init__()
-        self._strings: dict[bytes, bytes] = {}
+# Decoded Huffman strings, for every connection of the process (decoding is a pure function).
+_decoded: dict[bytes, bytes] = {}
 
+
+class HeaderDecoder(hpack.Decoder):
     def decode(self, data: bytes, raw: bool = False) -> list[HeaderTuple]:
         """The header block's fields, as ``hpack.Decoder.decode(data, raw=True)`` gives them
         (h2 always asks for raw bytes; anything else is left to hpack)."""
@@ -126,7 +126,7 @@ class HeaderDecoder(hpack.Decoder):
         string = data[start:after]
         if not coded:
             return string, after
-        cache = self._strings
+        cache = _decoded
         plain = cache.get(string)
         if plain is None:
             plain = decode_huffman(string)

@@ -59,6 +59,10 @@ for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
     _static_names.setdefault(_name, _index)
 
 
+# Encoded fields, for every connection of the process: a field's encoding is the same on all.
+_encoded: dict[Field, bytes] = {}
+
+
 def is_secret(name: bytes, value: bytes) -> bool:
     """A credential: never indexed, never cached."""
     return name in _SECRETS or (name == b"cookie" and len(value) < 20)
@@ -108,16 +112,22 @@ class StaticTableEncoder(hpack.Encoder):
     ``encode`` for every header block, and sets ``header_table_size`` from the peer's
     settings, which changes nothing here since the table stays empty."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._cache: dict[Field, bytes] = {}
+    def __init__(self) -> None:  # hpack's table is not made: it would stay empty
         self._first_block = True
+
+    @property
+    def header_table_size(self) -> int:
+        return 0
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        """The peer's limit: the table used is 0 bytes, within any."""
 
     def encode(  # type: ignore[override]
         self, headers: Iterable[Field], huffman: bool = True
     ) -> bytes:
         """The header block for ``headers``, a sequence of (name, value) byte pairs."""
-        cache = self._cache
+        cache = _encoded
         parts = []
         if self._first_block:
             self._first_block = False

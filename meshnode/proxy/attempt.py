@@ -7,7 +7,10 @@ returns its status); it fails before anything reached the client, raising
 status the ``judge`` refused to relay); or the upstream breaks mid-body, which
 raises ``StreamReset`` (the client's stream is reset, never truncated). The
 per-try timeout bounds the wait for the response head: once a head has been
-relayed a retry is impossible, and the request timeout bounds the rest.
+relayed a retry is impossible, and the request timeout bounds the rest. Both
+are deadlines of one cancel scope, the caller's (``scope``): the try lowers it
+to the per-try timeout while it waits for the head; when that fires, the
+caller sees its scope cancelled before its own deadline.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from meshnode.errors import MeshError, Timeout, UpstreamConnectFailure, UpstreamReset
+from meshnode.errors import MeshError, UpstreamConnectFailure, UpstreamReset
 from meshnode.net.hop_by_hop import strip_hop_by_hop
 from meshnode.net.pool import UpstreamPool
 from meshnode.net.session import CANCEL, ResponseHead, Stream, StreamReset
@@ -55,6 +58,7 @@ async def attempt(
     body: RequestBody | None,
     client: Stream,
     *,
+    scope: trio.CancelScope,
     per_try: float = math.inf,
     judge: Judge | None = None,
     extra_headers: Sequence[tuple[bytes, bytes]] = (),
@@ -76,6 +80,7 @@ async def attempt(
         headers,
         body,
         client,
+        scope,
         per_try,
         judge,
         extra_headers,
@@ -114,6 +119,7 @@ class _Exchange:
         "per_try",
         "pool",
         "protocol",
+        "scope",
         "tap",
         "tunnel",
         "upstream",
@@ -126,6 +132,7 @@ class _Exchange:
         headers: HeaderList,
         body: RequestBody | None,
         client: Stream,
+        scope: trio.CancelScope,
         per_try: float,
         judge: Judge | None,
         extra_headers: Sequence[tuple[bytes, bytes]],
@@ -142,6 +149,7 @@ class _Exchange:
         self.headers = headers
         self.body = body
         self.client = client
+        self.scope = scope
         self.per_try = per_try
         self.judge = judge
         self.extra_headers = extra_headers
@@ -152,12 +160,13 @@ class _Exchange:
         if self.per_try == math.inf:
             head = await self._start(nursery)
         else:
-            with trio.move_on_after(self.per_try) as try_scope:
+            scope = self.scope
+            until = scope.deadline
+            scope.deadline = min(until, trio.current_time() + self.per_try)
+            try:
                 head = await self._start(nursery)
-            if try_scope.cancelled_caught:
-                raise AttemptFailed(
-                    "timeout", Timeout(f"no response head within the per-try {self.per_try:g}s")
-                )
+            finally:
+                scope.deadline = until
         upstream = self.upstream
         assert upstream is not None
         status = head.status

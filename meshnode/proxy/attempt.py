@@ -7,10 +7,7 @@ returns its status); it fails before anything reached the client, raising
 status the ``judge`` refused to relay); or the upstream breaks mid-body, which
 raises ``StreamReset`` (the client's stream is reset, never truncated). The
 per-try timeout bounds the wait for the response head: once a head has been
-relayed a retry is impossible, and the request timeout bounds the rest. Both
-are deadlines of one cancel scope, the caller's (``scope``): the try lowers it
-to the per-try timeout while it waits for the head; when that fires, the
-caller sees its scope cancelled before its own deadline.
+relayed a retry is impossible, and the request timeout bounds the rest.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from meshnode.errors import MeshError, UpstreamConnectFailure, UpstreamReset
+from meshnode.errors import MeshError, Timeout, UpstreamConnectFailure, UpstreamReset
 from meshnode.net.hop_by_hop import strip_hop_by_hop
 from meshnode.net.pool import UpstreamPool
 from meshnode.net.session import CANCEL, ResponseHead, Stream, StreamReset
@@ -58,7 +55,6 @@ async def attempt(
     body: RequestBody | None,
     client: Stream,
     *,
-    scope: trio.CancelScope,
     per_try: float = math.inf,
     judge: Judge | None = None,
     extra_headers: Sequence[tuple[bytes, bytes]] = (),
@@ -80,7 +76,6 @@ async def attempt(
         headers,
         body,
         client,
-        scope,
         per_try,
         judge,
         extra_headers,
@@ -119,7 +114,6 @@ class _Exchange:
         "per_try",
         "pool",
         "protocol",
-        "scope",
         "tap",
         "tunnel",
         "upstream",
@@ -132,7 +126,6 @@ class _Exchange:
         headers: HeaderList,
         body: RequestBody | None,
         client: Stream,
-        scope: trio.CancelScope,
         per_try: float,
         judge: Judge | None,
         extra_headers: Sequence[tuple[bytes, bytes]],
@@ -149,7 +142,6 @@ class _Exchange:
         self.headers = headers
         self.body = body
         self.client = client
-        self.scope = scope
         self.per_try = per_try
         self.judge = judge
         self.extra_headers = extra_headers
@@ -160,13 +152,12 @@ class _Exchange:
         if self.per_try == math.inf:
             head = await self._start(nursery)
         else:
-            scope = self.scope
-            until = scope.deadline
-            scope.deadline = min(until, trio.current_time() + self.per_try)
-            try:
+            with trio.move_on_after(self.per_try) as try_scope:
                 head = await self._start(nursery)
-            finally:
-                scope.deadline = until
+            if try_scope.cancelled_caught:
+                raise AttemptFailed(
+                    "timeout", Timeout(f"no response head within the per-try {self.per_try:g}s")
+                )
         upstream = self.upstream
         assert upstream is not None
         status = head.status

@@ -288,8 +288,23 @@ class Proxy:
                 raise CircuitOpen(f"the circuit is {core.state.value} for {since:.1f}s", group.name)
         status, condition, finished = 0, None, False
         try:
-            status = await self._tries(request, group, policy, extra_headers or [])
-            finished = True
+            limit = policy.timeout.request or math.inf
+            if request.tunnel:
+                limit = policy.timeout.tunnel_lifetime
+            # The request's one cancel scope: its deadline, and a reset by the caller (the
+            # session cancels ``stream.cancel_scope``) stops the work at once.
+            with trio.move_on_after(limit) as deadline:
+                request.stream.cancel_scope = deadline
+                ensure_open(request.stream, connection_dead=False)
+                status = await self._tries(request, group, policy, extra_headers or [])
+                finished = True
+            if deadline.cancelled_caught and request.stream.error is not None:
+                raise request.stream.error
+            if deadline.cancelled_caught and request.tunnel and request.head_at is not None:
+                raise TunnelLimit(f"open for its tunnel_lifetime of {limit:g}s", group.name)
+            if deadline.cancelled_caught:
+                condition, finished = "timeout", True
+                raise Timeout(f"no complete response within {limit:g}s", group.name)
         except MeshError as error:
             condition = _ERROR_CONDITIONS.get(type(error))
             if isinstance(error, UpstreamFailed):
@@ -322,31 +337,20 @@ class Proxy:
         policy: UpstreamPolicy,
         extra_headers: HeaderList,
     ) -> int:
-        """The retry loop: one try after another until one answers or none may follow.
-
-        Each try runs in one cancel scope, the request's: its deadline is the request
-        timeout's, lowered to the per-try timeout while the try waits for a response head,
-        and a reset by the caller (the session cancels ``stream.cancel_scope``) stops the
-        work at once. (A scope per request and another per try cost twice as much.)
-        """
+        """The retry loop: one try after another until one answers or none may follow."""
         protections = group.protections
-        now = trio.current_time()
         budget = protections.retry_budget
         if budget is not None:
-            budget.record_request(now)
-        limit = policy.timeout.request or math.inf
+            budget.record_request(trio.current_time())
         per_try = policy.timeout.per_try or math.inf
         tunnel = None
-        if request.tunnel:  # the request timeout bounds its opening, its limits the rest
-            per_try = min(per_try, limit)
-            limit = policy.timeout.tunnel_lifetime
+        if request.tunnel:  # the request timeout bounds its opening, the idle limit the rest
+            per_try = min(per_try, policy.timeout.request or math.inf)
             tunnel = Tunnel(policy.timeout.tunnel_idle, self.tunnels)
-        deadline = now + limit
         capture = _capture_for(request, policy)
         peer = expected_identity(policy, self.trust_domain)
         tries = 0
         avoid = None
-        delay = 0.0
 
         def judge(status: int, headers: HeaderList) -> None:
             """Refuse to relay a head the retry policy names, while a retry may follow."""
@@ -366,84 +370,55 @@ class Proxy:
         session = _session_key(request, policy)
         counts = group.stats.tries
         while True:
-            with trio.CancelScope(deadline=deadline) as scope:
-                request.stream.cancel_scope = scope
-                ensure_open(request.stream, connection_dead=False)
-                if delay:
-                    await trio.sleep(delay)
-                tries += 1
-                counts["total"] += 1
-                if tries == 2:
-                    counts["retried_requests"] += 1
-                endpoint, load = await group.acquire(avoid, request.client_ip, session)
-                request.tries += 1
-                request.endpoint = str(endpoint.address)
-                started = trio.current_time()
-                try_failed = True  # until the try relays an answer that is not a failure
-                try:
-                    status, head = await attempt(
-                        self.pool,
-                        endpoint,
-                        request.out_headers,
-                        request.body,
-                        request.stream,
-                        scope=scope,
-                        per_try=per_try,
-                        judge=judge,
-                        extra_headers=extra_headers,
-                        tap=capture,
-                        peer=peer,
-                        protocol=policy.upstream.protocol,
-                        tunnel=tunnel,
-                    )
-                    try_failed = status >= 500
-                    if tries > 1 and not try_failed:
-                        counts["recovered"] += 1
-                    if capture is not None and status == 200 and not capture.overflow:
-                        _remember(group.protections, request.path, head, capture)
-                    return status
-                except AttemptFailed as failed:
-                    delay = self._next_try_delay(failed, tries, request, policy, group)
-                    avoid = endpoint.address
-                    continue
-                finally:
-                    group.release(load, trio.current_time() - started, failed=try_failed)
-            # The scope ended the try: the caller's reset, or a deadline.
-            if request.stream.error is not None:
-                raise request.stream.error
-            if trio.current_time() < deadline:  # the per-try timeout, while awaiting a head
-                timed_out = Timeout(f"no response head within the per-try {per_try:g}s")
-                delay = self._next_try_delay(
-                    AttemptFailed("timeout", timed_out), tries, request, policy, group
+            tries += 1
+            counts["total"] += 1
+            if tries == 2:
+                counts["retried_requests"] += 1
+            endpoint, load = await group.acquire(avoid, request.client_ip, session)
+            request.tries += 1
+            request.endpoint = str(endpoint.address)
+            started = trio.current_time()
+            try_failed = True  # until the try relays an answer that is not a failure
+            try:
+                status, head = await attempt(
+                    self.pool,
+                    endpoint,
+                    request.out_headers,
+                    request.body,
+                    request.stream,
+                    per_try=per_try,
+                    judge=judge,
+                    extra_headers=extra_headers,
+                    tap=capture,
+                    peer=peer,
+                    protocol=policy.upstream.protocol,
+                    tunnel=tunnel,
                 )
+                try_failed = status >= 500
+                if tries > 1 and not try_failed:
+                    counts["recovered"] += 1
+                if capture is not None and status == 200 and not capture.overflow:
+                    _remember(group.protections, request.path, head, capture)
+                return status
+            except AttemptFailed as failed:
+                delay = failed.retry_delay
+                if delay is None and not isinstance(failed.error, UpstreamFailed):
+                    delay = self._retry_delay(
+                        failed.condition, failed.headers, tries, request, policy, group
+                    )
+                if delay is None:
+                    exhausted = (
+                        policy.retry is not None and failed.condition in policy.retry.retry_on
+                    )
+                    failed.error.retries_exhausted = exhausted
+                    if exhausted:
+                        group.stats.retries["exhausted"] += 1
+                    raise failed.error from None
+                group.stats.retries["retried"] += 1
                 avoid = endpoint.address
-                continue
-            if request.tunnel and request.head_at is not None:
-                raise TunnelLimit(f"open for its tunnel_lifetime of {limit:g}s", group.name)
-            raise Timeout(f"no complete response within {limit:g}s", group.name)
-
-    def _next_try_delay(
-        self,
-        failed: AttemptFailed,
-        tries: int,
-        request: Request,
-        policy: UpstreamPolicy,
-        group: UpstreamGroup,
-    ) -> float:
-        """Seconds before the try after ``failed``; raises its error when none may follow."""
-        delay = failed.retry_delay
-        if delay is None and not isinstance(failed.error, UpstreamFailed):
-            delay = self._retry_delay(
-                failed.condition, failed.headers, tries, request, policy, group
-            )
-        if delay is None:
-            exhausted = policy.retry is not None and failed.condition in policy.retry.retry_on
-            failed.error.retries_exhausted = exhausted
-            if exhausted:
-                group.stats.retries["exhausted"] += 1
-            raise failed.error from None
-        group.stats.retries["retried"] += 1
-        return delay
+            finally:
+                group.release(load, trio.current_time() - started, failed=try_failed)
+            await trio.sleep(delay)
 
     def _retry_delay(
         self,

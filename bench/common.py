@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -97,7 +98,14 @@ def write_upstream(directory: Path, name: str, endpoints: list[str], extra: str 
     )
 
 
-def start_meshnode(policies: Path, outbound_port: int, *options: str) -> subprocess.Popen[bytes]:
+def start_meshnode(
+    policies: Path, outbound_port: int, *options: str, source: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``meshnode serve``; ``source``: run the meshnode package of another checkout (an
+    older commit's worktree, for before-and-after figures from one run)."""
+    env = None
+    if source is not None:
+        env = {**os.environ, "PYTHONPATH": str(source.resolve())}
     node = subprocess.Popen(
         [
             sys.executable,
@@ -110,6 +118,8 @@ def start_meshnode(policies: Path, outbound_port: int, *options: str) -> subproc
             "warning",
             *options,
         ],
+        env=env,
+        cwd=source,
     )
     wait_for_port(outbound_port)
     return node

@@ -291,8 +291,8 @@ class Proxy:
             limit = policy.timeout.request or math.inf
             if request.tunnel:
                 limit = policy.timeout.tunnel_lifetime
-            # The request's one cancel scope: its deadline, and a reset by the caller (the
-            # session cancels ``stream.cancel_scope``) stops the work at once.
+            # The request timeout's scope is also the one a reset by the caller cancels (the
+            # session cancels ``stream.cancel_scope``): the work stops at once.
             with trio.move_on_after(limit) as deadline:
                 request.stream.cancel_scope = deadline
                 ensure_open(request.stream, connection_dead=False)

@@ -14,7 +14,8 @@ input, arbitrary bytes included.
 
 Huffman-coded strings are cached by their coded bytes (a pure function, so
 one bounded cache serves every connection), since a peer that does not index
-a field sends the same coded value on every request.
+a field sends the same coded value on every request; credentials' values are
+not (``net/credentials.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from hpack.exceptions import (
 )
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
+
+from meshnode.net.credentials import CREDENTIAL_FIELDS
 
 MAX_INTEGER_BYTES: Final = 5  # hpack's limit, prefix byte included: enough for 32 bits
 CACHED_STRINGS: Final = 1024
@@ -102,7 +105,7 @@ class HeaderDecoder(hpack.Decoder):
             name = self._name_at(index)
         else:
             name, position = self._string(data, position)
-        value, position = self._string(data, position)
+        value, position = self._string(data, position, cache=name not in CREDENTIAL_FIELDS)
         kind = NeverIndexedHeaderTuple if never_indexed else HeaderTuple
         return kind(name, value), position
 
@@ -114,8 +117,9 @@ class HeaderDecoder(hpack.Decoder):
             return dynamic[index - len(_STATIC) - 1][0]
         raise InvalidTableIndex(f"Invalid table index {index}")
 
-    def _string(self, data: bytes, position: int) -> tuple[bytes, int]:
-        """5.2: a string literal at ``position``, and the position after it."""
+    def _string(self, data: bytes, position: int, *, cache: bool = True) -> tuple[bytes, int]:
+        """5.2: a string literal at ``position``, and the position after it; a Huffman-coded
+        one is looked up in, and added to, the shared cache when ``cache`` says so."""
         if position >= len(data):
             raise HPACKDecodingError("Truncated header block")
         coded = data[position] & 0x80
@@ -126,14 +130,15 @@ class HeaderDecoder(hpack.Decoder):
         string = data[start:after]
         if not coded:
             return string, after
-        cache = _decoded
-        plain = cache.get(string)
+        if not cache:
+            return decode_huffman(string), after
+        plain = _decoded.get(string)
         if plain is None:
             plain = decode_huffman(string)
             if length <= CACHED_STRING_SIZE:
-                if len(cache) >= CACHED_STRINGS:
-                    cache.clear()
-                cache[string] = plain
+                if len(_decoded) >= CACHED_STRINGS:
+                    _decoded.clear()
+                _decoded[string] = plain
         return plain, after
 
 

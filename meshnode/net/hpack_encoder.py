@@ -14,10 +14,10 @@ Fields that are unique to each message by construction (request and
 trace ids) are neither cached, where they would only churn the cache, nor
 Huffman-coded, which would cost more CPU than the bytes it saves.
 
-Credentials are written as never-indexed literals (6.2.3), so no intermediary
-ever keeps them in a table where a compression side channel could guess them
-(h2's own rule: authorization fields, and cookies shorter than 20 bytes);
-they are not cached either.
+Credentials (``net/credentials.py``) are never cached, and authorization
+fields and short cookies are written as never-indexed literals (6.2.3), so
+no intermediary keeps them in a table where a compression side channel could
+guess them (h2's own rule).
 
 The first header block starts with a dynamic table size update to 0
 (RFC 7541 4.2), so whatever the peer's SETTINGS_HEADER_TABLE_SIZE says now or
@@ -34,6 +34,8 @@ from hpack.hpack import encode_integer
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.table import HeaderTable
 
+from meshnode.net.credentials import CREDENTIAL_FIELDS, must_never_index
+
 Field = tuple[bytes, bytes]
 
 CACHED_FIELDS: Final = 1024  # distinct fields remembered; then the cache starts afresh
@@ -41,7 +43,6 @@ TABLE_SIZE_ZERO: Final = b"\x20"  # 6.3: dynamic table size update, new size 0
 _INDEXED: Final = 0x80  # 6.1
 _NOT_INDEXED: Final = 0x00  # 6.2.2
 _NEVER_INDEXED: Final = 0x10  # 6.2.3
-_SECRETS: Final = frozenset({b"authorization", b"proxy-authorization"})
 UNIQUE_PER_MESSAGE: Final = frozenset(
     {b"x-request-id", b"traceparent", b"x-b3-traceid", b"x-b3-spanid", b"x-amzn-trace-id"}
 )
@@ -61,11 +62,6 @@ for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
 
 # Encoded fields, for every connection of the process: a field's encoding is the same on all.
 _encoded: dict[Field, bytes] = {}
-
-
-def is_secret(name: bytes, value: bytes) -> bool:
-    """A credential: never indexed, never cached."""
-    return name in _SECRETS or (name == b"cookie" and len(value) < 20)
 
 
 def encode_field(
@@ -139,8 +135,9 @@ class StaticTableEncoder(hpack.Encoder):
                 if name in UNIQUE_PER_MESSAGE:
                     parts.append(encode_field(name, value, huffman_value=False))
                     continue
-                if is_secret(name, value):
-                    parts.append(encode_field(name, value, never_indexed=True))
+                if name in CREDENTIAL_FIELDS:
+                    flagged = must_never_index(name, value)
+                    parts.append(encode_field(name, value, never_indexed=flagged))
                     continue
                 encoded = encode_field(name, value)
                 if len(cache) >= CACHED_FIELDS:

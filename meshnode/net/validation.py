@@ -21,6 +21,8 @@ from typing import Literal
 
 import attrs
 
+from meshnode.net.credentials import CREDENTIAL_FIELDS
+
 Headers = list[tuple[bytes, bytes]]
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+\Z")
@@ -38,6 +40,7 @@ REMEMBERED_FIELDS = 4096
 # Valid fields that need no rule but their own: a lowercase token name without an
 # underscore, not connection-specific, not te or host, and a clean value.
 _known_valid: set[tuple[bytes, bytes]] = set()
+_NOT_REMEMBERED = frozenset({b"te", b"host"}) | CREDENTIAL_FIELDS
 
 
 @attrs.frozen
@@ -139,8 +142,9 @@ def check_trailers(headers: Headers) -> str | None:
 
 
 def _remember(field: tuple[bytes, bytes]) -> None:
-    """Keep an ordinary field the caller found valid (not te or host: they have more rules)."""
-    if field[0] in (b"te", b"host"):
+    """Keep an ordinary field the caller found valid (not te or host: they have more rules;
+    never a credential, ``net/credentials.py``)."""
+    if field[0] in _NOT_REMEMBERED:
         return
     if len(_known_valid) >= REMEMBERED_FIELDS:
         _known_valid.clear()

@@ -83,3 +83,12 @@ def test_huffman_strings_are_cached_within_bounds() -> None:
         field = [(b"x-id", str(number % 1500).encode() * 3)]
         assert decoder.decode(encoder.encode(field, huffman=True), raw=True) == field
     assert 0 < len(hpack_decoder._decoded) <= hpack_decoder.CACHED_STRINGS
+
+
+def test_credentials_are_decoded_but_never_cached() -> None:
+    encoder = hpack.Encoder()
+    encoder.header_table_size = 0
+    fields = [(b"cookie", b"session=" + b"s3cr3t" * 5), (b"authorization", b"Bearer abcdef")]
+    decoded = HeaderDecoder().decode(encoder.encode(fields, huffman=True), raw=True)
+    assert [tuple(field) for field in decoded] == fields
+    assert not set(hpack_decoder._decoded.values()) & {value for _, value in fields}

@@ -195,3 +195,11 @@ def test_remembered_fields_stay_bounded() -> None:
     for number in range(validation.REMEMBERED_FIELDS + 10):
         assert check_response([(b":status", b"200"), (b"x-n", str(number).encode())]) is None
     assert len(validation._known_valid) <= validation.REMEMBERED_FIELDS
+
+
+def test_credentials_are_never_remembered() -> None:
+    cookie = (b"cookie", b"session=abcdefghijklmnopqrstuvwxyz")
+    assert check_response([(b":status", b"200"), (b"set-cookie", b"id=1")]) is None
+    assert not isinstance(check([*GOOD, cookie]), Malformed)
+    assert cookie not in validation._known_valid
+    assert (b"set-cookie", b"id=1") not in validation._known_valid

@@ -12,8 +12,6 @@ upstream (no mesh at all), in the same run.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import tempfile
 import time
@@ -22,7 +20,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import trio
-from common import free_port, start_meshnode, start_nghttpd, write_policies
+from common import free_port, start_meshnode, start_nghttpd, write_policies, write_report
 from proxy_bench import cpu_seconds
 
 from meshnode.client import MeshClient, open_mesh_client
@@ -113,11 +111,9 @@ def main() -> None:
             f"{name:10} {figures['p50_us']:8.0f} {figures['p99_us']:8.0f} "
             f"{figures['calls_per_second']:9.0f} {figures['cpu_us_per_call']:12.0f}"
         )
-    out = Path(__file__).parent / "results" / f"client-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.parent.mkdir(exist_ok=True)
-    machine = {"python": platform.python_version(), "machine": platform.machine()}
-    out.write_text(json.dumps({"machine": machine, "args": vars(args), "results": results}))
-    print(f"written to {out}")
+    write_report(
+        Path(__file__).parent / "results", "client", {"args": vars(args), "results": results}
+    )
 
 
 if __name__ == "__main__":

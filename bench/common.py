@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+
+def write_report(directory: Path, suite: str, report: dict[str, object]) -> Path:
+    """``report`` as ``<directory>/<suite>-<time>.json``, with the machine it ran on."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{suite}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    machine = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+    target.write_text(json.dumps({"machine": machine, **report}, indent=2, default=str))
+    print(f"\nwritten to {target}")
+    return target
 
 
 def free_port() -> int:

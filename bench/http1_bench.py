@@ -14,16 +14,20 @@ the median CPU per request is kept. Reports req/s, p50/p99 latency (wrk's
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import re
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from common import free_port, run_haproxy, start_meshnode, wait_for_port, write_policies
+from common import (
+    free_port,
+    run_haproxy,
+    start_meshnode,
+    wait_for_port,
+    write_policies,
+    write_report,
+)
 from proxy_bench import cpu_seconds
 
 UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6}
@@ -147,16 +151,7 @@ def main() -> None:
             f"{name:10} {figures['req_per_s']:>9.0f} {figures['p50_us']:>9.0f} "
             f"{figures['p99_us']:>9.0f} {cpu:>11} {figures['failed']:>7.0f}"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    target = args.out / f"http1-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    machine = {"platform": platform.platform(), "python": platform.python_version()}
-    target.write_text(
-        json.dumps(
-            {"machine": machine, "args": vars(args) | {"out": str(args.out)}, "results": results},
-            indent=2,
-        )
-    )
-    print(f"\nwritten to {target}")
+    write_report(args.out, "http1", {"args": vars(args), "results": results})
 
 
 if __name__ == "__main__":

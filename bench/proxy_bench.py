@@ -26,9 +26,7 @@ while 50 clients ask for 100 MiB each and never read.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -39,7 +37,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import free_port, start_haproxy, start_meshnode, start_nghttpd, write_policies
+from common import (
+    free_port,
+    start_haproxy,
+    start_meshnode,
+    start_nghttpd,
+    write_policies,
+    write_report,
+)
 from h2_floor import floor_us
 from scenarios import (
     GRPC_PATH,
@@ -320,24 +325,17 @@ def main() -> None:
             f"{STALLED_CLIENTS} stalled 100 MiB downloads {stack:13} RSS {before / 1024:.0f} MiB "
             f"-> {during / 1024:.0f} MiB"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "idle_rss_kib": {stack: {"before": b, "idle": d} for stack, (b, d) in idle.items()},
         "stalled_rss_kib": {
             stack: {"before": b, "stalled": d} for stack, (b, d) in stalled.items()
         },
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-        },
         "h2_floor_us": floor,
         "scenarios": results,
     }
-    target = args.out / f"proxy-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    target.write_text(json.dumps(report, indent=2))
+    target = write_report(args.out, "proxy", report)
     chart(results, target.with_suffix(".png"))
-    print(f"\nwritten to {target} and {target.with_suffix('.png')}")
+    print(f"and {target.with_suffix('.png')}")
 
 
 def chart(results: dict[str, dict[str, object]], target: Path) -> None:

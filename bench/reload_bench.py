@@ -12,9 +12,7 @@ for 250 ms of quiet), SIGHUP, and ``POST /admin/reload``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -24,7 +22,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import free_port, start_meshnode, start_nghttpd, write_policies, write_upstream
+from common import (
+    free_port,
+    start_meshnode,
+    start_nghttpd,
+    write_policies,
+    write_report,
+    write_upstream,
+)
 
 TIMEOUT = 10.0
 
@@ -123,18 +128,7 @@ def main() -> None:
             f"{trigger:8} {len(latencies):>6} {summary[trigger]['p50_ms']:>8.0f} "
             f"{summary[trigger]['max_ms']:>8.0f}"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    target_file = args.out / f"reload-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    target_file.write_text(
-        json.dumps(
-            {
-                "machine": {"platform": platform.platform(), "python": platform.python_version()},
-                "latency": summary,
-            },
-            indent=2,
-        )
-    )
-    print(f"\nwritten to {target_file}")
+    write_report(args.out, "reload", {"latency": summary})
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import tempfile
@@ -28,7 +27,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import free_port, start_meshnode, start_nghttpd, write_policies
+from common import free_port, start_meshnode, start_nghttpd, write_policies, write_report
 from proxy_bench import cpu_seconds, h2load
 
 
@@ -108,12 +107,7 @@ def main() -> None:
         f"with the load generator accounted for: {accounted:.2f}x (req/s per busy meshnode core:"
         f" {per_core[1]:.0f} with one worker, {per_core[2]:.0f} with two)"
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"workers-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    machine = {"cores": os.cpu_count(), "python": platform.python_version()}
-    report = {"machine": machine, "runs": runs, "ratio": ratio, "accounted_ratio": accounted}
-    out.write_text(json.dumps(report, indent=2))
-    print(f"written to {out}")
+    write_report(args.out, "workers", {"runs": runs, "ratio": ratio, "accounted_ratio": accounted})
 
 
 def _mean(runs: list[dict[str, float]], workers: int, key: str) -> float:

@@ -1,0 +1,25 @@
+"""The benchmark suite's own pieces that need no load generator: they must keep working
+as h2 moves on (a bench that breaks is found by whoever runs it next, too late)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
+
+from common import write_report
+from h2_floor import floor_us
+
+
+def test_the_h2_floor_is_measured() -> None:
+    assert 0 < floor_us(requests=500) < 100_000
+
+
+def test_a_report_says_which_machine_it_ran_on(tmp_path: Path) -> None:
+    target = write_report(tmp_path, "proxy", {"args": {"out": tmp_path}, "scenarios": {}})
+    report = json.loads(target.read_text())
+    assert target.name.startswith("proxy-") and target.suffix == ".json"
+    assert set(report["machine"]) == {"platform", "python", "cpus"}
+    assert report["args"] == {"out": str(tmp_path)}

@@ -62,13 +62,11 @@ def check_request(
     dropped = False
     host = None
     for field in headers:
-        if field in _known_valid:
-            regular = True
-            continue
-        name, value = field
-        if _BAD_VALUE.search(value):
-            return Malformed(400, f"invalid characters in the value of {_show(name)}")
+        name = field[0]
         if name[:1] == b":":
+            value = field[1]
+            if _BAD_VALUE.search(value):
+                return Malformed(400, f"invalid characters in the value of {_show(name)}")
             if regular:
                 return Malformed(400, f"pseudo-header {_show(name)} after a regular field")
             if name not in _REQUEST_PSEUDO:
@@ -78,20 +76,15 @@ def check_request(
             pseudo[name] = value
             continue
         regular = True
-        if not _NAME.match(name):
-            return Malformed(400, f"invalid field name {_show(name)}")
-        if name in _CONNECTION_SPECIFIC:
-            return Malformed(400, f"connection-specific field {_show(name)}")
-        if name == b"te" and value != b"trailers":
-            return Malformed(400, "te other than trailers")
+        problem = _field_problem(field)
+        if problem is not None:
+            return Malformed(400, problem)
         if name == b"host":
-            host = value
+            host = field[1]
         if b"_" in name:
             if underscores == "reject":
                 return Malformed(400, f"field name {_show(name)} has an underscore")
             dropped = dropped or underscores == "drop"
-        else:
-            _remember(field)
     problem = _check_pseudo(pseudo, host)
     if problem is not None:
         return Malformed(400, problem)
@@ -106,24 +99,16 @@ def check_response(headers: Headers) -> str | None:
     status = None
     regular = False
     for field in headers:
-        if field in _known_valid:
-            regular = True
-            continue
-        name, value = field
-        if _BAD_VALUE.search(value):
-            return f"invalid characters in the value of {_show(name)}"
+        name = field[0]
         if name[:1] == b":":
             if regular or name != b":status" or status is not None:
                 return f"pseudo-header {_show(name)} out of place in a response"
-            status = value
+            status = field[1]
             continue
         regular = True
-        if not _NAME.match(name) or name in _CONNECTION_SPECIFIC:
-            return f"invalid field name {_show(name)}"
-        if name == b"te" and value != b"trailers":
-            return "te other than trailers"
-        if b"_" not in name:
-            _remember(field)
+        problem = _field_problem(field)
+        if problem is not None:
+            return problem
     if status is None or len(status) != 3 or not status.isdigit():
         return "no valid :status"
     return None
@@ -131,24 +116,36 @@ def check_response(headers: Headers) -> str | None:
 
 def check_trailers(headers: Headers) -> str | None:
     """Why a trailer section is malformed, or None."""
-    for name, value in headers:
-        if name[:1] == b":":
-            return f"pseudo-header {_show(name)} in trailers"
-        if not _NAME.match(name) or name in _CONNECTION_SPECIFIC:
-            return f"invalid field name {_show(name)} in trailers"
-        if _BAD_VALUE.search(value):
-            return f"invalid characters in the value of {_show(name)}"
+    for field in headers:
+        if field[0][:1] == b":":
+            return f"pseudo-header {_show(field[0])} in trailers"
+        problem = _field_problem(field)
+        if problem is not None:
+            return problem
     return None
 
 
-def _remember(field: tuple[bytes, bytes]) -> None:
-    """Keep an ordinary field the caller found valid (not te or host: they have more rules;
-    never a credential, ``net/credentials.py``)."""
-    if field[0] in _NOT_REMEMBERED:
-        return
-    if len(_known_valid) >= REMEMBERED_FIELDS:
-        _known_valid.clear()
-    _known_valid.add((field[0], field[1]))
+def _field_problem(field: tuple[bytes, bytes]) -> str | None:
+    """Why an ordinary (not pseudo) field is malformed, or None: the rules every header
+    section shares. A field found valid is remembered, unless a caller still has rules of
+    its own for it (te, host, names with an underscore) or it is a credential
+    (``net/credentials.py``)."""
+    if field in _known_valid:
+        return None
+    name, value = field
+    if _BAD_VALUE.search(value):
+        return f"invalid characters in the value of {_show(name)}"
+    if not _NAME.match(name):
+        return f"invalid field name {_show(name)}"
+    if name in _CONNECTION_SPECIFIC:
+        return f"connection-specific field {_show(name)}"
+    if name == b"te" and value != b"trailers":
+        return "te other than trailers"
+    if name not in _NOT_REMEMBERED and b"_" not in name:
+        if len(_known_valid) >= REMEMBERED_FIELDS:
+            _known_valid.clear()
+        _known_valid.add((name, value))
+    return None
 
 
 def _check_pseudo(pseudo: dict[bytes, bytes], host: bytes | None) -> str | None:

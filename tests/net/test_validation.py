@@ -203,3 +203,21 @@ def test_credentials_are_never_remembered() -> None:
     assert not isinstance(check([*GOOD, cookie]), Malformed)
     assert cookie not in validation._known_valid
     assert (b"set-cookie", b"id=1") not in validation._known_valid
+
+
+@pytest.mark.parametrize(
+    ("field", "reason"),
+    [
+        ((b"connection", b"close"), "connection-specific field connection"),
+        ((b"X-Upper", b"1"), "invalid field name X-Upper"),
+        ((b"x-pad", b" leading"), "invalid characters in the value of x-pad"),
+        ((b"te", b"gzip"), "te other than trailers"),
+    ],
+)
+def test_requests_responses_and_trailers_share_the_field_rules(
+    field: tuple[bytes, bytes], reason: str
+) -> None:
+    refused = check([*GOOD, field])
+    assert isinstance(refused, Malformed) and refused.reason == reason
+    assert check_response([(b":status", b"200"), field]) == reason
+    assert check_trailers([field]) == reason

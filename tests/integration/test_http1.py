@@ -41,6 +41,12 @@ async def node_for(tmp_path: Path, running, upstreams: dict[str, str]) -> str:
     return str(addresses.outbound[0])
 
 
+@pytest.fixture
+async def users_node(tmp_path: Path, running, users) -> str:
+    """A node whose one upstream, ``users``, is the ``users`` service."""
+    return await node_for(tmp_path, running, {"users": upstream_toml("users", users[1])})
+
+
 def get(
     address: str,
     path: str,
@@ -284,13 +290,9 @@ async def test_http1_at_both_ends_of_an_mtls_chain(tmp_path, running, users) -> 
     assert service.seen[0]["x-meshnode-peer-identity"] == f"spiffe://{TRUST}/service/node-a"
 
 
-async def test_http2_trailers_reach_an_http1_caller_as_chunked_trailers(
-    tmp_path, running, users
-) -> None:
-    _, address = users
-    node = await node_for(tmp_path, running, {"users": upstream_toml("users", address)})
+async def test_http2_trailers_reach_an_http1_caller_as_chunked_trailers(users_node: str) -> None:
     raw = await send_raw(
-        node,
+        users_node,
         b"GET /download?size=1000 HTTP/1.1\r\nHost: users\r\nTE: trailers\r\n"
         b"Connection: close\r\n\r\n",
     )
@@ -301,15 +303,11 @@ async def test_http2_trailers_reach_an_http1_caller_as_chunked_trailers(
     assert status == 200 and body == download_body(1000)
 
 
-async def test_an_http10_caller_gets_no_trailers_and_a_whole_answer(
-    tmp_path, running, users
-) -> None:
+async def test_an_http10_caller_gets_no_trailers_and_a_whole_answer(users_node: str) -> None:
     """Found by fuzz/http1.py: trailers cannot go to an HTTP/1.0 caller (no chunking); h11
     refused them and the session broke. They are dropped; the body arrives whole."""
-    _, address = users
-    node = await node_for(tmp_path, running, {"users": upstream_toml("users", address)})
     raw = await send_raw(
-        node, b"GET /download?size=1000 HTTP/1.0\r\nHost: users\r\nTE: trailers\r\n\r\n"
+        users_node, b"GET /download?size=1000 HTTP/1.0\r\nHost: users\r\nTE: trailers\r\n\r\n"
     )
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
@@ -317,13 +315,11 @@ async def test_an_http10_caller_gets_no_trailers_and_a_whole_answer(
     assert b"x-checksum" not in raw
 
 
-async def test_a_head_request_gets_a_head_even_from_the_mesh(tmp_path, running, users) -> None:
+async def test_a_head_request_gets_a_head_even_from_the_mesh(users_node: str) -> None:
     """Found by fuzz/http1.py: the node's own answers carry a JSON body, which an answer to
     HEAD may not; h11 refused it and the connection broke. The body is dropped instead."""
-    _, address = users
-    node = await node_for(tmp_path, running, {"users": upstream_toml("users", address)})
     raw = await send_raw(
-        node,
+        users_node,
         b"HEAD /x HTTP/1.1\r\nHost: nowhere\r\n\r\n"
         b"GET /after HTTP/1.1\r\nHost: users\r\nConnection: close\r\n\r\n",
     )

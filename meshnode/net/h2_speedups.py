@@ -1,42 +1,42 @@
-"""A bounded cost for a debug string h2 builds for every frame it receives.
+"""h2 and hyperframe, minus work whose result nobody uses, with the same behaviour.
 
-h2's ``_receive_frame`` calls ``logger.trace("Received frame: %s", repr(frame))``
-whatever the logger, and hyperframe's repr of a frame hexlifies its *whole*
-body before keeping the first 20 hex digits: a 16 KiB DATA frame costs a
-32 KiB string for nothing. Measured with py-spy on 1 MiB uploads, that was a
-tenth of meshnode's CPU. ``_raw_data_repr`` is replaced by one that hexlifies
-only the 10 bytes it shows, so every repr is exactly what it was.
+Each change below was found with py-spy on proxied requests and is tested
+(tests/net/test_h2_speedups.py) to keep the library's results:
 
-Every frame also gets a ``Flags`` whose ``__init__`` builds the set of its
-class's valid flag names anew: that set is built once per frame class here.
-Each stands in for hyperframe's own, with the same results.
-
-h2's ``Settings`` keeps each setting as a deque (the current value, then
-values sent and not yet acknowledged): two ``Settings`` per connection, a
-dozen deques of 760 bytes each, a quarter of an idle connection's memory.
-``SettingValues`` is the part of a deque h2 uses, on a list (about 80 bytes).
+- h2's ``_receive_frame`` builds ``repr(frame)`` for a trace log on every
+  frame it receives, whatever the logger; that repr formats the flags and
+  hexlifies the body (4 % of a proxied request). ``repr`` in h2's connection
+  module (its only use there) now names the frame's class and nothing more.
+- Every frame gets a ``Flags`` whose ``__init__`` builds the set of its class's
+  valid flag names anew: that set is built once per frame class here.
+- HEADERS and DATA frames are built through a chain of three ``__init__``\\ s
+  passing ``**kwargs`` (frame, padding, priority): one flat ``__init__`` sets
+  the same attributes when only the stream and data are given, as h2 does.
+- h2's ``Settings`` keeps each setting as a deque (the current value, then
+  values sent and not yet acknowledged): two ``Settings`` per connection, a
+  dozen deques of 760 bytes each, a quarter of an idle connection's memory.
+  ``SettingValues`` is the part of a deque h2 uses, on a list (about 80 bytes).
+- ``Connection`` counts a client connection's open streams in O(1) (h2 walks
+  every stream it holds each time one opens) and lets go of a stream h2 closed
+  as soon as the session does.
 """
 
 from __future__ import annotations
 
-import binascii
 import types
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sized
+from typing import Any
 
+import h2.config
+import h2.connection
 import h2.settings
 import hyperframe.flags
 import hyperframe.frame
 
-SHOWN = 10  # bytes: hyperframe shows 20 hex digits
 
-
-def short_raw_data_repr(data: bytes | None) -> str:
-    if not data:
-        return "None"
-    shown = binascii.hexlify(data[: SHOWN + 1]).decode("ascii")
-    if len(shown) > 2 * SHOWN:
-        shown = shown[: 2 * SHOWN] + "..."
-    return "<hex:" + shown + ">"
+def frame_name(frame: object) -> str:
+    """What h2's received-frame trace gets instead of the frame's full repr."""
+    return type(frame).__name__
 
 
 _flag_names: dict[int, tuple[object, frozenset[str]]] = {}
@@ -58,11 +58,67 @@ def flags_init(
     self._flags = set()
 
 
+def flat_init(frame_class: type[hyperframe.frame.Frame]) -> Callable[..., None]:
+    """An ``__init__`` for a frame class that carries data (HEADERS, DATA) setting what its
+    chain of ``__init__``\\ s sets, in one step; anything more than a stream and data, or
+    a stream id of 0 (refused), goes through the chain as before."""
+    chained: Callable[..., None] = frame_class.__init__
+    defaults = dict(vars(frame_class(1)))
+    for own in ("stream_id", "flags", "data"):
+        del defaults[own]
+    flags_class = hyperframe.flags.Flags
+
+    def init(self: Any, stream_id: int, data: bytes = b"", **kwargs: Any) -> None:
+        if kwargs or not stream_id:
+            chained(self, stream_id, data, **kwargs)
+            return
+        self.__dict__.update(defaults)
+        self.stream_id = stream_id
+        self.flags = flags_class(self.defined_flags)
+        self.data = data
+
+    return init
+
+
 class SettingValues(list[int]):
     def popleft(self) -> int:
         return self.pop(0)
 
 
-hyperframe.frame._raw_data_repr = short_raw_data_repr
+class Connection(h2.connection.H2Connection):
+    """h2's connection; on the client side, open streams counted by the session.
+
+    ``open_outbound_streams`` in h2 walks every stream it holds (dropping the
+    closed ones) each time a stream opens: with a hundred requests in flight on
+    one upstream connection, 3 % of a proxied request. A client session never
+    opens more streams than the peer allows (``H2Session.accepts_streams``) and
+    registers each once h2 accepted it, so its count is h2's. A server keeps h2's
+    own count: a peer's new streams are counted before the session sees them.
+    """
+
+    def __init__(self, config: h2.config.H2Configuration, live: Sized) -> None:
+        super().__init__(config)
+        self._live = live  # the session's streams
+
+    @property
+    def open_outbound_streams(self) -> int:
+        if not self.config.client_side:
+            return super().open_outbound_streams
+        if len(self.streams) > 2 * len(self._live) + 16:
+            super().open_outbound_streams  # noqa: B018 - drops the streams h2 closed
+        return len(self._live)
+
+    def release(self, stream_id: int) -> None:
+        """The session is done with the stream: if h2 closed it too, drop it now, as h2
+        would on its next count (remembering how it closed, for late frames)."""
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.closed:
+            del self.streams[stream_id]
+            self._closed_streams[stream_id] = stream.closed_by
+
+
+h2.connection.repr = frame_name  # type: ignore[attr-defined]
 hyperframe.flags.Flags.__init__ = flags_init  # type: ignore[method-assign]
+for _carrier in (hyperframe.frame.HeadersFrame, hyperframe.frame.DataFrame):
+    _carrier.__init__ = flat_init(_carrier)  # type: ignore[method-assign]
 h2.settings.collections = types.SimpleNamespace(deque=SettingValues)  # type: ignore[attr-defined,assignment]

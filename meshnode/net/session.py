@@ -34,14 +34,12 @@ from typing import Final, Protocol
 
 import attrs
 import h2.config
-import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
 import trio
 
-from meshnode.net import h2_speedups  # noqa: F401 - installs itself into hyperframe
 from meshnode.net.framing import (
     ENHANCE_YOUR_CALM,
     WINDOW_UPDATES_PER_DATA_FRAME,
@@ -50,6 +48,7 @@ from meshnode.net.framing import (
     GoAwayReceived,
     goaway_frame,
 )
+from meshnode.net.h2_speedups import Connection
 from meshnode.net.hpack_decoder import HeaderDecoder
 from meshnode.net.hpack_encoder import StaticTableEncoder
 from meshnode.net.validation import (
@@ -310,7 +309,8 @@ class H2Session:
         self.rules = rules if rules is not None else ConnectionRules("upstream")
         self.peer = peer  # who is at the other end, for the log
         limits = self._limits = self.rules.limits
-        self.conn = h2.connection.H2Connection(
+        self.streams: dict[int, Stream] = {}
+        self.conn = Connection(
             h2.config.H2Configuration(
                 client_side=client_side,
                 header_encoding=None,
@@ -326,7 +326,8 @@ class H2Session:
                 # one fails its stream rather than every stream of the connection; responses
                 # and trailers in one pass each (``check_response``, ``check_trailers``).
                 validate_inbound_headers=False,
-            )
+            ),
+            live=self.streams,
         )
         self.conn.local_settings = h2.settings.Settings(
             client=client_side,
@@ -350,7 +351,6 @@ class H2Session:
         self._gate = FrameGate(limits, expect_preface=not client_side, now=self.started)
         self._settings_acked = False
         self.requests_seen = 0
-        self.streams: dict[int, Stream] = {}
         self._raw_out: list[bytes] = []
         self._writer_wakeup = trio.Event()
         self._drained = trio.Event()
@@ -424,9 +424,9 @@ class H2Session:
         stream_id = self.conn.get_next_available_stream_id()
         stream = Stream(self, stream_id, None)
         stream.tunnel = WEBSOCKET in headers
-        self.streams[stream_id] = stream
         self.last_active = trio.current_time()
         self._send_headers(stream, headers, end_stream)
+        self.streams[stream_id] = stream  # after h2 counted the streams open before it
         return stream
 
     # -- reading -----------------------------------------------------------
@@ -767,6 +767,7 @@ class H2Session:
                 self._ack_connection(stream.id, stream.owed)
                 stream.owed = 0
                 self._wake_writer()
+            self.conn.release(stream.id)
             self.last_active = trio.current_time()
             self._pulse_window()  # wake its senders so they see the reset
             self._finish_if_idle()

@@ -1,38 +1,58 @@
-"""The cheaper frame repr shows exactly what hyperframe's own did."""
+"""The speedups keep h2's and hyperframe's results: frames, flags, settings, stream counts."""
 
 from __future__ import annotations
 
-import binascii
+import inspect
 
+import h2.config
+import h2.connection
+import h2.errors
+import h2.exceptions
 import h2.settings
+import hyperframe.exceptions
 import hyperframe.flags
 import hyperframe.frame
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnode.net.h2_speedups import SettingValues, short_raw_data_repr
+from meshnode.net.h2_speedups import Connection, SettingValues, frame_name
 
 
-def hyperframes_own(data: bytes | None) -> str:
-    """hyperframe 6's ``_raw_data_repr``, as published."""
-    if not data:
-        return "None"
-    r = binascii.hexlify(data).decode("ascii")
-    if len(r) > 20:
-        r = r[:20] + "..."
-    return "<hex:" + r + ">"
+def test_h2_builds_no_frame_repr_for_its_trace() -> None:
+    source = inspect.getsource(h2.connection)
+    assert source.count("repr(") == 1  # the trace of received frames: an h2 upgrade rechecks
+    assert h2.connection.repr is frame_name  # type: ignore[attr-defined]
+    assert frame_name(hyperframe.frame.DataFrame(1, data=b"x" * 16384)) == "DataFrame"
+    assert "<hex:" in repr(hyperframe.frame.DataFrame(1, data=b"x"))  # elsewhere as before
 
 
-@given(st.one_of(st.none(), st.binary(max_size=64)))
-def test_the_same_text_for_any_body(data: bytes | None) -> None:
-    assert short_raw_data_repr(data) == hyperframes_own(data)
+def _state(frame: hyperframe.frame.Frame) -> dict[str, object]:
+    state = dict(vars(frame))
+    flags = state.pop("flags")
+    return state | {"flags": set(flags), "valid": flags._valid_flags}
 
 
-def test_it_is_what_frames_use() -> None:
-    assert hyperframe.frame._raw_data_repr is short_raw_data_repr
-    frame = hyperframe.frame.DataFrame(1, data=b"\x01" * 16384)
-    assert repr(frame).endswith("<hex:01010101010101010101...>")
+@pytest.mark.parametrize("frame_class", [hyperframe.frame.HeadersFrame, hyperframe.frame.DataFrame])
+@given(stream_id=st.integers(min_value=1, max_value=2**31 - 1), data=st.binary(max_size=32))
+def test_a_flat_frame_is_the_chained_one(
+    frame_class: type[hyperframe.frame.DataFrame], stream_id: int, data: bytes
+) -> None:
+    flat = frame_class(stream_id, data)
+    chained = frame_class(stream_id, data, pad_length=0)  # a keyword: the chain builds it
+    assert _state(flat) == _state(chained)
+    assert flat.serialize() == chained.serialize()
+    parsed, _ = hyperframe.frame.Frame.parse_frame_header(memoryview(flat.serialize()[:9]))
+    parsed.parse_body(memoryview(flat.serialize()[9:]))
+    assert type(parsed) is frame_class and _state(parsed) == _state(flat) | {"body_len": len(data)}
+
+
+@pytest.mark.parametrize("frame_class", [hyperframe.frame.HeadersFrame, hyperframe.frame.DataFrame])
+def test_a_frame_without_a_stream_is_refused_as_before(
+    frame_class: type[hyperframe.frame.DataFrame],
+) -> None:
+    with pytest.raises(hyperframe.exceptions.InvalidDataError, match="Stream ID must be non-zero"):
+        frame_class(0)
 
 
 def test_flags_accept_and_refuse_as_before() -> None:
@@ -58,3 +78,92 @@ def test_settings_wait_for_their_acknowledgement_as_before() -> None:
     assert changed[codes.MAX_FRAME_SIZE].original_value == 16384
     assert settings.max_concurrent_streams == 10
     assert all(type(values) is SettingValues for values in settings._settings.values())
+
+
+def _client_and_server(max_streams: int) -> tuple[Connection, h2.connection.H2Connection, dict]:
+    live: dict[int, object] = {}
+    client = Connection(h2.config.H2Configuration(client_side=True, header_encoding=None), live)
+    server = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    server.local_settings = h2.settings.Settings(
+        client=False,
+        initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams},
+    )
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    return client, server, live
+
+
+REQUEST = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a")]
+
+
+def _exchange(client: Connection, server: h2.connection.H2Connection, stream_id: int) -> None:
+    """A whole request and answer on ``stream_id``: h2 has closed it on both sides after."""
+    client.send_headers(stream_id, REQUEST, end_stream=True)
+    server.receive_data(client.data_to_send())
+    server.send_headers(stream_id, [(b":status", b"204")], end_stream=True)
+    client.receive_data(server.data_to_send())
+
+
+def test_a_client_counts_the_sessions_streams_against_the_peers_limit() -> None:
+    client, _, live = _client_and_server(max_streams=2)
+    for stream_id in (1, 3):
+        client.send_headers(stream_id, REQUEST, end_stream=True)
+        live[stream_id] = object()
+    with pytest.raises(h2.exceptions.TooManyStreamsError, match="2 open"):
+        client.send_headers(5, REQUEST, end_stream=True)
+    del live[1]
+    client.send_headers(5, REQUEST, end_stream=True)
+
+
+def _late_frame_outcome(client: Connection, frame: hyperframe.frame.Frame) -> str:
+    try:
+        events = client.receive_data(frame.serialize())
+    except h2.exceptions.ProtocolError as error:
+        return type(error).__name__
+    return ",".join(type(event).__name__ for event in events) or "ignored"
+
+
+@pytest.mark.parametrize(
+    "late",
+    [
+        hyperframe.frame.WindowUpdateFrame(1, window_increment=10),
+        hyperframe.frame.RstStreamFrame(1),
+        hyperframe.frame.DataFrame(1, b"late"),
+    ],
+    ids=["window-update", "rst-stream", "data"],
+)
+def test_a_released_stream_is_what_h2_keeps_after_its_own_sweep(
+    late: hyperframe.frame.Frame,
+) -> None:
+    outcomes = []
+    for release in (True, False):
+        client, server, _ = _client_and_server(max_streams=10)
+        _exchange(client, server, 1)
+        client.send_headers(3, REQUEST, end_stream=True)
+        if release:
+            client.release(3)  # still open in h2: kept
+            client.release(1)
+        else:
+            h2.connection.H2Connection.open_outbound_streams.fget(client)  # h2's sweep
+        assert list(client.streams) == [3]
+        client.data_to_send()
+        outcomes.append((_late_frame_outcome(client, late), client.data_to_send()))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_closed_streams_the_session_never_released_are_dropped_in_time() -> None:
+    client, server, _ = _client_and_server(max_streams=1000)
+    for stream_id in range(1, 400, 2):
+        _exchange(client, server, stream_id)
+    assert len(client.streams) <= 17
+
+
+def test_a_server_counts_its_peers_streams_itself() -> None:
+    server = Connection(h2.config.H2Configuration(client_side=False, header_encoding=None), {})
+    assert server.open_inbound_streams == 0
+    assert server.open_outbound_streams == 0

@@ -12,6 +12,10 @@ Each change below was found with py-spy on proxied requests and is tested
 - HEADERS and DATA frames are built through a chain of three ``__init__``\\ s
   passing ``**kwargs`` (frame, padding, priority): one flat ``__init__`` sets
   the same attributes when only the stream and data are given, as h2 does.
+- Sending headers, h2 rebuilds the list to turn any text into bytes: a list
+  that is all bytes already (meshnode's always is) is used as it is. The flags
+  h2 builds for header validation per block depend on the side and the kind
+  of event alone: built once per pair.
 - h2's ``Settings`` keeps each setting as a deque (the current value, then
   values sent and not yet acknowledged): two ``Settings`` per connection, a
   dozen deques of 760 bytes each, a quarter of an idle connection's memory.
@@ -30,6 +34,8 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.settings
+import h2.stream
+import h2.utilities
 import hyperframe.flags
 import hyperframe.frame
 
@@ -80,6 +86,32 @@ def flat_init(frame_class: type[hyperframe.frame.Frame]) -> Callable[..., None]:
     return init
 
 
+_to_bytes = h2.utilities.utf8_encode_headers
+
+
+def bytes_headers(headers: Any) -> Any:
+    """``utf8_encode_headers``: the list itself when every name and value is bytes."""
+    if type(headers) is list:
+        for field in headers:
+            if type(field[0]) is not bytes or type(field[1]) is not bytes:
+                return _to_bytes(headers)
+        return headers
+    return _to_bytes(headers)
+
+
+_validation_flags: dict[tuple[bool, type], h2.utilities.HeaderValidationFlags] = {}
+_build_validation_flags = h2.stream.H2Stream._build_hdr_validation_flags
+
+
+def validation_flags(self: h2.stream.H2Stream, events: Any) -> h2.utilities.HeaderValidationFlags:
+    """``_build_hdr_validation_flags``, one per side and kind of event (a dozen at most)."""
+    key = (bool(self.state_machine.client), type(events[0]))
+    flags = _validation_flags.get(key)
+    if flags is None:
+        flags = _validation_flags[key] = _build_validation_flags(self, events)
+    return flags
+
+
 class SettingValues(list[int]):
     def popleft(self) -> int:
         return self.pop(0)
@@ -118,6 +150,8 @@ class Connection(h2.connection.H2Connection):
 
 
 h2.connection.repr = frame_name  # type: ignore[attr-defined]
+h2.stream.utf8_encode_headers = bytes_headers  # type: ignore[attr-defined]
+h2.stream.H2Stream._build_hdr_validation_flags = validation_flags  # type: ignore[method-assign]
 hyperframe.flags.Flags.__init__ = flags_init  # type: ignore[method-assign]
 for _carrier in (hyperframe.frame.HeadersFrame, hyperframe.frame.DataFrame):
     _carrier.__init__ = flat_init(_carrier)  # type: ignore[method-assign]

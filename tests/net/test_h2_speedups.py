@@ -7,8 +7,11 @@ import inspect
 import h2.config
 import h2.connection
 import h2.errors
+import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
+import h2.utilities
 import hyperframe.exceptions
 import hyperframe.flags
 import hyperframe.frame
@@ -16,7 +19,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnode.net.h2_speedups import Connection, SettingValues, frame_name
+from meshnode.net import h2_speedups
+from meshnode.net.h2_speedups import (
+    Connection,
+    SettingValues,
+    bytes_headers,
+    frame_name,
+    validation_flags,
+)
+
+_h2s_validation_flags = h2_speedups._build_validation_flags  # h2's own
 
 
 def test_h2_builds_no_frame_repr_for_its_trace() -> None:
@@ -167,3 +179,46 @@ def test_a_server_counts_its_peers_streams_itself() -> None:
     server = Connection(h2.config.H2Configuration(client_side=False, header_encoding=None), {})
     assert server.open_inbound_streams == 0
     assert server.open_outbound_streams == 0
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.binary(max_size=8), st.text(max_size=8)),
+            st.one_of(st.binary(max_size=8), st.text(max_size=8)),
+        ),
+        max_size=6,
+    )
+)
+def test_headers_h2_sends_are_the_bytes_it_would_have_made(fields: list) -> None:
+    made = bytes_headers(fields)
+    assert made == h2.utilities.utf8_encode_headers(fields)
+    assert all(type(name) is bytes and type(value) is bytes for name, value in made)
+    never = [h2.utilities.NeverIndexedHeaderTuple(b"authorization", b"secret")]
+    assert type(bytes_headers(never)[0]) is h2.utilities.NeverIndexedHeaderTuple
+    assert bytes_headers(iter([("a", "b")])) == [(b"a", b"b")]
+
+
+def test_validation_flags_are_what_h2_builds_for_every_kind_of_header_block() -> None:
+    client, server, _ = _client_and_server(max_streams=10)
+    seen = []
+    for connection in (client, server):
+        stream = h2.stream.H2Stream(1, connection.config, 65535, 65535)
+        for client_side in (None, True, False):
+            stream.state_machine.client = client_side
+            for kind in (
+                h2.events.RequestReceived,
+                h2.events.ResponseReceived,
+                h2.events.TrailersReceived,
+                h2.events.InformationalResponseReceived,
+                h2.events.PushedStreamReceived,
+                h2.stream._ResponseSent,
+                h2.stream._RequestSent,
+                h2.stream._TrailersSent,
+                h2.stream._PushedRequestSent,
+            ):
+                events = [object.__new__(kind)]  # only its kind matters here
+                built = validation_flags(stream, events)
+                assert built == _h2s_validation_flags(stream, events)
+                seen.append(built)
+    assert len({*seen}) > 4  # the kinds differ, and are told apart

@@ -140,6 +140,11 @@ class Connection(h2.connection.H2Connection):
             super().open_outbound_streams  # noqa: B018 - drops the streams h2 closed
         return len(self._live)
 
+    @property
+    def has_output(self) -> bool:
+        """Whether ``data_to_send`` would return anything."""
+        return bool(self._data_to_send)
+
     def release(self, stream_id: int) -> None:
         """The session is done with the stream: if h2 closed it too, drop it now, as h2
         would on its next count (remembering how it closed, for late frames)."""

@@ -3,7 +3,9 @@
 One reader task feeds received bytes through the frame gate into h2 and turns
 h2's events into per-stream items; one writer task flushes whatever h2 has
 queued in a single ``send_all`` (so replies to many streams batch naturally).
-Nothing else touches the transport, and no task is started per stream here: a
+The one exception is latency's: a stream alone on an idle plain TCP connection
+writes its last frames itself, at once (``_send_soon``). Nothing
+else touches the transport, and no task is started per stream here: a
 server session hands each new request stream to ``on_request``, a client
 session hands streams to whoever called ``open_stream``.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import deque
 from collections.abc import Callable
 from typing import Final, Protocol
@@ -352,6 +355,10 @@ class H2Session:
         self._settings_acked = False
         self.requests_seen = 0
         self._raw_out: list[bytes] = []
+        # A plain TCP transport's socket, written to directly for a lone stream (``_send_soon``).
+        self._socket = transport.socket if type(transport) is trio.SocketStream else None
+        self._writing = False  # the writer is inside send_all
+        self._unsent = b""  # what a direct write left over: the writer sends it first
         self._writer_wakeup = trio.Event()
         self._drained = trio.Event()
         self._window_opened = trio.Event()
@@ -581,15 +588,15 @@ class H2Session:
     async def _write_loop(self, scope: trio.CancelScope) -> None:
         try:
             while True:
-                data = self.conn.data_to_send()
-                if self._raw_out:
-                    data += b"".join(self._raw_out)
-                    self._raw_out.clear()
+                data = self._take_output()
                 if data:
                     self._queued = 0
-                    await self.transport.send_all(data)
-                    self._drained.set()
-                    self._drained = trio.Event()
+                    self._writing = True
+                    try:
+                        await self.transport.send_all(data)
+                    finally:
+                        self._writing = False
+                    self._signal_drained()
                     continue
                 if self.closing and not self.streams:
                     break
@@ -599,6 +606,43 @@ class H2Session:
             pass
         self.dead = True
         scope.cancel()
+
+    def _take_output(self) -> bytes:
+        data = self._unsent + self.conn.data_to_send()
+        self._unsent = b""
+        if self._raw_out:
+            data += b"".join(self._raw_out)
+            self._raw_out.clear()
+        return data
+
+    def _signal_drained(self) -> None:
+        self._drained.set()
+        self._drained = trio.Event()
+
+    def _send_soon(self, stream: Stream) -> None:
+        """Send what ``stream`` queued up to its end. Alone on an idle plain TCP connection
+        it is written here and now: at one request at a time, waking the writer instead
+        added a scheduler round (and an epoll wait) to the latency each way. With other
+        streams in flight the writer sends all of theirs in one write, as before (and a
+        long body's frames before its last, which it batches too); what the socket does
+        not take now is left to the writer, ahead of anything queued later."""
+        others = len(self.streams) - (stream.id in self.streams)
+        # A closed socket's descriptor is -1: never a number since given to another socket.
+        fd = -1 if self._socket is None else self._socket.fileno()
+        if fd < 0 or others or self._writing or self._unsent or self.dead:
+            self._wake_writer()
+            return
+        data = self._take_output()
+        try:
+            sent = os.write(fd, data) if data else 0
+        except OSError:  # full (the writer waits for room) or broken (the writer ends it)
+            sent = 0
+        if sent < len(data):
+            self._unsent = data[sent:]
+            self._wake_writer()
+        elif data:
+            self._queued = 0
+            self._signal_drained()
 
     async def _wait_for(self, stream: Stream, event: trio.Event) -> None:
         """Wait on the peer (window, or the socket draining), on the stream's idle clock."""
@@ -671,7 +715,11 @@ class H2Session:
         return min(deadlines)
 
     def _wake_writer(self) -> None:
-        self._writer_wakeup.set()
+        """Wake the writer if it has work: bytes to send, or a closing session to end.
+        Most received frames (a request's headers, a response) queue no reply: waking the
+        writer for nothing cost a scheduler round per read."""
+        if self._unsent or self._raw_out or self.conn.has_output or self.closing:
+            self._writer_wakeup.set()
 
     def _pulse_window(self) -> None:
         self._window_opened.set()
@@ -690,7 +738,9 @@ class H2Session:
         if end_stream:
             stream.local_closed = True
             self._forget_if_finished(stream)
-        self._wake_writer()
+            self._send_soon(stream)
+        else:  # a body follows, most often at once: sent with its end, or by the writer
+            self._wake_writer()
 
     async def _send_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
         conn = self.conn
@@ -717,7 +767,10 @@ class H2Session:
             remaining -= size
             self._queued += size
             self._gate.budgets.earn("window_update", WINDOW_UPDATES_PER_DATA_FRAME)
-            self._wake_writer()
+            if last:
+                self._send_soon(stream)
+            else:  # more follows: the writer sends a run of frames in one write
+                self._wake_writer()
             if self._queued > self._high_water:
                 await self._wait_for(stream, self._drained)
             if remaining == 0:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Callable
 
+import h2.config
+import h2.connection
+import h2.events
 import hpack
 import pytest
 import trio
@@ -265,3 +269,101 @@ async def test_credentials_cross_the_connection_never_indexed(pair) -> None:
     assert (b"authorization", b"Bearer x") in server_stream.headers
     decoded = hpack.Decoder().decode(sent[0], raw=True)
     assert [type(field) for field in decoded][-1] is hpack.NeverIndexedHeaderTuple
+
+
+class SocketPeer:
+    """A client session on a real socket, and the far end as a plain non-blocking socket
+    read in place (no task of its own), parsed by h2 as a server would."""
+
+    def __init__(self, nursery: trio.Nursery, buffer: int | None = None) -> None:
+        near, self.far = socket.socketpair()
+        if buffer is not None:
+            near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
+            self.far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+        self.far.setblocking(False)
+        self.session = H2Session(
+            trio.SocketStream(trio.socket.from_stdlib_socket(near)), client_side=True
+        )
+        self.parser = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        self.events: list[h2.events.Event] = []
+        self.nursery = nursery
+
+    async def start(self) -> None:
+        await self.nursery.start(self.session.run)
+        await trio.testing.wait_all_tasks_blocked()
+        self.read_now()  # the preface and settings
+        self.events.clear()
+
+    def read_now(self) -> int:
+        """Read what has arrived, without letting any task run; how many bytes."""
+        total = 0
+        while True:
+            try:
+                data = self.far.recv(65536)
+            except BlockingIOError:
+                return total
+            total += len(data)
+            self.events += self.parser.receive_data(data)
+
+
+@pytest.fixture
+async def socket_peer(nursery: trio.Nursery) -> AsyncIterator[SocketPeer]:
+    peer = SocketPeer(nursery)
+    await peer.start()
+    yield peer
+    nursery.cancel_scope.cancel()
+    peer.far.close()
+
+
+async def test_a_lone_streams_request_leaves_before_any_task_runs(socket_peer) -> None:
+    socket_peer.session.open_stream(REQUEST, end_stream=True)
+    assert socket_peer.read_now() > 0  # written by the caller, not by the writer task
+    assert [type(e).__name__ for e in socket_peer.events] == ["RequestReceived", "StreamEnded"]
+
+
+async def test_with_another_stream_in_flight_the_writer_sends_them_together(socket_peer) -> None:
+    socket_peer.session.open_stream(REQUEST, end_stream=True)
+    socket_peer.read_now()
+    socket_peer.session.open_stream(REQUEST, end_stream=True)
+    socket_peer.session.open_stream(REQUEST, end_stream=True)
+    assert socket_peer.read_now() == 0  # queued for the writer
+    await trio.testing.wait_all_tasks_blocked()
+    assert socket_peer.read_now() > 0
+    requests = [e.stream_id for e in socket_peer.events if isinstance(e, h2.events.RequestReceived)]
+    assert requests == [1, 3, 5]
+
+
+async def test_what_the_socket_cannot_take_now_follows_in_order(nursery: trio.Nursery) -> None:
+    peer = SocketPeer(nursery, buffer=4096)
+    await peer.start()
+    body = bytes(range(256)) * 200  # 51,200 bytes: far more than the socket takes at once
+    request = peer.session.open_stream(REQUEST, end_stream=False)
+    sending = trio.Event()
+
+    async def send() -> None:
+        await request.send_data(body, end_stream=True)
+        sending.set()
+
+    nursery.start_soon(send)
+    await trio.testing.wait_all_tasks_blocked()
+    assert 0 < peer.read_now() < len(body)  # the rest waits with the writer for room
+    with trio.fail_after(5):
+        while not any(isinstance(event, h2.events.StreamEnded) for event in peer.events):
+            peer.read_now()
+            await trio.sleep(0)  # the writer sends as the far end makes room
+    received = b"".join(e.data for e in peer.events if isinstance(e, h2.events.DataReceived))
+    assert received == body
+    assert sending.is_set()
+    assert isinstance(peer.events[-1], h2.events.StreamEnded)
+    nursery.cancel_scope.cancel()
+    peer.far.close()
+
+
+async def test_a_send_on_a_memory_stream_waits_for_the_writer(pair) -> None:
+    connection, received = pair
+    connection.client.open_stream(REQUEST, end_stream=True)
+    assert not received  # nothing can be written in place: no socket
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(received) == 1

@@ -355,7 +355,8 @@ class H2Session:
         self._settings_acked = False
         self.requests_seen = 0
         self._raw_out: list[bytes] = []
-        # A plain TCP transport's socket, written to directly for a lone stream (``_send_soon``).
+        # A plain TCP transport's socket: read in place (``_receive``), and written to
+        # directly for a lone stream (``_send_soon``).
         self._socket = transport.socket if type(transport) is trio.SocketStream else None
         self._writing = False  # the writer is inside send_all
         self._unsent = b""  # what a direct write left over: the writer sends it first
@@ -441,7 +442,7 @@ class H2Session:
     async def _read_loop(self) -> None:
         while True:
             try:
-                data = self._received or await self.transport.receive_some(RECEIVE_SIZE)
+                data = self._received or await self._receive()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
             self._received = b""
@@ -464,6 +465,21 @@ class H2Session:
             self._wake_writer()
             if self.dead:
                 return
+
+    async def _receive(self) -> bytes | bytearray:
+        """The peer's next bytes. On plain TCP the socket is read in place once it is
+        readable: trio's ``receive_some`` tries the read first (on a connection taking turns
+        with its peer, nearly always EAGAIN) and yields once more after it succeeds, a
+        syscall and a scheduler round a read on every request's way in and out."""
+        sock = self._socket
+        if sock is None:
+            return await self.transport.receive_some(RECEIVE_SIZE)
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return os.read(sock.fileno(), RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
 
     def _dispatch(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.DataReceived):

@@ -367,3 +367,21 @@ async def test_a_send_on_a_memory_stream_waits_for_the_writer(pair) -> None:
     assert not received  # nothing can be written in place: no socket
     await trio.testing.wait_all_tasks_blocked()
     assert len(received) == 1
+
+
+async def test_a_socket_read_in_place_delivers_the_answer_and_then_the_close(socket_peer) -> None:
+    request = socket_peer.session.open_stream(REQUEST, end_stream=True)
+    socket_peer.read_now()
+    parser = socket_peer.parser
+    parser.initiate_connection()
+    parser.send_headers(request.id, [(b":status", b"200")])
+    parser.send_data(request.id, b"pong", end_stream=True)
+    socket_peer.far.sendall(parser.data_to_send())
+    with trio.fail_after(5):
+        items = await read_all(request)
+    assert [type(item).__name__ for item in items] == ["ResponseHead", "Data", "EndOfStream"]
+    second = socket_peer.session.open_stream(REQUEST, end_stream=True)
+    socket_peer.far.close()
+    with trio.fail_after(5), pytest.raises(StreamReset) as lost:
+        await second.receive()
+    assert lost.value.connection_lost

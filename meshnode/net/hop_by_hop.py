@@ -36,4 +36,4 @@ def keeps(name: bytes, value: bytes, named: frozenset[bytes]) -> bool:
 def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     headers = list(headers)
     named = connection_named(headers)
-    return [(name, value) for name, value in headers if keeps(name, value, named)]
+    return [field for field in headers if keeps(field[0], field[1], named)]

@@ -17,7 +17,9 @@ Huffman-coded, which would cost more CPU than the bytes it saves.
 Credentials (``net/credentials.py``) are never cached, and authorization
 fields and short cookies are written as never-indexed literals (6.2.3), so
 no intermediary keeps them in a table where a compression side channel could
-guess them (h2's own rule).
+guess them (h2's own rule). A field that arrived never-indexed (the decoder
+marks it ``NeverIndexedHeaderTuple``) goes on the same way, uncached, as RFC
+7541 6.2.3 asks of an intermediary.
 
 The first header block starts with a dynamic table size update to 0
 (RFC 7541 4.2), so whatever the peer's SETTINGS_HEADER_TABLE_SIZE says now or
@@ -30,6 +32,7 @@ from collections.abc import Iterable
 from typing import Final
 
 import hpack
+from hpack import NeverIndexedHeaderTuple
 from hpack.hpack import encode_integer
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.table import HeaderTable
@@ -128,8 +131,11 @@ class StaticTableEncoder(hpack.Encoder):
         if self._first_block:
             self._first_block = False
             parts.append(TABLE_SIZE_ZERO)
-        for name, value in headers:
-            field = (name, value)
+        for field in headers:
+            name, value = field
+            if type(field) is NeverIndexedHeaderTuple:  # RFC 7541 6.2.3: passed on as it came
+                parts.append(encode_field(name, value, never_indexed=True))
+                continue
             encoded = cache.get(field)
             if encoded is None:
                 if name in UNIQUE_PER_MESSAGE:

@@ -35,7 +35,8 @@ def forwarded_request_headers(
     request_id = b""
     forwarded_for = b""
     forwarded = b""
-    for name, value in headers:
+    for field in headers:
+        name, value = field
         if name == b"x-forwarded-for":
             forwarded_for = forwarded_for + b", " + value if forwarded_for else value
         elif name == b"forwarded":
@@ -45,7 +46,7 @@ def forwarded_request_headers(
         elif keeps(name, value, named):
             if name == b"x-request-id":
                 request_id = value
-            out.append((name, value))
+            out.append(field)  # as it came: a field the caller sent never-indexed stays so
     if not request_id:
         request_id = new_request_id()
         out.append((b"x-request-id", request_id))

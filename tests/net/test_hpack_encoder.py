@@ -68,6 +68,19 @@ def test_credentials_are_never_indexed_and_never_cached() -> None:
     assert (b"proxy-authorization", b"Basic eA==") not in hpack_encoder._encoded
 
 
+def test_a_field_that_came_never_indexed_goes_on_never_indexed() -> None:
+    encoder = StaticTableEncoder()
+    plain = (b"x-api-key", b"k-1234")
+    encoder.encode([plain])  # its plain encoding is cached now
+    came = hpack.NeverIndexedHeaderTuple(*plain)  # RFC 7541 6.2.3: an intermediary keeps it so
+    decoded = hpack.Decoder().decode(encoder.encode([came, plain]), raw=True)
+    assert [type(field) for field in decoded] == [
+        hpack.NeverIndexedHeaderTuple,
+        hpack.HeaderTuple,
+    ]
+    assert [tuple(field) for field in decoded] == [plain, plain]
+
+
 def test_request_ids_are_sent_as_they_are_and_not_cached() -> None:
     encoder = StaticTableEncoder()
     request_id = b"0f8e2c1a-9b7d-4e3f-8a6b-5c4d3e2f1a0b"

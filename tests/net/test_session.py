@@ -385,3 +385,13 @@ async def test_a_socket_read_in_place_delivers_the_answer_and_then_the_close(soc
     with trio.fail_after(5), pytest.raises(StreamReset) as lost:
         await second.receive()
     assert lost.value.connection_lost
+
+
+async def test_a_field_sent_never_indexed_arrives_marked_so(pair) -> None:
+    connection, received = pair
+    secret = hpack.NeverIndexedHeaderTuple(b"x-api-key", b"k-1")
+    connection.client.open_stream([*REQUEST, secret], end_stream=True)
+    await trio.testing.wait_all_tasks_blocked()
+    (server_stream,) = received
+    assert server_stream.headers is not None
+    assert type(server_stream.headers[-1]) is hpack.NeverIndexedHeaderTuple

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import uuid
 
+import hpack
+
 from meshnode.errors import Timeout
 from meshnode.net.hop_by_hop import strip_hop_by_hop
 from meshnode.proxy.headers import forwarded_request_headers, new_request_id
@@ -88,3 +90,13 @@ def test_request_ids_are_version_4_uuids_and_differ() -> None:
     for text in list(ids)[:50]:
         parsed = uuid.UUID(text.decode())
         assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+
+
+def test_a_field_that_came_never_indexed_is_passed_on_as_it_came() -> None:
+    """RFC 7541 6.2.3: the encoder writes such a field never-indexed again (its own test)."""
+    secret = hpack.NeverIndexedHeaderTuple(b"x-api-key", b"k-1")
+    out, _ = forwarded_request_headers([*REQUEST, secret], b"10.0.0.1")
+    assert [type(field) for field in out if field[0] == b"x-api-key"] == [
+        hpack.NeverIndexedHeaderTuple
+    ]
+    assert type(strip_hop_by_hop([secret])[0]) is hpack.NeverIndexedHeaderTuple

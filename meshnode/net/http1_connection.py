@@ -1,6 +1,10 @@
 """What both ends of an HTTP/1.1 connection share: one writer task that flushes what h11
 produced, senders that wait once ``write_buffer`` bytes are queued, and the window rule
-(received body data counts against ``stream_window`` until the consumer acknowledges it)."""
+(received body data counts against ``stream_window`` until the consumer acknowledges it).
+
+On plain TCP the socket is read in place, and a message's end (with whatever of it is
+still queued) is written by the task that ends it when the writer is idle
+(``net/socket_io.py``): at one request at a time, a scheduler round less each way."""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ import logging
 import h11
 import trio
 
-from meshnode.net.session import CANCEL, Stream, StreamReset, ensure_open
+from meshnode.net.session import CANCEL, RECEIVE_SIZE, Stream, StreamReset, ensure_open
+from meshnode.net.socket_io import InPlace
 from meshnode.net.violations import ConnectionRules
 
 log = logging.getLogger(__name__)
@@ -24,8 +29,13 @@ class H1Connection:
         role: type[h11.CLIENT] | type[h11.SERVER],
         rules: ConnectionRules,
         peer: str,
+        received: bytes = b"",
     ) -> None:
+        """``received``: bytes already read from ``transport`` (to tell the protocol)."""
         self.transport = transport
+        self._received = received
+        self._in_place = InPlace.of(transport)
+        self._writing = False  # the writer is inside send_all
         self.rules = rules
         self.peer = peer
         self._limits = rules.limits
@@ -91,8 +101,13 @@ class H1Connection:
 
     async def _receive(self) -> bytes:
         """The next bytes from the peer; b"" once it closed (or the connection broke)."""
+        if self._received:
+            data, self._received = self._received, b""
+            return data
         try:
-            return bytes(await self.transport.receive_some(65536))
+            if self._in_place is not None:
+                return await self._in_place.receive(RECEIVE_SIZE)
+            return bytes(await self.transport.receive_some(RECEIVE_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return b""
 
@@ -119,7 +134,30 @@ class H1Connection:
             return
         if data:
             self._out += data
+        if type(event) is h11.EndOfMessage:  # often no bytes of its own (a sized body)
+            self._send_soon()
+        elif data:
             self._writer_wakeup.set()
+
+    def _send_soon(self) -> None:
+        """A message's end: what is queued is written here and now if the writer is idle
+        on plain TCP; what the socket does not take now stays queued for the writer."""
+        in_place = self._in_place
+        if not self._out:
+            return
+        if in_place is None or self._writing or self._eof_pending or self.dead:
+            self._writer_wakeup.set()
+            return
+        del self._out[: in_place.send_now(self._out)]
+        if self._out:
+            self._writer_wakeup.set()
+            return
+        self._pulse()
+        self._signal_drained()
+
+    def _signal_drained(self) -> None:
+        self._drained.set()
+        self._drained = trio.Event()
 
     async def _write_loop(self) -> None:
         try:
@@ -127,15 +165,18 @@ class H1Connection:
                 if self._out:
                     chunk = bytes(self._out)
                     self._out.clear()
-                    await self.transport.send_all(chunk)
+                    self._writing = True
+                    try:
+                        await self.transport.send_all(chunk)
+                    finally:
+                        self._writing = False
                     self._pulse()
                     continue
                 if self._eof_pending:
                     self._eof_pending = False
                     if isinstance(self.transport, trio.abc.HalfCloseableStream):
                         await self.transport.send_eof()
-                self._drained.set()
-                self._drained = trio.Event()
+                self._signal_drained()
                 await self._writer_wakeup.wait()
                 self._writer_wakeup = trio.Event()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

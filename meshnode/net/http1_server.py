@@ -61,8 +61,10 @@ class H1ServerSession(H1Connection):
         on_request: Callable[[Stream], None],
         rules: ConnectionRules,
         peer: str = "peer",
+        received: bytes = b"",
     ) -> None:
-        super().__init__(transport, h11.SERVER, rules, peer)
+        """``received``: bytes already read from ``transport`` (to tell the protocol)."""
+        super().__init__(transport, h11.SERVER, rules, peer, received)
         self._on_request = on_request
         self.requests_seen = 0
         self.closing = False  # finish the current request, then close

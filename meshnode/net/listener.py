@@ -26,7 +26,6 @@ import trio
 from meshnode.net.http1 import sniff
 from meshnode.net.http1_server import H1ServerSession
 from meshnode.net.overload import Overload
-from meshnode.net.replay import Replay
 from meshnode.net.session import H2Session, Stream
 from meshnode.net.tls import ALPN, peer_identity
 from meshnode.net.violations import ConnectionRules
@@ -175,10 +174,11 @@ class H2Listener:
                 on_request = partial(_spawn, requests, self._handler, peer)
                 if protocol == "http1":
                     session = H1ServerSession(
-                        Replay(stream, received),
+                        stream,
                         on_request=on_request,
                         rules=self.rules,
                         peer=client_ip.decode(),
+                        received=received,
                     )
                 else:
                     session = H2Session(

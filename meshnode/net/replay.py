@@ -1,10 +1,10 @@
 """A transport whose first bytes were already read, and are given back first.
 
-Both listeners that look before they choose need it: the outbound listener
-reads the first bytes to tell HTTP/1.1 from HTTP/2, and the admin listener
-reads a request head before handing a WebSocket upgrade on. (An HTTP/2
-session is given those bytes directly instead, so that its every read and
-write goes to the transport without this layer.)
+The admin listener reads a request head before handing a WebSocket upgrade
+on. (The outbound listener reads the first bytes to tell HTTP/1.1 from
+HTTP/2 too, but gives them to the session it starts, HTTP/2 or HTTP/1.1, so
+that every read and write of the request path goes to the transport without
+this layer.)
 """
 
 from __future__ import annotations

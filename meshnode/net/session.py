@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections import deque
 from collections.abc import Callable
 from typing import Final, Protocol
@@ -54,6 +53,7 @@ from meshnode.net.framing import (
 from meshnode.net.h2_speedups import Connection
 from meshnode.net.hpack_decoder import HeaderDecoder
 from meshnode.net.hpack_encoder import StaticTableEncoder
+from meshnode.net.socket_io import InPlace
 from meshnode.net.validation import (
     WEBSOCKET,
     Malformed,
@@ -355,9 +355,8 @@ class H2Session:
         self._settings_acked = False
         self.requests_seen = 0
         self._raw_out: list[bytes] = []
-        # A plain TCP transport's socket: read in place (``_receive``), and written to
-        # directly for a lone stream (``_send_soon``).
-        self._socket = transport.socket if type(transport) is trio.SocketStream else None
+        # On plain TCP: read in place, and written to directly for a lone stream.
+        self._in_place = InPlace.of(transport)
         self._writing = False  # the writer is inside send_all
         self._unsent = b""  # what a direct write left over: the writer sends it first
         self._writer_wakeup = trio.Event()
@@ -467,19 +466,9 @@ class H2Session:
                 return
 
     async def _receive(self) -> bytes | bytearray:
-        """The peer's next bytes. On plain TCP the socket is read in place once it is
-        readable: trio's ``receive_some`` tries the read first (on a connection taking turns
-        with its peer, nearly always EAGAIN) and yields once more after it succeeds, a
-        syscall and a scheduler round a read on every request's way in and out."""
-        sock = self._socket
-        if sock is None:
-            return await self.transport.receive_some(RECEIVE_SIZE)
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                return os.read(sock.fileno(), RECEIVE_SIZE)
-            except BlockingIOError:
-                continue
+        if self._in_place is not None:
+            return await self._in_place.receive(RECEIVE_SIZE)
+        return await self.transport.receive_some(RECEIVE_SIZE)
 
     def _dispatch(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.DataReceived):
@@ -643,16 +632,12 @@ class H2Session:
         long body's frames before its last, which it batches too); what the socket does
         not take now is left to the writer, ahead of anything queued later."""
         others = len(self.streams) - (stream.id in self.streams)
-        # A closed socket's descriptor is -1: never a number since given to another socket.
-        fd = -1 if self._socket is None else self._socket.fileno()
-        if fd < 0 or others or self._writing or self._unsent or self.dead:
+        in_place = self._in_place
+        if in_place is None or others or self._writing or self._unsent or self.dead:
             self._wake_writer()
             return
         data = self._take_output()
-        try:
-            sent = os.write(fd, data) if data else 0
-        except OSError:  # full (the writer waits for room) or broken (the writer ends it)
-            sent = 0
+        sent = in_place.send_now(data) if data else 0
         if sent < len(data):
             self._unsent = data[sent:]
             self._wake_writer()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Callable
 
 import h2.config
@@ -25,6 +24,7 @@ from meshnode.net.session import (
 from meshnode.net.violations import ConnectionRules
 from meshnode.policy.models import Limits
 from meshnode.policy.units import Duration
+from tests.support.sockets import read_now, socket_pair
 
 REQUEST = [(b":method", b"POST"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"a")]
 
@@ -276,14 +276,8 @@ class SocketPeer:
     read in place (no task of its own), parsed by h2 as a server would."""
 
     def __init__(self, nursery: trio.Nursery, buffer: int | None = None) -> None:
-        near, self.far = socket.socketpair()
-        if buffer is not None:
-            near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
-            self.far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
-        self.far.setblocking(False)
-        self.session = H2Session(
-            trio.SocketStream(trio.socket.from_stdlib_socket(near)), client_side=True
-        )
+        transport, self.far = socket_pair(buffer)
+        self.session = H2Session(transport, client_side=True)
         self.parser = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding=None)
         )
@@ -298,14 +292,10 @@ class SocketPeer:
 
     def read_now(self) -> int:
         """Read what has arrived, without letting any task run; how many bytes."""
-        total = 0
-        while True:
-            try:
-                data = self.far.recv(65536)
-            except BlockingIOError:
-                return total
-            total += len(data)
+        data = read_now(self.far)
+        if data:
             self.events += self.parser.receive_data(data)
+        return len(data)
 
 
 @pytest.fixture

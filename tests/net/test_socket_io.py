@@ -1,0 +1,86 @@
+"""Plain TCP sockets read and written in place: what leaves at once, and what waits its turn."""
+
+from __future__ import annotations
+
+import functools
+
+import h11
+import trio
+import trio.testing
+
+from meshnode.net.http1_client import H1ClientConnection
+from meshnode.net.socket_io import InPlace
+from meshnode.net.violations import ConnectionRules
+from tests.support.sockets import read_now, socket_pair
+
+GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a")]
+POST = [*GET[1:], (b":method", b"POST"), (b"content-length", b"40000")]
+
+
+def test_only_a_plain_tcp_transport_is_read_in_place() -> None:
+    transport, far = socket_pair()
+    assert InPlace.of(transport) is not None
+    assert InPlace.of(trio.testing.memory_stream_pair()[0]) is None
+    far.close()
+
+
+async def test_a_closed_socket_is_never_written() -> None:
+    transport, far = socket_pair()
+    in_place = InPlace.of(transport)
+    assert in_place is not None
+    await transport.aclose()
+    assert in_place.send_now(b"x") == 0
+    far.close()
+
+
+def h1_client(transport: trio.SocketStream) -> H1ClientConnection:
+    return H1ClientConnection(
+        transport,
+        rules=ConnectionRules("test"),
+        peer="upstream",
+        idle_timeout=60.0,
+        on_idle=lambda connection: None,
+    )
+
+
+async def test_an_http1_request_leaves_when_it_ends_before_any_task_runs(
+    nursery: trio.Nursery,
+) -> None:
+    transport, far = socket_pair()
+    connection = h1_client(transport)
+    nursery.start_soon(connection.run)
+    await trio.testing.wait_all_tasks_blocked()
+    connection.start(GET, end_stream=True)
+    assert read_now(far).startswith(b"GET / HTTP/1.1\r\n")
+    far.close()
+    nursery.cancel_scope.cancel()
+
+
+async def test_an_http1_body_the_socket_cannot_take_follows_in_order(
+    nursery: trio.Nursery,
+) -> None:
+    transport, far = socket_pair(buffer=4096)
+    connection = h1_client(transport)
+    nursery.start_soon(connection.run)
+    await trio.testing.wait_all_tasks_blocked()
+    stream = connection.start(POST, end_stream=False)
+    body = bytes(range(200)) * 200
+    nursery.start_soon(functools.partial(stream.send_data, body, end_stream=True))
+    await trio.testing.wait_all_tasks_blocked()
+    parser = h11.Connection(h11.SERVER)
+    received = b""
+    with trio.fail_after(5):
+        while True:
+            arrived = read_now(far)
+            if arrived:
+                parser.receive_data(arrived)
+            event = parser.next_event()
+            if isinstance(event, h11.Data):
+                received += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif event is h11.NEED_DATA:
+                await trio.sleep(0)  # the writer sends as the far end makes room
+    assert received == body
+    far.close()
+    nursery.cancel_scope.cancel()

@@ -15,7 +15,8 @@ Each change below was found with py-spy on proxied requests and is tested
 - Sending headers, h2 rebuilds the list to turn any text into bytes: a list
   that is all bytes already (meshnode's always is) is used as it is. The flags
   h2 builds for header validation per block depend on the side and the kind
-  of event alone: built once per pair.
+  of event alone: built once per pair. Whether a response is informational
+  is decided by its first field when that is ``:status``, as h2's loop does.
 - h2's ``Settings`` keeps each setting as a deque (the current value, then
   values sent and not yet acknowledged): two ``Settings`` per connection, a
   dozen deques of 760 bytes each, a quarter of an idle connection's memory.
@@ -99,6 +100,16 @@ def bytes_headers(headers: Any) -> Any:
     return _to_bytes(headers)
 
 
+_is_informational = h2.utilities.is_informational_response
+
+
+def informational(headers: Any) -> bool:
+    """``is_informational_response``, without a loop when ``:status`` comes first."""
+    if type(headers) is list and headers and headers[0][0] == b":status":
+        return bool(headers[0][1][:1] == b"1")
+    return _is_informational(headers)
+
+
 _validation_flags: dict[tuple[bool, type], h2.utilities.HeaderValidationFlags] = {}
 _build_validation_flags = h2.stream.H2Stream._build_hdr_validation_flags
 
@@ -156,6 +167,7 @@ class Connection(h2.connection.H2Connection):
 
 h2.connection.repr = frame_name  # type: ignore[attr-defined]
 h2.stream.utf8_encode_headers = bytes_headers  # type: ignore[attr-defined]
+h2.stream.is_informational_response = informational  # type: ignore[attr-defined]
 h2.stream.H2Stream._build_hdr_validation_flags = validation_flags  # type: ignore[method-assign]
 hyperframe.flags.Flags.__init__ = flags_init  # type: ignore[method-assign]
 for _carrier in (hyperframe.frame.HeadersFrame, hyperframe.frame.DataFrame):

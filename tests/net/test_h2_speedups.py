@@ -25,6 +25,7 @@ from meshnode.net.h2_speedups import (
     SettingValues,
     bytes_headers,
     frame_name,
+    informational,
     validation_flags,
 )
 
@@ -222,3 +223,17 @@ def test_validation_flags_are_what_h2_builds_for_every_kind_of_header_block() ->
                 assert built == _h2s_validation_flags(stream, events)
                 seen.append(built)
     assert len({*seen}) > 4  # the kinds differ, and are told apart
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b":status", b":path", b"server", b":method"]),
+            st.sampled_from([b"100", b"103", b"200", b"1", b"", b"404"]),
+        ),
+        max_size=4,
+    )
+)
+def test_informational_is_what_h2_decides(fields: list[tuple[bytes, bytes]]) -> None:
+    assert informational(fields) == h2.utilities.is_informational_response(fields)
+    assert informational(iter(fields)) == h2.utilities.is_informational_response(fields)

@@ -14,7 +14,7 @@ import h11
 import trio
 
 from meshnode.net.session import CANCEL, RECEIVE_SIZE, Stream, StreamReset, ensure_open
-from meshnode.net.socket_io import InPlace
+from meshnode.net.socket_io import TransportIO
 from meshnode.net.violations import ConnectionRules
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,7 @@ class H1Connection:
         """``received``: bytes already read from ``transport`` (to tell the protocol)."""
         self.transport = transport
         self._received = received
-        self._in_place = InPlace.of(transport)
-        self._writing = False  # the writer is inside send_all
+        self._io = TransportIO(transport)
         self.rules = rules
         self.peer = peer
         self._limits = rules.limits
@@ -105,9 +104,7 @@ class H1Connection:
             data, self._received = self._received, b""
             return data
         try:
-            if self._in_place is not None:
-                return await self._in_place.receive(RECEIVE_SIZE)
-            return bytes(await self.transport.receive_some(RECEIVE_SIZE))
+            return await self._io.receive(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return b""
 
@@ -142,13 +139,12 @@ class H1Connection:
     def _send_soon(self) -> None:
         """A message's end: what is queued is written here and now if the writer is idle
         on plain TCP; what the socket does not take now stays queued for the writer."""
-        in_place = self._in_place
         if not self._out:
             return
-        if in_place is None or self._writing or self._eof_pending or self.dead:
+        if not self._io.can_send_now or self._eof_pending or self.dead:
             self._writer_wakeup.set()
             return
-        del self._out[: in_place.send_now(self._out)]
+        del self._out[: self._io.send_now(self._out)]
         if self._out:
             self._writer_wakeup.set()
             return
@@ -165,11 +161,7 @@ class H1Connection:
                 if self._out:
                     chunk = bytes(self._out)
                     self._out.clear()
-                    self._writing = True
-                    try:
-                        await self.transport.send_all(chunk)
-                    finally:
-                        self._writing = False
+                    await self._io.send_all(chunk)
                     self._pulse()
                     continue
                 if self._eof_pending:

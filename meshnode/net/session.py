@@ -53,7 +53,7 @@ from meshnode.net.framing import (
 from meshnode.net.h2_speedups import Connection
 from meshnode.net.hpack_decoder import HeaderDecoder
 from meshnode.net.hpack_encoder import StaticTableEncoder
-from meshnode.net.socket_io import InPlace
+from meshnode.net.socket_io import TransportIO
 from meshnode.net.validation import (
     WEBSOCKET,
     Malformed,
@@ -355,9 +355,7 @@ class H2Session:
         self._settings_acked = False
         self.requests_seen = 0
         self._raw_out: list[bytes] = []
-        # On plain TCP: read in place, and written to directly for a lone stream.
-        self._in_place = InPlace.of(transport)
-        self._writing = False  # the writer is inside send_all
+        self._io = TransportIO(transport)
         self._unsent = b""  # what a direct write left over: the writer sends it first
         self._writer_wakeup = trio.Event()
         self._drained = trio.Event()
@@ -441,14 +439,14 @@ class H2Session:
     async def _read_loop(self) -> None:
         while True:
             try:
-                data = self._received or await self._receive()
+                data = self._received or await self._io.receive(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
             self._received = b""
             if not data:
                 return
             try:
-                passed, goaways = self._gate.feed(bytes(data), trio.current_time())
+                passed, goaways = self._gate.feed(data, trio.current_time())
                 events = self.conn.receive_data(passed) if passed else []
             except FrameError as exc:
                 self._fatal(exc.error_code, exc.kind, str(exc))
@@ -464,11 +462,6 @@ class H2Session:
             self._wake_writer()
             if self.dead:
                 return
-
-    async def _receive(self) -> bytes | bytearray:
-        if self._in_place is not None:
-            return await self._in_place.receive(RECEIVE_SIZE)
-        return await self.transport.receive_some(RECEIVE_SIZE)
 
     def _dispatch(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.DataReceived):
@@ -596,11 +589,7 @@ class H2Session:
                 data = self._take_output()
                 if data:
                     self._queued = 0
-                    self._writing = True
-                    try:
-                        await self.transport.send_all(data)
-                    finally:
-                        self._writing = False
+                    await self._io.send_all(data)
                     self._signal_drained()
                     continue
                 if self.closing and not self.streams:
@@ -632,12 +621,11 @@ class H2Session:
         long body's frames before its last, which it batches too); what the socket does
         not take now is left to the writer, ahead of anything queued later."""
         others = len(self.streams) - (stream.id in self.streams)
-        in_place = self._in_place
-        if in_place is None or others or self._writing or self._unsent or self.dead:
+        if others or not self._io.can_send_now or self._unsent or self.dead:
             self._wake_writer()
             return
         data = self._take_output()
-        sent = in_place.send_now(data) if data else 0
+        sent = self._io.send_now(data) if data else 0
         if sent < len(data):
             self._unsent = data[sent:]
             self._wake_writer()

@@ -1,13 +1,15 @@
-"""A plain TCP socket read and written in place, for the request path's latency.
+"""How a connection's bytes come and go: its transport, read and written in place on
+plain TCP, for the request path's latency.
 
 trio's ``SocketStream.receive_some`` tries the read first (on a connection that
 takes turns with its peer, nearly always EAGAIN), then waits, reads, and
 yields once more; a write goes through the connection's writer task, a
 scheduler round after it was queued. At one request at a time those rounds
-and syscalls are most of what a proxy adds. ``InPlace`` waits until the
-socket is readable and reads it at once, and writes what the socket takes
-now from the task that has the bytes; the connections keep their writer task
-for everything else (batches, a full socket, TLS, which this cannot do).
+and syscalls are most of what a proxy adds. ``TransportIO`` waits until a
+plain TCP socket is readable and reads it at once, and lets the task that has
+the bytes write what the socket takes now, unless the writer's own send is
+under way; anything else (a full socket, TLS, memory streams) goes through
+the transport and the connection's writer task as before.
 """
 
 from __future__ import annotations
@@ -17,32 +19,48 @@ import os
 import trio
 
 
-class InPlace:
-    __slots__ = ("_socket",)
+class TransportIO:
+    __slots__ = ("_sending", "_socket", "transport")
 
-    def __init__(self, socket: trio.socket.SocketType) -> None:
-        self._socket = socket
-
-    @classmethod
-    def of(cls, transport: trio.abc.Stream) -> InPlace | None:
-        """One for a plain TCP transport; None for anything else (TLS, memory streams)."""
-        return cls(transport.socket) if type(transport) is trio.SocketStream else None
+    def __init__(self, transport: trio.abc.Stream) -> None:
+        self.transport = transport
+        self._socket = transport.socket if type(transport) is trio.SocketStream else None
+        self._sending = False  # the writer task is inside send_all
 
     async def receive(self, max_bytes: int) -> bytes:
-        """The next bytes, once the socket is readable (b"" at the peer's end); raises
-        ``OSError`` or ``trio.ClosedResourceError`` as a broken or closed socket does."""
+        """The next bytes (b"" at the peer's end); raises as the transport does when it is
+        broken or closed (``OSError`` for a socket read in place)."""
+        sock = self._socket
+        if sock is None:
+            return bytes(await self.transport.receive_some(max_bytes))
         while True:
-            await trio.lowlevel.wait_readable(self._socket)
+            await trio.lowlevel.wait_readable(sock)
             try:
-                return os.read(self._socket.fileno(), max_bytes)
+                return os.read(sock.fileno(), max_bytes)
             except BlockingIOError:
                 continue
 
+    async def send_all(self, data: bytes | bytearray) -> None:
+        """The writer task's send; nothing is written in place while it is under way."""
+        self._sending = True
+        try:
+            await self.transport.send_all(data)
+        finally:
+            self._sending = False
+
+    @property
+    def can_send_now(self) -> bool:
+        return self._socket is not None and not self._sending
+
     def send_now(self, data: bytes | bytearray) -> int:
-        """How much of ``data`` the socket takes at once: 0 when it is full, closed or broken
-        (the connection's writer, sending the rest, meets the error and ends it). A closed
-        socket's descriptor is -1, never a number since given to another socket."""
-        fd = self._socket.fileno()
+        """How much of ``data`` the socket takes at once, if ``can_send_now``: 0 when it is
+        full, closed or broken (the writer, sending the rest, meets the error and ends the
+        connection). A closed socket's descriptor is -1, never a number since given to
+        another socket."""
+        sock = self._socket
+        if sock is None or self._sending:
+            return 0
+        fd = sock.fileno()
         if fd < 0:
             return 0
         try:

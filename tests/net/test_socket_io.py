@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from meshnode.net.http1_client import H1ClientConnection
-from meshnode.net.socket_io import InPlace
+from meshnode.net.socket_io import TransportIO
 from meshnode.net.violations import ConnectionRules
 from tests.support.sockets import read_now, socket_pair
 
@@ -17,19 +17,40 @@ GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":author
 POST = [*GET[1:], (b":method", b"POST"), (b"content-length", b"40000")]
 
 
-def test_only_a_plain_tcp_transport_is_read_in_place() -> None:
+def test_only_a_plain_tcp_transport_is_written_in_place() -> None:
     transport, far = socket_pair()
-    assert InPlace.of(transport) is not None
-    assert InPlace.of(trio.testing.memory_stream_pair()[0]) is None
+    assert TransportIO(transport).can_send_now
+    memory = TransportIO(trio.testing.memory_stream_pair()[0])
+    assert not memory.can_send_now
+    assert memory.send_now(b"x") == 0
     far.close()
 
 
 async def test_a_closed_socket_is_never_written() -> None:
     transport, far = socket_pair()
-    in_place = InPlace.of(transport)
-    assert in_place is not None
+    io = TransportIO(transport)
     await transport.aclose()
-    assert in_place.send_now(b"x") == 0
+    assert io.send_now(b"x") == 0
+    far.close()
+
+
+async def test_nothing_is_written_in_place_while_the_writers_send_is_under_way(
+    nursery: trio.Nursery,
+) -> None:
+    transport, far = socket_pair(buffer=4096)
+    io = TransportIO(transport)
+    nursery.start_soon(io.send_all, b"w" * 100_000)  # more than the socket takes: it waits
+    await trio.testing.wait_all_tasks_blocked()
+    assert not io.can_send_now
+    assert io.send_now(b"x") == 0
+    received = b""
+    with trio.fail_after(5):
+        while len(received) < 100_000:
+            received += read_now(far)
+            await trio.sleep(0)  # the writer sends as the far end makes room
+    assert received == b"w" * 100_000
+    await trio.testing.wait_all_tasks_blocked()
+    assert io.can_send_now
     far.close()
 
 

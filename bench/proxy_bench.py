@@ -334,8 +334,9 @@ def main() -> None:
         "scenarios": results,
     }
     target = write_report(args.out, "proxy", report)
-    chart(results, target.with_suffix(".png"))
-    print(f"and {target.with_suffix('.png')}")
+    if results:  # not when only memory was measured (--only idle,stalled)
+        chart(results, target.with_suffix(".png"))
+        print(f"and {target.with_suffix('.png')}")
 
 
 def chart(results: dict[str, dict[str, object]], target: Path) -> None:

@@ -4,8 +4,9 @@ One reader task feeds received bytes through the frame gate into h2 and turns
 h2's events into per-stream items; one writer task flushes whatever h2 has
 queued in a single ``send_all`` (so replies to many streams batch naturally).
 The one exception is latency's: a stream alone on an idle plain TCP connection
-writes its last frames itself, at once (``_send_soon``). Nothing
-else touches the transport, and no task is started per stream here: a
+writes its last frames itself, at once (``_send_soon``), and the reader reads
+such a socket in place (``net/socket_io.py``). Nothing else touches the
+transport, and no task is started per stream here: a
 server session hands each new request stream to ``on_request``, a client
 session hands streams to whoever called ``open_stream``.
 
@@ -356,7 +357,7 @@ class H2Session:
         self.requests_seen = 0
         self._raw_out: list[bytes] = []
         self._io = TransportIO(transport)
-        self._unsent = b""  # what a direct write left over: the writer sends it first
+        self._unsent = b""  # what a write in place left over: the writer sends it first
         self._writer_wakeup = trio.Event()
         self._drained = trio.Event()
         self._window_opened = trio.Event()

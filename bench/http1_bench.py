@@ -6,9 +6,11 @@ sides, keep-alive pooled upstream), and through HAProxy configured the same way
 (one thread). The proxies alternate over ``--rounds`` rounds; the round with
 the median CPU per request is kept. Reports req/s, p50/p99 latency (wrk's
 --latency) and the proxy's CPU microseconds per request (from /proc).
+``--before DIR`` adds an earlier checkout's meshnode, alternating with this one.
 
     ./dev bench http1
     ./dev bench http1 --seconds 10 --connections 50
+    git worktree add /tmp/old REV && ./dev bench http1 --before /tmp/old
 """
 
 from __future__ import annotations
@@ -64,6 +66,19 @@ def start_haproxy_http1(work: Path, upstream_port: int) -> tuple[subprocess.Pope
     return run_haproxy(config, port), port
 
 
+def start_http1_meshnode(
+    policies: Path, origin_port: int, source: Path | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A meshnode (``source``: another checkout's) with HTTP/1.1 on both sides."""
+    outbound_port, admin_port = free_port(), free_port()
+    write_policies(policies, outbound_port, admin_port, {})
+    (policies / "web.toml").write_text(
+        f'[upstream]\nname = "web"\ntls = "none"\nprotocol = "http1"\n'
+        f'[discovery]\nendpoints = ["127.0.0.1:{origin_port}"]\n'
+    )
+    return start_meshnode(policies, outbound_port, source=source), outbound_port
+
+
 def wrk(port: int, seconds: int, connections: int) -> dict[str, float]:
     out = subprocess.run(
         [
@@ -106,6 +121,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="a checkout of an earlier commit (git worktree add DIR REV): its meshnode runs as"
+        " 'before', alternating with this one's",
+    )
     args = parser.parse_args()
     seconds = max(1, min(args.seconds, 60))
     for tool in ("wrk", "nginx", "haproxy"):
@@ -113,16 +134,10 @@ def main() -> None:
             raise SystemExit(f"{tool} is missing: ./dev bench installs it")
     work = Path(tempfile.mkdtemp(prefix="meshnode-http1-"))
     origin, origin_port = start_nginx(work)
-    outbound_port, admin_port = free_port(), free_port()
-    write_policies(work / "policies", outbound_port, admin_port, {})
-    (work / "policies" / "web.toml").write_text(
-        f'[upstream]\nname = "web"\ntls = "none"\nprotocol = "http1"\n'
-        f'[discovery]\nendpoints = ["127.0.0.1:{origin_port}"]\n'
-    )
-    proxies = {
-        "meshnode": (start_meshnode(work / "policies", outbound_port), outbound_port),
-        "haproxy": start_haproxy_http1(work, origin_port),
-    }
+    proxies = {"meshnode": start_http1_meshnode(work / "policies", origin_port)}
+    if args.before is not None:
+        proxies["before"] = start_http1_meshnode(work / "before", origin_port, args.before)
+    proxies["haproxy"] = start_haproxy_http1(work, origin_port)
     results: dict[str, dict[str, float]] = {}
     try:
         results["direct"] = wrk(origin_port, seconds, args.connections)

@@ -33,8 +33,7 @@ class H1Connection:
     ) -> None:
         """``received``: bytes already read from ``transport`` (to tell the protocol)."""
         self.transport = transport
-        self._received = received
-        self._io = TransportIO(transport)
+        self._io = TransportIO(transport, received)
         self.rules = rules
         self.peer = peer
         self._limits = rules.limits
@@ -100,9 +99,6 @@ class H1Connection:
 
     async def _receive(self) -> bytes:
         """The next bytes from the peer; b"" once it closed (or the connection broke)."""
-        if self._received:
-            data, self._received = self._received, b""
-            return data
         try:
             return await self._io.receive(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -131,17 +127,15 @@ class H1Connection:
             return
         if data:
             self._out += data
-        if type(event) is h11.EndOfMessage:  # often no bytes of its own (a sized body)
-            self._send_soon()
-        elif data:
-            self._writer_wakeup.set()
+        # The end often has no bytes of its own (a sized body), yet ends what is queued.
+        self._send_queued(ending=type(event) is h11.EndOfMessage)
 
-    def _send_soon(self) -> None:
-        """A message's end: what is queued is written here and now if the writer is idle
-        on plain TCP; what the socket does not take now stays queued for the writer."""
+    def _send_queued(self, *, ending: bool) -> None:
+        """Send what is queued: at a message's end, here and now if the writer is idle on
+        plain TCP; else (and what the socket does not take now) by the writer."""
         if not self._out:
             return
-        if not self._io.can_send_now or self._eof_pending or self.dead:
+        if not ending or not self._io.can_send_now or self._eof_pending or self.dead:
             self._writer_wakeup.set()
             return
         del self._out[: self._io.send_now(self._out)]

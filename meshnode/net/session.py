@@ -4,7 +4,7 @@ One reader task feeds received bytes through the frame gate into h2 and turns
 h2's events into per-stream items; one writer task flushes whatever h2 has
 queued in a single ``send_all`` (so replies to many streams batch naturally).
 The one exception is latency's: a stream alone on an idle plain TCP connection
-writes its last frames itself, at once (``_send_soon``), and the reader reads
+writes its last frames itself, at once (``_send_queued``), and the reader reads
 such a socket in place (``net/socket_io.py``). Nothing else touches the
 transport, and no task is started per stream here: a
 server session hands each new request stream to ``on_request``, a client
@@ -307,7 +307,6 @@ class H2Session:
     ) -> None:
         """``received``: bytes already read from ``transport`` (to tell the protocol)."""
         self.transport = transport
-        self._received = received
         self.client_side = client_side
         self._on_request = on_request
         self.rules = rules if rules is not None else ConnectionRules("upstream")
@@ -356,7 +355,7 @@ class H2Session:
         self._settings_acked = False
         self.requests_seen = 0
         self._raw_out: list[bytes] = []
-        self._io = TransportIO(transport)
+        self._io = TransportIO(transport, received)
         self._unsent = b""  # what a write in place left over: the writer sends it first
         self._writer_wakeup = trio.Event()
         self._drained = trio.Event()
@@ -440,10 +439,9 @@ class H2Session:
     async def _read_loop(self) -> None:
         while True:
             try:
-                data = self._received or await self._io.receive(RECEIVE_SIZE)
+                data = await self._io.receive(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
-            self._received = b""
             if not data:
                 return
             try:
@@ -614,15 +612,15 @@ class H2Session:
         self._drained.set()
         self._drained = trio.Event()
 
-    def _send_soon(self, stream: Stream) -> None:
-        """Send what ``stream`` queued up to its end. Alone on an idle plain TCP connection
-        it is written here and now: at one request at a time, waking the writer instead
-        added a scheduler round (and an epoll wait) to the latency each way. With other
-        streams in flight the writer sends all of theirs in one write, as before (and a
-        long body's frames before its last, which it batches too); what the socket does
-        not take now is left to the writer, ahead of anything queued later."""
+    def _send_queued(self, stream: Stream, *, ending: bool) -> None:
+        """Send what ``stream`` just queued. Its last frames, when it is alone on an idle
+        plain TCP connection, are written here and now: at one request at a time, waking
+        the writer instead added a scheduler round (and an epoll wait) to the latency each
+        way. Anything else is the writer's, which sends a run of frames (a body's before its
+        last, other streams') in one write; what the socket does not take now is left to the
+        writer too, ahead of anything queued later."""
         others = len(self.streams) - (stream.id in self.streams)
-        if others or not self._io.can_send_now or self._unsent or self.dead:
+        if not ending or others or not self._io.can_send_now or self._unsent or self.dead:
             self._wake_writer()
             return
         data = self._take_output()
@@ -728,9 +726,7 @@ class H2Session:
         if end_stream:
             stream.local_closed = True
             self._forget_if_finished(stream)
-            self._send_soon(stream)
-        else:  # a body follows, most often at once: sent with its end, or by the writer
-            self._wake_writer()
+        self._send_queued(stream, ending=end_stream)
 
     async def _send_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
         conn = self.conn
@@ -757,10 +753,7 @@ class H2Session:
             remaining -= size
             self._queued += size
             self._gate.budgets.earn("window_update", WINDOW_UPDATES_PER_DATA_FRAME)
-            if last:
-                self._send_soon(stream)
-            else:  # more follows: the writer sends a run of frames in one write
-                self._wake_writer()
+            self._send_queued(stream, ending=last)
             if self._queued > self._high_water:
                 await self._wait_for(stream, self._drained)
             if remaining == 0:

@@ -20,16 +20,22 @@ import trio
 
 
 class TransportIO:
-    __slots__ = ("_sending", "_socket", "transport")
+    __slots__ = ("_received", "_sending", "_socket", "transport")
 
-    def __init__(self, transport: trio.abc.Stream) -> None:
+    def __init__(self, transport: trio.abc.Stream, received: bytes = b"") -> None:
+        """``received``: bytes already read from ``transport`` (to tell the protocol), which
+        ``receive`` gives first."""
         self.transport = transport
+        self._received = received
         self._socket = transport.socket if type(transport) is trio.SocketStream else None
         self._sending = False  # the writer task is inside send_all
 
     async def receive(self, max_bytes: int) -> bytes:
         """The next bytes (b"" at the peer's end); raises as the transport does when it is
         broken or closed (``OSError`` for a socket read in place)."""
+        if self._received:
+            received, self._received = self._received, b""
+            return received
         sock = self._socket
         if sock is None:
             return bytes(await self.transport.receive_some(max_bytes))

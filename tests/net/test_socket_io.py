@@ -105,3 +105,13 @@ async def test_an_http1_body_the_socket_cannot_take_follows_in_order(
     assert received == body
     far.close()
     nursery.cancel_scope.cancel()
+
+
+async def test_bytes_read_before_come_first_then_the_socket_is_read_in_place() -> None:
+    transport, far = socket_pair()
+    io = TransportIO(transport, b"PRI * HTTP/2.0\r\n")
+    far.sendall(b"the rest")
+    assert await io.receive(65536) == b"PRI * HTTP/2.0\r\n"
+    assert await io.receive(65536) == b"the rest"
+    far.close()
+    assert await io.receive(65536) == b""

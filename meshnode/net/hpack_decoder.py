@@ -34,6 +34,7 @@ from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
 from meshnode.net.credentials import CREDENTIAL_FIELDS
+from meshnode.net.process_cache import ProcessCache
 
 MAX_INTEGER_BYTES: Final = 5  # hpack's limit, prefix byte included: enough for 32 bits
 CACHED_STRINGS: Final = 1024
@@ -43,7 +44,7 @@ _ENTRY_OVERHEAD: Final = 32  # RFC 7541 4.1
 
 
 # Decoded Huffman strings, for every connection of the process (decoding is a pure function).
-_decoded: dict[bytes, bytes] = {}
+_decoded: ProcessCache[bytes, bytes] = ProcessCache(CACHED_STRINGS)
 
 
 class HeaderDecoder(hpack.Decoder):
@@ -136,9 +137,7 @@ class HeaderDecoder(hpack.Decoder):
         if plain is None:
             plain = decode_huffman(string)
             if length <= CACHED_STRING_SIZE:
-                if len(_decoded) >= CACHED_STRINGS:
-                    _decoded.clear()
-                _decoded[string] = plain
+                _decoded.remember(string, plain)
         return plain, after
 
 

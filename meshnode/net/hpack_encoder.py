@@ -38,6 +38,7 @@ from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.table import HeaderTable
 
 from meshnode.net.credentials import CREDENTIAL_FIELDS, must_never_index
+from meshnode.net.process_cache import ProcessCache
 
 Field = tuple[bytes, bytes]
 
@@ -64,7 +65,7 @@ for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
 
 
 # Encoded fields, for every connection of the process: a field's encoding is the same on all.
-_encoded: dict[Field, bytes] = {}
+_encoded: ProcessCache[Field, bytes] = ProcessCache(CACHED_FIELDS)
 
 
 def encode_field(
@@ -146,8 +147,6 @@ class StaticTableEncoder(hpack.Encoder):
                     parts.append(encode_field(name, value, never_indexed=flagged))
                     continue
                 encoded = encode_field(name, value)
-                if len(cache) >= CACHED_FIELDS:
-                    cache.clear()
-                cache[field] = encoded
+                cache.remember(field, encoded)
             parts.append(encoded)
         return b"".join(parts)

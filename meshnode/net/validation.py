@@ -22,6 +22,7 @@ from typing import Literal
 import attrs
 
 from meshnode.net.credentials import CREDENTIAL_FIELDS
+from meshnode.net.process_cache import ProcessCache
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -39,7 +40,7 @@ UnderscoreRule = Literal["reject", "drop", "allow"]
 REMEMBERED_FIELDS = 4096
 # Valid fields that need no rule but their own: a lowercase token name without an
 # underscore, not connection-specific, not te or host, and a clean value.
-_known_valid: set[tuple[bytes, bytes]] = set()
+_known_valid: ProcessCache[tuple[bytes, bytes], None] = ProcessCache(REMEMBERED_FIELDS)
 _NOT_REMEMBERED = frozenset({b"te", b"host"}) | CREDENTIAL_FIELDS
 
 
@@ -142,9 +143,7 @@ def _field_problem(field: tuple[bytes, bytes]) -> str | None:
     if name == b"te" and value != b"trailers":
         return "te other than trailers"
     if name not in _NOT_REMEMBERED and b"_" not in name:
-        if len(_known_valid) >= REMEMBERED_FIELDS:
-            _known_valid.clear()
-        _known_valid.add((name, value))
+        _known_valid.remember(field, None)
     return None
 
 

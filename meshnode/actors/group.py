@@ -251,11 +251,13 @@ class UpstreamGroup:
         self.in_flight += 1
         return endpoint, load
 
-    def usable(self, now: float) -> list[Endpoint]:
+    def usable(self, now: float) -> Sequence[Endpoint]:
         """Healthy and not ejected; all of them in panic (too few usable), as Envoy does."""
         endpoints = self.endpoints.endpoints
         health = self.health
         outliers = self.balancing.outliers
+        if all(health.values()) and (outliers is None or not outliers.any_ejected(now)):
+            return endpoints  # none is down: the common case needs no list
         usable = [
             e
             for e in endpoints
@@ -264,7 +266,7 @@ class UpstreamGroup:
         ]
         threshold = self.policy.balancer.panic_threshold
         if threshold and len(usable) * 100 < len(endpoints) * threshold:
-            return list(endpoints)
+            return endpoints
         return usable
 
     def _choose(
@@ -306,7 +308,6 @@ class UpstreamGroup:
         self.in_flight -= 1
         if self.in_flight == 0:
             self._drained.set()
-            self._drained = trio.Event()
         outliers = self.balancing.outliers
         if outliers is not None:
             ejected_for = outliers.record(
@@ -382,6 +383,8 @@ class UpstreamGroup:
         """Wait until no request of this upstream is in flight; False if ``timeout`` passed."""
         with trio.move_on_after(timeout if timeout > 0 else math.inf):
             while self.in_flight:
+                if self._drained.is_set():  # set by the release that found none in flight
+                    self._drained = trio.Event()
                 await self._drained.wait()
             return True
         return False

@@ -40,9 +40,13 @@ class Duration(float):
         return f"Duration({self})"
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Address:
-    """A host and port, written "host:port" ("[::1]:8080" for IPv6)."""
+    """A host and port, written "host:port" ("[::1]:8080" for IPv6).
+
+    Its hash is cached: an address keys the load, health and ejection tables
+    that every try consults.
+    """
 
     host: str
     port: int

@@ -20,7 +20,7 @@ def access_fields(request: Request) -> dict[str, object]:
         "path": request.path.decode("latin-1"),
         "status": request.stream.status_sent,
         "upstream": group.name if group is not None else None,
-        "endpoint": request.endpoint,
+        "endpoint": str(request.endpoint) if request.endpoint is not None else None,
         "duration_ms": round((trio.current_time() - request.started) * 1000, 3),
         "tries": request.tries,
         "breaker": core.state.value if core is not None else None,

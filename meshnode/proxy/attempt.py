@@ -7,7 +7,9 @@ returns its status); it fails before anything reached the client, raising
 status the ``judge`` refused to relay); or the upstream breaks mid-body, which
 raises ``StreamReset`` (the client's stream is reset, never truncated). The
 per-try timeout bounds the wait for the response head: once a head has been
-relayed a retry is impossible, and the request timeout bounds the rest.
+relayed a retry is impossible, and the request timeout bounds the rest. Both
+are the deadline of one cancel scope, the try's (``scope``): the caller
+decides which one cancelled it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from meshnode.errors import MeshError, Timeout, UpstreamConnectFailure, UpstreamReset
+from meshnode.errors import MeshError, UpstreamConnectFailure, UpstreamReset
 from meshnode.net.hop_by_hop import strip_hop_by_hop
 from meshnode.net.pool import UpstreamPool
 from meshnode.net.session import CANCEL, ResponseHead, Stream, StreamReset
@@ -54,6 +56,7 @@ async def attempt(
     headers: HeaderList,
     body: RequestBody | None,
     client: Stream,
+    scope: trio.CancelScope,
     *,
     per_try: float = math.inf,
     judge: Judge | None = None,
@@ -64,6 +67,9 @@ async def attempt(
     tunnel: Tunnel | None = None,
 ) -> tuple[int, HeaderList]:
     """Send the request to ``endpoint`` and relay the answer; return its status and head.
+
+    ``scope`` is the try's cancel scope, its deadline the request's: until the response
+    head arrives it is moved ``per_try`` seconds ahead of now, when that is sooner.
 
     A request without a body needs no upload task, hence no nursery: that is
     most requests, and a nursery per try is a visible share of their cost.
@@ -76,6 +82,7 @@ async def attempt(
         headers,
         body,
         client,
+        scope,
         per_try,
         judge,
         extra_headers,
@@ -114,6 +121,7 @@ class _Exchange:
         "per_try",
         "pool",
         "protocol",
+        "scope",
         "tap",
         "tunnel",
         "upstream",
@@ -126,6 +134,7 @@ class _Exchange:
         headers: HeaderList,
         body: RequestBody | None,
         client: Stream,
+        scope: trio.CancelScope,
         per_try: float,
         judge: Judge | None,
         extra_headers: Sequence[tuple[bytes, bytes]],
@@ -142,6 +151,7 @@ class _Exchange:
         self.headers = headers
         self.body = body
         self.client = client
+        self.scope = scope
         self.per_try = per_try
         self.judge = judge
         self.extra_headers = extra_headers
@@ -149,15 +159,7 @@ class _Exchange:
         self.upstream: Stream | None = None
 
     async def run(self, nursery: trio.Nursery | None) -> tuple[int, HeaderList]:
-        if self.per_try == math.inf:
-            head = await self._start(nursery)
-        else:
-            with trio.move_on_after(self.per_try) as try_scope:
-                head = await self._start(nursery)
-            if try_scope.cancelled_caught:
-                raise AttemptFailed(
-                    "timeout", Timeout(f"no response head within the per-try {self.per_try:g}s")
-                )
+        head = await self._start_in_time(nursery)
         upstream = self.upstream
         assert upstream is not None
         status = head.status
@@ -172,6 +174,20 @@ class _Exchange:
         elif not no_body:
             await relay_body(upstream, self.client, self.tap)
         return status, head.headers
+
+    async def _start_in_time(self, nursery: trio.Nursery | None) -> ResponseHead:
+        """``_start`` with the scope's deadline moved to the per-try one, and back."""
+        scope = self.scope
+        request_deadline = scope.deadline
+        try_deadline = trio.current_time() + self.per_try
+        if try_deadline >= request_deadline:
+            return await self._start(nursery)
+        scope.deadline = try_deadline
+        head = await self._start(nursery)
+        if scope.cancel_called:  # the deadline passed as the head arrived: too late to relay
+            await trio.lowlevel.checkpoint()  # raises the cancellation, nothing relayed
+        scope.deadline = request_deadline
+        return head
 
     async def _start(self, nursery: trio.Nursery | None) -> ResponseHead:
         try:

@@ -57,7 +57,7 @@ from meshnode.net.session import (
     ensure_open,
 )
 from meshnode.policy.models import ChaosPolicy, FallbackPolicy, Limits, UpstreamPolicy
-from meshnode.policy.units import Duration
+from meshnode.policy.units import Address, Duration
 from meshnode.proxy import fallback
 from meshnode.proxy.attempt import AttemptFailed, attempt
 from meshnode.proxy.body import RequestBody
@@ -117,7 +117,7 @@ class Request:
         self.request_id: bytes | None = None
         self.body: RequestBody | None = None
         self.group: UpstreamGroup | None = None
-        self.endpoint: str | None = None
+        self.endpoint: Address | None = None  # the last try's
         self.tries = 0
         self.tunnel = stream.tunnel  # a WebSocket: bytes both ways once it is up
         self.head_at: float | None = None  # when the response head arrived
@@ -291,20 +291,8 @@ class Proxy:
             limit = policy.timeout.request or math.inf
             if request.tunnel:
                 limit = policy.timeout.tunnel_lifetime
-            # The request timeout's scope is also the one a reset by the caller cancels (the
-            # session cancels ``stream.cancel_scope``): the work stops at once.
-            with trio.move_on_after(limit) as deadline:
-                request.stream.cancel_scope = deadline
-                ensure_open(request.stream, connection_dead=False)
-                status = await self._tries(request, group, policy, extra_headers or [])
-                finished = True
-            if deadline.cancelled_caught and request.stream.error is not None:
-                raise request.stream.error
-            if deadline.cancelled_caught and request.tunnel and request.head_at is not None:
-                raise TunnelLimit(f"open for its tunnel_lifetime of {limit:g}s", group.name)
-            if deadline.cancelled_caught:
-                condition, finished = "timeout", True
-                raise Timeout(f"no complete response within {limit:g}s", group.name)
+            status = await self._tries(request, group, policy, extra_headers or [], limit)
+            finished = True
         except MeshError as error:
             condition = _ERROR_CONDITIONS.get(type(error))
             if isinstance(error, UpstreamFailed):
@@ -336,12 +324,23 @@ class Proxy:
         group: UpstreamGroup,
         policy: UpstreamPolicy,
         extra_headers: HeaderList,
+        limit: float,
     ) -> int:
-        """The retry loop: one try after another until one answers or none may follow."""
+        """The retry loop: one try after another until one answers, none may follow, or
+        the request's ``limit`` (seconds) is up.
+
+        Each try runs in one cancel scope with the request's deadline, which is also the
+        scope a reset by the caller cancels (the session cancels ``stream.cancel_scope``):
+        the work stops at once. ``attempt`` moves that deadline to the per-try one until the
+        response head arrives: one scope a try serves the request timeout, the per-try
+        timeout and the caller's reset (a scope each cost a tenth of a request's CPU).
+        """
         protections = group.protections
+        now = trio.current_time()
+        deadline = now + limit
         budget = protections.retry_budget
         if budget is not None:
-            budget.record_request(trio.current_time())
+            budget.record_request(now)
         per_try = policy.timeout.per_try or math.inf
         tunnel = None
         if request.tunnel:  # the request timeout bounds its opening, the idle limit the rest
@@ -369,56 +368,64 @@ class Proxy:
 
         session = _session_key(request, policy)
         counts = group.stats.tries
+        delay = 0.0
         while True:
-            tries += 1
-            counts["total"] += 1
-            if tries == 2:
-                counts["retried_requests"] += 1
-            endpoint, load = await group.acquire(avoid, request.client_ip, session)
-            request.tries += 1
-            request.endpoint = str(endpoint.address)
-            started = trio.current_time()
-            try_failed = True  # until the try relays an answer that is not a failure
-            try:
-                status, head = await attempt(
-                    self.pool,
-                    endpoint,
-                    request.out_headers,
-                    request.body,
-                    request.stream,
-                    per_try=per_try,
-                    judge=judge,
-                    extra_headers=extra_headers,
-                    tap=capture,
-                    peer=peer,
-                    protocol=policy.upstream.protocol,
-                    tunnel=tunnel,
+            failed: AttemptFailed | None = None
+            with trio.CancelScope(deadline=deadline) as scope:
+                request.stream.cancel_scope = scope
+                ensure_open(request.stream, connection_dead=False)
+                if delay:
+                    await trio.sleep(delay)
+                tries += 1
+                counts["total"] += 1
+                if tries == 2:
+                    counts["retried_requests"] += 1
+                endpoint, load = await group.acquire(avoid, request.client_ip, session)
+                request.tries += 1
+                request.endpoint = endpoint.address
+                started = trio.current_time()
+                try_failed = True  # until the try relays an answer that is not a failure
+                try:
+                    status, head = await attempt(
+                        self.pool,
+                        endpoint,
+                        request.out_headers,
+                        request.body,
+                        request.stream,
+                        scope,
+                        per_try=per_try,
+                        judge=judge,
+                        extra_headers=extra_headers,
+                        tap=capture,
+                        peer=peer,
+                        protocol=policy.upstream.protocol,
+                        tunnel=tunnel,
+                    )
+                    try_failed = status >= 500
+                    if tries > 1 and not try_failed:
+                        counts["recovered"] += 1
+                    if capture is not None and status == 200 and not capture.overflow:
+                        _remember(group.protections, request.path, head, capture)
+                    return status
+                except AttemptFailed as failure:
+                    failed = failure
+                finally:
+                    group.release(load, trio.current_time() - started, failed=try_failed)
+            if failed is None:  # the scope caught its cancellation
+                failed = _cancelled_try(request, group, scope, deadline, limit, per_try)
+            pause = failed.retry_delay
+            if pause is None and not isinstance(failed.error, UpstreamFailed):
+                pause = self._retry_delay(
+                    failed.condition, failed.headers, tries, request, policy, group
                 )
-                try_failed = status >= 500
-                if tries > 1 and not try_failed:
-                    counts["recovered"] += 1
-                if capture is not None and status == 200 and not capture.overflow:
-                    _remember(group.protections, request.path, head, capture)
-                return status
-            except AttemptFailed as failed:
-                delay = failed.retry_delay
-                if delay is None and not isinstance(failed.error, UpstreamFailed):
-                    delay = self._retry_delay(
-                        failed.condition, failed.headers, tries, request, policy, group
-                    )
-                if delay is None:
-                    exhausted = (
-                        policy.retry is not None and failed.condition in policy.retry.retry_on
-                    )
-                    failed.error.retries_exhausted = exhausted
-                    if exhausted:
-                        group.stats.retries["exhausted"] += 1
-                    raise failed.error from None
-                group.stats.retries["retried"] += 1
-                avoid = endpoint.address
-            finally:
-                group.release(load, trio.current_time() - started, failed=try_failed)
-            await trio.sleep(delay)
+            if pause is None:
+                exhausted = policy.retry is not None and failed.condition in policy.retry.retry_on
+                failed.error.retries_exhausted = exhausted
+                if exhausted:
+                    group.stats.retries["exhausted"] += 1
+                raise failed.error from None
+            group.stats.retries["retried"] += 1
+            avoid, delay = endpoint.address, pause
 
     def _retry_delay(
         self,
@@ -589,6 +596,28 @@ def _session_key(request: Request, policy: UpstreamPolicy) -> bytes | None:
                     if stripped.startswith(prefix):
                         return stripped[len(prefix) :]
     return None
+
+
+def _cancelled_try(
+    request: Request,
+    group: UpstreamGroup,
+    scope: trio.CancelScope,
+    deadline: float,
+    limit: float,
+    per_try: float,
+) -> AttemptFailed:
+    """Why a try's scope was cancelled: the caller's reset and the request's deadline end
+    the request (raised); the per-try deadline (the scope's still sooner than the
+    request's) fails the try alone, and a retry may follow."""
+    if request.stream.error is not None:
+        raise request.stream.error
+    if trio.current_time() < deadline and scope.deadline < deadline:
+        return AttemptFailed(
+            "timeout", Timeout(f"no response head within the per-try {per_try:g}s")
+        )
+    if request.tunnel and request.head_at is not None:
+        raise TunnelLimit(f"open for its tunnel_lifetime of {limit:g}s", group.name)
+    raise Timeout(f"no complete response within {limit:g}s", group.name)
 
 
 def _outcome_time(request: Request) -> float:

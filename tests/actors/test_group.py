@@ -124,6 +124,24 @@ async def test_drain_waits_for_requests_in_flight(group: UpstreamGroup, autojump
     assert not await group.drain(5)
 
 
+async def test_concurrent_drains_all_end_with_the_last_request(
+    group: UpstreamGroup, autojump_clock
+) -> None:
+    _, load = await group.acquire()
+    drained = []
+
+    async def drain() -> None:
+        drained.append(await group.drain(10))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain)
+        nursery.start_soon(drain)
+        await trio.testing.wait_all_tasks_blocked()
+        group.release(load, 1.0)
+    assert drained == [True, True]
+    assert trio.current_time() == 0
+
+
 async def test_the_bulkhead_queues_then_refuses(nursery, autojump_clock) -> None:
     balancer = BalancerPolicy(
         max_connections_per_instance=1, max_pending=1, queue_timeout=Duration(2)

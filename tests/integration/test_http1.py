@@ -355,3 +355,48 @@ async def test_the_http1_pool_is_bounded_by_the_bulkhead_and_retires_idle_connec
     await trio.sleep(1.5)  # past the idle timeout: the pooled connections close
     assert (await fetch(node, "users", "/after-idle", "--http1.1"))[0] == 200
     assert len(service.connections) == before + 1  # a new one, the idle ones retired
+
+
+PER_TRY = '[timeout]\nrequest = "5s"\nper_try = "300ms"\n'
+
+
+@pytest.mark.parametrize("protocol", ["h2", "http1"])
+async def test_the_per_try_timeout_bounds_the_wait_for_the_head_not_the_body(
+    tmp_path, running, hypercorn_upstream, protocol
+) -> None:
+    policy = UPSTREAMS[protocol]("api", hypercorn_upstream, extra=PER_TRY)
+    node = await node_for(tmp_path, running, {"api": policy})
+    # The head comes with the first KiB after 150 ms; the last KiB 600 ms in.
+    status, _, body = await fetch(node, "api", "/drip/4/0.15")
+    assert (status, body) == (200, b"d" * 4096)
+
+
+async def test_a_slow_http1_try_is_abandoned_and_retried(tmp_path, running, nursery) -> None:
+    upstream = ScriptedUpstream(
+        lambda n: None if n == 1 else b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nsecond try"
+    )
+    address = await nursery.start(upstream.serve)
+    retry = '[retry]\nretry_on = ["timeout"]\ninitial_delay = "10ms"\n'
+    node = await node_for(
+        tmp_path, running, {"odd": http1_upstream("odd", address, extra=PER_TRY + retry)}
+    )
+    status, _, body = await fetch(node, "odd", "/")
+    assert (status, body) == (200, b"second try")
+    assert (upstream.requests, upstream.connections) == (2, 2)  # the held one was given up
+
+
+@pytest.mark.parametrize(
+    ("timeouts", "detail"),
+    [
+        ('request = "5s"\nper_try = "200ms"', "no response head within the per-try 0.2s"),
+        ('request = "200ms"\nper_try = "5s"', "no complete response within 0.2s"),
+    ],
+)
+async def test_the_sooner_of_the_two_timeouts_answers(
+    tmp_path, running, hypercorn_upstream, timeouts, detail
+) -> None:
+    policy = upstream_toml("api", hypercorn_upstream, extra=f"[timeout]\n{timeouts}\n")
+    node = await node_for(tmp_path, running, {"api": policy})
+    status, headers, body = await fetch(node, "api", "/slow/5")
+    assert (status, headers["x-meshnode-error"]) == (504, "timeout")
+    assert json.loads(body)["detail"] == detail

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import inspect
 
 import h2.config
@@ -237,3 +238,29 @@ def test_validation_flags_are_what_h2_builds_for_every_kind_of_header_block() ->
 def test_informational_is_what_h2_decides(fields: list[tuple[bytes, bytes]]) -> None:
     assert informational(fields) == h2.utilities.is_informational_response(fields)
     assert informational(iter(fields)) == h2.utilities.is_informational_response(fields)
+
+
+def test_h2s_state_machines_find_every_transition_under_identity_hashes() -> None:
+    tables = (h2.connection.H2ConnectionStateMachine._transitions, h2.stream._transitions)
+    for table in tables:
+        for (state, given_input), step in list(table.items()):
+            assert table[(state, given_input)] is step  # a key built anew, as h2 builds it
+    sending = h2.stream.StreamInputs.SEND_HEADERS
+    assert hash(sending) == object.__hash__(sending) != hash(sending.name)
+    machine = h2.stream.H2StreamStateMachine(1)
+    machine.process_input(h2.stream.StreamInputs.SEND_HEADERS)
+    machine.process_input(h2.stream.StreamInputs.SEND_END_STREAM)
+    assert machine.state is h2.stream.StreamState.HALF_CLOSED_LOCAL
+    with pytest.raises(h2.exceptions.ProtocolError):
+        machine.process_input(h2.stream.StreamInputs.SEND_DATA)  # refused as before
+
+
+def test_hash_by_identity_rehashes_a_table_in_place() -> None:
+    class Colour(enum.Enum):
+        RED = 1
+        BLUE = 2
+
+    table = {(Colour.RED, Colour.BLUE): "step"}
+    h2_speedups.hash_by_identity((Colour,), (table,))
+    assert table[(Colour.RED, Colour.BLUE)] == "step"
+    assert hash(Colour.RED) != hash("RED")  # no longer the hash of its name

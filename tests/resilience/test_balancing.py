@@ -150,6 +150,16 @@ def test_max_ejection_percent_but_one_can_always_go() -> None:
     assert detector.ejected("a", 5.0) and not detector.ejected("a", 12.0)
 
 
+def test_any_ejected_holds_until_the_last_ejection_ends() -> None:
+    detector = OutlierDetector(1, 10.0, 60.0, 100.0, random.Random(0))
+    assert not detector.any_ejected(0.0)
+    first = detector.record("a", failed=True, now=0.0, endpoints=2) or 0.0
+    second = detector.record("b", failed=True, now=5.0, endpoints=2) or 0.0
+    assert detector.any_ejected(first + 1) == (first + 1 < 5.0 + second)
+    assert detector.any_ejected(5.0 + second - 0.01)
+    assert not detector.any_ejected(5.0 + second)
+
+
 def test_sessions_stick_expire_and_are_bounded() -> None:
     table = SessionTable(ttl=60, max_sessions=2)
     table.stick(b"alice", "a", now=0)

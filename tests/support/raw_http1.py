@@ -55,9 +55,10 @@ def responses_in(raw: bytes) -> list[tuple[int, dict[bytes, bytes], bytes]]:
 
 class ScriptedUpstream:
     """An HTTP/1.1 upstream that answers each request with ``answer(n)`` (bytes as written),
-    then closes the connection if ``close_after`` says so."""
+    then closes the connection if ``close_after`` says so. An answer of None: the request
+    is never answered, and its connection is held until the client closes it."""
 
-    def __init__(self, answer: Callable[[int], bytes], *, close_after: bool = False) -> None:
+    def __init__(self, answer: Callable[[int], bytes | None], *, close_after: bool = False) -> None:
         self.answer = answer
         self.close_after = close_after
         self.requests = 0
@@ -81,6 +82,11 @@ class ScriptedUpstream:
                     buffered += data
                 _, _, buffered = buffered.partition(b"\r\n\r\n")
                 self.requests += 1
-                await stream.send_all(self.answer(self.requests))
+                answer = self.answer(self.requests)
+                if answer is None:
+                    while await stream.receive_some(65536):
+                        pass
+                    return
+                await stream.send_all(answer)
                 if self.close_after:
                     return

@@ -43,6 +43,7 @@ class OutlierDetector:
         self.max_ejection_percent = max_ejection_percent
         self._rng = rng
         self._records: dict[Hashable, _Record] = {}
+        self._last_ejection_ends = 0.0  # no endpoint is ejected from then on
 
     def record(self, key: Hashable, *, failed: bool, now: float, endpoints: int) -> float | None:
         """Count an outcome; the ejection's length in seconds if this one ejected it."""
@@ -65,7 +66,12 @@ class OutlierDetector:
         duration = min(self.base_ejection_time * record.ejections, self.max_ejection_time)
         duration *= 1 + self._rng.uniform(-JITTER, JITTER)
         record.ejected_until = now + duration
+        self._last_ejection_ends = max(self._last_ejection_ends, record.ejected_until)
         return duration
+
+    def any_ejected(self, now: float) -> bool:
+        """Whether an endpoint may be ejected now (a cheap test every try makes first)."""
+        return now < self._last_ejection_ends
 
     def ejected(self, key: Hashable, now: float) -> bool:
         record = self._records.get(key)

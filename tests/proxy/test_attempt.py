@@ -1,0 +1,97 @@
+"""One try's deadlines, at the instant a real socket cannot arrange.
+
+The integration tests (tests/integration/test_http1.py, test_resilience.py) cover
+per-try and request timeouts end to end. What they cannot place is a response head
+arriving in the same scheduler round as the per-try deadline: here the upstream is a
+stand-in whose ``receive`` moves the mock clock past the deadline and then gives the
+head back, so the try resumes with its head and its scope already cancelled.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.lowlevel
+import trio.testing
+
+from meshnode.net.session import CANCEL, ResponseHead
+from meshnode.policy.models import Endpoint
+from meshnode.policy.units import Address
+from meshnode.proxy.attempt import attempt
+
+
+class LateUpstream:
+    """An upstream stream whose head arrives just as the clock passes ``late_by``."""
+
+    def __init__(self, clock: trio.testing.MockClock, late_by: float) -> None:
+        self.clock = clock
+        self.late_by = late_by
+        self.reset_with: int | None = None
+
+    async def receive(self) -> ResponseHead:
+        self.clock.jump(self.late_by)
+        await trio.lowlevel.cancel_shielded_checkpoint()  # the round that expires the deadline
+        return ResponseHead([(b":status", b"200")])
+
+    def consume_end(self) -> bool:
+        return True
+
+    def reset(self, code: int) -> None:
+        self.reset_with = code
+
+
+class Pool:
+    def __init__(self, upstream: LateUpstream) -> None:
+        self.upstream = upstream
+
+    async def open_stream(self, *args: object, **kwargs: object) -> LateUpstream:
+        return self.upstream
+
+
+class Client:
+    def __init__(self) -> None:
+        self.heads_sent: list[object] = []
+
+    async def send_headers(self, headers: object, end_stream: bool = False) -> None:
+        self.heads_sent.append(headers)
+
+
+async def test_a_head_arriving_as_the_per_try_deadline_passes_is_not_relayed(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    upstream = LateUpstream(mock_clock, late_by=1.0)
+    client = Client()
+    request_deadline = trio.current_time() + 10
+    with trio.CancelScope(deadline=request_deadline) as scope:
+        await attempt(
+            Pool(upstream),  # type: ignore[arg-type]
+            Endpoint(Address("127.0.0.1", 1)),
+            [],
+            None,
+            client,  # type: ignore[arg-type]
+            scope,
+            per_try=0.5,
+        )
+    assert scope.cancelled_caught
+    assert client.heads_sent == []  # a retry may still follow: nothing reached the client
+    assert upstream.reset_with == CANCEL
+    assert scope.deadline < request_deadline  # still the per-try one: read as a try timeout
+
+
+async def test_a_head_in_time_gives_the_body_the_request_deadline(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    upstream = LateUpstream(mock_clock, late_by=0.1)
+    client = Client()
+    request_deadline = trio.current_time() + 10
+    with trio.CancelScope(deadline=request_deadline) as scope:
+        status, _ = await attempt(
+            Pool(upstream),  # type: ignore[arg-type]
+            Endpoint(Address("127.0.0.1", 1)),
+            [],
+            None,
+            client,  # type: ignore[arg-type]
+            scope,
+            per_try=0.5,
+        )
+    assert (status, len(client.heads_sent)) == (200, 1)
+    assert scope.deadline == request_deadline

@@ -7,8 +7,10 @@ Each change below was found with py-spy on proxied requests and is tested
   frame it receives, whatever the logger; that repr formats the flags and
   hexlifies the body (4 % of a proxied request). ``repr`` in h2's connection
   module (its only use there) now names the frame's class and nothing more.
-- Every frame gets a ``Flags`` whose ``__init__`` builds the set of its class's
-  valid flag names anew: that set is built once per frame class here.
+- Every frame gets a ``Flags``, a Python ``MutableSet`` around a set whose
+  ``__init__`` builds the set of its class's valid flag names anew: frames get
+  a ``FrameFlags`` instead, a set (membership tested in C) with the same
+  check on ``add``, its valid names built once per frame class.
 - HEADERS and DATA frames are built through a chain of three ``__init__``\\ s
   passing ``**kwargs`` (frame, padding, priority): one flat ``__init__`` sets
   the same attributes when only the stream and data are given, as h2 does.
@@ -30,6 +32,8 @@ Each change below was found with py-spy on proxied requests and is tested
   themselves, so identity hashing is the same relation at C speed: h2's
   plain enums hash by identity, and the two transition tables are rebuilt
   under the new hashes.
+- ``Configuration`` keeps h2's options as plain attributes (h2 reads them
+  through descriptors) and gives it a logger whose no-op methods are C.
 """
 
 from __future__ import annotations
@@ -53,22 +57,37 @@ def frame_name(frame: object) -> str:
 
 
 _flag_names: dict[int, tuple[object, frozenset[str]]] = {}
-_build_flags = hyperframe.flags.Flags.__init__
 
 
-def flags_init(
-    self: hyperframe.flags.Flags, defined_flags: Iterable[hyperframe.flags.Flag]
-) -> None:
-    """``Flags.__init__``, the valid names kept per frame class's list of defined flags."""
+def _valid_names(defined_flags: Iterable[hyperframe.flags.Flag]) -> frozenset[str]:
+    """The names of a frame class's flags, kept per list (a class's ``defined_flags``)."""
     if type(defined_flags) is not list:
-        _build_flags(self, defined_flags)
-        return
+        return frozenset(flag.name for flag in defined_flags)
     known = _flag_names.get(id(defined_flags))
     if known is None or known[0] is not defined_flags:  # the list held: its id stays its own
         known = (defined_flags, frozenset(flag.name for flag in defined_flags))
         _flag_names[id(defined_flags)] = known
-    self._valid_flags = known[1]  # type: ignore[assignment]
-    self._flags = set()
+    return known[1]
+
+
+class FrameFlags(set[str], hyperframe.flags.Flags):
+    """hyperframe's ``Flags`` on a set: membership (ten tests a request in serializing
+    alone), iteration and size are the set's own methods instead of Python ones passing
+    the call on to a set inside; ``add`` refuses a flag the frame does not define, as
+    ``Flags`` does."""
+
+    def __init__(self, defined_flags: Iterable[hyperframe.flags.Flag]) -> None:
+        set.__init__(self)
+        self._valid_flags = _valid_names(defined_flags)  # type: ignore[assignment]
+
+    def add(self, value: str) -> None:
+        if value not in self._valid_flags:
+            msg = f"Unexpected flag: {value}. Valid flags are: {self._valid_flags}"
+            raise ValueError(msg)
+        set.add(self, value)
+
+    def __repr__(self) -> str:
+        return repr(sorted(self))
 
 
 def flat_init(frame_class: type[hyperframe.frame.Frame]) -> Callable[..., None]:
@@ -79,7 +98,6 @@ def flat_init(frame_class: type[hyperframe.frame.Frame]) -> Callable[..., None]:
     defaults = dict(vars(frame_class(1)))
     for own in ("stream_id", "flags", "data"):
         del defaults[own]
-    flags_class = hyperframe.flags.Flags
 
     def init(self: Any, stream_id: int, data: bytes = b"", **kwargs: Any) -> None:
         if kwargs or not stream_id:
@@ -87,7 +105,7 @@ def flat_init(frame_class: type[hyperframe.frame.Frame]) -> Callable[..., None]:
             return
         self.__dict__.update(defaults)
         self.stream_id = stream_id
-        self.flags = flags_class(self.defined_flags)
+        self.flags = FrameFlags(self.defined_flags)
         self.data = data
 
     return init
@@ -127,6 +145,36 @@ def validation_flags(self: h2.stream.H2Stream, events: Any) -> h2.utilities.Head
     if flags is None:
         flags = _validation_flags[key] = _build_validation_flags(self, events)
     return flags
+
+
+# Takes any arguments and does nothing with them, as h2's ``DummyLogger`` methods do, but
+# in C: a format string without fields ignores what it is given.
+_discard = "".format
+
+
+class Configuration(h2.config.H2Configuration):
+    """``H2Configuration`` whose options are plain attributes once set.
+
+    h2 reads its options through Python descriptors (16 reads a proxied request)
+    and logs through a Python no-op logger (17 calls). Here the options are checked
+    once, by building h2's own configuration with them, then kept as plain
+    attributes (the class attributes below shadow h2's descriptors), and the
+    logger's methods are a C callable that ignores its arguments.
+    """
+
+    client_side = True
+    header_encoding = None
+    validate_outbound_headers = True
+    normalize_outbound_headers = True
+    split_outbound_cookies = False
+    validate_inbound_headers = True
+    normalize_inbound_headers = True
+
+    def __init__(self, **options: Any) -> None:
+        h2.config.H2Configuration(**options)  # raises what h2 raises for a bad option
+        super().__init__(**options)
+        if "logger" not in options:
+            self.logger = types.SimpleNamespace(debug=_discard, trace=_discard)  # type: ignore[assignment]
 
 
 class SettingValues(list[int]):
@@ -195,7 +243,7 @@ h2.connection.repr = frame_name  # type: ignore[attr-defined]
 h2.stream.utf8_encode_headers = bytes_headers  # type: ignore[attr-defined]
 h2.stream.is_informational_response = informational  # type: ignore[attr-defined]
 h2.stream.H2Stream._build_hdr_validation_flags = validation_flags  # type: ignore[method-assign]
-hyperframe.flags.Flags.__init__ = flags_init  # type: ignore[method-assign]
+hyperframe.frame.Flags = FrameFlags  # type: ignore[attr-defined]
 for _carrier in (hyperframe.frame.HeadersFrame, hyperframe.frame.DataFrame):
     _carrier.__init__ = flat_init(_carrier)  # type: ignore[method-assign]
 h2.settings.collections = types.SimpleNamespace(deque=SettingValues)  # type: ignore[attr-defined,assignment]

@@ -36,7 +36,6 @@ from collections.abc import Callable
 from typing import Final, Protocol
 
 import attrs
-import h2.config
 import h2.errors
 import h2.events
 import h2.exceptions
@@ -51,7 +50,7 @@ from meshnode.net.framing import (
     GoAwayReceived,
     goaway_frame,
 )
-from meshnode.net.h2_speedups import Connection
+from meshnode.net.h2_speedups import Configuration, Connection
 from meshnode.net.hpack_decoder import HeaderDecoder
 from meshnode.net.hpack_encoder import StaticTableEncoder
 from meshnode.net.socket_io import TransportIO
@@ -314,7 +313,7 @@ class H2Session:
         limits = self._limits = self.rules.limits
         self.streams: dict[int, Stream] = {}
         self.conn = Connection(
-            h2.config.H2Configuration(
+            Configuration(
                 client_side=client_side,
                 header_encoding=None,
                 # Everything sent was either validated when it arrived from a peer or made

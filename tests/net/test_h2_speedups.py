@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 
 from meshnode.net import h2_speedups
 from meshnode.net.h2_speedups import (
+    Configuration,
     Connection,
+    FrameFlags,
     SettingValues,
     bytes_headers,
     frame_name,
@@ -77,7 +79,15 @@ def test_flags_accept_and_refuse_as_before() -> None:
     other.flags.add("PADDED")
     with pytest.raises(ValueError, match="Unexpected flag: PRIORITY"):
         other.flags.add("PRIORITY")  # valid for HEADERS, not for DATA
-    assert hyperframe.flags.Flags(iter([hyperframe.flags.Flag("ACK", 1)]))._valid_flags == {"ACK"}
+    assert FrameFlags(iter([hyperframe.flags.Flag("ACK", 1)]))._valid_flags == {"ACK"}
+    parsed, _ = hyperframe.frame.Frame.parse_frame_header(memoryview(frame.serialize()[:9]))
+    assert type(parsed.flags) is FrameFlags and isinstance(parsed.flags, hyperframe.flags.Flags)
+    assert parsed.flags == {"END_STREAM", "END_HEADERS"} and len(parsed.flags) == 2
+    parsed.flags.discard("END_STREAM")
+    assert repr(parsed.flags) == "['END_HEADERS']"
+    every_bit = memoryview(b"\x00\x00\x00\x01\xff\x00\x00\x00\x01")  # HEADERS, all flags
+    parsed, _ = hyperframe.frame.Frame.parse_frame_header(every_bit)
+    assert parsed.flags == {"END_STREAM", "END_HEADERS", "PADDED", "PRIORITY"}  # others ignored
 
 
 def test_settings_wait_for_their_acknowledgement_as_before() -> None:
@@ -264,3 +274,22 @@ def test_hash_by_identity_rehashes_a_table_in_place() -> None:
     h2_speedups.hash_by_identity((Colour,), (table,))
     assert table[(Colour.RED, Colour.BLUE)] == "step"
     assert hash(Colour.RED) != hash("RED")  # no longer the hash of its name
+
+
+def test_a_configuration_holds_what_h2s_would_as_plain_attributes() -> None:
+    options = {
+        "client_side": False,
+        "header_encoding": None,
+        "validate_outbound_headers": False,
+        "normalize_outbound_headers": False,
+        "validate_inbound_headers": False,
+    }
+    ours, theirs = Configuration(**options), h2.config.H2Configuration(**options)
+    names = [*options, "split_outbound_cookies", "normalize_inbound_headers"]
+    assert [getattr(ours, n) for n in names] == [getattr(theirs, n) for n in names]
+    assert set(names) <= set(vars(ours))  # read without a descriptor
+    assert ours.logger.debug("Stream ID %d created", 1) == ""  # h2's calls are taken, unused
+    with pytest.raises(ValueError, match="client_side must be a bool"):
+        Configuration(client_side=1)
+    with pytest.raises(ValueError, match="header_encoding cannot be True"):
+        Configuration(header_encoding=True)

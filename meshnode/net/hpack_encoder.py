@@ -66,6 +66,9 @@ for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
 
 # Encoded fields, for every connection of the process: a field's encoding is the same on all.
 _encoded: ProcessCache[Field, bytes] = ProcessCache(CACHED_FIELDS)
+# Encoded names outside the static table, for the fields not cached whole (a request id's
+# name is the same on every request, its value never).
+_encoded_names: ProcessCache[bytes, bytes] = ProcessCache(CACHED_FIELDS)
 
 
 def encode_field(
@@ -80,7 +83,11 @@ def encode_field(
     name_index = _static_names.get(name)
     coded_value = _string(value) if huffman_value else _prefixed(0x00, len(value), 7) + value
     if name_index is None:
-        return bytes([flag]) + _string(name) + coded_value
+        coded_name = _encoded_names.get(name)
+        if coded_name is None:
+            coded_name = _string(name)
+            _encoded_names.remember(name, coded_name)
+        return bytes([flag]) + coded_name + coded_value
     return _prefixed(flag, name_index, 4) + coded_value
 
 

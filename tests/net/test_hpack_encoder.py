@@ -88,6 +88,9 @@ def test_request_ids_are_sent_as_they_are_and_not_cached() -> None:
     assert block.endswith(bytes([len(request_id)]) + request_id)  # no Huffman coding
     assert hpack.Decoder().decode(block, raw=True) == [(b"x-request-id", request_id)]
     assert (b"x-request-id", request_id) not in hpack_encoder._encoded
+    assert hpack_encoder._encoded_names[b"x-request-id"] == block[2 : -len(request_id) - 1]
+    again = encoder.encode([(b"x-request-id", b"another")])  # the name's coding reused
+    assert hpack.Decoder().decode(again, raw=True) == [(b"x-request-id", b"another")]
 
 
 def test_the_cache_stays_bounded() -> None:

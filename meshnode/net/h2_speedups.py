@@ -36,6 +36,7 @@ Each change below was found with py-spy on proxied requests and is tested
   built from the flags it has (none to three) rather than by testing each
   flag its class defines; h2 joins the frames it sends from a list, and checks
   their sizes with one comparison.
+- h2's ``AllowedStreamIDs(bool)`` (an enum call) is a dict lookup.
 - ``Configuration`` keeps h2's options as plain attributes (h2 reads them
   through descriptors) and gives it a logger whose no-op methods are C.
 """
@@ -265,6 +266,16 @@ class Connection(h2.connection.H2Connection):
             self._closed_streams[stream_id] = stream.closed_by
 
 
+class StreamIdParity:
+    """Stands in for h2's ``AllowedStreamIDs`` in its connection module: h2 calls the enum
+    with a bool twice a request (an enum call runs three Python functions); here the call
+    is a dict lookup, and the members are the enum's own."""
+
+    EVEN = h2.connection.AllowedStreamIDs.EVEN
+    ODD = h2.connection.AllowedStreamIDs.ODD
+    __call__ = staticmethod({False: EVEN, True: ODD}.__getitem__)  # 0 and 1 are the same keys
+
+
 def hash_by_identity(enums: Iterable[type], tables: Iterable[dict[Any, Any]]) -> None:
     """Give ``enums`` identity hashing, then rehash ``tables`` (keyed by their members) in
     place, so that lookups made from now on find every key."""
@@ -289,6 +300,7 @@ h2.connection.repr = frame_name  # type: ignore[attr-defined]
 h2.stream.utf8_encode_headers = bytes_headers  # type: ignore[attr-defined]
 h2.stream.is_informational_response = informational  # type: ignore[attr-defined]
 h2.stream.H2Stream._build_hdr_validation_flags = validation_flags  # type: ignore[method-assign]
+h2.connection.AllowedStreamIDs = StreamIdParity()  # type: ignore[misc,assignment]
 hyperframe.frame.Flags = FrameFlags  # type: ignore[attr-defined]
 hyperframe.frame.Frame.parse_flags = parse_flags  # type: ignore[method-assign]
 hyperframe.frame.Frame.serialize = serialize  # type: ignore[method-assign]

@@ -41,6 +41,10 @@ CACHED_STRINGS: Final = 1024
 CACHED_STRING_SIZE: Final = 256  # longer Huffman strings are decoded every time
 _STATIC: Final = HeaderTable.STATIC_TABLE
 _ENTRY_OVERHEAD: Final = 32  # RFC 7541 4.1
+# hpack's field classes build through a Python ``__new__``; tuple's is the same, in C. The
+# static table's fields are built once: a field is an immutable tuple, safe to share.
+_new = tuple.__new__
+_STATIC_FIELDS: Final = [_new(HeaderTuple, entry) for entry in _STATIC]
 
 
 # Decoded Huffman strings, for every connection of the process (decoding is a pure function).
@@ -69,12 +73,11 @@ class HeaderDecoder(hpack.Decoder):
                 else:
                     position += 1
                 if 0 < index <= len(_STATIC):
-                    name, value = _STATIC[index - 1]
+                    header = _STATIC_FIELDS[index - 1]
                 elif 0 < index - len(_STATIC) <= len(dynamic):
-                    name, value = dynamic[index - len(_STATIC) - 1]
+                    header = _new(HeaderTuple, dynamic[index - len(_STATIC) - 1])
                 else:
                     raise InvalidTableIndex(f"Invalid table index {index}")
-                header = HeaderTuple(name, value)
             elif first & 0x40:  # 6.2.1: literal, added to the table
                 header, position = self._literal(data, position, 6, never_indexed=False)
                 table.add(header[0], header[1])
@@ -108,7 +111,7 @@ class HeaderDecoder(hpack.Decoder):
             name, position = self._string(data, position)
         value, position = self._string(data, position, cache=name not in CREDENTIAL_FIELDS)
         kind = NeverIndexedHeaderTuple if never_indexed else HeaderTuple
-        return kind(name, value), position
+        return _new(kind, (name, value)), position
 
     def _name_at(self, index: int) -> bytes:
         if index <= len(_STATIC):

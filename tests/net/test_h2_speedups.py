@@ -327,3 +327,12 @@ def test_h2_sends_the_frames_it_prepares_in_order() -> None:
         kinds.append((type(frame).__name__, length <= 16384))
         wire = wire[9 + length :]
     assert kinds == [("HeadersFrame", True), ("ContinuationFrame", True)]
+
+
+def test_stream_id_parity_gives_h2s_own_members() -> None:
+    enum_class = type(h2.connection.AllowedStreamIDs.ODD)
+    parity = h2.connection.AllowedStreamIDs
+    assert isinstance(parity, h2_speedups.StreamIdParity)
+    for value in (True, False, 1, 0):
+        assert parity(value) is enum_class(value)
+    assert (parity.EVEN, parity.ODD) == (enum_class.EVEN, enum_class.ODD)

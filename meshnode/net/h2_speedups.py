@@ -94,6 +94,13 @@ class FrameFlags(set[str], hyperframe.flags.Flags):
     def __repr__(self) -> str:
         return repr(sorted(self))
 
+    @classmethod
+    def empty(cls, valid: frozenset[str]) -> FrameFlags:
+        """No flags yet, of a class whose valid names are known (no ``__init__`` to run)."""
+        flags = set.__new__(cls)
+        flags._valid_flags = valid  # type: ignore[assignment]
+        return flags
+
 
 def flat_init(frame_class: type[hyperframe.frame.Frame]) -> Callable[..., None]:
     """An ``__init__`` for a frame class that carries data (HEADERS, DATA) setting what its
@@ -103,6 +110,8 @@ def flat_init(frame_class: type[hyperframe.frame.Frame]) -> Callable[..., None]:
     defaults = dict(vars(frame_class(1)))
     for own in ("stream_id", "flags", "data"):
         del defaults[own]
+    valid = _valid_names(frame_class.defined_flags)
+    empty_flags = FrameFlags.empty
 
     def init(self: Any, stream_id: int, data: bytes = b"", **kwargs: Any) -> None:
         if kwargs or not stream_id:
@@ -110,7 +119,7 @@ def flat_init(frame_class: type[hyperframe.frame.Frame]) -> Callable[..., None]:
             return
         self.__dict__.update(defaults)
         self.stream_id = stream_id
-        self.flags = FrameFlags(self.defined_flags)
+        self.flags = empty_flags(valid)
         self.data = data
 
     return init

@@ -17,6 +17,12 @@ HOP_BY_HOP = frozenset(
 )
 
 
+def any_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a field is hop-by-hop (``Connection``, which names others, is one): HTTP/2
+    peers send none, so most header lists are passed whole after this one set test."""
+    return not HOP_BY_HOP.isdisjoint([field[0] for field in headers])
+
+
 def connection_named(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """The fields ``Connection`` names: hop-by-hop too."""
     named: set[bytes] = set()
@@ -35,5 +41,7 @@ def keeps(name: bytes, value: bytes, named: frozenset[bytes]) -> bool:
 
 def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     headers = list(headers)
+    if not any_hop_by_hop(headers):
+        return headers
     named = connection_named(headers)
     return [field for field in headers if keeps(field[0], field[1], named)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from meshnode.net.hop_by_hop import connection_named, keeps
+from meshnode.net.hop_by_hop import any_hop_by_hop, connection_named, keeps
 
 HeaderList = list[tuple[bytes, bytes]]
 
@@ -30,7 +30,7 @@ def forwarded_request_headers(
     ``x-meshnode-peer-identity`` is never taken from the caller: it is dropped,
     and set to ``peer_identity`` (verified by mTLS) when there is one.
     """
-    named = connection_named(headers)
+    named = connection_named(headers) if any_hop_by_hop(headers) else None
     out: HeaderList = []
     request_id = b""
     forwarded_for = b""
@@ -43,7 +43,7 @@ def forwarded_request_headers(
             forwarded = forwarded + b", " + value if forwarded else value
         elif name.startswith(b"x-meshnode-"):
             continue  # fault requests are for this node; the peer identity is never the caller's
-        elif keeps(name, value, named):
+        elif named is None or keeps(name, value, named):
             if name == b"x-request-id":
                 request_id = value
             out.append(field)  # as it came: a field the caller sent never-indexed stays so

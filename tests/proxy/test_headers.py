@@ -3,9 +3,11 @@ from __future__ import annotations
 import uuid
 
 import hpack
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshnode.errors import Timeout
-from meshnode.net.hop_by_hop import strip_hop_by_hop
+from meshnode.net.hop_by_hop import HOP_BY_HOP, connection_named, keeps, strip_hop_by_hop
 from meshnode.proxy.headers import forwarded_request_headers, new_request_id
 
 REQUEST = [(b":method", b"GET"), (b":path", b"/"), (b":authority", b"api")]
@@ -23,6 +25,23 @@ def test_hop_by_hop_headers_and_those_connection_names_are_removed() -> None:
         (b"x-kept", b"yes"),
     ]
     assert strip_hop_by_hop(headers) == [(b"x-kept", b"yes")]
+
+
+_names = st.sampled_from([*HOP_BY_HOP, b"x-secret", b"x-kept", b":path", b"cookie"])
+_values = st.sampled_from([b"trailers", b"x-secret", b"close, X-Secret", b"1"])
+
+
+@given(st.lists(st.tuples(_names, _values), max_size=8))
+def test_stripping_applies_the_rule_to_every_field(headers: list[tuple[bytes, bytes]]) -> None:
+    named = connection_named(headers)
+    assert strip_hop_by_hop(headers) == [f for f in headers if keeps(f[0], f[1], named)]
+    assert strip_hop_by_hop(headers) is not headers  # a list of its own, even when all stay
+    forwarded, _ = forwarded_request_headers(headers, b"10.0.0.1")
+    assert [f for f in forwarded if f in headers] == [
+        f
+        for f in headers
+        if keeps(f[0], f[1], named) and f[0] not in (b"x-forwarded-for", b"forwarded")
+    ]
 
 
 def test_te_trailers_is_kept() -> None:

@@ -40,6 +40,7 @@ from meshnode.actors.stats import UpstreamStats
 from meshnode.actors.supervisor import RestartPolicy, Supervisor
 from meshnode.errors import BulkheadFull, NoHealthyEndpoints
 from meshnode.events import EndpointHealthChanged, EventBus
+from meshnode.net.pulse import Pulse
 from meshnode.policy.models import Endpoint, UpstreamPolicy
 from meshnode.policy.units import Address
 from meshnode.resilience.core.balancing import PeakEWMA, Strategy, make_strategy
@@ -153,8 +154,8 @@ class UpstreamGroup:
         self.in_flight = 0
         self.pending = 0
         self.stats = UpstreamStats()
-        self._drained = trio.Event()
-        self._slot_freed = trio.Event()
+        self._drained = Pulse()  # the last request in flight ended
+        self._slot_freed = Pulse()  # a request ended: a bulkhead slot may be free
         self._first_snapshot = trio.Event()
         self._cancel_scope = trio.CancelScope()
         self.balancer = Balancer(self)
@@ -203,7 +204,7 @@ class UpstreamGroup:
             if endpoint.address not in self.load:
                 self.load[endpoint.address] = EndpointLoad(endpoint.address)
         self._first_snapshot.set()
-        self._pulse_slot()
+        self._slot_freed.fire()
 
     # -- the request path: endpoints and the bulkhead ----------------------------
 
@@ -307,7 +308,7 @@ class UpstreamGroup:
         load.latency.observe(latency, now, failed=failed)
         self.in_flight -= 1
         if self.in_flight == 0:
-            self._drained.set()
+            self._drained.fire()
         outliers = self.balancing.outliers
         if outliers is not None:
             ejected_for = outliers.record(
@@ -320,7 +321,7 @@ class UpstreamGroup:
                     "ejected",
                     f"{ejected_for:.0f}s after repeated failures",
                 )
-        self._pulse_slot()
+        self._slot_freed.fire()
 
     def set_health(self, address: Address, healthy: bool, reason: str) -> None:
         """From the health prober: an endpoint passed its threshold one way or the other."""
@@ -333,7 +334,7 @@ class UpstreamGroup:
             "healthy" if healthy else "unhealthy",
             reason,
         )
-        self._pulse_slot()
+        self._slot_freed.fire()
 
     def endpoint_states(self) -> dict[str, int]:
         """How many endpoints are healthy, unhealthy (active checks) and ejected (outliers)."""
@@ -363,11 +364,6 @@ class UpstreamGroup:
             )
         )
 
-    def _pulse_slot(self) -> None:
-        if self.pending:
-            self._slot_freed.set()
-            self._slot_freed = trio.Event()
-
     # -- reload and operations -----------------------------------------------
 
     async def update_policy(self, policy: UpstreamPolicy) -> None:
@@ -377,14 +373,12 @@ class UpstreamGroup:
         change = PolicyChanged(policy)
         for actor in self.actors:
             await actor.inbox_send.send(change)
-        self._pulse_slot()  # a larger bulkhead may free waiting requests
+        self._slot_freed.fire()  # a larger bulkhead may free waiting requests
 
     async def drain(self, timeout: float) -> bool:
         """Wait until no request of this upstream is in flight; False if ``timeout`` passed."""
         with trio.move_on_after(timeout if timeout > 0 else math.inf):
             while self.in_flight:
-                if self._drained.is_set():  # set by the release that found none in flight
-                    self._drained = trio.Event()
                 await self._drained.wait()
             return True
         return False

@@ -13,6 +13,7 @@ import logging
 import h11
 import trio
 
+from meshnode.net.pulse import Pulse
 from meshnode.net.session import CANCEL, RECEIVE_SIZE, Stream, StreamReset, ensure_open
 from meshnode.net.socket_io import TransportIO
 from meshnode.net.violations import ConnectionRules
@@ -50,8 +51,8 @@ class H1Connection:
         self._eof_pending = False  # a tunnel's side has ended: half-close once all is sent
         self._out = bytearray()
         self._writer_wakeup = trio.Event()
-        self._drained = trio.Event()
-        self._progress = trio.Event()  # bytes went out, or window was handed back
+        self._drained = Pulse()  # the writer sent what was queued
+        self._progress = Pulse()  # bytes went out, or window was handed back
 
     # -- the StreamCarrier methods both sides implement alike --------------
 
@@ -143,11 +144,7 @@ class H1Connection:
             self._writer_wakeup.set()
             return
         self._pulse()
-        self._signal_drained()
-
-    def _signal_drained(self) -> None:
-        self._drained.set()
-        self._drained = trio.Event()
+        self._drained.fire()
 
     async def _write_loop(self) -> None:
         try:
@@ -162,13 +159,13 @@ class H1Connection:
                     self._eof_pending = False
                     if isinstance(self.transport, trio.abc.HalfCloseableStream):
                         await self.transport.send_eof()
-                self._signal_drained()
+                self._drained.fire()
                 await self._writer_wakeup.wait()
                 self._writer_wakeup = trio.Event()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self.dead = True
             self._connection_lost()
-            self._drained.set()
+            self._drained.fire()
 
     async def _flush(self) -> None:
         with trio.move_on_after(FLUSH_GRACE):
@@ -187,14 +184,13 @@ class H1Connection:
     def _check_open(self, stream: Stream) -> None:
         ensure_open(stream, connection_dead=self.dead)
 
-    async def _wait(self, stream: Stream, event: trio.Event | None) -> None:
-        """Wait for ``event`` (or any progress), on the stream's idle clock."""
+    async def _wait(self, stream: Stream, pulse: Pulse | None) -> None:
+        """Wait for ``pulse`` (or any progress), on the stream's idle clock."""
         stream.waiting_since = trio.current_time()
         try:
-            await (event if event is not None else self._progress).wait()
+            await (pulse if pulse is not None else self._progress).wait()
         finally:
             stream.waiting_since = None
 
     def _pulse(self) -> None:
-        self._progress.set()
-        self._progress = trio.Event()
+        self._progress.fire()

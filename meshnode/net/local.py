@@ -21,6 +21,7 @@ from typing import Final
 
 import trio
 
+from meshnode.net.pulse import Pulse
 from meshnode.net.session import (
     CANCEL,
     END_OF_STREAM,
@@ -65,7 +66,7 @@ class LocalExchange:
             self.server.malformed = checked
         self.client.headers_sent = True
         self._window = window
-        self._window_opened = trio.Event()
+        self._window_opened = Pulse()
         # Set by whoever serves the request once done with it (its figures recorded): the
         # answer reaches the caller a moment before that.
         self.served = trio.Event()
@@ -94,10 +95,9 @@ class LocalExchange:
             _check_open(stream)
             if not data or receiver.owed < self._window:
                 break
-            opened = self._window_opened
             stream.waiting_since = trio.current_time()
             try:
-                await opened.wait()
+                await self._window_opened.wait()
             finally:
                 stream.waiting_since = None
         if data:
@@ -137,8 +137,7 @@ class LocalExchange:
         """Nothing to do: the other end sends without being asked."""
 
     def _pulse(self) -> None:
-        self._window_opened.set()
-        self._window_opened = trio.Event()
+        self._window_opened.fire()
 
 
 def _check_open(stream: Stream) -> None:

@@ -53,6 +53,7 @@ from meshnode.net.framing import (
 from meshnode.net.h2_speedups import Configuration, Connection
 from meshnode.net.hpack_decoder import HeaderDecoder
 from meshnode.net.hpack_encoder import StaticTableEncoder
+from meshnode.net.pulse import Pulse
 from meshnode.net.socket_io import TransportIO
 from meshnode.net.validation import (
     WEBSOCKET,
@@ -357,8 +358,8 @@ class H2Session:
         self._io = TransportIO(transport, received)
         self._unsent = b""  # what a write in place left over: the writer sends it first
         self._writer_wakeup = trio.Event()
-        self._drained = trio.Event()
-        self._window_opened = trio.Event()
+        self._drained = Pulse()  # the writer sent what was queued
+        self._window_opened = Pulse()  # the peer gave window, or a stream ended
         self._queued = 0
         self._peer_settings_seen = False
         self.goaway_received: GoAwayReceived | None = None
@@ -489,10 +490,10 @@ class H2Session:
                 refused = event.error_code == REFUSED_STREAM
                 self._forget(stream, StreamReset(stream, int(event.error_code), refused=refused))
         elif isinstance(event, h2.events.WindowUpdated):
-            self._pulse_window()
+            self._window_opened.fire()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._peer_settings_seen = True
-            self._pulse_window()
+            self._window_opened.fire()
         elif isinstance(event, h2.events.SettingsAcknowledged):
             self._settings_acked = True
 
@@ -588,7 +589,7 @@ class H2Session:
                 if data:
                     self._queued = 0
                     await self._io.send_all(data)
-                    self._signal_drained()
+                    self._drained.fire()
                     continue
                 if self.closing and not self.streams:
                     break
@@ -606,10 +607,6 @@ class H2Session:
             data += b"".join(self._raw_out)
             self._raw_out.clear()
         return data
-
-    def _signal_drained(self) -> None:
-        self._drained.set()
-        self._drained = trio.Event()
 
     def _send_queued(self, stream: Stream, *, ending: bool) -> None:
         """Send what ``stream`` just queued. Its last frames, when it is alone on an idle
@@ -629,13 +626,13 @@ class H2Session:
             self._wake_writer()
         elif data:
             self._queued = 0
-            self._signal_drained()
+            self._drained.fire()
 
-    async def _wait_for(self, stream: Stream, event: trio.Event) -> None:
+    async def _wait_for(self, stream: Stream, pulse: Pulse) -> None:
         """Wait on the peer (window, or the socket draining), on the stream's idle clock."""
         stream.waiting_since = trio.current_time()
         try:
-            await event.wait()
+            await pulse.wait()
         finally:
             stream.waiting_since = None
 
@@ -707,10 +704,6 @@ class H2Session:
         writer for nothing cost a scheduler round per read."""
         if self._unsent or self._raw_out or self.conn.has_output or self.closing:
             self._writer_wakeup.set()
-
-    def _pulse_window(self) -> None:
-        self._window_opened.set()
-        self._window_opened = trio.Event()
 
     def _send_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
         self._check_open(stream)
@@ -804,7 +797,7 @@ class H2Session:
                 self._wake_writer()
             self.conn.release(stream.id)
             self.last_active = trio.current_time()
-            self._pulse_window()  # wake its senders so they see the reset
+            self._window_opened.fire()  # wake its senders so they see the reset
             self._finish_if_idle()
 
     def _finish_if_idle(self) -> None:
@@ -815,8 +808,8 @@ class H2Session:
         self.dead = True
         for stream in list(self.streams.values()):
             self._forget(stream, StreamReset(stream, CANCEL, connection_lost=True))
-        self._pulse_window()
-        self._drained.set()
+        self._window_opened.fire()
+        self._drained.fire()
 
 
 def _protocol_error_kind(exc: h2.exceptions.ProtocolError) -> str:

@@ -18,7 +18,6 @@ import errno
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from functools import partial
 
 import attrs
 import trio
@@ -26,6 +25,7 @@ import trio
 from meshnode.net.http1 import sniff
 from meshnode.net.http1_server import H1ServerSession
 from meshnode.net.overload import Overload
+from meshnode.net.request_tasks import RequestTasks
 from meshnode.net.session import H2Session, Stream
 from meshnode.net.tls import ALPN, peer_identity
 from meshnode.net.violations import ConnectionRules
@@ -170,8 +170,9 @@ class H2Listener:
         peer = Peer(client_ip, identity)
         session: H2Session | H1ServerSession | None = None
         try:
-            async with trio.open_nursery() as requests:
-                on_request = partial(_spawn, requests, self._handler, peer)
+            async with trio.open_nursery() as nursery:
+                requests = RequestTasks(nursery, self._handler, peer)
+                on_request = requests.submit
                 if protocol == "http1":
                     session = H1ServerSession(
                         stream,
@@ -192,7 +193,10 @@ class H2Listener:
                 self.sessions.add(session)
                 if self._draining:
                     session.close_gracefully()
-                await session.run()
+                try:
+                    await session.run()
+                finally:
+                    requests.close()
         except Exception:
             log.exception("%s connection from %s failed", self.name, client_ip.decode())
         finally:
@@ -240,7 +244,3 @@ async def _shared_listener(address: Address) -> trio.SocketListener:
         sock.close()
         raise
     return trio.SocketListener(sock)
-
-
-def _spawn(nursery: trio.Nursery, handler: RequestHandler, peer: Peer, stream: Stream) -> None:
-    nursery.start_soon(handler, stream, peer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 from pathlib import Path
@@ -22,6 +23,13 @@ from meshnode.reload import POLL_INTERVAL
 from meshnode.worker_process import announce_ready, follow_parent, worker_count
 
 DEFAULT_POLICIES = "policies"
+# The cyclic collector's youngest generation is collected after this many container objects
+# are allocated and not freed; CPython's 700 is crossed every few dozen requests by what a
+# hundred requests in flight hold, and each collection walks every young object (and every
+# tenth the older ones too): 8 % of a proxied request's CPU (19 µs, measured at -c10 -m10).
+# What a request allocates is freed by reference counting; cycles (an exception's traceback,
+# a replaced upstream's actors) are still collected, in batches this size.
+GC_YOUNG_THRESHOLD = 10_000
 
 
 @click.group()
@@ -83,6 +91,7 @@ def serve(
 ) -> None:
     """Run the node (SIGHUP reloads; SIGTERM or SIGINT drains, then exits)."""
     logs.configure(log_level, log_format)
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     policies = _checked(directory)
     try:
         count = worker_count(workers)

@@ -281,7 +281,9 @@ class UpstreamGroup:
             raise NoHealthyEndpoints("every endpoint is unhealthy or ejected", self.name)
         limit = self.policy.balancer.max_connections_per_instance
         load = self.load
-        free = [e for e in usable if e.address not in load or load[e.address].in_flight < limit]
+        free = [
+            e for e in usable if (held := load.get(e.address)) is None or held.in_flight < limit
+        ]
         if not free:
             return None
         if avoid is not None and len(free) > 1:

@@ -4,14 +4,16 @@ The request path keeps plain counters (actors/stats.py); this collector turns
 them into metric families when Prometheus scrapes, so recording a request costs
 no lock and no label lookup. Labels are bounded: upstream names come from the
 policies, codes from HTTP, kinds and outcomes from fixed sets; never a path or a
-client. Process metrics come from prometheus-client's ProcessCollector.
+client. Process metrics come from prometheus-client's ProcessCollector, and the
+cyclic garbage collector's (``python_gc_*``: collections per generation, objects
+collected) from its GCCollector.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -209,6 +211,7 @@ class Exposition:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

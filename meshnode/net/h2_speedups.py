@@ -36,7 +36,9 @@ Each change below was found with py-spy on proxied requests and is tested
   built from the flags it has (none to three) rather than by testing each
   flag its class defines; h2 joins the frames it sends from a list, and checks
   their sizes with one comparison.
-- h2's ``AllowedStreamIDs(bool)`` (an enum call) is a dict lookup.
+- h2's ``AllowedStreamIDs(bool)`` (an enum call) is a dict lookup, and the
+  settings it reads for every stream (window size, frame size, stream limit)
+  are read from their values, not through the mapping API.
 - ``Configuration`` keeps h2's options as plain attributes (h2 reads them
   through descriptors) and gives it a logger whose no-op methods are C.
 """
@@ -233,6 +235,37 @@ class Configuration(h2.config.H2Configuration):
             self.logger = types.SimpleNamespace(debug=_discard, trace=_discard)  # type: ignore[assignment]
 
 
+_REQUIRED = object()  # a setting h2 always has (``Settings.__init__`` sets it)
+
+
+def setting_reader(code: int, default: object = _REQUIRED) -> Callable[[Any], Any]:
+    """A ``Settings`` property's getter reading the current value in one step; h2's goes
+    through the mapping API (``self[code]`` or ``self.get(code, default)``)."""
+    if default is _REQUIRED:
+        return lambda settings: settings._settings[code][0]
+
+    def read(settings: Any) -> Any:
+        values = settings._settings.get(code)
+        value = values[0] if values is not None else None
+        return default if value is None else value
+
+    return read
+
+
+def read_settings_directly() -> None:
+    codes = h2.settings.SettingCodes
+    for name, code, default in (
+        ("header_table_size", codes.HEADER_TABLE_SIZE, _REQUIRED),
+        ("enable_push", codes.ENABLE_PUSH, _REQUIRED),
+        ("initial_window_size", codes.INITIAL_WINDOW_SIZE, _REQUIRED),
+        ("max_frame_size", codes.MAX_FRAME_SIZE, _REQUIRED),
+        ("max_concurrent_streams", codes.MAX_CONCURRENT_STREAMS, 2**32 + 1),
+        ("max_header_list_size", codes.MAX_HEADER_LIST_SIZE, None),
+    ):
+        setter = getattr(h2.settings.Settings, name).fset
+        setattr(h2.settings.Settings, name, property(setting_reader(code, default), setter))
+
+
 class SettingValues(list[int]):
     def popleft(self) -> int:
         return self.pop(0)
@@ -309,6 +342,7 @@ h2.connection.repr = frame_name  # type: ignore[attr-defined]
 h2.stream.utf8_encode_headers = bytes_headers  # type: ignore[attr-defined]
 h2.stream.is_informational_response = informational  # type: ignore[attr-defined]
 h2.stream.H2Stream._build_hdr_validation_flags = validation_flags  # type: ignore[method-assign]
+read_settings_directly()
 h2.connection.AllowedStreamIDs = StreamIdParity()  # type: ignore[misc,assignment]
 hyperframe.frame.Flags = FrameFlags  # type: ignore[attr-defined]
 hyperframe.frame.Frame.parse_flags = parse_flags  # type: ignore[method-assign]

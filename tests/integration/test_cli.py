@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -72,6 +74,27 @@ def test_h2load_thousands_of_requests_none_failed(tmp_path: Path, node_process, 
     )
     assert "5000 succeeded, 0 failed, 0 errored, 0 timeout" in result.stdout, result.stdout
     assert "status codes: 5000 2xx" in result.stdout
+
+
+def _young_collections(admin: str) -> float:
+    exposition = urllib.request.urlopen(f"http://{admin}/metrics", timeout=10).read().decode()
+    found = re.search(r'^python_gc_collections_total\{generation="0"\} (\S+)$', exposition, re.M)
+    assert found, exposition
+    return float(found.group(1))
+
+
+def test_serving_requests_seldom_runs_the_cyclic_collector(
+    tmp_path: Path, node_process, nghttpd
+) -> None:
+    """At CPython's default threshold, 2,000 requests ten streams at a time cost some eighty
+    young-generation collections; at meshnode's, none or one."""
+    node: NodeProcess = node_process(
+        write_policies(tmp_path / "p", {"web": upstream_toml("web", nghttpd)})
+    )
+    before = _young_collections(node.admin)
+    load = [require("h2load"), "-n", "2000", "-c", "10", "-m", "10", "-H", ":authority: web"]
+    subprocess.run([*load, f"http://{node.outbound}/index.html"], check=True, timeout=120)
+    assert _young_collections(node.admin) - before <= 3
 
 
 def test_health_endpoints(tmp_path: Path, node_process, nghttpd) -> None:

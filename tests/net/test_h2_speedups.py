@@ -336,3 +336,39 @@ def test_stream_id_parity_gives_h2s_own_members() -> None:
     for value in (True, False, 1, 0):
         assert parity(value) is enum_class(value)
     assert (parity.EVEN, parity.ODD) == (enum_class.EVEN, enum_class.ODD)
+
+
+_DEFAULTS = {
+    h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 2**32 + 1,
+    h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: None,
+}
+
+
+@pytest.mark.parametrize("client", [True, False])
+def test_settings_read_directly_are_what_the_mapping_gives(client: bool) -> None:
+    codes = h2.settings.SettingCodes
+    settings = h2.settings.Settings(client=client)
+    read = {
+        "header_table_size": codes.HEADER_TABLE_SIZE,
+        "enable_push": codes.ENABLE_PUSH,
+        "initial_window_size": codes.INITIAL_WINDOW_SIZE,
+        "max_frame_size": codes.MAX_FRAME_SIZE,
+        "max_concurrent_streams": codes.MAX_CONCURRENT_STREAMS,
+        "max_header_list_size": codes.MAX_HEADER_LIST_SIZE,
+    }
+
+    def through_the_mapping(code: int) -> object:
+        return settings.get(code, _DEFAULTS.get(code))
+
+    def check() -> None:
+        for name, code in read.items():
+            assert getattr(settings, name) == through_the_mapping(code), name
+
+    check()
+    settings.initial_window_size = 1000  # sent, not yet acknowledged
+    settings.max_concurrent_streams = 7  # not there before: absent until acknowledged
+    check()
+    assert settings.initial_window_size == 65535 and settings.max_concurrent_streams == 2**32 + 1
+    settings.acknowledge()
+    check()
+    assert settings.initial_window_size == 1000 and settings.max_concurrent_streams == 7

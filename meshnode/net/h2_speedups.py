@@ -299,6 +299,13 @@ class Connection(h2.connection.H2Connection):
         """Whether ``data_to_send`` would return anything."""
         return bool(self._data_to_send)
 
+    def discard(self) -> None:
+        """The session is over and reads no more. h2's connection refers to itself through
+        its table of frame handlers (bound methods), the one cycle in it: dropping the table
+        lets reference counting free the connection, its buffers and tables as the session
+        goes, instead of the cyclic collector, which ``meshnode serve`` runs seldom."""
+        self._frame_dispatch_table = {}
+
     def release(self, stream_id: int) -> None:
         """The session is done with the stream: if h2 closed it too, drop it now, as h2
         would on its next count (remembering how it closed, for late frames)."""

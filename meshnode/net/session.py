@@ -390,6 +390,7 @@ class H2Session:
                     nursery.cancel_scope.deadline = trio.current_time() + FLUSH_GRACE
         finally:
             self._lose_all_streams()
+            self.conn.discard()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.transport)
 

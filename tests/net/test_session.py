@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import AsyncIterator, Callable
 
 import h2.config
@@ -385,3 +387,18 @@ async def test_a_field_sent_never_indexed_arrives_marked_so(pair) -> None:
     (server_stream,) = received
     assert server_stream.headers is not None
     assert type(server_stream.headers[-1]) is hpack.NeverIndexedHeaderTuple
+
+
+async def test_an_ended_session_is_freed_without_the_cyclic_collector() -> None:
+    client_end, server_end = trio.testing.memory_stream_pair()
+    session = H2Session(server_end, client_side=False, on_request=lambda stream: None)
+    h2_connection = weakref.ref(session.conn)
+    gc.disable()
+    try:
+        async with trio.open_nursery() as inner:
+            await inner.start(session.run)
+            await client_end.aclose()  # the peer goes: the session ends
+        del session
+        assert h2_connection() is None  # freed by reference counting alone
+    finally:
+        gc.enable()

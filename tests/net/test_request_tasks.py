@@ -21,13 +21,20 @@ class Server:
         await self.release.wait()
 
 
+async def serving(nursery: trio.Nursery, server: Server, *requests: int) -> RequestTasks:
+    """A connection's request tasks, once ``requests`` were submitted and all tasks wait."""
+    tasks: RequestTasks[int, str] = RequestTasks(nursery, server.serve, "peer")
+    for request in requests:
+        tasks.submit(request)
+    await trio.testing.wait_all_tasks_blocked()
+    return tasks
+
+
 async def test_an_idle_task_serves_the_next_request() -> None:
     server = Server()
     server.release.set()
     async with trio.open_nursery() as nursery:
-        tasks = RequestTasks(nursery, server.serve, "peer")
-        tasks.submit(1)
-        await trio.testing.wait_all_tasks_blocked()
+        tasks = await serving(nursery, server, 1)
         tasks.submit(2)
         await trio.testing.wait_all_tasks_blocked()
         assert server.served_by[1] is server.served_by[2]
@@ -40,10 +47,7 @@ async def test_a_burst_gets_a_task_each_and_only_a_few_stay() -> None:
     server = Server()
     burst = KEPT_IDLE + 5
     async with trio.open_nursery() as nursery:
-        tasks = RequestTasks(nursery, server.serve, "peer")
-        for request in range(burst):
-            tasks.submit(request)
-        await trio.testing.wait_all_tasks_blocked()
+        tasks = await serving(nursery, server, *range(burst))
         assert len(set(server.served_by.values())) == burst  # all served at once
         server.release.set()
         await trio.testing.wait_all_tasks_blocked()
@@ -54,9 +58,7 @@ async def test_a_burst_gets_a_task_each_and_only_a_few_stay() -> None:
 async def test_cancelling_the_connection_ends_idle_and_busy_tasks() -> None:
     server = Server()
     async with trio.open_nursery() as nursery:
-        tasks = RequestTasks(nursery, server.serve, "peer")
-        tasks.submit(1)
-        await trio.testing.wait_all_tasks_blocked()
+        tasks = await serving(nursery, server, 1)
         server.release.set()
         await trio.testing.wait_all_tasks_blocked()
         server.release = trio.Event()
@@ -71,9 +73,7 @@ async def test_cancelling_the_connection_ends_idle_and_busy_tasks() -> None:
 async def test_after_close_a_finished_task_exits() -> None:
     server = Server()
     async with trio.open_nursery() as nursery:
-        tasks = RequestTasks(nursery, server.serve, "peer")
-        tasks.submit(1)
-        await trio.testing.wait_all_tasks_blocked()
+        tasks = await serving(nursery, server, 1)
         tasks.close()  # the connection is done; its last request is still being served
         server.release.set()
     assert tasks._idle == []

@@ -55,35 +55,16 @@ class Client:
         self.heads_sent.append(headers)
 
 
-async def test_a_head_arriving_as_the_per_try_deadline_passes_is_not_relayed(
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    upstream = LateUpstream(mock_clock, late_by=1.0)
-    client = Client()
-    request_deadline = trio.current_time() + 10
-    with trio.CancelScope(deadline=request_deadline) as scope:
-        await attempt(
-            Pool(upstream),  # type: ignore[arg-type]
-            Endpoint(Address("127.0.0.1", 1)),
-            [],
-            None,
-            client,  # type: ignore[arg-type]
-            scope,
-            per_try=0.5,
-        )
-    assert scope.cancelled_caught
-    assert client.heads_sent == []  # a retry may still follow: nothing reached the client
-    assert upstream.reset_with == CANCEL
-    assert scope.deadline < request_deadline  # still the per-try one: read as a try timeout
+REQUEST_DEADLINE = 10.0
 
 
-async def test_a_head_in_time_gives_the_body_the_request_deadline(
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    upstream = LateUpstream(mock_clock, late_by=0.1)
-    client = Client()
-    request_deadline = trio.current_time() + 10
-    with trio.CancelScope(deadline=request_deadline) as scope:
+async def try_with_head_after(
+    clock: trio.testing.MockClock, late_by: float
+) -> tuple[trio.CancelScope, LateUpstream, Client, int | None]:
+    """One try with a per-try timeout of 0.5 s, its head arriving ``late_by`` seconds in:
+    the try's scope, the upstream, the client, and the status relayed (None if none)."""
+    upstream, client, status = LateUpstream(clock, late_by), Client(), None
+    with trio.CancelScope(deadline=trio.current_time() + REQUEST_DEADLINE) as scope:
         status, _ = await attempt(
             Pool(upstream),  # type: ignore[arg-type]
             Endpoint(Address("127.0.0.1", 1)),
@@ -93,5 +74,22 @@ async def test_a_head_in_time_gives_the_body_the_request_deadline(
             scope,
             per_try=0.5,
         )
+    return scope, upstream, client, status
+
+
+async def test_a_head_arriving_as_the_per_try_deadline_passes_is_not_relayed(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    scope, upstream, client, status = await try_with_head_after(mock_clock, 1.0)
+    assert scope.cancelled_caught and status is None
+    assert client.heads_sent == []  # a retry may still follow: nothing reached the client
+    assert upstream.reset_with == CANCEL
+    assert scope.deadline < REQUEST_DEADLINE  # still the per-try one: read as a try timeout
+
+
+async def test_a_head_in_time_gives_the_body_the_request_deadline(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    scope, _, client, status = await try_with_head_after(mock_clock, 0.1)
     assert (status, len(client.heads_sent)) == (200, 1)
-    assert scope.deadline == request_deadline
+    assert scope.deadline == REQUEST_DEADLINE

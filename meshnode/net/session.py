@@ -366,7 +366,7 @@ class H2Session:
         self.goaway_sent_last_id: int | None = None
         self.closing = False  # no new streams; the session ends when the last one does
         self.dead = False
-        self.last_active = self.started
+        self.last_active = self.started  # when it last had no stream: idle timeouts count from it
         self._cancel_scope = trio.CancelScope()
 
     # -- lifecycle ---------------------------------------------------------
@@ -430,7 +430,6 @@ class H2Session:
         stream_id = self.conn.get_next_available_stream_id()
         stream = Stream(self, stream_id, None)
         stream.tunnel = WEBSOCKET in headers
-        self.last_active = trio.current_time()
         self._send_headers(stream, headers, end_stream)
         self.streams[stream_id] = stream  # after h2 counted the streams open before it
         return stream
@@ -511,7 +510,6 @@ class H2Session:
             self._reset(stream, REFUSED_STREAM)
             return
         self.streams[event.stream_id] = stream
-        self.last_active = trio.current_time()
         self.requests_seen += 1
         if isinstance(checked, Malformed):
             # Answered by the handler (a 400 on this stream alone), and charged like a reset.
@@ -797,7 +795,8 @@ class H2Session:
                 stream.owed = 0
                 self._wake_writer()
             self.conn.release(stream.id)
-            self.last_active = trio.current_time()
+            if not self.streams:  # idle from now: the idle timeouts count only then
+                self.last_active = trio.current_time()
             self._window_opened.fire()  # wake its senders so they see the reset
             self._finish_if_idle()
 

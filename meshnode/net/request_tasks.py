@@ -6,7 +6,9 @@ twice). Here a task that has served a request waits for the connection's next
 one instead of exiting, up to ``KEPT_IDLE`` of them: a new request wakes an
 idle task (one reschedule), and a task is spawned only when none is idle. The
 tasks stay in the connection's nursery, so a connection still ends only once
-its requests are served, and cancelling it cancels them, idle or not.
+its requests are served, and cancelling it cancels them, idle or not. A task
+serves requests one after another, so nothing task-local (a context variable)
+may hold a request's state: meshnode keeps it in the request's own objects.
 """
 
 from __future__ import annotations

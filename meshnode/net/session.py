@@ -463,7 +463,14 @@ class H2Session:
                 return
 
     def _dispatch(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.DataReceived):
+        # In the order of how often they come: a request brings two stream ends.
+        if isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.remote_closed = True
+                stream._push(END_OF_STREAM)
+                self._forget_if_finished(stream)
+        elif isinstance(event, h2.events.DataReceived):
             stream = self.streams.get(event.stream_id)
             if stream is None:
                 self._ack_connection(event.stream_id, event.flow_controlled_length)
@@ -475,22 +482,16 @@ class H2Session:
         elif isinstance(event, h2.events.ResponseReceived):
             head = event.headers
             self._push_checked(event.stream_id, ResponseHead(head), check_response(head))
+        elif isinstance(event, h2.events.WindowUpdated):
+            self._window_opened.fire()
         elif isinstance(event, h2.events.TrailersReceived):
             trailers = event.headers
             self._push_checked(event.stream_id, Trailers(trailers), check_trailers(trailers))
-        elif isinstance(event, h2.events.StreamEnded):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream.remote_closed = True
-                stream._push(END_OF_STREAM)
-                self._forget_if_finished(stream)
         elif isinstance(event, h2.events.StreamReset):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 refused = event.error_code == REFUSED_STREAM
                 self._forget(stream, StreamReset(stream, int(event.error_code), refused=refused))
-        elif isinstance(event, h2.events.WindowUpdated):
-            self._window_opened.fire()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._peer_settings_seen = True
             self._window_opened.fire()

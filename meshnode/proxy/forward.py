@@ -309,12 +309,9 @@ class Proxy:
             if permit is not None and core is not None:
                 if finished and policy.circuit_breaker is not None:
                     failed = is_breaker_failure(policy.circuit_breaker, status, condition)
-                    core.record(
-                        permit,
-                        failed=failed,
-                        duration=_outcome_time(request) - now,
-                        now=trio.current_time(),
-                    )
+                    end = trio.current_time()
+                    duration = _outcome_time(request, end) - now
+                    core.record(permit, failed=failed, duration=duration, now=end)
                 else:
                     core.release(permit)
 
@@ -620,12 +617,12 @@ def _cancelled_try(
     raise Timeout(f"no complete response within {limit:g}s", group.name)
 
 
-def _outcome_time(request: Request) -> float:
-    """When the request's outcome was known: its end, or for a tunnel its opening (a tunnel
-    open for an hour is not a slow call)."""
+def _outcome_time(request: Request, end: float) -> float:
+    """When the request's outcome was known: its ``end``, or for a tunnel its opening (a
+    tunnel open for an hour is not a slow call)."""
     if request.tunnel and request.head_at is not None:
         return request.head_at
-    return trio.current_time()
+    return end
 
 
 def _fallback_on_exhausted(policy: UpstreamPolicy) -> bool:

@@ -253,6 +253,8 @@ def setting_reader(code: int, default: object = _REQUIRED) -> Callable[[Any], An
 
 
 def read_settings_directly() -> None:
+    """Give h2's ``Settings`` these readers for the settings it has properties for (their
+    setters kept): h2 reads some of them for every stream."""
     codes = h2.settings.SettingCodes
     for name, code, default in (
         ("header_table_size", codes.HEADER_TABLE_SIZE, _REQUIRED),

@@ -615,8 +615,13 @@ class H2Session:
         way. Anything else is the writer's, which sends a run of frames (a body's before its
         last, other streams') in one write; what the socket does not take now is left to the
         writer too, ahead of anything queued later."""
-        others = len(self.streams) - (stream.id in self.streams)
-        if not ending or others or not self._io.can_send_now or self._unsent or self.dead:
+        if (
+            not ending
+            or not self._io.can_send_now
+            or self._unsent
+            or self.dead
+            or len(self.streams) > (stream.id in self.streams)  # other streams in flight
+        ):
             self._wake_writer()
             return
         data = self._take_output()

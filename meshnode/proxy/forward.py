@@ -410,19 +410,32 @@ class Proxy:
                     group.release(load, trio.current_time() - started, failed=try_failed)
             if failed is None:  # the scope caught its cancellation
                 failed = _cancelled_try(request, group, scope, deadline, limit, per_try)
-            pause = failed.retry_delay
-            if pause is None and not isinstance(failed.error, UpstreamFailed):
-                pause = self._retry_delay(
-                    failed.condition, failed.headers, tries, request, policy, group
-                )
-            if pause is None:
-                exhausted = policy.retry is not None and failed.condition in policy.retry.retry_on
-                failed.error.retries_exhausted = exhausted
-                if exhausted:
-                    group.stats.retries["exhausted"] += 1
-                raise failed.error from None
-            group.stats.retries["retried"] += 1
-            avoid, delay = endpoint.address, pause
+            delay = self._delay_after(failed, tries, request, policy, group)
+            avoid = endpoint.address
+
+    def _delay_after(
+        self,
+        failed: AttemptFailed,
+        tries: int,
+        request: Request,
+        policy: UpstreamPolicy,
+        group: UpstreamGroup,
+    ) -> float:
+        """Seconds to wait before the try after ``failed``; its error, raised, when no try
+        may follow (marked ``retries_exhausted`` when the retry policy named it)."""
+        delay = failed.retry_delay  # decided by the judge already, for a refused head
+        if delay is None and not isinstance(failed.error, UpstreamFailed):
+            delay = self._retry_delay(
+                failed.condition, failed.headers, tries, request, policy, group
+            )
+        if delay is None:
+            exhausted = policy.retry is not None and failed.condition in policy.retry.retry_on
+            failed.error.retries_exhausted = exhausted
+            if exhausted:
+                group.stats.retries["exhausted"] += 1
+            raise failed.error
+        group.stats.retries["retried"] += 1
+        return delay
 
     def _retry_delay(
         self,

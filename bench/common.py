@@ -94,11 +94,14 @@ def write_policies(
     admin_port: int,
     upstreams: dict[str, list[str]],
     extra: str = "",
+    node_settings: str = "",
 ) -> None:
-    """A node.toml on the given ports and one file per upstream with static endpoints."""
+    """A node.toml on the given ports and one file per upstream with static endpoints;
+    ``node_settings``: more [node] lines."""
     directory.mkdir(parents=True, exist_ok=True)
+    node_settings = node_settings.rstrip("\n") + "\n" if node_settings else ""
     (directory / "node.toml").write_text(
-        f'[node]\nname = "bench"\n'
+        f'[node]\nname = "bench"\n{node_settings}'
         f'[listeners.outbound]\naddress = "127.0.0.1:{outbound_port}"\n'
         f'[admin]\naddress = "127.0.0.1:{admin_port}"\n'
     )

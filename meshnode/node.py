@@ -29,6 +29,7 @@ from meshnode.admin.http import AdminHTTPServer
 from meshnode.admin.metrics import Exposition, MeshCollector
 from meshnode.engine import Engine, tls_paths, uses_queue
 from meshnode.events import EventBus, OverloadChanged
+from meshnode.net.busy_poll import BusyPoll
 from meshnode.net.listener import H2Listener
 from meshnode.net.overload import Overload
 from meshnode.net.tls import TLSMaterialError, load_material
@@ -153,6 +154,7 @@ class Node:
         self.loop_lag = 0.0
         self.rates = RateHistory()  # the status page's sparklines
         self.overload = Overload(policies.node.limits.overload_memory, on_change=self._on_overload)
+        self.busy_poll = BusyPoll()
         self._listeners: list[H2Listener] = []
         self._exposition = Exposition(
             MeshCollector(
@@ -164,6 +166,7 @@ class Node:
                 ),
                 violations=self.violations,
                 overload=self.overload,
+                busy_poll=self.busy_poll,
             )
         )
 
@@ -206,6 +209,14 @@ class Node:
         *,
         handle_signals: bool = True,
         task_status: trio.TaskStatus[NodeAddresses] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            await self._serve(handle_signals, task_status)
+        finally:
+            self.busy_poll.uninstall()  # the trio run may go on without the node (tests)
+
+    async def _serve(
+        self, handle_signals: bool, task_status: trio.TaskStatus[NodeAddresses]
     ) -> None:
         policy = self.policies.node
         async with trio.open_nursery() as nursery:
@@ -375,8 +386,9 @@ class Node:
 
     def _apply_node_settings(self, policies: PolicySet) -> None:
         """Node settings that a reload may change beyond the engine's: the admin token, the
-        inbound listener's limits, and the listeners' rules."""
+        inbound listener's limits, the listeners' rules, and the event loop's busy poll."""
         limits = policies.node.limits
+        self.busy_poll.configure(policies.node.node.busy_poll)
         self.engine.proxy.overload = self.overload
         if self._inbound is not None:
             self._inbound.limits, self._inbound.overload = limits, self.overload

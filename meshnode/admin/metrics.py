@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from meshnode.actors.group import UpstreamGroup
 from meshnode.actors.stats import DURATION_BUCKETS, UpstreamStats
+from meshnode.net.busy_poll import BusyPoll
 from meshnode.net.overload import Overload
 from meshnode.net.violations import Violations
 from meshnode.resilience.core.breaker import BreakerState
@@ -40,6 +41,7 @@ class MeshCollector(Collector):
         certificate_seconds: Callable[[], float | None] = lambda: None,
         violations: Violations | None = None,
         overload: Overload | None = None,
+        busy_poll: BusyPoll | None = None,
     ) -> None:
         self._groups = groups
         self._unrouted = unrouted
@@ -47,6 +49,7 @@ class MeshCollector(Collector):
         self._certificate_seconds = certificate_seconds
         self._violations = violations if violations is not None else Violations()
         self._overload = overload if overload is not None else Overload()
+        self._busy_poll = busy_poll if busy_poll is not None else BusyPoll()
 
     def collect(self) -> Iterator[Metric]:
         groups = self._groups()
@@ -68,6 +71,7 @@ class MeshCollector(Collector):
                 restarts.add_metric([name, actor], count)
         yield restarts
         yield from _protection_metrics(self._violations, self._overload)
+        yield from _busy_poll_metrics(self._busy_poll)
         left = self._certificate_seconds()
         if left is not None:
             yield GaugeMetricFamily(
@@ -197,6 +201,22 @@ def _protection_metrics(violations: Violations, overload: Overload) -> Iterator[
         "meshnode_overload_shed",
         "Requests answered 503 overloaded under memory pressure.",
         value=overload.shed,
+    )
+
+
+def _busy_poll_metrics(busy_poll: BusyPoll) -> Iterator[Metric]:
+    spins = CounterMetricFamily(
+        "meshnode_busy_poll_spins",
+        "Event-loop spins before a sleep ([node] busy_poll): hit, an event came; miss, none did.",
+        labels=["result"],
+    )
+    spins.add_metric(["hit"], busy_poll.hits)
+    spins.add_metric(["miss"], busy_poll.misses)
+    yield spins
+    yield CounterMetricFamily(
+        "meshnode_busy_poll_seconds",
+        "CPU seconds the event loop spent spinning ([node] busy_poll).",
+        value=busy_poll.spun,
     )
 
 

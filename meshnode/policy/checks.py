@@ -12,11 +12,13 @@ from meshnode.policy.models import (
     GRPC_RETRY_STATUSES,
     RETRY_CONDITIONS,
     Limits,
+    NodeSection,
     UpstreamPolicy,
 )
 
 MAX_FRAME_SIZE_RANGE = (16384, 2**24 - 1)  # RFC 9113 section 6.5.2
 MAX_WINDOW = 2**31 - 1
+MAX_BUSY_POLL = 0.001  # seconds: a longer spin burns CPU for no further gain
 
 
 def _is_status(value: str) -> bool:
@@ -102,6 +104,12 @@ def check_resilience(policy: UpstreamPolicy) -> Iterator[tuple[str, str]]:
         yield from _percent("chaos.delay_percent", chaos.delay_percent)
         if not 100 <= chaos.abort_status <= 599:
             yield "chaos.abort_status", f"expected an HTTP status, got {chaos.abort_status}"
+
+
+def check_node_settings(node: NodeSection) -> Iterator[tuple[str, str]]:
+    """Yield ``(node.key, reason)`` for a [node] setting out of its range."""
+    if not 0 <= node.busy_poll <= MAX_BUSY_POLL:
+        yield "node.busy_poll", f"expected 0s up to 1ms, got {node.busy_poll}"
 
 
 def check_limits(limits: Limits) -> Iterator[tuple[str, str]]:

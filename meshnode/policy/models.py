@@ -21,6 +21,9 @@ class NodeSection:
     state_dir: str | None = None
     drain_timeout: Duration = Duration(30)
     access_log: bool = False  # one line per request on the "meshnode.access" logger
+    # How long the event loop may spin before it sleeps, while traffic flows (net/busy_poll.py):
+    # CPU traded for latency on virtual machines, whose idle vCPUs are slow to wake. Off.
+    busy_poll: Duration = Duration(0)
 
 
 @attrs.frozen

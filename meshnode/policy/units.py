@@ -10,12 +10,13 @@ import re
 
 import attrs
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h)\s*$")
+_UNIT_SECONDS = {"us": 0.000001, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class Duration(float):
-    """Seconds, written in policy files as a string with a unit ("250ms", "3s", "5m", "1h")."""
+    """Seconds, written in policy files as a string with a unit ("50us", "250ms", "3s", "5m",
+    "1h")."""
 
     @classmethod
     def parse(cls, value: object) -> Duration:
@@ -26,8 +27,10 @@ class Duration(float):
         raise ValueError(f'expected a duration like "30s", got {value!r}')
 
     def __str__(self) -> str:
-        """The shortest way a policy file would write it: "250ms", "3s", "5m", "1h"."""
+        """The shortest way a policy file would write it: "50us", "250ms", "3s", "5m", "1h"."""
         seconds = float(self)
+        if 0 < seconds < 0.001:
+            return f"{round(seconds * 1e6, 3):g}us"
         if 0 < seconds < 1:
             return f"{seconds * 1000:g}ms"
         if seconds and seconds % 3600 == 0:

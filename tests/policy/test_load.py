@@ -130,6 +130,17 @@ def test_limits_are_checked_key_by_key(tmp_path: Path) -> None:
     ]
 
 
+def test_busy_poll_is_a_short_duration(tmp_path: Path) -> None:
+    node = NODE + 'busy_poll = "50us"\n'
+    assert load_policies(write(tmp_path, node=node, payments=UPSTREAM)).node.node.busy_poll == (
+        pytest.approx(0.00005)
+    )
+    node = NODE + 'busy_poll = "50ms"\n'  # a slip for "50us" would burn a core
+    assert errors_of(write(tmp_path, node=node, payments=UPSTREAM)) == [
+        "node.toml: node.busy_poll: expected 0s up to 1ms, got 50ms",
+    ]
+
+
 def test_http1_is_for_cleartext_upstreams(tmp_path: Path) -> None:
     upstream = """
     [upstream]

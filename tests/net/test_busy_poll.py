@@ -1,0 +1,67 @@
+"""The busy poll in a real trio run: it catches I/O by spinning, leaves a quiet loop to
+sleep, and gives the loop its own I/O manager back."""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+import trio.socket
+from trio._core._run import GLOBAL_RUN_CONTEXT
+
+from meshnode.net.busy_poll import BusyPoll
+
+BUDGET = 0.001  # a second's thousandth: far longer than a readable socket takes to be seen
+
+
+async def test_the_spin_catches_io_that_comes_while_the_loop_would_sleep() -> None:
+    busy_poll = BusyPoll()
+    busy_poll.configure(BUDGET)
+    one, other = socket.socketpair()
+    reader = trio.socket.from_stdlib_socket(one)
+    received = []
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def read() -> None:
+                received.append(await reader.recv(10))
+
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            # Sent without a checkpoint: the reader wakes only through the loop's next wait,
+            # which every task is then blocked in.
+            other.send(b"ping")
+    finally:
+        busy_poll.uninstall()
+        reader.close()
+        other.close()
+    assert received == [b"ping"]
+    assert busy_poll.hits >= 1
+    assert busy_poll.misses == 0
+
+
+async def test_a_quiet_loop_spins_once_then_sleeps() -> None:
+    busy_poll = BusyPoll()
+    busy_poll.configure(BUDGET)
+    try:
+        # Nothing comes: the first wait spins its whole budget, then sleeps out the timer;
+        # a wait that a timer ended is no sign of traffic, so the next one does not spin.
+        await trio.sleep(5 * BUDGET)
+        await trio.sleep(5 * BUDGET)
+    finally:
+        busy_poll.uninstall()
+    assert (busy_poll.hits, busy_poll.misses) == (0, 1)
+    assert busy_poll.spun >= BUDGET
+
+
+async def test_a_budget_of_zero_gives_the_loop_its_own_io_manager_back() -> None:
+    runner = GLOBAL_RUN_CONTEXT.runner
+    own = runner.io_manager
+    busy_poll = BusyPoll()
+    busy_poll.configure(BUDGET)
+    assert runner.io_manager is not own
+    assert trio.lowlevel.current_statistics().io_statistics.backend == "epoll"  # delegated
+    busy_poll.configure(0)
+    assert runner.io_manager is own
+    await trio.sleep(2 * BUDGET)
+    assert (busy_poll.hits, busy_poll.misses) == (0, 0)

@@ -56,13 +56,14 @@ def start_nghttpd(docroot: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def start_haproxy(
-    work: Path, upstream_port: int, grpc_port: int | None = None
+    work: Path, upstream_port: int, grpc_port: int | None = None, *, busy_polling: bool = False
 ) -> tuple[subprocess.Popen[bytes], int]:
     """HAProxy from Debian as the equivalent proxy: HTTP/2 cleartext on both sides, one
     thread (as one meshnode worker), no logging; requests for authority ``grpc`` go to
-    ``grpc_port`` when given."""
+    ``grpc_port`` when given; ``busy_polling``: its own spin before sleeping (as
+    meshnode's ``[node] busy_poll``)."""
     port = free_port()
-    config = work / "haproxy.cfg"
+    config = work / ("haproxy-busy-polling.cfg" if busy_polling else "haproxy.cfg")
     grpc = ""
     if grpc_port is not None:
         grpc = (
@@ -71,7 +72,8 @@ def start_haproxy(
         )
     config.write_text(
         "global\n  nbthread 1\n  maxconn 4000\n"
-        "defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n"
+        + ("  busy-polling\n" if busy_polling else "")
+        + "defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n"
         "  timeout server 60s\n"
         f"frontend mesh\n  bind 127.0.0.1:{port} proto h2\n  default_backend web\n{grpc}"
         f"backend web\n  server nghttpd 127.0.0.1:{upstream_port} proto h2\n"

@@ -15,7 +15,9 @@ Scenarios: 1 KiB GETs at -c10 -m10, -c50 -m1 and -c1 -m1; 1 MiB down and up;
 gRPC unary calls (to a grpcio server); an mTLS hop (two meshnodes, outbound then
 inbound, against one HAProxy doing both hops; h2load cannot present a client
 certificate, so the first proxy does); RSS with 1,000 idle connections, and
-while 50 clients ask for 100 MiB each and never read.
+while 50 clients ask for 100 MiB each and never read. At -c1 -m1 two more
+proxies run: the full stack with ``[node] busy_poll = "50us"`` and HAProxy with
+``busy-polling``, each sparing itself a halted vCPU's wake-ups.
 
     ./dev bench proxy                 # default scenarios
     ./dev bench proxy --requests 5000 # fewer requests per scenario
@@ -100,6 +102,12 @@ on = ["circuit-open"]
 """
 STACKS = {"meshnode": "", "meshnode+res": FULL_STACK}
 BEFORE = "before+res"  # the full stack on an earlier commit's meshnode (--before)
+# At one request at a time, also the full stack with ``[node] busy_poll``, and HAProxy with
+# its ``busy-polling``: on a VM both spare the wake-ups of a halted vCPU (README: Busy polling).
+BUSY_POLL = "50us"
+BUSY_POLL_STACK = "meshnode+res+bp"
+HAPROXY_BUSY_POLLING = "haproxy+bp"
+BUSY_POLL_SCENARIOS = {"c1-m1"}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -215,13 +223,25 @@ def main() -> None:
         outbound_port, admin_port = free_port(), free_port()
         write_policies(work / stack, outbound_port, admin_port, endpoints, extra)
         nodes[stack] = (start_meshnode(work / stack, outbound_port), outbound_port)
+    outbound_port, admin_port = free_port(), free_port()
+    write_policies(
+        work / BUSY_POLL_STACK,
+        outbound_port,
+        admin_port,
+        endpoints,
+        FULL_STACK,
+        node_settings=f'busy_poll = "{BUSY_POLL}"',
+    )
+    nodes[BUSY_POLL_STACK] = (start_meshnode(work / BUSY_POLL_STACK, outbound_port), outbound_port)
     if args.before is not None:
         outbound_port, admin_port = free_port(), free_port()
         write_policies(work / BEFORE, outbound_port, admin_port, endpoints, FULL_STACK)
         node = start_meshnode(work / BEFORE, outbound_port, source=args.before)
         nodes[BEFORE] = (node, outbound_port)
+    spinning = [BUSY_POLL_STACK]
     if shutil.which("haproxy") is not None:  # ./dev bench installs it
         nodes["haproxy"] = start_haproxy(work, upstream_port, grpc_port)
+        spinning.append(HAPROXY_BUSY_POLLING)  # started for its own runs only: it always spins
     mtls_nodes, mtls_port = start_mtls_pair(work, upstream_port)
     mtls_haproxy = start_haproxy_mtls(work, upstream_port)
     floor = floor_us()
@@ -239,6 +259,9 @@ def main() -> None:
                 ("grpc", grpc_port) if kind == "grpc" else ("web", upstream_port)
             )
             extra_options = sends[kind]
+            stacks = [stack for stack in nodes if stack not in spinning]
+            if name in BUSY_POLL_SCENARIOS:
+                stacks += spinning
             row: dict[str, object] = {"requests": count}
             row["direct"] = h2load(
                 f"http://127.0.0.1:{direct_port}/{resource_name}",
@@ -248,29 +271,40 @@ def main() -> None:
                 authority,
                 extra_options,
             )
-            runs: dict[str, list[dict[str, float]]] = {stack: [] for stack in nodes}
+            runs: dict[str, list[dict[str, float]]] = {stack: [] for stack in stacks}
             for _ in range(rounds):  # alternate the stacks, so drift on the machine hits both
-                for stack, (node, port) in nodes.items():
+                for stack in stacks:
+                    if stack == HAPROXY_BUSY_POLLING:
+                        node, port = start_haproxy(work, upstream_port, busy_polling=True)
+                        h2load(f"http://127.0.0.1:{port}/1k", 500, 1, 1, "web")  # warm up
+                    else:
+                        node, port = nodes[stack]
                     before = cpu_seconds(node.pid)
                     url = f"http://127.0.0.1:{port}/{resource_name}"
                     proxied = h2load(url, count, clients, streams, authority, extra_options)
                     cpu_us = (cpu_seconds(node.pid) - before) / count * 1e6
-                    runs[stack].append({**proxied, "cpu_us_per_request": cpu_us})
-            for stack, (node, _) in nodes.items():
-                row[stack] = {**cheapest(runs[stack]), "rss_kib": rss_kib(node.pid)}
+                    runs[stack].append(
+                        {**proxied, "cpu_us_per_request": cpu_us, "rss_kib": rss_kib(node.pid)}
+                    )
+                    if stack == HAPROXY_BUSY_POLLING:
+                        node.terminate()
+                        node.wait(30)
+            for stack in stacks:
+                row[stack] = cheapest(runs[stack])
             results[name] = row
         if MTLS in chosen:
             results[MTLS] = mtls_row(
                 requests, upstream_port, mtls_nodes, mtls_port, mtls_haproxy, rounds
             )
+        steady = {stack: node for stack, node in nodes.items() if stack not in spinning}
         idle: dict[str, tuple[int, int]] = {}
         if "idle" in chosen:
-            idle = {stack: idle_rss(node.pid, port) for stack, (node, port) in nodes.items()}
+            idle = {stack: idle_rss(node.pid, port) for stack, (node, port) in steady.items()}
         stalled: dict[str, tuple[int, int]] = {}
         if "stalled" in chosen:
             stalled = {
                 stack: stalled_downloads(port, "web", "/100m", lambda pid=node.pid: rss_kib(pid))
-                for stack, (node, port) in nodes.items()
+                for stack, (node, port) in steady.items()
             }
     finally:
         for node in [*(node for node, _ in nodes.values()), *mtls_nodes, mtls_haproxy[0]]:
@@ -282,7 +316,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     header = ("scenario", "path", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "failed")
-    print("{:10} {:13} {:>9} {:>9} {:>9} {:>11} {:>7}".format(*header))
+    print("{:10} {:15} {:>9} {:>9} {:>9} {:>11} {:>7}".format(*header))
     for name, row in results.items():
         for path in ("direct", *nodes_order(results)):
             if path not in row:
@@ -291,7 +325,7 @@ def main() -> None:
             assert isinstance(figures, dict)
             cpu = f"{figures['cpu_us_per_request']:.0f}" if "cpu_us_per_request" in figures else ""
             print(
-                f"{name:10} {path:13} {figures['req_per_s']:>9.0f} {figures['p50_us']:>9.0f} "
+                f"{name:10} {path:15} {figures['req_per_s']:>9.0f} {figures['p50_us']:>9.0f} "
                 f"{figures['p99_us']:>9.0f} {cpu:>11} {figures['failed']:>7}"
             )
         if name == "c1-m1":
@@ -299,7 +333,7 @@ def main() -> None:
             added = {
                 stack: row[stack]["p50_us"] - direct_p50  # type: ignore[index]
                 for stack in nodes_order(results)
-                if stack != "haproxy"
+                if stack in row
             }
             print(
                 f"{'':10} p50 added over direct: "
@@ -418,9 +452,10 @@ def idle_rss(pid: int, port: int) -> tuple[int, int]:
 
 
 def nodes_order(results: dict[str, dict[str, object]]) -> list[str]:
-    """The proxies measured, meshnode's stacks first, in a stable order."""
-    first = next(iter(results.values()))
-    return [path for path in (*STACKS, BEFORE, "haproxy") if path in first]
+    """The proxies measured in any scenario, meshnode's stacks first, in a stable order."""
+    measured = {path for row in results.values() for path in row}
+    order = (*STACKS, BUSY_POLL_STACK, BEFORE, "haproxy", HAPROXY_BUSY_POLLING)
+    return [path for path in order if path in measured]
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from meshnode.net import h2_speedups
 from meshnode.net.h2_speedups import (
+    ClosedStreams,
     Configuration,
     Connection,
     FrameFlags,
@@ -185,6 +186,51 @@ def test_closed_streams_the_session_never_released_are_dropped_in_time() -> None
     for stream_id in range(1, 400, 2):
         _exchange(client, server, stream_id)
     assert len(client.streams) <= 17
+
+
+def _late_headers(stream_id: int) -> hyperframe.frame.HeadersFrame:
+    return hyperframe.frame.HeadersFrame(stream_id, b"\x88", flags=["END_HEADERS"])  # 200
+
+
+LAST_ENDED = 3 + 2 * ClosedStreams.ENDED_KEPT  # the stream ids 3 to this one end normally
+
+
+def _reset_then_many_ended() -> Connection:
+    """A client whose stream 1 it reset, and then ``ENDED_KEPT + 1`` streams that ended."""
+    client, server, _ = _client_and_server(max_streams=10)
+    client.send_headers(1, REQUEST, end_stream=True)
+    client.reset_stream(1)
+    server.receive_data(client.data_to_send())
+    client.release(1)
+    for stream_id in range(3, LAST_ENDED + 2, 2):
+        _exchange(client, server, stream_id)
+        client.release(stream_id)
+    client.data_to_send()
+    return client
+
+
+def test_a_reset_stream_is_remembered_after_ended_ones_are_forgotten() -> None:
+    client = _reset_then_many_ended()
+    assert 3 not in client._closed_streams  # ended long ago: forgotten
+    assert LAST_ENDED in client._closed_streams
+    # An answer that was in flight when the reset left is ignored, however many streams
+    # ended since; h2 would end the connection for it once it forgot the reset.
+    assert _late_frame_outcome(client, _late_headers(1)) == "ignored"
+    assert client.data_to_send() == hyperframe.frame.RstStreamFrame(1, error_code=5).serialize()
+
+
+@pytest.mark.parametrize(
+    ("stream_id", "error", "code"),
+    [(LAST_ENDED, "StreamClosedError", 5), (3, "StreamIDTooLowError", 1)],
+    ids=["remembered", "forgotten"],
+)
+def test_a_frame_on_a_stream_that_ended_ends_the_connection_remembered_or_not(
+    stream_id: int, error: str, code: int
+) -> None:
+    client = _reset_then_many_ended()
+    with pytest.raises(h2.exceptions.ProtocolError) as raised:
+        client.receive_data(_late_headers(stream_id).serialize())
+    assert (type(raised.value).__name__, raised.value.error_code) == (error, code)
 
 
 def test_a_server_counts_its_peers_streams_itself() -> None:

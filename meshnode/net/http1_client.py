@@ -215,9 +215,7 @@ class H1ClientConnection(H1Connection):
 
     # -- the StreamCarrier side: what the request path calls ---------------
 
-    def _send_headers(
-        self, stream: Stream, headers: Headers, end_stream: bool, body_follows: bool = False
-    ) -> None:
+    def _send_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
         """Request trailers (the request head went out in ``start``)."""
         self._check_open(stream)
         self._end_message(stream, headers)

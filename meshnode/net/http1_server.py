@@ -292,9 +292,7 @@ class H1ServerSession(H1Connection):
 
     # -- the StreamCarrier side: what the handler calls --------------------
 
-    def _send_headers(
-        self, stream: Stream, headers: Headers, end_stream: bool, body_follows: bool = False
-    ) -> None:
+    def _send_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
         self._check_open(stream)
         if self.tunnel:  # a tunnel has no trailers: they can only mean its end
             stream.local_closed = True

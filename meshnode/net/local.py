@@ -76,9 +76,7 @@ class LocalExchange:
     def _other(self, stream: Stream) -> Stream:
         return self.server if stream is self.client else self.client
 
-    def _send_headers(
-        self, stream: Stream, headers: Headers, end_stream: bool, body_follows: bool = False
-    ) -> None:
+    def _send_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
         _check_open(stream)
         if stream is self.server and not stream.headers_sent:
             if headers and headers[0][0] == b":status":

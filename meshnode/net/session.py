@@ -136,9 +136,7 @@ class StreamCarrier(Protocol):
 
     def _ack(self, stream: Stream, flow_length: int) -> None: ...
 
-    def _send_headers(
-        self, stream: Stream, headers: Headers, end_stream: bool, body_follows: bool = False
-    ) -> None: ...
+    def _send_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None: ...
 
     async def _send_data(self, stream: Stream, data: bytes, end_stream: bool) -> None: ...
 
@@ -245,13 +243,8 @@ class Stream:
         """Hand ``flow_length`` bytes of window back to the peer: the data was passed on."""
         self.session._ack(self, flow_length)
 
-    async def send_headers(
-        self, headers: Headers, *, end_stream: bool = False, body_follows: bool = False
-    ) -> None:
-        """``body_follows``: the caller sends the body's first DATA next, before it awaits
-        anything else (the body is here already); an HTTP/2 session then writes the head
-        with it, instead of waking its writer for the head alone."""
-        self.session._send_headers(self, headers, end_stream, body_follows)
+    async def send_headers(self, headers: Headers, *, end_stream: bool = False) -> None:
+        self.session._send_headers(self, headers, end_stream)
 
     async def send_data(self, data: bytes, *, end_stream: bool = False) -> None:
         await self.session._send_data(self, data, end_stream)
@@ -717,9 +710,7 @@ class H2Session:
         if self._unsent or self._raw_out or self.conn.has_output or self.closing:
             self._writer_wakeup.set()
 
-    def _send_headers(
-        self, stream: Stream, headers: Headers, end_stream: bool, body_follows: bool = False
-    ) -> None:
+    def _send_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
         self._check_open(stream)
         try:
             self.conn.send_headers(stream.id, headers, end_stream=end_stream)
@@ -732,8 +723,7 @@ class H2Session:
         if end_stream:
             stream.local_closed = True
             self._forget_if_finished(stream)
-        if not body_follows or end_stream:
-            self._send_queued(stream, ending=end_stream)
+        self._send_queued(stream, ending=end_stream)
 
     async def _send_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
         conn = self.conn
@@ -748,7 +738,6 @@ class H2Session:
                 raise stream.error from exc  # type: ignore[misc]
             size = min(window, conn.max_outbound_frame_size, remaining)
             if size <= 0 < remaining:
-                self._wake_writer()  # a head held for this body goes now, without it
                 await self._wait_for(stream, self._window_opened)
                 continue
             last = end_stream and size == remaining

@@ -168,13 +168,9 @@ class _Exchange:
         no_body = upstream.consume_end()
         out = strip_hop_by_hop(head.headers)
         out.extend(self.extra_headers)
-        tunnel = self.tunnel if status == 200 else None  # opened: its bytes are no body
-        # A body that is here in full (a small answer) goes with the head, in one write.
-        await self.client.send_headers(
-            out, end_stream=no_body, body_follows=upstream.remote_closed and tunnel is None
-        )
-        if tunnel is not None:
-            await tunnel.carry(self.client, upstream)
+        await self.client.send_headers(out, end_stream=no_body)
+        if self.tunnel is not None and status == 200:
+            await self.tunnel.carry(self.client, upstream)
         elif not no_body:
             await relay_body(upstream, self.client, self.tap)
         return status, head.headers

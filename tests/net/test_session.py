@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import gc
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -10,7 +9,6 @@ from collections.abc import AsyncIterator, Callable
 import h2.config
 import h2.connection
 import h2.events
-import h2.settings
 import hpack
 import pytest
 import trio
@@ -404,63 +402,3 @@ async def test_an_ended_session_is_freed_without_the_cyclic_collector() -> None:
         assert h2_connection() is None  # freed by reference counting alone
     finally:
         gc.enable()
-
-
-class ServerPeer:
-    """A server session on a real socket, and a request from an h2 client at the far end."""
-
-    def __init__(self, nursery: trio.Nursery) -> None:
-        transport, self.far = socket_pair()
-        self.requests: list[Stream] = []
-        self.session = H2Session(transport, client_side=False, on_request=self.requests.append)
-        self.parser = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding=None)
-        )
-        self.events: list[h2.events.Event] = []
-        self.nursery = nursery
-
-    async def request(self, *, window: int = 65535) -> Stream:
-        """Start the session and send it a GET, with ``window`` for the answer's body."""
-        await self.nursery.start(self.session.run)
-        self.parser.initiate_connection()
-        self.parser.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
-        self.parser.send_headers(1, [*REQUEST[1:], (b":method", b"GET")], end_stream=True)
-        self.far.sendall(self.parser.data_to_send())
-        await trio.testing.wait_all_tasks_blocked()
-        self.read_now()
-        self.events.clear()
-        (stream,) = self.requests
-        return stream
-
-    def read_now(self) -> list[str]:
-        """What has arrived, without letting any task run: the events' names."""
-        arrived = self.parser.receive_data(read_now(self.far))
-        self.events += arrived
-        return [
-            type(event).__name__
-            for event in arrived
-            if type(event).__name__ != "SettingsAcknowledged"
-        ]
-
-
-async def test_a_head_whose_body_follows_goes_with_it_in_one_write(nursery) -> None:
-    peer = ServerPeer(nursery)
-    stream = await peer.request()
-    await stream.send_headers([(b":status", b"200")], body_follows=True)
-    await trio.testing.wait_all_tasks_blocked()
-    assert peer.read_now() == []  # held for its body: the writer was not woken for it
-    await stream.send_data(b"pong", end_stream=True)
-    assert peer.read_now() == ["ResponseReceived", "DataReceived", "StreamEnded"]
-
-
-async def test_a_head_held_for_its_body_goes_alone_when_the_body_must_wait(nursery) -> None:
-    peer = ServerPeer(nursery)
-    stream = await peer.request(window=0)  # no DATA until the client opens the window
-    await stream.send_headers([(b":status", b"200")], body_follows=True)
-    nursery.start_soon(functools.partial(stream.send_data, b"pong", end_stream=True))
-    await trio.testing.wait_all_tasks_blocked()
-    assert peer.read_now() == ["ResponseReceived"]
-    peer.parser.increment_flow_control_window(4, stream_id=1)
-    peer.far.sendall(peer.parser.data_to_send())
-    await trio.testing.wait_all_tasks_blocked()
-    assert peer.read_now() == ["DataReceived", "StreamEnded"]

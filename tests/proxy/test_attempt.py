@@ -26,7 +26,6 @@ class LateUpstream:
         self.clock = clock
         self.late_by = late_by
         self.reset_with: int | None = None
-        self.remote_closed = True  # the answer is a head alone
 
     async def receive(self) -> ResponseHead:
         self.clock.jump(self.late_by)
@@ -52,9 +51,7 @@ class Client:
     def __init__(self) -> None:
         self.heads_sent: list[object] = []
 
-    async def send_headers(
-        self, headers: object, end_stream: bool = False, body_follows: bool = False
-    ) -> None:
+    async def send_headers(self, headers: object, end_stream: bool = False) -> None:
         self.heads_sent.append(headers)
 
 

@@ -394,7 +394,7 @@ def chart(results: dict[str, dict[str, object]], target: Path) -> None:
         axes.set_yscale("log")
         axes.set_xticks([i + width * (len(paths) - 1) / 2 for i in range(len(results))])
         axes.set_xticklabels(list(results), rotation=20)
-    throughput.legend()
+    throughput.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(target, dpi=100)
 

@@ -15,10 +15,11 @@ from meshnode.policy.models import (
     NodeSection,
     UpstreamPolicy,
 )
+from meshnode.policy.units import Duration
 
 MAX_FRAME_SIZE_RANGE = (16384, 2**24 - 1)  # RFC 9113 section 6.5.2
 MAX_WINDOW = 2**31 - 1
-MAX_BUSY_POLL = 0.001  # seconds: a longer spin burns CPU for no further gain
+MAX_BUSY_POLL = Duration(0.001)  # a longer spin burns CPU for no further gain
 
 
 def _is_status(value: str) -> bool:
@@ -109,7 +110,7 @@ def check_resilience(policy: UpstreamPolicy) -> Iterator[tuple[str, str]]:
 def check_node_settings(node: NodeSection) -> Iterator[tuple[str, str]]:
     """Yield ``(node.key, reason)`` for a [node] setting out of its range."""
     if not 0 <= node.busy_poll <= MAX_BUSY_POLL:
-        yield "node.busy_poll", f"expected 0s up to 1ms, got {node.busy_poll}"
+        yield "node.busy_poll", f"expected 0s up to {MAX_BUSY_POLL}, got {node.busy_poll}"
 
 
 def check_limits(limits: Limits) -> Iterator[tuple[str, str]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from tests.conftest import answering, upstream_toml, write_policies
-from tests.support.client import admin, get, metrics
+from tests.support.client import admin, get, metrics, sample
 
 
 def _with_busy_poll(directory, budget: str):
@@ -14,12 +14,6 @@ def _with_busy_poll(directory, budget: str):
     text = re.sub(r"busy_poll = .*\n", "", node_file.read_text())
     node_file.write_text(text.replace("[node]\n", f'[node]\nbusy_poll = "{budget}"\n', 1))
     return directory
-
-
-def _sample(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    assert match is not None, f"{name} is not exposed"
-    return float(match.group(1))
 
 
 async def test_busy_poll_spins_under_traffic_and_a_reload_turns_it_off(
@@ -31,10 +25,10 @@ async def test_busy_poll_spins_under_traffic_and_a_reload_turns_it_off(
     for _ in range(3):
         assert await get(addresses.outbound[0], "api") == (200, b"ok")
     text = await metrics(addresses.admin[0])
-    hits = _sample(text, 'meshnode_busy_poll_spins_total{result="hit"}')
-    misses = _sample(text, 'meshnode_busy_poll_spins_total{result="miss"}')
+    hits = sample(text, 'meshnode_busy_poll_spins_total{result="hit"}')
+    misses = sample(text, 'meshnode_busy_poll_spins_total{result="miss"}')
     assert hits + misses >= 1
-    assert _sample(text, "meshnode_busy_poll_seconds_total") > 0
+    assert sample(text, "meshnode_busy_poll_seconds_total") > 0
 
     _with_busy_poll(directory, "0s")
     status, answer = await admin(addresses.admin[0], "POST", "/admin/reload")

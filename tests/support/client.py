@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import trio
@@ -56,3 +57,10 @@ async def metrics(address: object) -> str:
         [require("curl"), "-s", "--fail", f"http://{address}/metrics"], capture_stdout=True
     )
     return result.stdout.decode()
+
+
+def sample(exposition: str, name: str) -> float:
+    """The value of the sample ``name`` (labels included, as exposed) in ``exposition``."""
+    found = re.search(rf"^{re.escape(name)} (\S+)$", exposition, re.MULTILINE)
+    assert found is not None, f"{name} is not exposed"
+    return float(found.group(1))

@@ -19,6 +19,9 @@ def write_report(directory: Path, suite: str, report: dict[str, object]) -> Path
     machine = {
         "platform": platform.platform(),
         "python": platform.python_version(),
+        # Which build: a distribution's (PGO and LTO) runs this suite about a fifth faster
+        # than a plain source build of the same version.
+        "python_executable": os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
         "cpus": os.cpu_count(),
     }
     target.write_text(json.dumps({"machine": machine, **report}, indent=2, default=str))

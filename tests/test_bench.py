@@ -21,5 +21,6 @@ def test_a_report_says_which_machine_it_ran_on(tmp_path: Path) -> None:
     target = write_report(tmp_path, "proxy", {"args": {"out": tmp_path}, "scenarios": {}})
     report = json.loads(target.read_text())
     assert target.name.startswith("proxy-") and target.suffix == ".json"
-    assert set(report["machine"]) == {"platform", "python", "cpus"}
+    assert set(report["machine"]) == {"platform", "python", "python_executable", "cpus"}
+    assert Path(report["machine"]["python_executable"]).is_file()  # which build ran it
     assert report["args"] == {"out": str(tmp_path)}

@@ -41,6 +41,14 @@ Each change below was found with py-spy on proxied requests and is tested
   are read from their values, not through the mapping API.
 - ``Configuration`` keeps h2's options as plain attributes (h2 reads them
   through descriptors) and gives it a logger whose no-op methods are C.
+- The frames a request and its answer come in (whole DATA frames without
+  padding, whole header blocks without padding or priority) are taken from the
+  received bytes by ``Connection.receive_data`` with the same h2 calls in the
+  same order as h2's own path, without a hyperframe object per frame, its flag
+  set, the buffer's continuation bookkeeping and the dispatch by class: at one
+  request at a time, with cold caches, a request's HEADERS took 30 µs to
+  receive, 22 this way. Any other frame, and all that follows it in the same
+  bytes, goes through h2 as before.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from typing import Any, Final
 
 import h2.config
 import h2.connection
+import h2.exceptions
 import h2.settings
 import h2.stream
 import h2.utilities
@@ -309,6 +318,74 @@ class Connection(h2.connection.H2Connection):
         goes, instead of the cyclic collector, which ``meshnode serve`` runs seldom."""
         self._frame_dispatch_table = {}
 
+    def receive_data(self, data: Any) -> list[Any]:  # a buffer, as h2 takes; bytes here
+        """h2's ``receive_data``, with the frames of requests and answers taken here (the
+        module's docstring says why): until the first frame this does not take, then h2
+        takes the rest. h2's buffer must be empty (no partial frame or header block)."""
+        buffer = self.incoming_buffer
+        pending = buffer._data or buffer._preamble_len or buffer._headers_buffer
+        if pending or type(data) is not bytes:
+            return super().receive_data(data)
+        events: list[Any] = []
+        position = 0
+        end = len(data)
+        try:
+            while end - position >= _FRAME_HEADER:
+                length = int.from_bytes(data[position : position + 3], "big")
+                after = position + _FRAME_HEADER + length
+                if after > end or length > self.max_inbound_frame_size:
+                    break
+                kind = data[position + 3]
+                flags = data[position + 4]
+                stream_id = int.from_bytes(data[position + 5 : position + 9], "big") & _STREAM_ID
+                payload = data[position + _FRAME_HEADER : after]
+                taken = None
+                if kind == _DATA and not flags & _PADDED:
+                    taken = self._take_data(stream_id, payload, bool(flags & _END_STREAM))
+                elif kind == _HEADERS and flags & _END_HEADERS and not flags & _PADDED_PRIORITY:
+                    taken = self._take_headers(stream_id, payload, bool(flags & _END_STREAM))
+                if taken is None:
+                    break
+                events += taken
+                position = after
+        except h2.exceptions.ProtocolError as error:
+            self._terminate_connection(error.error_code)  # as h2 does: a GOAWAY is queued
+            raise
+        if position < end:
+            events += super().receive_data(data[position:])
+        return events
+
+    def _take_data(self, stream_id: int, payload: bytes, end_stream: bool) -> list[Any] | None:
+        """h2's ``_receive_data_frame`` for a stream the peer may send on; else None."""
+        stream = self.streams.get(stream_id)
+        if stream is None or not _receiving(stream):
+            return None
+        length = len(payload)
+        events: list[Any] = self.state_machine.process_input(_RECV_DATA)
+        self._inbound_flow_control_window_manager.window_consumed(length)
+        return events + stream.receive_data(payload, end_stream, length)[1]
+
+    def _take_headers(self, stream_id: int, block: bytes, end_stream: bool) -> list[Any] | None:
+        """h2's ``_receive_headers_frame`` for a stream the peer may send on, or one it opens
+        within the limit (server side); else None."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            if (
+                self.config.client_side
+                or stream_id <= self.highest_inbound_stream_id
+                or not stream_id & 1
+                or self.open_inbound_streams >= self.local_settings.max_concurrent_streams
+            ):
+                return None
+        elif not _receiving(stream):
+            return None
+        headers = h2.connection._decode_headers(self.decoder, block)
+        events: list[Any] = self.state_machine.process_input(_RECV_HEADERS)
+        if stream is None:
+            stream = self._begin_new_stream(stream_id, _ODD)
+        encoding = self.config.header_encoding
+        return events + stream.receive_headers(headers, end_stream, encoding)[1]
+
     def release(self, stream_id: int) -> None:
         """The session is done with the stream: if h2 closed it too, drop it now, as h2
         would on its next count (remembering how it closed, for late frames)."""
@@ -316,6 +393,29 @@ class Connection(h2.connection.H2Connection):
         if stream is not None and stream.closed:
             del self.streams[stream_id]
             self._closed_streams[stream_id] = stream.closed_by
+
+
+# What ``Connection.receive_data`` reads of a frame (RFC 9113 4.1, 6.1, 6.2).
+_FRAME_HEADER: Final = 9
+_STREAM_ID: Final = 0x7FFFFFFF
+_DATA: Final = 0x0
+_HEADERS: Final = 0x1
+_END_STREAM: Final = 0x1
+_END_HEADERS: Final = 0x4
+_PADDED: Final = 0x8
+_PADDED_PRIORITY: Final = 0x8 | 0x20
+_RECV_DATA: Final = h2.connection.ConnectionInputs.RECV_DATA
+_RECV_HEADERS: Final = h2.connection.ConnectionInputs.RECV_HEADERS
+_ODD: Final = h2.connection.AllowedStreamIDs.ODD
+_OPEN: Final = h2.stream.StreamState.OPEN
+_HALF_CLOSED_LOCAL: Final = h2.stream.StreamState.HALF_CLOSED_LOCAL
+
+
+def _receiving(stream: h2.stream.H2Stream) -> bool:
+    """Whether the peer may still send on ``stream`` (RFC 9113 5.1): then h2 takes its
+    frames without any error the stream's state would raise."""
+    state = stream.state_machine.state
+    return state is _OPEN or state is _HALF_CLOSED_LOCAL
 
 
 _SENT_RESET: Final = h2.stream.StreamClosedBy.SEND_RST_STREAM

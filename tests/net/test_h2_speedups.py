@@ -13,11 +13,12 @@ import h2.exceptions
 import h2.settings
 import h2.stream
 import h2.utilities
+import hpack
 import hyperframe.exceptions
 import hyperframe.flags
 import hyperframe.frame
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from meshnode.net import h2_speedups
@@ -418,3 +419,176 @@ def test_settings_read_directly_are_what_the_mapping_gives(client: bool) -> None
     settings.acknowledge()
     check()
     assert settings.initial_window_size == 1000 and settings.max_concurrent_streams == 7
+
+
+# -- receive_data: the frames it takes itself, against h2's own path ------------------
+
+_HPACK_BLOCKS = {
+    "request": REQUEST,
+    "response": [(b":status", b"200")],
+    "response-sized": [(b":status", b"200"), (b"content-length", b"3")],
+    "informational": [(b":status", b"100")],
+    "trailers": [(b"grpc-status", b"0")],
+}
+
+
+@st.composite
+def _frames(draw: st.DrawFn) -> list[tuple[str, int, int, object]]:
+    """Frames a peer might send: (kind, stream id, flag byte, payload), mostly ones
+    ``receive_data`` takes, with padding, priority, bad blocks and odd stream ids mixed in."""
+    kinds = st.sampled_from(["headers", "data", "rst", "window-update", "continuation"])
+    # A head that opens a stream (a server's request) or answers one (a client's response),
+    # so that what follows often finds a stream the peer may send on.
+    opening = draw(st.sampled_from(["request", "response", None]))
+    head = [("headers", draw(st.sampled_from([1, 7])), 0x4, opening)] if opening else []
+    return head + draw(
+        st.lists(
+            st.tuples(
+                kinds,
+                st.one_of(st.sampled_from([1, 3]), st.sampled_from([0, 2, 5, 7])),
+                # END_HEADERS, with or without END_STREAM, most often; then any combination
+                # of those, PADDED and PRIORITY
+                st.one_of(st.sampled_from([0x4, 0x5, 0x0, 0x1]), st.integers(0, 0x2D)),
+                st.one_of(st.sampled_from(sorted(_HPACK_BLOCKS)), st.binary(max_size=24)),
+            ),
+            max_size=10,
+        )
+    )
+
+
+def _wire(frames: list[tuple[str, int, int, object]]) -> bytes:
+    encoder = hpack.Encoder()
+    wire = b""
+    for kind, stream_id, flag_byte, payload in frames:
+        if isinstance(payload, bytes):
+            body = payload
+        elif kind in ("headers", "continuation"):
+            body = encoder.encode(_HPACK_BLOCKS[str(payload)])
+        else:
+            body = b"abc"
+        if flag_byte & 0x8 and kind in ("headers", "data"):  # PADDED: a pad length, the padding
+            body = bytes([2]) + body + b"\0\0"
+        if flag_byte & 0x20 and kind == "headers":  # PRIORITY: dependency and weight
+            body = b"\0\0\0\0\x10" + body
+        code = {"data": 0, "headers": 1, "rst": 3, "window-update": 8, "continuation": 9}[kind]
+        flags = flag_byte
+        if kind in ("rst", "window-update"):
+            body, flags = b"\0\0\0\x01", 0
+        wire += len(body).to_bytes(3, "big") + bytes([code, flags])
+        wire += stream_id.to_bytes(4, "big") + body
+    return wire
+
+
+def _described(outcome: list[h2.events.Event] | Exception) -> object:
+    if isinstance(outcome, Exception):
+        return type(outcome).__name__, getattr(outcome, "error_code", None)
+    return [
+        (type(event).__name__, {k: repr(v) for k, v in vars(event).items()}) for event in outcome
+    ]
+
+
+def _twins(client_side: bool) -> list[Connection]:
+    """Two connections in the same state: a client with requests open on streams 1, 3 and
+    5, or a server past its peer's preface that allows two streams at a time."""
+    twins = []
+    for _ in range(2):
+        ours = Connection(Configuration(client_side=client_side, header_encoding=None), {})
+        if not client_side:
+            ours.local_settings = h2.settings.Settings(
+                client=False,
+                initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 2},
+            )
+        peer = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=not client_side, header_encoding=None)
+        )
+        ours.initiate_connection()
+        peer.initiate_connection()
+        ours.receive_data(peer.data_to_send())
+        peer.receive_data(ours.data_to_send())
+        ours.receive_data(peer.data_to_send())
+        if client_side:
+            for stream_id in (1, 3, 5):
+                ours.send_headers(stream_id, REQUEST, end_stream=stream_id != 3)
+        ours.data_to_send()
+        twins.append(ours)
+    return twins
+
+
+_RESET_THEN_NEXT = [
+    ("headers", 1, 0x4, "request"),
+    ("rst", 1, 0, b""),
+    ("headers", 7, 0x5, "request"),
+]
+
+
+@pytest.mark.parametrize("client_side", [True, False], ids=["client", "server"])
+@settings(max_examples=400)
+@given(frames=_frames(), cut=st.integers(min_value=0, max_value=200), at_frame=st.booleans())
+# One stream more than the server allows; a head on a stream the peer reset, after h2 let go
+# of it (a stream error: RST_STREAM), and on one below the last opened (a connection error),
+# each in a read of its own.
+@example(frames=[("headers", i, 0x4, "request") for i in (1, 3, 5)], cut=0, at_frame=True)
+@example(frames=[*_RESET_THEN_NEXT, ("headers", 1, 0x5, "request")], cut=3, at_frame=True)
+@example(frames=[*_RESET_THEN_NEXT, ("headers", 5, 0x5, "request")], cut=3, at_frame=True)
+def test_frames_taken_without_hyperframe_give_what_h2s_path_gives(
+    client_side: bool, frames: list[tuple[str, int, int, object]], cut: int, at_frame: bool
+) -> None:
+    """The same bytes, in the same two reads, to a connection receiving as meshnode's do
+    and to one receiving through h2 alone: the same events or error, the same frames to send
+    (a GOAWAY, RST_STREAM, WINDOW_UPDATE), the same streams in the same states and the same
+    flow control windows."""
+    fast, plain = _twins(client_side)
+    wire = _wire(frames)
+    if at_frame:  # two reads of whole frames, as a read most often is; else cut anywhere
+        cut = len(_wire(frames[: cut % (len(frames) + 1)]))
+    results = []
+    for connection, receive in (
+        (fast, fast.receive_data),
+        (plain, lambda data: h2.connection.H2Connection.receive_data(plain, data)),
+    ):
+        outcomes: list[object] = []
+        for chunk in (wire[:cut], wire[cut:]):
+            try:
+                outcomes.append(_described(receive(chunk)))
+            except h2.exceptions.ProtocolError as error:
+                outcomes.append(_described(error))
+                break
+        streams = {
+            i: (s.state_machine.state, s.inbound_flow_control_window, s._actual_content_length)
+            for i, s in connection.streams.items()
+        }
+        window = connection.inbound_flow_control_window
+        state = (connection.state_machine.state, connection.highest_inbound_stream_id, window)
+        results.append((outcomes, connection.data_to_send(), streams, state))
+    assert results[0] == results[1]
+
+
+def test_a_request_and_an_answer_are_taken_without_hyperframe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the differential test cannot see: that the common frames skip h2's parser."""
+    client, server = _twins(client_side=True)[0], _twins(client_side=False)[0]
+    parsed: list[int] = []
+    real_parse = hyperframe.frame.Frame.parse_frame_header
+
+    def parse(header: memoryview, strict: bool = False) -> object:
+        parsed.append(header[3])
+        return real_parse(header, strict)
+
+    monkeypatch.setattr(hyperframe.frame.Frame, "parse_frame_header", staticmethod(parse))
+    request = _wire([("headers", 1, 0x5, "request")])
+    assert [type(e).__name__ for e in server.receive_data(request)] == [
+        "RequestReceived",
+        "StreamEnded",
+    ]
+    answer = _wire([("headers", 1, 0x4, "response"), ("data", 1, 0x0, b"abc")])
+    events = client.receive_data(answer)
+    assert [type(e).__name__ for e in events] == ["ResponseReceived", "DataReceived"]
+    assert events[1].data == b"abc" and events[1].flow_controlled_length == 3
+    assert parsed == []
+    padded = _wire([("data", 1, 0x9, b"")])  # padded: h2 parses it
+    assert [type(e).__name__ for e in client.receive_data(padded)] == [
+        "DataReceived",
+        "StreamEnded",
+    ]
+    assert parsed == [0]

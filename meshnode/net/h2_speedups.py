@@ -49,6 +49,10 @@ Each change below was found with py-spy on proxied requests and is tested
   request at a time, with cold caches, a request's HEADERS took 30 µs to
   receive, 22 this way. Any other frame, and all that follows it in the same
   bytes, goes through h2 as before.
+- Sending, likewise: ``send_headers`` and ``send_data`` take h2's steps on
+  the connection and the stream and write the frames as bytes, without a
+  hyperframe object, its flag set and its serializer (no priority, padding or
+  outbound validation: those keep h2's path).
 """
 
 from __future__ import annotations
@@ -156,15 +160,21 @@ def serialize(self: hyperframe.frame.Frame) -> bytes:
     """``Frame.serialize``: the flag byte from the flags set (none to three) rather than
     a membership test for each flag the class defines."""
     body = self.serialize_body()
-    self.body_len = length = len(body)
+    self.body_len = len(body)
     bits = _flag_bits.get(type(self))
     if bits is None:
         bits = _flag_bits[type(self)] = dict(self.defined_flags)
     flags = 0
     for name in self.flags:
         flags |= bits[name]
+    return frame_bytes(self.type or 0, flags, self.stream_id, body)  # a frame class's type
+
+
+def frame_bytes(kind: int, flags: int, stream_id: int, body: bytes) -> bytes:
+    """A frame as sent: its 9-byte header (RFC 9113 4.1), then ``body``."""
+    length = len(body)
     header = _frame_header.pack(
-        (length >> 8) & 0xFFFF, length & 0xFF, self.type, flags, self.stream_id & 0x7FFFFFFF
+        (length >> 8) & 0xFFFF, length & 0xFF, kind, flags, stream_id & 0x7FFFFFFF
     )
     return header + body
 
@@ -355,6 +365,73 @@ class Connection(h2.connection.H2Connection):
             events += super().receive_data(data[position:])
         return events
 
+    def send_headers(
+        self,
+        stream_id: int,
+        headers: Any,
+        end_stream: bool = False,
+        priority_weight: int | None = None,
+        priority_depends_on: int | None = None,
+        priority_exclusive: bool | None = None,
+    ) -> None:
+        """h2's ``send_headers``, its frames written as bytes (the module's docstring says
+        why) when meshnode sends (no priority; no outbound normalizing or validation, which
+        would need h2's own path)."""
+        config = self.config
+        if (
+            priority_weight is not None
+            or priority_depends_on is not None
+            or priority_exclusive is not None
+            or config.normalize_outbound_headers
+            or config.validate_outbound_headers
+        ):
+            super().send_headers(
+                stream_id,
+                headers,
+                end_stream,
+                priority_weight,
+                priority_depends_on,
+                priority_exclusive,
+            )
+            return
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            limit = self.remote_settings.max_concurrent_streams
+            count = self.open_outbound_streams
+            if count + 1 > limit:
+                raise h2.exceptions.TooManyStreamsError(
+                    f"Max outbound streams is {limit}, {count} open"
+                )
+        self.state_machine.process_input(_SEND_HEADERS)
+        if stream is None:
+            stream = self._get_or_create_stream(
+                stream_id, h2.connection.AllowedStreamIDs(config.client_side)
+            )
+        self._data_to_send += _headers_sent(stream, headers, self.encoder, end_stream)
+
+    def send_data(
+        self, stream_id: int, data: Any, end_stream: bool = False, pad_length: Any = None
+    ) -> None:
+        """h2's ``send_data``, its frame written as bytes, for bytes without padding that the
+        windows and the peer's frame size allow; anything else, h2's own path (and errors)."""
+        stream = self.streams.get(stream_id)
+        if stream is None or pad_length is not None or type(data) is not bytes:
+            super().send_data(stream_id, data, end_stream, pad_length)
+            return
+        size = len(data)
+        window = min(self.outbound_flow_control_window, stream.outbound_flow_control_window)
+        if (size and size > window) or size > self.max_outbound_frame_size:
+            super().send_data(stream_id, data, end_stream, pad_length)  # raises as h2 does
+            return
+        self.state_machine.process_input(_SEND_DATA)
+        machine = stream.state_machine
+        machine.process_input(_STREAM_SEND_DATA)
+        if end_stream:
+            machine.process_input(_STREAM_SEND_END_STREAM)
+        stream.outbound_flow_control_window -= size
+        self._data_to_send += frame_bytes(_DATA, _END_STREAM if end_stream else 0, stream_id, data)
+        self.outbound_flow_control_window -= size
+
     def _take_data(self, stream_id: int, payload: bytes, end_stream: bool) -> list[Any] | None:
         """h2's ``_receive_data_frame`` for a stream the peer may send on; else None."""
         stream = self.streams.get(stream_id)
@@ -409,6 +486,47 @@ _RECV_HEADERS: Final = h2.connection.ConnectionInputs.RECV_HEADERS
 _ODD: Final = h2.connection.AllowedStreamIDs.ODD
 _OPEN: Final = h2.stream.StreamState.OPEN
 _HALF_CLOSED_LOCAL: Final = h2.stream.StreamState.HALF_CLOSED_LOCAL
+
+
+_SEND_HEADERS: Final = h2.connection.ConnectionInputs.SEND_HEADERS
+_SEND_DATA: Final = h2.connection.ConnectionInputs.SEND_DATA
+_STREAM_SEND_HEADERS: Final = h2.stream.StreamInputs.SEND_HEADERS
+_STREAM_SEND_INFORMATIONAL: Final = h2.stream.StreamInputs.SEND_INFORMATIONAL_HEADERS
+_STREAM_SEND_DATA: Final = h2.stream.StreamInputs.SEND_DATA
+_STREAM_SEND_END_STREAM: Final = h2.stream.StreamInputs.SEND_END_STREAM
+_CONTINUATION: Final = 0x9
+
+
+def _headers_sent(
+    stream: h2.stream.H2Stream, headers: Any, encoder: Any, end_stream: bool
+) -> bytes:
+    """h2's ``H2Stream.send_headers`` (the same steps in the same order), returning the
+    HEADERS frame, and any CONTINUATION frames, as bytes."""
+    machine = stream.state_machine
+    fields = bytes_headers(headers)
+    step = _STREAM_SEND_HEADERS
+    if not machine.client and informational(fields):
+        if end_stream:
+            raise h2.exceptions.ProtocolError("Cannot set END_STREAM on informational responses.")
+        step = _STREAM_SEND_INFORMATIONAL
+    machine.process_input(step)
+    block = encoder.encode(fields)
+    size = stream.max_outbound_frame_size or 0
+    first, rest = block[:size], block[size:]
+    if end_stream:
+        machine.process_input(_STREAM_SEND_END_STREAM)
+    if machine.trailers_sent and not end_stream:
+        raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set.")
+    if machine.client and stream._authority is None:
+        stream._authority = h2.utilities.authority_from_headers(fields)
+    stream.request_method = h2.utilities.extract_method_header(fields)
+    flags = (0 if rest else _END_HEADERS) | (_END_STREAM if end_stream else 0)
+    frames = [frame_bytes(_HEADERS, flags, stream.stream_id, first)]
+    while rest:
+        block, rest = rest[:size], rest[size:]
+        flags = 0 if rest else _END_HEADERS
+        frames.append(frame_bytes(_CONTINUATION, flags, stream.stream_id, block))
+    return b"".join(frames)
 
 
 def _receiving(stream: h2.stream.H2Stream) -> bool:

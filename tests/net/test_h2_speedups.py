@@ -33,6 +33,7 @@ from meshnode.net.h2_speedups import (
     informational,
     validation_flags,
 )
+from meshnode.net.hpack_encoder import StaticTableEncoder
 
 _h2s_validation_flags = h2_speedups._build_validation_flags  # h2's own
 
@@ -592,3 +593,125 @@ def test_a_request_and_an_answer_are_taken_without_hyperframe(
         "StreamEnded",
     ]
     assert parsed == [0]
+
+
+# -- send_headers and send_data: frames written as bytes, against h2's own path ---------
+
+_SENT_BLOCKS = {
+    **_HPACK_BLOCKS,
+    "big": [(b":status", b"200"), (b"x-big", b"v" * 40000)],  # HEADERS, 2 CONTINUATION
+}
+
+
+def _sender_twins(client_side: bool) -> list[Connection]:
+    """Two connections in the same state, configured as meshnode's sessions are: a client
+    before its first request, or a server whose peer opened streams 1 (its request ended)
+    and 3 (a body to come)."""
+    twins = []
+    for _ in range(2):
+        ours = Connection(
+            Configuration(
+                client_side=client_side,
+                header_encoding=None,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            ),
+            {},
+        )
+        peer = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=not client_side, header_encoding=None)
+        )
+        ours.initiate_connection()
+        peer.initiate_connection()
+        ours.receive_data(peer.data_to_send())
+        peer.receive_data(ours.data_to_send())
+        ours.receive_data(peer.data_to_send())
+        ours.encoder = StaticTableEncoder()
+        if not client_side:
+            peer.send_headers(1, REQUEST, end_stream=True)
+            peer.send_headers(3, REQUEST)
+            ours.receive_data(peer.data_to_send())
+        ours.data_to_send()
+        twins.append(ours)
+    return twins
+
+
+_SENDS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("headers"),
+            st.sampled_from([1, 3, 5, 2]),
+            st.sampled_from(sorted(_SENT_BLOCKS)),
+            st.booleans(),
+        ),
+        st.tuples(
+            st.just("data"),
+            st.sampled_from([1, 3, 5]),
+            st.sampled_from([b"", b"abc", b"x" * 16385]),
+            st.booleans(),
+        ),
+    ),
+    max_size=6,
+)
+
+
+@pytest.mark.parametrize("client_side", [True, False], ids=["client", "server"])
+@settings(max_examples=300, deadline=None)
+@given(sends=_SENDS)
+def test_frames_sent_as_bytes_are_what_h2s_path_sends(
+    client_side: bool, sends: list[tuple[str, int, object, bool]]
+) -> None:
+    """The same sends on a connection sending as meshnode's do and on one sending through
+    h2 alone: the same bytes to send, the same errors, streams, windows and state."""
+    fast, plain = _sender_twins(client_side)
+    results = []
+    for connection, headers_sender, data_sender in (
+        (fast, fast.send_headers, fast.send_data),
+        (
+            plain,
+            lambda *a: h2.connection.H2Connection.send_headers(plain, *a),
+            lambda *a: h2.connection.H2Connection.send_data(plain, *a),
+        ),
+    ):
+        outcomes: list[object] = []
+        for kind, stream_id, what, end_stream in sends:
+            try:
+                if kind == "headers":
+                    headers_sender(stream_id, _SENT_BLOCKS[str(what)], end_stream)
+                else:
+                    data_sender(stream_id, what, end_stream)
+                outcomes.append(bytes(connection.data_to_send()))
+            except Exception as error:  # h2 raises a KeyError for data on an unknown stream
+                outcomes.append(_described(error))
+        streams = {
+            i: (
+                s.state_machine.state,
+                s.outbound_flow_control_window,
+                s._authority,
+                s.request_method,
+            )
+            for i, s in connection.streams.items()
+        }
+        state = (connection.state_machine.state, connection.outbound_flow_control_window)
+        results.append((outcomes, streams, state, connection.highest_outbound_stream_id))
+    assert results[0] == results[1]
+
+
+def test_a_request_and_an_answer_are_sent_without_hyperframe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, server = _sender_twins(client_side=True)[0], _sender_twins(client_side=False)[0]
+    serialized: list[str] = []
+    real_serialize = hyperframe.frame.Frame.serialize
+
+    def serialize(frame: hyperframe.frame.Frame) -> bytes:
+        serialized.append(type(frame).__name__)
+        return real_serialize(frame)
+
+    monkeypatch.setattr(hyperframe.frame.Frame, "serialize", serialize)
+    client.send_headers(1, REQUEST, end_stream=True)
+    server.send_headers(3, [(b":status", b"200")])
+    server.send_data(3, b"abc", end_stream=True)
+    assert serialized == []
+    server.send_data(1, b"", pad_length=0)  # padded: h2 builds it
+    assert serialized == ["DataFrame"]

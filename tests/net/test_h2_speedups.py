@@ -488,6 +488,19 @@ def _described(outcome: list[h2.events.Event] | Exception) -> object:
     ]
 
 
+def _handshake(ours: Connection) -> h2.connection.H2Connection:
+    """``ours`` past the preface and both sides' SETTINGS, with h2 as the peer."""
+    peer = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=not ours.config.client_side, header_encoding=None)
+    )
+    ours.initiate_connection()
+    peer.initiate_connection()
+    ours.receive_data(peer.data_to_send())
+    peer.receive_data(ours.data_to_send())
+    ours.receive_data(peer.data_to_send())
+    return peer
+
+
 def _twins(client_side: bool) -> list[Connection]:
     """Two connections in the same state: a client with requests open on streams 1, 3 and
     5, or a server past its peer's preface that allows two streams at a time."""
@@ -499,14 +512,7 @@ def _twins(client_side: bool) -> list[Connection]:
                 client=False,
                 initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 2},
             )
-        peer = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=not client_side, header_encoding=None)
-        )
-        ours.initiate_connection()
-        peer.initiate_connection()
-        ours.receive_data(peer.data_to_send())
-        peer.receive_data(ours.data_to_send())
-        ours.receive_data(peer.data_to_send())
+        _handshake(ours)
         if client_side:
             for stream_id in (1, 3, 5):
                 ours.send_headers(stream_id, REQUEST, end_stream=stream_id != 3)
@@ -564,37 +570,6 @@ def test_frames_taken_without_hyperframe_give_what_h2s_path_gives(
     assert results[0] == results[1]
 
 
-def test_a_request_and_an_answer_are_taken_without_hyperframe(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """What the differential test cannot see: that the common frames skip h2's parser."""
-    client, server = _twins(client_side=True)[0], _twins(client_side=False)[0]
-    parsed: list[int] = []
-    real_parse = hyperframe.frame.Frame.parse_frame_header
-
-    def parse(header: memoryview, strict: bool = False) -> object:
-        parsed.append(header[3])
-        return real_parse(header, strict)
-
-    monkeypatch.setattr(hyperframe.frame.Frame, "parse_frame_header", staticmethod(parse))
-    request = _wire([("headers", 1, 0x5, "request")])
-    assert [type(e).__name__ for e in server.receive_data(request)] == [
-        "RequestReceived",
-        "StreamEnded",
-    ]
-    answer = _wire([("headers", 1, 0x4, "response"), ("data", 1, 0x0, b"abc")])
-    events = client.receive_data(answer)
-    assert [type(e).__name__ for e in events] == ["ResponseReceived", "DataReceived"]
-    assert events[1].data == b"abc" and events[1].flow_controlled_length == 3
-    assert parsed == []
-    padded = _wire([("data", 1, 0x9, b"")])  # padded: h2 parses it
-    assert [type(e).__name__ for e in client.receive_data(padded)] == [
-        "DataReceived",
-        "StreamEnded",
-    ]
-    assert parsed == [0]
-
-
 # -- send_headers and send_data: frames written as bytes, against h2's own path ---------
 
 _SENT_BLOCKS = {
@@ -618,14 +593,7 @@ def _sender_twins(client_side: bool) -> list[Connection]:
             ),
             {},
         )
-        peer = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=not client_side, header_encoding=None)
-        )
-        ours.initiate_connection()
-        peer.initiate_connection()
-        ours.receive_data(peer.data_to_send())
-        peer.receive_data(ours.data_to_send())
-        ours.receive_data(peer.data_to_send())
+        peer = _handshake(ours)
         ours.encoder = StaticTableEncoder()
         if not client_side:
             peer.send_headers(1, REQUEST, end_stream=True)
@@ -697,21 +665,34 @@ def test_frames_sent_as_bytes_are_what_h2s_path_sends(
     assert results[0] == results[1]
 
 
-def test_a_request_and_an_answer_are_sent_without_hyperframe(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_requests_and_answers_travel_without_hyperframe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the differential tests cannot see: that the common frames skip hyperframe's
+    parser and serializer both ways, and that padding still goes through them."""
+    used: list[str] = []
+    parse, serialize = hyperframe.frame.Frame.parse_frame_header, hyperframe.frame.Frame.serialize
+
+    def parsing(header: memoryview, strict: bool = False) -> object:
+        used.append("parse")
+        return parse(header, strict)
+
+    def serializing(frame: hyperframe.frame.Frame) -> bytes:
+        used.append("serialize")
+        return serialize(frame)
+
+    monkeypatch.setattr(hyperframe.frame.Frame, "parse_frame_header", staticmethod(parsing))
+    monkeypatch.setattr(hyperframe.frame.Frame, "serialize", serializing)
     client, server = _sender_twins(client_side=True)[0], _sender_twins(client_side=False)[0]
-    serialized: list[str] = []
-    real_serialize = hyperframe.frame.Frame.serialize
-
-    def serialize(frame: hyperframe.frame.Frame) -> bytes:
-        serialized.append(type(frame).__name__)
-        return real_serialize(frame)
-
-    monkeypatch.setattr(hyperframe.frame.Frame, "serialize", serialize)
-    client.send_headers(1, REQUEST, end_stream=True)
-    server.send_headers(3, [(b":status", b"200")])
-    server.send_data(3, b"abc", end_stream=True)
-    assert serialized == []
-    server.send_data(1, b"", pad_length=0)  # padded: h2 builds it
-    assert serialized == ["DataFrame"]
+    used.clear()  # the handshakes' frames
+    client.send_headers(5, REQUEST, end_stream=True)
+    request = server.receive_data(bytes(client.data_to_send()))
+    assert [type(e).__name__ for e in request] == ["RequestReceived", "StreamEnded"]
+    server.send_headers(5, [(b":status", b"200")])
+    server.send_data(5, b"abc")
+    answer = client.receive_data(bytes(server.data_to_send()))
+    assert [type(e).__name__ for e in answer] == ["ResponseReceived", "DataReceived"]
+    assert answer[1].data == b"abc" and answer[1].flow_controlled_length == 3
+    assert used == []
+    server.send_data(5, b"", end_stream=True, pad_length=0)  # padded: hyperframe both ways
+    ended = client.receive_data(bytes(server.data_to_send()))
+    assert [type(e).__name__ for e in ended] == ["DataReceived", "StreamEnded"]
+    assert used == ["serialize", "parse"]

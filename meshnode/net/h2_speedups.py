@@ -450,7 +450,6 @@ class Connection(h2.connection.H2Connection):
             if (
                 self.config.client_side
                 or stream_id <= self.highest_inbound_stream_id
-                or not stream_id & 1
                 or self.open_inbound_streams >= self.local_settings.max_concurrent_streams
             ):
                 return None
@@ -472,29 +471,29 @@ class Connection(h2.connection.H2Connection):
             self._closed_streams[stream_id] = stream.closed_by
 
 
-# What ``Connection.receive_data`` reads of a frame (RFC 9113 4.1, 6.1, 6.2).
+# What ``Connection`` reads and writes of a frame without hyperframe (RFC 9113 4.1, 6.1,
+# 6.2, 6.10), and h2's inputs for the steps it takes.
 _FRAME_HEADER: Final = 9
 _STREAM_ID: Final = 0x7FFFFFFF
+_INITIAL_FRAME_SIZE: Final = 16384  # a stream's until the peer's SETTINGS say otherwise
 _DATA: Final = 0x0
 _HEADERS: Final = 0x1
+_CONTINUATION: Final = 0x9
 _END_STREAM: Final = 0x1
 _END_HEADERS: Final = 0x4
 _PADDED: Final = 0x8
 _PADDED_PRIORITY: Final = 0x8 | 0x20
 _RECV_DATA: Final = h2.connection.ConnectionInputs.RECV_DATA
 _RECV_HEADERS: Final = h2.connection.ConnectionInputs.RECV_HEADERS
-_ODD: Final = h2.connection.AllowedStreamIDs.ODD
-_OPEN: Final = h2.stream.StreamState.OPEN
-_HALF_CLOSED_LOCAL: Final = h2.stream.StreamState.HALF_CLOSED_LOCAL
-
-
 _SEND_HEADERS: Final = h2.connection.ConnectionInputs.SEND_HEADERS
 _SEND_DATA: Final = h2.connection.ConnectionInputs.SEND_DATA
 _STREAM_SEND_HEADERS: Final = h2.stream.StreamInputs.SEND_HEADERS
 _STREAM_SEND_INFORMATIONAL: Final = h2.stream.StreamInputs.SEND_INFORMATIONAL_HEADERS
 _STREAM_SEND_DATA: Final = h2.stream.StreamInputs.SEND_DATA
 _STREAM_SEND_END_STREAM: Final = h2.stream.StreamInputs.SEND_END_STREAM
-_CONTINUATION: Final = 0x9
+_ODD: Final = h2.connection.AllowedStreamIDs.ODD
+_OPEN: Final = h2.stream.StreamState.OPEN
+_HALF_CLOSED_LOCAL: Final = h2.stream.StreamState.HALF_CLOSED_LOCAL
 
 
 def _headers_sent(
@@ -511,7 +510,7 @@ def _headers_sent(
         step = _STREAM_SEND_INFORMATIONAL
     machine.process_input(step)
     block = encoder.encode(fields)
-    size = stream.max_outbound_frame_size or 0
+    size = stream.max_outbound_frame_size or _INITIAL_FRAME_SIZE  # h2 sets it on each stream
     first, rest = block[:size], block[size:]
     if end_stream:
         machine.process_input(_STREAM_SEND_END_STREAM)

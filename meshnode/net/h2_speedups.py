@@ -70,6 +70,16 @@ import h2.utilities
 import hyperframe.flags
 import hyperframe.frame
 
+from meshnode.net.framing import (
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    FRAME_HEADER_SIZE,
+    HEADERS,
+    PADDED,
+)
+
 
 def frame_name(frame: object) -> str:
     """What h2's received-frame trace gets instead of the frame's full repr."""
@@ -340,20 +350,20 @@ class Connection(h2.connection.H2Connection):
         position = 0
         end = len(data)
         try:
-            while end - position >= _FRAME_HEADER:
+            while end - position >= FRAME_HEADER_SIZE:
                 length = int.from_bytes(data[position : position + 3], "big")
-                after = position + _FRAME_HEADER + length
+                after = position + FRAME_HEADER_SIZE + length
                 if after > end or length > self.max_inbound_frame_size:
                     break
                 kind = data[position + 3]
                 flags = data[position + 4]
                 stream_id = int.from_bytes(data[position + 5 : position + 9], "big") & _STREAM_ID
-                payload = data[position + _FRAME_HEADER : after]
+                payload = data[position + FRAME_HEADER_SIZE : after]
                 taken = None
-                if kind == _DATA and not flags & _PADDED:
-                    taken = self._take_data(stream_id, payload, bool(flags & _END_STREAM))
-                elif kind == _HEADERS and flags & _END_HEADERS and not flags & _PADDED_PRIORITY:
-                    taken = self._take_headers(stream_id, payload, bool(flags & _END_STREAM))
+                if kind == DATA and not flags & PADDED:
+                    taken = self._take_data(stream_id, payload, bool(flags & END_STREAM))
+                elif kind == HEADERS and flags & END_HEADERS and not flags & _PADDED_PRIORITY:
+                    taken = self._take_headers(stream_id, payload, bool(flags & END_STREAM))
                 if taken is None:
                     break
                 events += taken
@@ -429,7 +439,7 @@ class Connection(h2.connection.H2Connection):
         if end_stream:
             machine.process_input(_STREAM_SEND_END_STREAM)
         stream.outbound_flow_control_window -= size
-        self._data_to_send += frame_bytes(_DATA, _END_STREAM if end_stream else 0, stream_id, data)
+        self._data_to_send += frame_bytes(DATA, END_STREAM if end_stream else 0, stream_id, data)
         self.outbound_flow_control_window -= size
 
     def _take_data(self, stream_id: int, payload: bytes, end_stream: bool) -> list[Any] | None:
@@ -471,18 +481,12 @@ class Connection(h2.connection.H2Connection):
             self._closed_streams[stream_id] = stream.closed_by
 
 
-# What ``Connection`` reads and writes of a frame without hyperframe (RFC 9113 4.1, 6.1,
-# 6.2, 6.10), and h2's inputs for the steps it takes.
-_FRAME_HEADER: Final = 9
+# What ``Connection`` reads and writes of a frame without hyperframe, beyond the frame
+# gate's constants (RFC 9113 4.1, 6.2), and h2's inputs for the steps it takes.
 _STREAM_ID: Final = 0x7FFFFFFF
 _INITIAL_FRAME_SIZE: Final = 16384  # a stream's until the peer's SETTINGS say otherwise
-_DATA: Final = 0x0
-_HEADERS: Final = 0x1
-_CONTINUATION: Final = 0x9
-_END_STREAM: Final = 0x1
-_END_HEADERS: Final = 0x4
-_PADDED: Final = 0x8
-_PADDED_PRIORITY: Final = 0x8 | 0x20
+_PRIORITY_FLAG: Final = 0x20
+_PADDED_PRIORITY: Final = PADDED | _PRIORITY_FLAG
 _RECV_DATA: Final = h2.connection.ConnectionInputs.RECV_DATA
 _RECV_HEADERS: Final = h2.connection.ConnectionInputs.RECV_HEADERS
 _SEND_HEADERS: Final = h2.connection.ConnectionInputs.SEND_HEADERS
@@ -519,12 +523,12 @@ def _headers_sent(
     if machine.client and stream._authority is None:
         stream._authority = h2.utilities.authority_from_headers(fields)
     stream.request_method = h2.utilities.extract_method_header(fields)
-    flags = (0 if rest else _END_HEADERS) | (_END_STREAM if end_stream else 0)
-    frames = [frame_bytes(_HEADERS, flags, stream.stream_id, first)]
+    flags = (0 if rest else END_HEADERS) | (END_STREAM if end_stream else 0)
+    frames = [frame_bytes(HEADERS, flags, stream.stream_id, first)]
     while rest:
         block, rest = rest[:size], rest[size:]
-        flags = 0 if rest else _END_HEADERS
-        frames.append(frame_bytes(_CONTINUATION, flags, stream.stream_id, block))
+        flags = 0 if rest else END_HEADERS
+        frames.append(frame_bytes(CONTINUATION, flags, stream.stream_id, block))
     return b"".join(frames)
 
 

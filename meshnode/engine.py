@@ -20,13 +20,19 @@ from meshnode.actors.replay import Deliverer
 from meshnode.actors.stats import UpstreamStats
 from meshnode.actors.supervisor import RestartPolicy
 from meshnode.events import EventBus
-from meshnode.net.pool import UpstreamPool, tcp_connector
+from meshnode.net.pool import (
+    PLAIN_H2,
+    UpstreamConnections,
+    UpstreamPool,
+    tcp_connector,
+    upstream_connections,
+)
 from meshnode.net.tls import TLSManager, connect_mesh
 from meshnode.net.violations import ConnectionRules, Violations
 from meshnode.policy import Address, PolicySet, UpstreamPolicy
 from meshnode.policy.diff import PolicyDiff
 from meshnode.proxy.access_log import log_access
-from meshnode.proxy.forward import Proxy, expected_identity
+from meshnode.proxy.forward import Proxy
 from meshnode.proxy.routing import RouteTable
 from meshnode.resilience.spool import AsyncSpool, Spool, SpoolError
 
@@ -117,13 +123,17 @@ class Engine:
         )
         trust_domain = policies.node.node.trust_domain
 
-        def peer(upstream: UpstreamPolicy) -> str | None:
-            return expected_identity(
-                upstream, self._proxy.trust_domain if self._proxy else trust_domain
+        def connections(upstream: UpstreamPolicy) -> UpstreamConnections:
+            """An upstream's connections: its probes' and deliveries' are its requests'."""
+            group = self.groups.get(upstream.name)
+            return upstream_connections(
+                upstream.upstream,
+                self._proxy.trust_domain if self._proxy else trust_domain,
+                group.stats.goaways if group is not None else PLAIN_H2.goaways,
             )
 
-        self._prober = Prober(self._pool, peer)
-        self._deliverer = Deliverer(self._pool, peer)
+        self._prober = Prober(self._pool, connections)
+        self._deliverer = Deliverer(self._pool, connections)
         self.open_queue(policies)
         for upstream in policies.upstreams.values():
             await self._start_group(upstream)

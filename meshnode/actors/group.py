@@ -304,13 +304,10 @@ class UpstreamGroup:
     def release(self, load: EndpointLoad, latency: float, *, failed: bool = False) -> None:
         """The try on ``load``'s endpoint ended; its outcome feeds latency and ejection."""
         now = trio.current_time()
-        load.in_flight -= 1
+        self.release_unjudged(load)
         load.tries += 1
         load.failures += failed
         load.latency.observe(latency, now, failed=failed)
-        self.in_flight -= 1
-        if self.in_flight == 0:
-            self._drained.fire()
         outliers = self.balancing.outliers
         if outliers is not None:
             ejected_for = outliers.record(
@@ -323,6 +320,14 @@ class UpstreamGroup:
                     "ejected",
                     f"{ejected_for:.0f}s after repeated failures",
                 )
+
+    def release_unjudged(self, load: EndpointLoad) -> None:
+        """Free the slot of a try that says nothing of the endpoint: the upstream left it
+        unanswered as it recycled a connection, and the request is sent again."""
+        load.in_flight -= 1
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._drained.fire()
         self._slot_freed.fire()
 
     def set_health(self, address: Address, healthy: bool, reason: str) -> None:
@@ -412,6 +417,8 @@ class UpstreamGroup:
             "rate_limited": stats.rate_limited,
             "rejected": {**stats.rejected, "circuit-open": stats.breaker_rejected},
             "fallbacks": dict(stats.fallbacks),
+            "goaways": stats.goaways.count,
+            "resent": dict(stats.resent),
             "endpoints": [self._endpoint_report(endpoint) for endpoint in self.endpoints.endpoints],
         }
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from meshnode.errors import MeshError
-from meshnode.net.pool import UpstreamPool
+from meshnode.net.pool import UpstreamConnections, UpstreamPool
 from meshnode.net.session import CANCEL, ResponseHead, Stream, StreamReset
 from meshnode.policy.models import HealthCheckPolicy, UpstreamPolicy
 from meshnode.policy.units import Address
@@ -25,10 +25,12 @@ GRPC_SERVING = 1
 
 
 class Prober:
-    def __init__(self, pool: UpstreamPool, peer: Callable[[UpstreamPolicy], str | None]) -> None:
-        """``peer`` names the identity an upstream must prove (None: cleartext)."""
+    def __init__(
+        self, pool: UpstreamPool, connections: Callable[[UpstreamPolicy], UpstreamConnections]
+    ) -> None:
+        """``connections``: how an upstream's connections are made (its requests')."""
         self._pool = pool
-        self._peer = peer
+        self._connections = connections
 
     async def __call__(self, policy: UpstreamPolicy, address: Address) -> ProbeResult:
         check = policy.health_check
@@ -62,8 +64,7 @@ class Prober:
             address,
             headers,
             end_stream=not grpc,
-            peer=self._peer(policy),
-            protocol=policy.upstream.protocol,
+            connections=self._connections(policy),
         )
         try:
             if grpc:

@@ -21,7 +21,7 @@ from meshnode.actors.actors import Actor
 from meshnode.actors.messages import CrashForTest, InjectedFault
 from meshnode.errors import MeshError
 from meshnode.events import QueueDrained
-from meshnode.net.pool import UpstreamPool
+from meshnode.net.pool import UpstreamConnections, UpstreamPool
 from meshnode.net.session import CANCEL, ResponseHead, Stream, StreamReset
 from meshnode.policy.models import UpstreamPolicy
 from meshnode.resilience.core.breaker import BreakerState
@@ -41,9 +41,11 @@ DELIVERY_TIMEOUT = 30.0
 class Deliverer:
     """Sends one stored request through the node's pool; answers (status, error)."""
 
-    def __init__(self, pool: UpstreamPool, peer: Callable[[UpstreamPolicy], str | None]) -> None:
+    def __init__(
+        self, pool: UpstreamPool, connections: Callable[[UpstreamPolicy], UpstreamConnections]
+    ) -> None:
         self._pool = pool
-        self._peer = peer
+        self._connections = connections
 
     async def __call__(self, group: UpstreamGroup, entry: Entry) -> tuple[int, str]:
         endpoint, load = await group.acquire()
@@ -64,8 +66,7 @@ class Deliverer:
                     endpoint.address,
                     headers,
                     end_stream=not entry.body,
-                    peer=self._peer(group.policy),
-                    protocol=group.policy.upstream.protocol,
+                    connections=self._connections(group.policy),
                 )
                 try:
                     if entry.body:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+from meshnode.net.pool import GoAwayCounter
+from meshnode.net.session import GOAWAY, REFUSED, STALE
+
 # Request duration buckets, in seconds: from a fast local call to a slow retry chain.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -21,10 +24,12 @@ class UpstreamStats:
         "duration_count",
         "duration_sum",
         "fallbacks",
+        "goaways",
         "queue",
         "rate_limited",
         "rejected",
         "requests",
+        "resent",
         "retries",
         "tries",
     )
@@ -42,6 +47,10 @@ class UpstreamStats:
         self.fallbacks: dict[str, int] = {}
         self.rejected = {"bulkhead-full": 0}
         self.queue = {"queued": 0, "delivered": 0, "dead-lettered": 0, "refused": 0}
+        # The upstream recycling its connections: GOAWAYs received, and requests it left
+        # unanswered that were sent again (free: neither tries nor failures), by why.
+        self.goaways = GoAwayCounter()
+        self.resent = {GOAWAY: 0, REFUSED: 0, STALE: 0}
 
     def observe(self, status: int, seconds: float) -> None:
         requests = self.requests

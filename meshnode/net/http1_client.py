@@ -36,6 +36,7 @@ from meshnode.net.session import (
     CANCEL,
     END_OF_STREAM,
     PROTOCOL_ERROR,
+    STALE,
     Data,
     Headers,
     ResponseHead,
@@ -66,6 +67,7 @@ class H1ClientConnection(H1Connection):
         self._started = trio.Event()
         self._websocket_key: bytes | None = None  # ours, while a WebSocket upgrade is pending
         self.tunnel = False  # switched to WebSocket: bytes both ways until the end
+        self._answered = False  # whether any byte of the exchange's response came
 
     @property
     def usable(self) -> bool:
@@ -74,6 +76,7 @@ class H1ClientConnection(H1Connection):
     def start(self, headers: Headers, *, end_stream: bool) -> Stream:
         """Send a request head; the caller checked ``usable``."""
         self.exchanges += 1
+        self._answered = False
         stream = Stream(self, self.exchanges, None)
         self.streams[stream.id] = stream
         stream.headers_sent = True
@@ -145,7 +148,7 @@ class H1ClientConnection(H1Connection):
                 event = self.conn.next_event()
             except h11.RemoteProtocolError as exc:
                 if closed:  # closed before the response was complete
-                    stream._fail(StreamReset(stream, CANCEL, connection_lost=True))
+                    stream._fail(self._lost(stream))
                     return False
                 return self._refuse(stream, f"malformed HTTP/1.1 response: {exc}")
             if event is h11.NEED_DATA:
@@ -154,6 +157,7 @@ class H1ClientConnection(H1Connection):
                 if waited.cancelled_caught or stream.finished:
                     return False
                 closed = not data
+                self._answered = self._answered or not closed
                 self.conn.receive_data(data)
             elif isinstance(event, h11.Response):
                 if self._websocket_key is not None and event.status_code < 300:
@@ -187,7 +191,7 @@ class H1ClientConnection(H1Connection):
                 stream._push(END_OF_STREAM)
                 return True
             elif isinstance(event, h11.ConnectionClosed):
-                stream._fail(StreamReset(stream, CANCEL, connection_lost=True))
+                stream._fail(self._lost(stream))
                 return False
             # InformationalResponse (100 Continue, 103): nothing to relay
 
@@ -207,6 +211,13 @@ class H1ClientConnection(H1Connection):
         stream._push(END_OF_STREAM)
         while not stream.finished and not stream.local_closed:
             await self._wait(stream, None)
+
+    def _lost(self, stream: Stream) -> StreamReset:
+        """A reused keep-alive connection that closed before a byte of the answer came was
+        closed by the upstream as idle while the request was on its way: the stale
+        keep-alive race, after which a request safe to repeat is sent again."""
+        stale = self.exchanges > 1 and not self._answered
+        return StreamReset(stream, CANCEL, connection_lost=True, lifecycle=STALE if stale else None)
 
     def _refuse(self, stream: Stream, problem: str) -> bool:
         self.violation("malformed-response", problem)

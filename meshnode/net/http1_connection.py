@@ -177,9 +177,13 @@ class H1Connection:
     def _connection_lost(self) -> None:
         """The connection is gone: the stream in flight fails, as on a lost HTTP/2 connection."""
         for stream in list(self.streams.values()):
-            stream._fail(StreamReset(stream, CANCEL, connection_lost=True))
+            stream._fail(self._lost(stream))
         self.streams.clear()
         self._pulse()
+
+    def _lost(self, stream: Stream) -> StreamReset:
+        """The reset of a stream whose connection went away."""
+        return StreamReset(stream, CANCEL, connection_lost=True)
 
     def _check_open(self, stream: Stream) -> None:
         ensure_open(stream, connection_dead=self.dead)

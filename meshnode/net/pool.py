@@ -1,17 +1,21 @@
 """Pooled, multiplexed HTTP/2 connections to upstream endpoints.
 
 Each endpoint address has a few sessions; a request takes a stream on the first
-one with room under the peer's ``max_concurrent_streams`` and opens another
-connection only when all are full. Connecting is serialized per endpoint, so a
-burst of requests on a cold pool opens one connection, not a hundred. A session
-that received GOAWAY stops taking streams and leaves the pool when its last
-stream ends; the next request connects afresh. Sessions idle for longer than
+one with room under the peer's ``max_concurrent_streams`` (as the peer last set it:
+lowered mid-connection, even to 0, it is obeyed) and opens another connection only
+when all are full. Connecting is serialized per endpoint, so a burst of requests on
+a cold pool opens one connection, not a hundred. A session that received GOAWAY
+stops taking streams at once and leaves the pool when its last stream ends; the
+next request connects afresh. (What becomes of the streams the upstream left
+unanswered is the request path's: ``StreamReset.lifecycle``.) Each upstream's
+connections are pooled apart, so that each counts its own GOAWAYs. Sessions idle for longer than
 ``idle_timeout`` close themselves with a GOAWAY (the session's own idle rule,
 shorter here than for callers' connections).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -19,15 +23,20 @@ import attrs
 import trio
 
 from meshnode.errors import UpstreamConnectFailure
+from meshnode.net.framing import GoAwayReceived
 from meshnode.net.http1_client import H1ClientConnection
 from meshnode.net.session import H2Session, Headers, Stream
 from meshnode.net.violations import ConnectionRules
+from meshnode.policy.models import UpstreamSection
 from meshnode.policy.units import Address, Duration
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_IDLE_TIMEOUT = 60.0
+# Fewer requests per connection than this are not learned as an upstream's limit: a
+# connection that short-lived is better left to GOAWAY and the resends.
+MIN_LEARNED_STREAMS = 4
 
 # Opens a transport to an endpoint: cleartext when ``peer`` is None, else mTLS to a peer
 # that must present that identity.
@@ -40,12 +49,100 @@ async def tcp_connector(address: Address, peer: str | None) -> trio.abc.Stream:
     return await trio.open_tcp_stream(address.host, address.port)
 
 
-class _Endpoint:
-    __slots__ = ("connect_lock", "sessions")
+class GoAwayCounter:
+    """The GOAWAYs an upstream's connections received, for its metrics; it also keys the
+    upstream's own connections in the pool."""
+
+    __slots__ = ("count",)
 
     def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, goaway: GoAwayReceived) -> None:
+        self.count += 1
+
+
+@attrs.frozen
+class UpstreamConnections:
+    """How one upstream's connections are made and kept; each upstream's are pooled apart.
+
+    ``peer``: the identity an endpoint must prove over mTLS (None: cleartext).
+    ``protocol``: "h2", or "http1" (one request per connection at a time, kept alive for
+    the next; the bulkhead's per-endpoint limit bounds how many are open).
+    ``max_requests``: h2 connections are retired after this many streams (0: only once
+    the upstream shows its own limit, ``_Endpoint.learn``).
+    ``goaways``: counts the GOAWAYs they receive, for the upstream's metrics.
+    """
+
+    peer: str | None = None
+    protocol: str = "h2"
+    max_requests: int = 0
+    goaways: GoAwayCounter = attrs.field(factory=GoAwayCounter)  # compared by identity
+
+
+PLAIN_H2 = UpstreamConnections()  # for callers that are no upstream of the node's policies
+
+
+@functools.lru_cache(maxsize=1024)
+def upstream_connections(
+    section: UpstreamSection, trust_domain: str, goaways: GoAwayCounter
+) -> UpstreamConnections:
+    """An upstream's connections as its ``[upstream]`` section sets them (one object for
+    the same section, so that its requests, probes and deliveries share connections)."""
+    return UpstreamConnections(
+        section.identity(trust_domain),
+        section.protocol,
+        section.max_requests_per_connection,
+        goaways,
+    )
+
+
+class _Endpoint:
+    __slots__ = ("address", "connect_lock", "sessions", "streams_per_connection")
+
+    def __init__(self, address: Address, streams_per_connection: int) -> None:
+        self.address = address
         self.sessions: list[H2Session] = []
         self.connect_lock = trio.Lock()
+        # Streams a connection opens before it is retired: as configured, or lower once the
+        # upstream showed its own limit (``learn``); 0: no limit.
+        self.streams_per_connection = streams_per_connection
+
+    def learn(self, session: H2Session) -> None:
+        """Learn the upstream's per-connection request limit from a connection it recycled
+        and lost requests with.
+
+        A server that ends each connection after N requests (nginx's ``keepalive_requests``
+        and Hypercorn's ``keep_alive_max_requests``, 1,000 by default) sends GOAWAY as the
+        last request arrives, while streams are in flight. nginx then finishes the streams
+        it accepted; Hypercorn on h2 drops their answers (python-hyper/h2#1181), and no
+        proxy can save an answer whose head it already relayed. Once a connection that was
+        sent GOAWAY in the middle of its work closed with accepted streams unanswered,
+        each new connection opens at most as many streams as the upstream surely took
+        without it (those it accepted, less those in flight then, any of which may have
+        been past its limit) and is retired: the upstream need not send GOAWAY at all.
+        The limit is only ever lowered; one learned too high shows itself the same way.
+        """
+        recycled = session.recycled_at
+        if recycled is None or not session.lost_after_goaway:
+            return
+        accepted, in_flight = recycled
+        limit = accepted - in_flight
+        if limit < MIN_LEARNED_STREAMS:
+            return
+        if self.streams_per_connection and limit >= self.streams_per_connection:
+            return
+        log.info(
+            "upstream %s dropped %d requests it had accepted as it recycled a connection "
+            "after %d: its connections are retired after %d from now on",
+            self.address,
+            session.lost_after_goaway,
+            accepted,
+            limit,
+        )
+        self.streams_per_connection = limit
+        for live in self.sessions:  # opened since: retired in time too
+            live.retire_after(limit)
 
     def usable(self) -> H2Session | None:
         for session in self.sessions:
@@ -70,7 +167,7 @@ class UpstreamPool:
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
         self.rules = rules if rules is not None else ConnectionRules("upstream")
-        self._endpoints: dict[tuple[Address, str | None], _Endpoint] = {}
+        self._endpoints: dict[tuple[Address, UpstreamConnections], _Endpoint] = {}
         # HTTP/1.1 upstreams: idle keep-alive connections per endpoint (the last used first),
         # and every open one, to retire on close_all.
         self._idle_http1: dict[Address, list[H1ClientConnection]] = {}
@@ -82,29 +179,22 @@ class UpstreamPool:
         headers: Headers,
         *,
         end_stream: bool,
-        peer: str | None = None,
-        protocol: str = "h2",
+        connections: UpstreamConnections = PLAIN_H2,
     ) -> Stream:
-        """Send a request's headers to ``address``, connecting if no connection has room.
-
-        ``peer``, when given, is the identity the endpoint must prove over mTLS;
-        such connections are pooled apart from cleartext ones to the same address.
-        ``protocol`` "http1": one request per connection at a time, kept alive for the next
-        (the bulkhead's per-endpoint limit bounds how many are open).
-        """
-        if protocol == "http1":
+        """Send a request's headers to ``address``, connecting if no connection has room."""
+        if connections.protocol == "http1":
             return await self._open_http1(address, headers, end_stream)
-        key = (address, peer)
+        key = (address, connections)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
-            endpoint = self._endpoints[key] = _Endpoint()
+            endpoint = self._endpoints[key] = _Endpoint(address, connections.max_requests)
         session = endpoint.usable()
         if session is None:
-            session = await self._connect(address, peer, endpoint)
+            session = await self._connect(address, connections, endpoint)
         return session.open_stream(headers, end_stream=end_stream)
 
-    def connections(self, address: Address, peer: str | None = None) -> int:
-        endpoint = self._endpoints.get((address, peer))
+    def connections(self, address: Address, connections: UpstreamConnections = PLAIN_H2) -> int:
+        endpoint = self._endpoints.get((address, connections))
         return 0 if endpoint is None else len(endpoint.sessions)
 
     def close_all(self) -> None:
@@ -152,15 +242,20 @@ class UpstreamPool:
         except (OSError, trio.TooSlowError) as exc:
             raise UpstreamConnectFailure(f"cannot connect to {address}: {_reason(exc)}") from exc
 
-    async def _connect(self, address: Address, peer: str | None, endpoint: _Endpoint) -> H2Session:
+    async def _connect(
+        self, address: Address, connections: UpstreamConnections, endpoint: _Endpoint
+    ) -> H2Session:
         async with endpoint.connect_lock:
             session = endpoint.usable()
             if session is not None:
                 return session
-            transport = await self._open_transport(address, peer)
+            transport = await self._open_transport(address, connections.peer)
             session = H2Session(
                 transport, client_side=True, rules=self._session_rules(), peer=str(address)
             )
+            session.on_goaway = connections.goaways
+            if endpoint.streams_per_connection:
+                session.retire_after(endpoint.streams_per_connection)
             await self._nursery.start(self._run_session, address, endpoint, session)
             return session
 
@@ -186,6 +281,7 @@ class UpstreamPool:
             log.exception("upstream connection to %s failed", address)
         finally:
             endpoint.sessions.remove(session)
+            endpoint.learn(session)
 
 
 def _reason(exc: BaseException) -> str:

@@ -72,6 +72,7 @@ RECEIVE_SIZE: Final = 65536
 # Until a server's SETTINGS arrive h2 assumes unlimited streams; assume this many.
 ASSUMED_PEER_STREAMS: Final = 100
 LAST_USABLE_STREAM_ID: Final = 2**31 - 1000
+GOAWAY_PING: Final = b"goaway\x00\x00"  # the opaque data of the PING that follows a GOAWAY
 FLUSH_GRACE: Final = 2.0  # seconds to write the last frames once reading has ended
 
 NO_ERROR: Final = int(h2.errors.ErrorCodes.NO_ERROR)
@@ -117,17 +118,37 @@ StreamItem = ResponseHead | Data | Trailers | EndOfStream
 _h2_errors = (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError)
 
 
+# Why an upstream left a stream unanswered as it recycled its connection (RFC 9113 6.8, 8.7):
+# the labels of ``meshnode_requests_resent_total``.
+GOAWAY: Final = "goaway"  # above the GOAWAY's last_stream_id, or lost after the GOAWAY
+REFUSED: Final = "refused-stream"  # RST_STREAM REFUSED_STREAM (or NO_ERROR before any answer)
+STALE: Final = "stale-connection"  # a reused connection closed before anything came back
+
+
 class StreamReset(Exception):
-    """The stream can no longer carry data: the peer reset it, or its connection went away."""
+    """The stream can no longer carry data: the peer reset it, or its connection went away.
+
+    ``lifecycle`` names the connection event behind it when the upstream was recycling the
+    connection rather than failing the request; ``refused`` says the upstream never
+    processed the stream (any request may be sent again), where without it only a request
+    that is safe to repeat may be.
+    """
 
     def __init__(
-        self, stream: Stream, code: int, *, refused: bool = False, connection_lost: bool = False
+        self,
+        stream: Stream,
+        code: int,
+        *,
+        refused: bool = False,
+        connection_lost: bool = False,
+        lifecycle: str | None = None,
     ) -> None:
         super().__init__(f"stream {stream.id} reset (code {code})")
         self.stream = stream
         self.code = code
-        self.refused = refused  # the peer never processed it: safe to try elsewhere
+        self.refused = refused
         self.connection_lost = connection_lost
+        self.lifecycle = lifecycle
 
 
 class StreamCarrier(Protocol):
@@ -156,6 +177,7 @@ class Stream:
     __slots__ = (
         "_items",
         "_waiter",
+        "born",
         "cancel_scope",
         "error",
         "headers",
@@ -189,6 +211,7 @@ class Stream:
         # Since when the stream has been waiting on the peer (data, window, or a drain).
         self.waiting_since: float | None = None
         self.owed = 0  # flow-controlled bytes received and not yet acknowledged
+        self.born = 0  # the connection's reads when the stream was opened (client side)
         # A WebSocket tunnel: waiting on one side is its normal state; the request path
         # holds it to ``tunnel_idle`` (no byte either way) instead of ``stream_idle_timeout``.
         self.tunnel = headers is not None and WEBSOCKET in headers
@@ -311,6 +334,8 @@ class H2Session:
         self._on_request = on_request
         self.rules = rules if rules is not None else ConnectionRules("upstream")
         self.peer = peer  # who is at the other end, for the log
+        # Told of each GOAWAY the peer sends (an upstream's pool: its metrics, its limits).
+        self.on_goaway: Callable[[GoAwayReceived], None] | None = None
         limits = self._limits = self.rules.limits
         self.streams: dict[int, Stream] = {}
         self.conn = Connection(
@@ -366,6 +391,15 @@ class H2Session:
         self.goaway_sent_last_id: int | None = None
         self.closing = False  # no new streams; the session ends when the last one does
         self.dead = False
+        self._fatal_sent = False  # the connection ended for the peer's violation
+        # An upstream recycling the connection while busy: the streams its GOAWAY accepted,
+        # and how many were in flight then; and how many it accepted but never answered.
+        self.recycled_at: tuple[int, int] | None = None
+        self.lost_after_goaway = 0
+        # The last stream id this side opens (client side): past it, the connection is
+        # retired before the upstream's own per-connection request limit (``retire_after``).
+        self.last_stream_id = LAST_USABLE_STREAM_ID
+        self.reads = 0  # reads from the transport: a stream that saw none was never answered
         self.last_active = self.started  # when it last had no stream: idle timeouts count from it
         self._cancel_scope = trio.CancelScope()
 
@@ -408,6 +442,10 @@ class H2Session:
         self.dead = True
         self._cancel_scope.cancel()
 
+    def retire_after(self, streams: int) -> None:
+        """Open at most ``streams`` streams here, then close the connection once they end."""
+        self.last_stream_id = min(LAST_USABLE_STREAM_ID, 2 * streams - 1)
+
     @property
     def accepts_streams(self) -> bool:
         """Whether a new outbound stream may be opened here now (client side)."""
@@ -416,7 +454,7 @@ class H2Session:
             and not self.closing
             and self.goaway_received is None
             and len(self.streams) < self.max_outbound_streams
-            and self.conn.highest_outbound_stream_id < LAST_USABLE_STREAM_ID
+            and self.conn.highest_outbound_stream_id < self.last_stream_id
         )
 
     @property
@@ -430,6 +468,7 @@ class H2Session:
         stream_id = self.conn.get_next_available_stream_id()
         stream = Stream(self, stream_id, None)
         stream.tunnel = WEBSOCKET in headers
+        stream.born = self.reads
         self._send_headers(stream, headers, end_stream)
         self.streams[stream_id] = stream  # after h2 counted the streams open before it
         return stream
@@ -444,6 +483,7 @@ class H2Session:
                 return
             if not data:
                 return
+            self.reads += 1
             try:
                 passed, goaways = self._gate.feed(data, trio.current_time())
                 events = self.conn.receive_data(passed) if passed else []
@@ -490,8 +530,7 @@ class H2Session:
         elif isinstance(event, h2.events.StreamReset):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
-                refused = event.error_code == REFUSED_STREAM
-                self._forget(stream, StreamReset(stream, int(event.error_code), refused=refused))
+                self._forget(stream, self._reset_by_peer(stream, int(event.error_code)))
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._peer_settings_seen = True
             self._window_opened.fire()
@@ -555,22 +594,52 @@ class H2Session:
         if stream is not None:
             stream._push(item)
 
+    def _reset_by_peer(self, stream: Stream, code: int) -> StreamReset:
+        """The peer's RST_STREAM. REFUSED_STREAM promises the stream was never processed
+        (RFC 9113 8.7); an upstream's NO_ERROR before any answer is how some servers shed
+        streams while they shut down (Hypercorn): the request was not failed, but may have
+        been seen."""
+        if code == REFUSED_STREAM:
+            return StreamReset(stream, code, refused=True, lifecycle=REFUSED)
+        lifecycle = REFUSED if code == NO_ERROR and self.client_side else None
+        return StreamReset(stream, code, lifecycle=lifecycle)
+
     def _on_goaway(self, goaway: GoAwayReceived) -> None:
-        """RFC 9113 6.8: streams above ``last_stream_id`` were never processed."""
+        """RFC 9113 6.8: streams above ``last_stream_id`` were never processed; a later
+        GOAWAY with a lower one is honoured the same way."""
+        if self.goaway_received is None and goaway.error_code == NO_ERROR and self.streams:
+            self.recycled_at = ((goaway.last_stream_id + 1) // 2, len(self.streams))
         self.goaway_received = goaway
         self.closing = True
-        if goaway.error_code != NO_ERROR:
-            log.info("peer sent GOAWAY with error %d: %r", goaway.error_code, goaway.debug_data)
+        # An upstream's GOAWAY is news to its operator; a caller's ends its every connection.
+        log.log(
+            logging.INFO if self.client_side else logging.DEBUG,
+            "%s %s sent GOAWAY (error code %d, last_stream_id %d)%s",
+            "upstream" if self.client_side else "caller",
+            self.peer,
+            goaway.error_code,
+            goaway.last_stream_id,
+            f": {goaway.debug_data!r}" if goaway.debug_data else "",
+        )
+        if self.on_goaway is not None:
+            self.on_goaway(goaway)
         if self.client_side:
             for stream in list(self.streams.values()):
                 if stream.id > goaway.last_stream_id:
-                    self._forget(stream, StreamReset(stream, REFUSED_STREAM, refused=True))
+                    reset = StreamReset(stream, REFUSED_STREAM, refused=True, lifecycle=GOAWAY)
+                    self._forget(stream, reset)
+            if self.streams and goaway.error_code == NO_ERROR:
+                # Is the connection still served? nginx answers; a server whose h2 closed
+                # with its GOAWAY (Hypercorn) ends the connection at once, so the streams it
+                # will never answer fail now rather than at its keep-alive timeout.
+                self.conn.ping(GOAWAY_PING)
         self._finish_if_idle()
 
     def _fatal(self, error_code: int | None, kind: str, reason: str) -> None:
         """End the connection for a violation: GOAWAY with ``error_code`` (h2 queued its own
         when it is None), streams lost, reading stops."""
         self.violation(kind, reason)
+        self._fatal_sent = True
         if error_code is not None:
             self.goaway_sent_last_id = self.conn.highest_inbound_stream_id
             self._raw_out.append(
@@ -803,6 +872,8 @@ class H2Session:
             self.conn.release(stream.id)
             if not self.streams:  # idle from now: the idle timeouts count only then
                 self.last_active = trio.current_time()
+                if self.client_side and self.conn.highest_outbound_stream_id >= self.last_stream_id:
+                    self.close_gracefully()  # retired, and now done
             self._window_opened.fire()  # wake its senders so they see the reset
             self._finish_if_idle()
 
@@ -813,9 +884,25 @@ class H2Session:
     def _lose_all_streams(self) -> None:
         self.dead = True
         for stream in list(self.streams.values()):
-            self._forget(stream, StreamReset(stream, CANCEL, connection_lost=True))
+            reset = StreamReset(
+                stream, CANCEL, connection_lost=True, lifecycle=self._lost_in_lifecycle(stream)
+            )
+            self._forget(stream, reset)
         self._window_opened.fire()
         self._drained.fire()
+
+    def _lost_in_lifecycle(self, stream: Stream) -> str | None:
+        """Whether an upstream closing the connection under ``stream`` was recycling it: it
+        had sent GOAWAY, or the stream went out on a reused connection and nothing came
+        back at all (the upstream closed it as idle while the request was on its way)."""
+        if not self.client_side or self._fatal_sent:
+            return None
+        if self.goaway_received is not None:
+            self.lost_after_goaway += 1
+            return GOAWAY
+        if stream.id > 1 and stream.born == self.reads:
+            return STALE
+        return None
 
 
 def _protocol_error_kind(exc: h2.exceptions.ProtocolError) -> str:

@@ -34,6 +34,9 @@ def check_resilience(policy: UpstreamPolicy) -> Iterator[tuple[str, str]]:
             "upstream.protocol",
             'http1 needs tls = "none": traffic between nodes is HTTP/2 over mTLS',
         )
+    yield from _at_least(
+        "upstream.max_requests_per_connection", section.max_requests_per_connection, 0
+    )
     breaker = policy.circuit_breaker
     if breaker is not None:
         yield from _at_least("circuit_breaker.failure_threshold", breaker.failure_threshold, 1)

@@ -319,6 +319,15 @@ class UpstreamSection:
     # tls = "mesh": the identity the upstream must present; default
     # spiffe://<trust_domain>/service/<name>.
     expected_identity: str | None = None
+    # h2: retire each connection after this many requests, before the upstream's own limit
+    # would make it send GOAWAY (0: none set; a limit the upstream shows is learned).
+    max_requests_per_connection: int = 0
+
+    def identity(self, trust_domain: str) -> str | None:
+        """The identity a ``tls = "mesh"`` upstream must present; None for cleartext."""
+        if self.tls != "mesh":
+            return None
+        return self.expected_identity or f"spiffe://{trust_domain}/service/{self.name}"
 
 
 @attrs.frozen

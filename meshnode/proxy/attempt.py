@@ -21,8 +21,8 @@ import trio
 
 from meshnode.errors import MeshError, UpstreamConnectFailure, UpstreamReset
 from meshnode.net.hop_by_hop import strip_hop_by_hop
-from meshnode.net.pool import UpstreamPool
-from meshnode.net.session import CANCEL, ResponseHead, Stream, StreamReset
+from meshnode.net.pool import PLAIN_H2, UpstreamConnections, UpstreamPool
+from meshnode.net.session import CANCEL, GOAWAY, ResponseHead, Stream, StreamReset
 from meshnode.policy.models import Endpoint
 from meshnode.proxy.body import RequestBody
 from meshnode.proxy.headers import HeaderList
@@ -42,12 +42,15 @@ class AttemptFailed(Exception):
         *,
         headers: HeaderList | None = None,
         retry_delay: float | None = None,
+        reset: StreamReset | None = None,
     ) -> None:
         super().__init__(condition)
         self.condition = condition
         self.error = error
         self.headers = headers or []
         self.retry_delay = retry_delay  # decided already (by the judge), else None
+        # The upstream's reset, before any answer: what it says of the connection's lifecycle.
+        self.reset = reset
 
 
 async def attempt(
@@ -62,8 +65,7 @@ async def attempt(
     judge: Judge | None = None,
     extra_headers: Sequence[tuple[bytes, bytes]] = (),
     tap: Callable[[bytes], None] | None = None,
-    peer: str | None = None,
-    protocol: str = "h2",
+    connections: UpstreamConnections = PLAIN_H2,
     tunnel: Tunnel | None = None,
 ) -> tuple[int, HeaderList]:
     """Send the request to ``endpoint`` and relay the answer; return its status and head.
@@ -87,8 +89,7 @@ async def attempt(
         judge,
         extra_headers,
         tap,
-        peer,
-        protocol,
+        connections,
         tunnel,
     )
     try:
@@ -113,14 +114,13 @@ class _Exchange:
     __slots__ = (
         "body",
         "client",
+        "connections",
         "endpoint",
         "extra_headers",
         "headers",
         "judge",
-        "peer",
         "per_try",
         "pool",
-        "protocol",
         "scope",
         "tap",
         "tunnel",
@@ -139,12 +139,10 @@ class _Exchange:
         judge: Judge | None,
         extra_headers: Sequence[tuple[bytes, bytes]],
         tap: Callable[[bytes], None] | None,
-        peer: str | None,
-        protocol: str,
+        connections: UpstreamConnections,
         tunnel: Tunnel | None,
     ) -> None:
-        self.peer = peer
-        self.protocol = protocol
+        self.connections = connections
         self.tunnel = tunnel
         self.pool = pool
         self.endpoint = endpoint
@@ -195,8 +193,7 @@ class _Exchange:
                 self.endpoint.address,
                 self.headers,
                 end_stream=self.body is None,
-                peer=self.peer,
-                protocol=self.protocol,
+                connections=self.connections,
             )
         except UpstreamConnectFailure as error:
             raise AttemptFailed("connect-failure", error) from error
@@ -210,7 +207,7 @@ async def _receive_head(upstream: Stream) -> ResponseHead:
         head = await upstream.receive()
     except StreamReset as reset:
         condition = "refused-stream" if reset.refused else "reset"
-        raise AttemptFailed(condition, UpstreamReset(_reset_detail(reset))) from reset
+        raise AttemptFailed(condition, UpstreamReset(_reset_detail(reset)), reset=reset) from reset
     if not isinstance(head, ResponseHead):
         raise AttemptFailed("reset", UpstreamReset("the upstream sent no response head"))
     return head
@@ -227,6 +224,8 @@ async def _upload(body: RequestBody, upstream: Stream) -> None:
 def _reset_detail(reset: StreamReset) -> str:
     if reset.connection_lost:
         return "the upstream connection closed before the response"
+    if reset.lifecycle == GOAWAY:
+        return "the upstream's GOAWAY left the stream unprocessed"
     if reset.refused:
         return "the upstream refused the stream"
     return f"the upstream reset the stream (HTTP/2 error code {reset.code})"

@@ -47,7 +47,7 @@ from meshnode.events import QueueFilling
 from meshnode.net.hop_by_hop import strip_hop_by_hop
 from meshnode.net.listener import Peer
 from meshnode.net.overload import Overload
-from meshnode.net.pool import UpstreamPool
+from meshnode.net.pool import UpstreamPool, upstream_connections
 from meshnode.net.session import (
     CANCEL,
     INTERNAL_ERROR,
@@ -62,7 +62,7 @@ from meshnode.proxy import fallback
 from meshnode.proxy.attempt import AttemptFailed, attempt
 from meshnode.proxy.body import RequestBody
 from meshnode.proxy.headers import HeaderList, forwarded_request_headers
-from meshnode.proxy.retry import head_condition, is_breaker_failure, may_resend
+from meshnode.proxy.retry import head_condition, is_breaker_failure, may_resend, safe_to_repeat
 from meshnode.proxy.retry import retry_after as retry_after_of
 from meshnode.proxy.routing import RouteTable, authority_host
 from meshnode.proxy.tunnel import Tunnel
@@ -73,8 +73,11 @@ from meshnode.resilience.spool import AsyncSpool, SpoolError
 log = logging.getLogger(__name__)
 
 # What a request body may be kept up to for resending when no [retry] says otherwise:
-# a request the upstream never processed (GOAWAY, REFUSED_STREAM) is always sent again once.
+# a request the upstream left unanswered as it recycled a connection is sent again.
 DEFAULT_REPLAY_BUFFER = 64 * 1024
+# How often one request is sent again for that (GOAWAY, REFUSED_STREAM, a stale
+# connection) before it fails: each resend is free, so it must be bounded.
+MAX_RESENDS = 3
 
 _ERROR_CONDITIONS = {
     UpstreamConnectFailure: "connect-failure",
@@ -344,8 +347,8 @@ class Proxy:
             per_try = min(per_try, policy.timeout.request or math.inf)
             tunnel = Tunnel(policy.timeout.tunnel_idle, self.tunnels)
         capture = _capture_for(request, policy)
-        peer = expected_identity(policy, self.trust_domain)
-        tries = 0
+        connections = upstream_connections(policy.upstream, self.trust_domain, group.stats.goaways)
+        tries = resends = 0
         avoid = None
 
         def judge(status: int, headers: HeaderList) -> None:
@@ -366,6 +369,7 @@ class Proxy:
         session = _session_key(request, policy)
         counts = group.stats.tries
         delay = 0.0
+        resend: str | None = None  # why the last try is sent again, free of charge
         while True:
             failed: AttemptFailed | None = None
             with trio.CancelScope(deadline=deadline) as scope:
@@ -373,10 +377,12 @@ class Proxy:
                 ensure_open(request.stream, connection_dead=False)
                 if delay:
                     await trio.sleep(delay)
-                tries += 1
-                counts["total"] += 1
-                if tries == 2:
-                    counts["retried_requests"] += 1
+                if resend is None:
+                    tries += 1
+                    counts["total"] += 1
+                    if tries == 2:
+                        counts["retried_requests"] += 1
+                resend = None
                 endpoint, load = await group.acquire(avoid, request.client_ip, session)
                 request.tries += 1
                 request.endpoint = endpoint.address
@@ -394,8 +400,7 @@ class Proxy:
                         judge=judge,
                         extra_headers=extra_headers,
                         tap=capture,
-                        peer=peer,
-                        protocol=policy.upstream.protocol,
+                        connections=connections,
                         tunnel=tunnel,
                     )
                     try_failed = status >= 500
@@ -406,12 +411,21 @@ class Proxy:
                     return status
                 except AttemptFailed as failure:
                     failed = failure
+                    resend = _resend_reason(failure, request, resends)
                 finally:
-                    group.release(load, trio.current_time() - started, failed=try_failed)
+                    if resend is not None:
+                        group.release_unjudged(load)
+                    else:
+                        group.release(load, trio.current_time() - started, failed=try_failed)
+            avoid = endpoint.address
+            if resend is not None:
+                resends += 1
+                group.stats.resent[resend] += 1
+                delay = 0.0
+                continue
             if failed is None:  # the scope caught its cancellation
                 failed = _cancelled_try(request, group, scope, deadline, limit, per_try)
             delay = self._delay_after(failed, tries, request, policy, group)
-            avoid = endpoint.address
 
     def _delay_after(
         self,
@@ -451,8 +465,6 @@ class Proxy:
         body = request.body
         if body is not None and not body.replayable:
             return None
-        if condition == "refused-stream" and tries == 1:
-            return 0.0  # never processed (RFC 9113 8.7): always sent again once, at once
         retry = policy.retry
         if retry is None or condition not in retry.retry_on or tries > retry.max_retries:
             return None
@@ -581,14 +593,6 @@ async def _enqueue_request(
     return True
 
 
-def expected_identity(policy: UpstreamPolicy, trust_domain: str) -> str | None:
-    """The identity a ``tls = "mesh"`` upstream must present; None for cleartext."""
-    section = policy.upstream
-    if section.tls != "mesh":
-        return None
-    return section.expected_identity or f"spiffe://{trust_domain}/service/{section.name}"
-
-
 def _session_key(request: Request, policy: UpstreamPolicy) -> bytes | None:
     """The client's session-affinity key: the named header's value, or the named cookie's."""
     affinity = policy.balancer.session_affinity
@@ -606,6 +610,30 @@ def _session_key(request: Request, policy: UpstreamPolicy) -> bytes | None:
                     if stripped.startswith(prefix):
                         return stripped[len(prefix) :]
     return None
+
+
+def _resend_reason(failed: AttemptFailed, request: Request, resends: int) -> str | None:
+    """Why a try the upstream left unanswered as it recycled its connection is sent
+    again at once, free of the retry policy, its budget and the breaker: a stream it
+    never processed (RFC 9113 8.7), whatever the method, and one it may have seen but
+    dropped with the connection it announced it was closing (or had closed as idle),
+    when the request is safe to repeat (RFC 9110 9.2.2). None when it is not, and when
+    it cannot be: the ``MAX_RESENDS`` were spent (the failure's detail then says so), or
+    the body outgrew its replay buffer (the body is named in the detail)."""
+    reset = failed.reset
+    if reset is None or reset.lifecycle is None:
+        return None
+    if not reset.refused and not safe_to_repeat(request.method, request.headers):
+        return None
+    body = request.body
+    error = failed.error
+    if body is not None and not body.replayable:
+        error.detail += "; not sent again: its body outgrew the replay buffer ([retry] buffer)"
+        return None
+    if resends >= MAX_RESENDS:
+        error.detail += f"; not sent again: already sent again {MAX_RESENDS} times"
+        return None
+    return reset.lifecycle
 
 
 def _cancelled_try(

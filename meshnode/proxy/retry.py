@@ -33,7 +33,14 @@ def head_condition(status: int, headers: HeaderList, retry_on: tuple[str, ...]) 
 
 
 def may_resend(condition: str, method: bytes, headers: HeaderList, policy: RetryPolicy) -> bool:
-    if condition in ALWAYS_SAFE or policy.retry_non_idempotent or method in IDEMPOTENT_METHODS:
+    if condition in ALWAYS_SAFE or policy.retry_non_idempotent:
+        return True
+    return safe_to_repeat(method, headers)
+
+
+def safe_to_repeat(method: bytes, headers: HeaderList) -> bool:
+    """An idempotent method (RFC 9110 9.2.2), or a request that carries an idempotency key."""
+    if method in IDEMPOTENT_METHODS:
         return True
     return any(name == b"idempotency-key" for name, _ in headers)
 

@@ -1,0 +1,80 @@
+"""Hypercorn in its own process, recycling its HTTP/2 connections as in production.
+
+Run as ``python -m tests.support.recycling_upstream --max-requests 50``: it prints
+``listening 127.0.0.1:PORT`` once it serves. Its h2 is the installed, unpatched
+library (meshnode's speedups live in meshnode's process only), and Hypercorn ends a
+connection with GOAWAY after ``--max-requests`` requests, as its default of 1,000 does.
+
+It counts what its application processed, so that a test can tell a request that was
+sent again from one that ran twice: every request whose body arrived whole is counted by
+method, and ``GET /_counts`` answers the counts as JSON (that request is not counted).
+``/digest`` answers the SHA-256 of the request body; anything else answers ``ok``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import signal
+from collections import Counter
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from tests.support.asgi import answer_lifespan
+
+counts: Counter[str] = Counter()
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await answer_lifespan(receive, send)
+        return
+    digest = hashlib.sha256()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return  # the connection went before the body was whole: not processed
+        digest.update(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    if scope["path"] == "/_counts":
+        body = json.dumps(counts).encode()
+    else:
+        counts[scope["method"]] += 1
+        body = digest.hexdigest().encode() if scope["path"] == "/digest" else b"ok"
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def main(port: int, max_requests: int) -> None:
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.loglevel = "warning"
+    config.keep_alive_max_requests = max_requests
+    config.graceful_timeout = 5
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            functools.partial(serve, app, config, shutdown_trigger=_terminated)
+        )
+        print("listening", binds[0].split("://", 1)[1], flush=True)
+
+
+async def _terminated() -> None:
+    """SIGTERM: Hypercorn's graceful shutdown (GOAWAY, then what is in flight finishes)."""
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--max-requests", type=int, default=1000)
+    options = parser.parse_args()
+    trio.run(main, options.port, options.max_requests)

@@ -29,6 +29,12 @@ def write_report(directory: Path, suite: str, report: dict[str, object]) -> Path
     return target
 
 
+def cheapest(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The round that cost the proxy least CPU per request: a busy neighbour on the machine
+    only ever adds to it, so this is the steadiest figure of a few rounds."""
+    return min(runs, key=lambda run: run["cpu_us_per_request"])
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -14,7 +14,9 @@ figures move with the machine's neighbours.
 Scenarios: 1 KiB GETs at -c10 -m10, -c50 -m1 and -c1 -m1; 1 MiB down and up;
 gRPC unary calls (to a grpcio server); an mTLS hop (two meshnodes, outbound then
 inbound, against one HAProxy doing both hops; h2load cannot present a client
-certificate, so the first proxy does); RSS with 1,000 idle connections, and
+certificate, so the first proxy does); churn: nginx recycling each connection after
+100 requests, beside the same nginx recycling none, through meshnode and HAProxy
+(``retries 3``); RSS with 1,000 idle connections, and
 while 50 clients ask for 100 MiB each and never read. At -c1 -m1 two more
 proxies run: the full stack with ``[node] busy_poll = "50us"`` and HAProxy with
 ``busy-polling``, each sparing itself a halted vCPU's wake-ups.
@@ -39,7 +41,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from churn import churn_row
 from common import (
+    cheapest,
     free_port,
     start_haproxy,
     start_meshnode,
@@ -69,7 +73,7 @@ SCENARIOS = [
     ("grpc-unary", 10, 10, GRPC_PATH.lstrip("/"), "grpc"),
 ]
 MTLS = "mtls-c10-m10"
-EVERY_SCENARIO = [*(scenario[0] for scenario in SCENARIOS), MTLS, "idle", "stalled"]
+EVERY_SCENARIO = [*(scenario[0] for scenario in SCENARIOS), MTLS, "churn", "idle", "stalled"]
 IDLE_CONNECTIONS = 1000
 IDLE_HELLO = (
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -296,6 +300,9 @@ def main() -> None:
             results[MTLS] = mtls_row(
                 requests, upstream_port, mtls_nodes, mtls_port, mtls_haproxy, rounds
             )
+        churn: dict[str, object] = {}
+        if "churn" in chosen:
+            churn = churn_row(work, requests, rounds, h2load, cpu_seconds)
         steady = {stack: node for stack, node in nodes.items() if stack not in spinning}
         idle: dict[str, tuple[int, int]] = {}
         if "idle" in chosen:
@@ -349,6 +356,22 @@ def main() -> None:
         if BEFORE in row:
             before = row[BEFORE]["cpu_us_per_request"]  # type: ignore[index]
             print(f"{'':10} {BEFORE} is {before / floor:.2f}x the floor")
+    for path, figures in churn.items():
+        if isinstance(figures, dict):
+            print(
+                f"churn      {path:15} {figures['req_per_s']:>9.0f} {figures['p50_us']:>9.0f} "
+                f"{figures['p99_us']:>9.0f} {figures['cpu_us_per_request']:>11.0f} "
+                f"{figures['failed']:>7}"
+            )
+    if churn:
+        churning, steady_rate = (
+            churn[f"meshnode {upstream}"]["req_per_s"]  # type: ignore[index]
+            for upstream in ("churn", "steady")
+        )
+        print(
+            f"{'':10} meshnode keeps {churning / steady_rate * 100:.0f} % of its req/s when its"
+            " upstream sends GOAWAY every 100 requests"
+        )
     for stack, (before, during) in idle.items():
         print(
             f"{IDLE_CONNECTIONS} idle connections  {stack:13} RSS {before / 1024:.0f} MiB -> "
@@ -366,6 +389,7 @@ def main() -> None:
         },
         "h2_floor_us": floor,
         "scenarios": results,
+        "churn": churn,
     }
     target = write_report(args.out, "proxy", report)
     if results:  # not when only memory was measured (--only idle,stalled)
@@ -427,12 +451,6 @@ def mtls_row(
     for path, measured in runs.items():
         row[path] = cheapest(measured)
     return row
-
-
-def cheapest(runs: list[dict[str, float]]) -> dict[str, float]:
-    """The round that cost the proxy least CPU per request: a busy neighbour on the machine
-    only ever adds to it, so this is the steadiest figure of a few rounds."""
-    return min(runs, key=lambda run: run["cpu_us_per_request"])
 
 
 def idle_rss(pid: int, port: int) -> tuple[int, int]:

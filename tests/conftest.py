@@ -39,13 +39,16 @@ address = "127.0.0.1:0"
 """
 
 
-def upstream_toml(name: str, *endpoints: str, extra: str = "") -> str:
+def upstream_toml(name: str, *endpoints: str, extra: str = "", upstream_keys: str = "") -> str:
+    """An upstream's policy: static ``endpoints``, ``upstream_keys`` (lines) added to its
+    ``[upstream]`` section and ``extra`` sections after them."""
     listed = ", ".join(f'"{endpoint}"' for endpoint in endpoints)
+    keys = textwrap.indent(upstream_keys, " " * 8)
     return textwrap.dedent(f"""
         [upstream]
         name = "{name}"
         tls = "none"
-
+{keys}
         [discovery]
         backend = "static"
         endpoints = [{listed}]

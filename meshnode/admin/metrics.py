@@ -135,6 +135,17 @@ def _resilience_metrics(groups: Mapping[str, UpstreamGroup]) -> Iterator[Metric]
     in_flight = GaugeMetricFamily(
         "meshnode_requests_in_flight", "Requests being served.", labels=["upstream"]
     )
+    goaways = CounterMetricFamily(
+        "meshnode_upstream_goaways",
+        "GOAWAY frames the upstream's connections received.",
+        labels=["upstream"],
+    )
+    resent = CounterMetricFamily(
+        "meshnode_requests_resent",
+        "Requests sent again because the upstream left them unanswered as it recycled a "
+        "connection (goaway, refused-stream, stale-connection); neither retries nor failures.",
+        labels=["upstream", "reason"],
+    )
     for name, group in groups.items():
         core = group.breaker.core
         state.add_metric([name], (core.state if core is not None else BreakerState.CLOSED).gauge)
@@ -149,7 +160,11 @@ def _resilience_metrics(groups: Mapping[str, UpstreamGroup]) -> Iterator[Metric]
             fallbacks.add_metric([name, kind], count)
         bulkhead.add_metric([name], stats.rejected["bulkhead-full"])
         in_flight.add_metric([name], group.in_flight)
+        goaways.add_metric([name], stats.goaways.count)
+        for reason, count in stats.resent.items():
+            resent.add_metric([name, reason], count)
     yield from (state, rejected, retries, endpoints, limited, fallbacks, bulkhead, in_flight)
+    yield from (goaways, resent)
     yield from _queue_metrics(groups)
 
 

@@ -124,6 +124,7 @@ def _upstream(name: str, report: dict[str, Any]) -> str:
 <dt>Discovery</dt><dd>{_discovery(discovery)}</dd>
 <dt>Requests</dt><dd>{_sparkline(rates["requests"], "requests")}</dd>
 <dt>Errors</dt><dd>{_sparkline(rates["errors"], "errors")}</dd>
+<dt>Connections recycled</dt><dd class="lifecycle">{_lifecycle(report)}</dd>
 </dl>
 <div class="control breaker-controls" hidden>
 <button type="button" data-breaker="{key}" data-state="open">Force {key} open</button>
@@ -141,6 +142,16 @@ def _upstream(name: str, report: dict[str, Any]) -> str:
 </table>
 </div>
 </article>"""
+
+
+def _lifecycle(report: dict[str, Any]) -> str:
+    """GOAWAYs received and the requests they left unanswered that were sent again."""
+    resent = report["resent"]
+    reasons = ", ".join(f"{count} after {escape(why)}" for why, count in resent.items() if count)
+    total = sum(resent.values())
+    return f"{report['goaways']} GOAWAYs; {total} requests sent again" + (
+        f" ({reasons})" if reasons else ""
+    )
 
 
 def _breaker(breaker: dict[str, Any]) -> str:

@@ -37,6 +37,8 @@ DEFAULT_IDLE_TIMEOUT = 60.0
 # Fewer requests per connection than this are not learned as an upstream's limit: a
 # connection that short-lived is better left to GOAWAY and the resends.
 MIN_LEARNED_STREAMS = 4
+# New connections one request opens, each filled by others before it could take a stream.
+NEW_CONNECTIONS_PER_STREAM = 3
 
 # Opens a transport to an endpoint: cleartext when ``peer`` is None, else mTLS to a peer
 # that must present that identity.
@@ -98,7 +100,7 @@ def upstream_connections(
 
 
 class _Endpoint:
-    __slots__ = ("address", "connect_lock", "sessions", "streams_per_connection")
+    __slots__ = ("address", "connect_lock", "last_recycled", "sessions", "streams_per_connection")
 
     def __init__(self, address: Address, streams_per_connection: int) -> None:
         self.address = address
@@ -107,37 +109,45 @@ class _Endpoint:
         # Streams a connection opens before it is retired: as configured, or lower once the
         # upstream showed its own limit (``learn``); 0: no limit.
         self.streams_per_connection = streams_per_connection
+        self.last_recycled = 0  # the streams the last busy GOAWAY accepted (``learn``)
 
     def learn(self, session: H2Session) -> None:
         """Learn the upstream's per-connection request limit from a connection it recycled
-        and lost requests with.
+        while busy, so that later connections are retired before it and it never has to.
 
         A server that ends each connection after N requests (nginx's ``keepalive_requests``
         and Hypercorn's ``keep_alive_max_requests``, 1,000 by default) sends GOAWAY as the
-        last request arrives, while streams are in flight. nginx then finishes the streams
-        it accepted; Hypercorn on h2 drops their answers (python-hyper/h2#1181), and no
-        proxy can save an answer whose head it already relayed. Once a connection that was
-        sent GOAWAY in the middle of its work closed with accepted streams unanswered,
-        each new connection opens at most as many streams as the upstream surely took
-        without it (those it accepted, less those in flight then, any of which may have
-        been past its limit) and is retired: the upstream need not send GOAWAY at all.
-        The limit is only ever lowered; one learned too high shows itself the same way.
+        last request arrives, while streams are in flight. nginx finishes the streams it
+        accepted and refuses the rest, which are sent again; two such connections in a
+        row that ended after about the same number (within a tenth) show the limit, and
+        each connection then opens one fewer than the fewer of them. Hypercorn on h2 drops
+        the answers of streams it accepted (python-hyper/h2#1181), and no proxy can save
+        an answer whose head it already relayed: the first such connection teaches at
+        once, as much as the upstream surely took (those it accepted, less those in flight
+        then, any of which may have been past its limit). A limit is only ever lowered.
         """
         recycled = session.recycled_at
-        if recycled is None or not session.lost_after_goaway:
+        if recycled is None:
             return
         accepted, in_flight = recycled
-        limit = accepted - in_flight
-        if limit < MIN_LEARNED_STREAMS:
-            return
-        if self.streams_per_connection and limit >= self.streams_per_connection:
+        if session.lost_after_goaway:
+            limit = accepted - in_flight
+        else:
+            previous, self.last_recycled = self.last_recycled, accepted
+            if abs(accepted - previous) > previous // 10:
+                return
+            limit = min(accepted, previous) - 1
+        current = self.streams_per_connection
+        if limit < MIN_LEARNED_STREAMS or (current and limit >= current):
             return
         log.info(
-            "upstream %s dropped %d requests it had accepted as it recycled a connection "
-            "after %d: its connections are retired after %d from now on",
+            "upstream %s recycled a connection after %d requests%s: its connections are "
+            "retired after %d from now on",
             self.address,
-            session.lost_after_goaway,
             accepted,
+            f", dropping {session.lost_after_goaway} it had accepted"
+            if session.lost_after_goaway
+            else "",
             limit,
         )
         self.streams_per_connection = limit
@@ -245,19 +255,41 @@ class UpstreamPool:
     async def _connect(
         self, address: Address, connections: UpstreamConnections, endpoint: _Endpoint
     ) -> H2Session:
+        """A session with room for a stream now: one with room already, or a new one once
+        the upstream's SETTINGS said how many streams it takes (its limit may be below
+        what HTTP/2 lets a client assume, and a burst past it would be refused). Requests
+        that came meanwhile may have filled a new one: then another is opened, a few times
+        at most (an upstream whose every connection takes no stream fails the request)."""
         async with endpoint.connect_lock:
-            session = endpoint.usable()
-            if session is not None:
-                return session
-            transport = await self._open_transport(address, connections.peer)
-            session = H2Session(
-                transport, client_side=True, rules=self._session_rules(), peer=str(address)
-            )
-            session.on_goaway = connections.goaways
-            if endpoint.streams_per_connection:
-                session.retire_after(endpoint.streams_per_connection)
-            await self._nursery.start(self._run_session, address, endpoint, session)
-            return session
+            for _ in range(NEW_CONNECTIONS_PER_STREAM):
+                session = endpoint.usable()
+                if session is not None:
+                    return session
+                session = await self._new_session(address, connections, endpoint)
+                if session.accepts_streams:
+                    return session
+            raise UpstreamConnectFailure(f"new connections to {address} take no stream")
+
+    async def _new_session(
+        self, address: Address, connections: UpstreamConnections, endpoint: _Endpoint
+    ) -> H2Session:
+        """A new connection, once the upstream's SETTINGS arrived (within the connect
+        timeout, again)."""
+        transport = await self._open_transport(address, connections.peer)
+        session = H2Session(
+            transport, client_side=True, rules=self._session_rules(), peer=str(address)
+        )
+        session.on_goaway = connections.goaways
+        if endpoint.streams_per_connection:
+            session.retire_after(endpoint.streams_per_connection)
+        await self._nursery.start(self._run_session, address, endpoint, session)
+        with trio.move_on_after(self._connect_timeout):
+            await session.peer_settings.wait()
+        if not session.settings_received:
+            why = "it closed the connection" if session.dead else "timed out"
+            session.abort()
+            raise UpstreamConnectFailure(f"{address} sent no HTTP/2 SETTINGS: {why}")
+        return session
 
     def _session_rules(self) -> ConnectionRules:
         """The node's rules, with the pool's (shorter) idle timeout."""

@@ -69,8 +69,6 @@ log = logging.getLogger(__name__)
 Headers = list[tuple[bytes, bytes]]
 
 RECEIVE_SIZE: Final = 65536
-# Until a server's SETTINGS arrive h2 assumes unlimited streams; assume this many.
-ASSUMED_PEER_STREAMS: Final = 100
 LAST_USABLE_STREAM_ID: Final = 2**31 - 1000
 GOAWAY_PING: Final = b"goaway\x00\x00"  # the opaque data of the PING that follows a GOAWAY
 FLUSH_GRACE: Final = 2.0  # seconds to write the last frames once reading has ended
@@ -387,6 +385,8 @@ class H2Session:
         self._window_opened = Pulse()  # the peer gave window, or a stream ended
         self._queued = 0
         self._peer_settings_seen = False
+        # Set once the peer's first SETTINGS arrived, or the connection ended without them.
+        self.peer_settings = trio.Event()
         self.goaway_received: GoAwayReceived | None = None
         self.goaway_sent_last_id: int | None = None
         self.closing = False  # no new streams; the session ends when the last one does
@@ -423,6 +423,7 @@ class H2Session:
                     self._wake_writer()
                     nursery.cancel_scope.deadline = trio.current_time() + FLUSH_GRACE
         finally:
+            self.peer_settings.set()
             self._lose_all_streams()
             self.conn.discard()
             with trio.CancelScope(shield=True):
@@ -448,20 +449,22 @@ class H2Session:
 
     @property
     def accepts_streams(self) -> bool:
-        """Whether a new outbound stream may be opened here now (client side)."""
+        """Whether a new outbound stream may be opened here now (client side): not before
+        the peer's SETTINGS say how many it takes (HTTP/2 lets a client assume no limit
+        until then, and a burst past a lower one would be refused), and never past the
+        limit it last set, however low."""
         return (
-            not self.dead
+            self._peer_settings_seen
+            and not self.dead
             and not self.closing
             and self.goaway_received is None
-            and len(self.streams) < self.max_outbound_streams
+            and len(self.streams) < self.conn.remote_settings.max_concurrent_streams
             and self.conn.highest_outbound_stream_id < self.last_stream_id
         )
 
     @property
-    def max_outbound_streams(self) -> int:
-        if not self._peer_settings_seen:
-            return ASSUMED_PEER_STREAMS
-        return int(self.conn.remote_settings.max_concurrent_streams)
+    def settings_received(self) -> bool:
+        return self._peer_settings_seen
 
     def open_stream(self, headers: Headers, *, end_stream: bool) -> Stream:
         """Start a request (client side); the caller checked ``accepts_streams``."""
@@ -532,7 +535,9 @@ class H2Session:
             if stream is not None:
                 self._forget(stream, self._reset_by_peer(stream, int(event.error_code)))
         elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self._peer_settings_seen = True
+            if not self._peer_settings_seen:
+                self._peer_settings_seen = True
+                self.peer_settings.set()
             self._window_opened.fire()
         elif isinstance(event, h2.events.SettingsAcknowledged):
             self._settings_acked = True

@@ -197,6 +197,8 @@ class _Exchange:
             )
         except UpstreamConnectFailure as error:
             raise AttemptFailed("connect-failure", error) from error
+        except StreamReset as reset:  # the connection failed as the stream opened
+            raise _failed_by(reset) from reset
         if nursery is not None and self.body is not None and self.tunnel is None:
             nursery.start_soon(_upload, self.body, self.upstream)
         return await _receive_head(self.upstream)
@@ -206,8 +208,7 @@ async def _receive_head(upstream: Stream) -> ResponseHead:
     try:
         head = await upstream.receive()
     except StreamReset as reset:
-        condition = "refused-stream" if reset.refused else "reset"
-        raise AttemptFailed(condition, UpstreamReset(_reset_detail(reset)), reset=reset) from reset
+        raise _failed_by(reset) from reset
     if not isinstance(head, ResponseHead):
         raise AttemptFailed("reset", UpstreamReset("the upstream sent no response head"))
     return head
@@ -219,6 +220,12 @@ async def _upload(body: RequestBody, upstream: Stream) -> None:
         await body.send_to(upstream)
     except StreamReset:
         return
+
+
+def _failed_by(reset: StreamReset) -> AttemptFailed:
+    """A try the upstream's reset ended before any answer."""
+    condition = "refused-stream" if reset.refused else "reset"
+    return AttemptFailed(condition, UpstreamReset(_reset_detail(reset)), reset=reset)
 
 
 def _reset_detail(reset: StreamReset) -> str:

@@ -35,7 +35,7 @@ from tests.support.attacker import (
 from tests.support.client import get as curl_get
 from tests.support.client import metrics
 from tests.support.rawclient import RawH2Client
-from tests.support.rawh2 import RawH2Server
+from tests.support.rawh2 import RawH2Server, respond
 
 NO_ERROR, PROTOCOL_ERROR, SETTINGS_TIMEOUT, FRAME_SIZE_ERROR = 0x0, 0x1, 0x4, 0x6
 CANCEL, ENHANCE_YOUR_CALM = 0x8, 0xB
@@ -256,17 +256,24 @@ async def test_a_body_that_dribbles_is_reset_at_the_stream_idle_timeout(
 async def test_requests_per_connection_end_in_a_graceful_goaway(
     tmp_path, nursery, start_node
 ) -> None:
+    """RFC 9113 6.8 from the node's side: the GOAWAY names the last stream it took, each
+    stream up to it is answered, and one past it is refused, never forwarded."""
+    upstream = RawH2Server(lambda conn, event: respond(conn, event.stream_id))
+    port = await nursery.start(upstream.serve)
     node = await start_node(
-        policies(tmp_path, await answering(nursery, b"ok"), "max_requests_per_connection = 3\n")
+        policies(tmp_path, f"127.0.0.1:{port}", "max_requests_per_connection = 3\n")
     )
     encoder = hpack.Encoder()
     exchange = await attack(
-        node.outbound[0], [request_frame(n, get(b"api"), encoder=encoder) for n in (1, 3, 5)]
+        node.outbound[0], [request_frame(n, get(b"api"), encoder=encoder) for n in (1, 3, 5, 7)]
     )
     goaway = exchange.goaway()
     assert goaway is not None and goaway.error_code == NO_ERROR
     assert int.from_bytes(goaway.payload[:4], "big") == 5
     assert sorted(frame.stream_id for frame in exchange.frames if frame.type == 0x1) == [1, 3, 5]
+    (refused,) = (frame for frame in exchange.frames if frame.type == 0x3)
+    assert (refused.stream_id, int.from_bytes(refused.payload, "big")) == (7, 0x7)
+    assert upstream.requests == 3
 
 
 async def test_the_listener_stops_accepting_at_max_connections(

@@ -22,9 +22,7 @@ HTTP1 = 'protocol = "http1"\n'
 
 
 def http1_upstream(name: str, *endpoints: str, extra: str = "") -> str:
-    return upstream_toml(name, *endpoints, extra=extra).replace(
-        'tls = "none"\n', 'tls = "none"\n' + HTTP1
-    )
+    return upstream_toml(name, *endpoints, extra=extra, upstream_keys=HTTP1)
 
 
 UPSTREAMS = {"h2": upstream_toml, "http1": http1_upstream}

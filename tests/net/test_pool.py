@@ -121,3 +121,30 @@ async def test_a_slow_connect_times_out(nursery: trio.Nursery, autojump_clock) -
     with pytest.raises(UpstreamConnectFailure, match="connect timed out"):
         await pool.open_stream(ENDPOINT, REQUEST, end_stream=True)
     assert trio.current_time() == pytest.approx(5)
+
+
+async def test_a_connection_takes_no_stream_before_the_upstream_settings(
+    nursery: trio.Nursery, autojump_clock
+) -> None:
+    """HTTP/2 lets a client assume no stream limit until the server's SETTINGS come: the
+    pool waits for them (within the connect timeout), so that no burst passes a low one."""
+    silent: list[trio.abc.Stream] = []
+
+    async def mute(address: Address, peer: str | None) -> trio.abc.Stream:
+        client_end, server_end = trio.testing.memory_stream_pair()
+        silent.append(server_end)  # never answers, not even SETTINGS
+        return client_end
+
+    pool = UpstreamPool(nursery, connector=mute, connect_timeout=5)
+    with pytest.raises(UpstreamConnectFailure, match="sent no HTTP/2 SETTINGS: timed out"):
+        await pool.open_stream(ENDPOINT, REQUEST, end_stream=True)
+    assert trio.current_time() == pytest.approx(5)
+
+    upstream = MemoryUpstream(nursery, max_streams=1)
+    pool = UpstreamPool(nursery, connector=upstream.connect)
+    async with trio.open_nursery() as burst:
+        for _ in range(3):
+            burst.start_soon(
+                functools.partial(pool.open_stream, ENDPOINT, REQUEST, end_stream=True)
+            )
+    assert pool.connections(ENDPOINT) == 3  # one stream each, as the upstream allows

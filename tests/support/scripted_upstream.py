@@ -1,0 +1,178 @@
+"""An upstream in its own process that recycles connections in one scripted way.
+
+Run as ``python -m tests.support.scripted_upstream MODE [--every N]``; it prints
+``listening 127.0.0.1:PORT`` once it serves. It speaks HTTP/2 with the installed,
+unpatched h2 (meshnode's speedups live in meshnode's process only), or HTTP/1.1 with
+plain sockets, one thread per connection. Modes:
+
+- ``refuse``: every Nth stream is answered RST_STREAM REFUSED_STREAM, unprocessed; a
+  request (by its ``x-request-id``) at most once, so that its resend is answered, unless
+  ``--always``.
+- ``refuse-late``: the same once the stream's whole request body has arrived.
+- ``lower-streams``: after N requests it lowers SETTINGS_MAX_CONCURRENT_STREAMS to 1,
+  on the connection that took the Nth and in the first SETTINGS of every later one, and
+  refuses (REFUSED_STREAM, RFC 9113 5.1.2) every stream past that limit from the moment
+  it sent the new value, before the client could have seen it.
+- ``stale-http1``: HTTP/1.1 keep-alive; a connection answers its first request and
+  closes when the next one arrives, unanswered: the race of a server closing an idle
+  connection as a request is on its way, made to happen every time.
+
+``GET /_counts`` answers, as JSON, how many requests were processed (answered) by
+method; that request itself is not counted. ``/digest`` answers the SHA-256 of the
+request body, anything else ``ok``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import socket
+import threading
+from collections import Counter
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.settings
+
+counts: Counter[str] = Counter()
+counts_lock = threading.Lock()
+refused: set[bytes] = set()  # the request ids refused once
+always = False  # --always: refuse a request every time, not once
+lowered = threading.Event()  # lower-streams: the limit is 1 from now on
+served = itertools.count(1)  # lower-streams: requests received on any connection
+
+
+def refuse_once(head: dict[bytes, bytes]) -> bool:
+    """Whether to refuse this request: True once per request id (or every time)."""
+    request_id = head.get(b"x-request-id", b"")
+    with counts_lock:
+        if request_id in refused and not always:
+            return False
+        refused.add(request_id)
+        counts["refused"] += 1
+        return True
+
+
+def answer_of(method: str, path: str, body: bytes = b"") -> bytes:
+    """The answer to a processed request (counted), or the counts."""
+    if path == "/_counts":
+        with counts_lock:
+            return json.dumps(counts).encode()
+    with counts_lock:
+        counts[method] += 1
+    return hashlib.sha256(body).hexdigest().encode() if path == "/digest" else b"ok"
+
+
+def serve_h2(client: socket.socket, mode: str, every: int) -> None:
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    limit: int | None = None  # streams allowed at once, once lowered
+    if lowered.is_set():
+        limit = 1
+        conn.local_settings = h2.settings.Settings(
+            client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1}
+        )
+    conn.initiate_connection()
+    client.sendall(conn.data_to_send())
+    requests: dict[int, tuple[dict[bytes, bytes], bytearray]] = {}
+    seen = 0
+    while True:
+        data = client.recv(65536)
+        if not data:
+            return
+        ended: list[tuple[int, dict[bytes, bytes], bytearray]] = []  # answered after the read
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                seen = next(served) if mode == "lower-streams" else seen + 1
+                head = dict(event.headers)
+                refusing = mode == "refuse" and seen % every == 0 and refuse_once(head)
+                over_limit = limit is not None and len(requests) + len(ended) >= limit
+                if over_limit:
+                    with counts_lock:
+                        counts["refused"] += 1
+                if refusing or over_limit:
+                    conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                else:
+                    requests[event.stream_id] = (head, bytearray())
+                if mode == "lower-streams" and seen == every:
+                    lowered.set()
+                    limit = 1
+                    conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1})
+            elif isinstance(event, h2.events.DataReceived):
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if event.stream_id in requests:
+                    requests[event.stream_id][1].extend(event.data)
+            elif isinstance(event, h2.events.StreamEnded) and event.stream_id in requests:
+                head, received = requests.pop(event.stream_id)
+                if mode == "refuse-late" and seen % every == 0 and refuse_once(head):
+                    conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                else:
+                    ended.append((event.stream_id, head, received))
+            elif isinstance(event, h2.events.StreamReset):
+                requests.pop(event.stream_id, None)
+        for stream_id, head, received in ended:
+            method, path = head[b":method"].decode(), head[b":path"].decode()
+            body = answer_of(method, path, bytes(received))
+            conn.send_headers(
+                stream_id, [(b":status", b"200"), (b"content-length", str(len(body)).encode())]
+            )
+            conn.send_data(stream_id, body, end_stream=True)
+        client.sendall(conn.data_to_send())
+
+
+def serve_stale_http1(client: socket.socket) -> None:
+    """Answer one request (a body announced by content-length is read), keep the
+    connection alive, and close it when the next request arrives."""
+    pending = b""
+    while b"\r\n\r\n" not in pending:
+        data = client.recv(65536)
+        if not data:
+            return
+        pending += data
+    head, _, body = pending.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    length = next(
+        (int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length")),
+        0,
+    )
+    while len(body) < length:
+        body += client.recv(65536)
+    answer = answer_of(method, path)
+    client.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(answer), answer))
+    client.recv(65536)  # the next request: closed under it
+
+
+def handle(client: socket.socket, mode: str, every: int) -> None:
+    with client:
+        try:
+            if mode == "stale-http1":
+                serve_stale_http1(client)
+            else:
+                serve_h2(client, mode, every)
+        except OSError:
+            return
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["refuse", "refuse-late", "lower-streams", "stale-http1"])
+    parser.add_argument("--every", type=int, default=3)
+    parser.add_argument("--always", action="store_true")
+    options = parser.parse_args()
+    global always  # noqa: PLW0603 - set once, before any connection
+    always = options.always
+    listener = socket.create_server(("127.0.0.1", 0))
+    print("listening", f"127.0.0.1:{listener.getsockname()[1]}", flush=True)
+    while True:
+        client, _ = listener.accept()
+        threading.Thread(
+            target=handle, args=(client, options.mode, options.every), daemon=True
+        ).start()
+
+
+if __name__ == "__main__":
+    main()

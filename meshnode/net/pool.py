@@ -3,14 +3,17 @@
 Each endpoint address has a few sessions; a request takes a stream on the first
 one with room under the peer's ``max_concurrent_streams`` (as the peer last set it:
 lowered mid-connection, even to 0, it is obeyed) and opens another connection only
-when all are full. Connecting is serialized per endpoint, so a burst of requests on
-a cold pool opens one connection, not a hundred. A session that received GOAWAY
-stops taking streams at once and leaves the pool when its last stream ends; the
-next request connects afresh. (What becomes of the streams the upstream left
-unanswered is the request path's: ``StreamReset.lifecycle``.) Each upstream's
-connections are pooled apart, so that each counts its own GOAWAYs. Sessions idle for longer than
-``idle_timeout`` close themselves with a GOAWAY (the session's own idle rule,
-shorter here than for callers' connections).
+when all are full. A new connection takes streams once the upstream's SETTINGS
+arrived. Connecting is serialized per endpoint, so a burst of requests on a cold
+pool opens one connection, not a hundred. A session that received GOAWAY stops
+taking streams at once and leaves the pool when its last stream ends; one past
+the upstream's per-connection request limit (set, or learned: ``_Endpoint.learn``)
+is retired the same way before the upstream has to send one. What becomes of the
+streams an upstream left unanswered is the request path's (``StreamReset.lifecycle``).
+Each upstream's connections are pooled apart (``UpstreamConnections``), so that
+each counts its own GOAWAYs. Sessions idle for longer than ``idle_timeout`` close
+themselves with a GOAWAY (the session's own idle rule, shorter here than for
+callers' connections).
 """
 
 from __future__ import annotations

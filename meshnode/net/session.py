@@ -889,9 +889,10 @@ class H2Session:
     def _lose_all_streams(self) -> None:
         self.dead = True
         for stream in list(self.streams.values()):
-            reset = StreamReset(
-                stream, CANCEL, connection_lost=True, lifecycle=self._lost_in_lifecycle(stream)
-            )
+            lifecycle = self._lost_in_lifecycle(stream)
+            if lifecycle == GOAWAY:
+                self.lost_after_goaway += 1
+            reset = StreamReset(stream, CANCEL, connection_lost=True, lifecycle=lifecycle)
             self._forget(stream, reset)
         self._window_opened.fire()
         self._drained.fire()
@@ -903,7 +904,6 @@ class H2Session:
         if not self.client_side or self._fatal_sent:
             return None
         if self.goaway_received is not None:
-            self.lost_after_goaway += 1
             return GOAWAY
         if stream.id > 1 and stream.born == self.reads:
             return STALE

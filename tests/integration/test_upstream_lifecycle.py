@@ -220,7 +220,7 @@ def test_refused_streams_are_sent_again_and_counted(
     assert counts["refused"] > 4000 // 4
     assert resent(node, "refused-stream") == counts["refused"]
     with urllib.request.urlopen(f"http://{node.admin}/admin/upstreams", timeout=10) as answer:
-        report = json.load(answer)["web"]
+        report = json.load(answer)["upstreams"]["web"]
     assert report["resent"]["refused-stream"] == counts["refused"]
     with urllib.request.urlopen(f"http://{node.admin}/", timeout=10) as answer:
         page = answer.read().decode()

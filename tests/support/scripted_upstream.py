@@ -47,7 +47,10 @@ served = itertools.count(1)  # lower-streams: requests received on any connectio
 
 
 def refuse_once(head: dict[bytes, bytes]) -> bool:
-    """Whether to refuse this request: True once per request id (or every time)."""
+    """Whether to refuse this request: True once per request id (or every time); never
+    the counts' own."""
+    if head.get(b":path") == b"/_counts":
+        return False
     request_id = head.get(b"x-request-id", b"")
     with counts_lock:
         if request_id in refused and not always:

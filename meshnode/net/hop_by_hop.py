@@ -2,8 +2,9 @@
 
 RFC 9110 section 7.6.1: a proxy removes the connection-specific fields and
 every field that ``Connection`` names. HTTP/2 peers may not send them at all,
-but HTTP/1.1 peers do, and one rule serves both (``te: trailers`` is kept:
-it is the one TE HTTP/2 allows).
+but HTTP/1.1 peers do, and one rule serves both (``te: trailers`` is kept in a
+request: it is the one TE HTTP/2 allows; TE is a request's field alone, RFC 9113
+section 8.2.2, and leaves an answer whatever its value).
 """
 
 from __future__ import annotations
@@ -32,16 +33,18 @@ def connection_named(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]
     return frozenset(named)
 
 
-def keeps(name: bytes, value: bytes, named: frozenset[bytes]) -> bool:
+def keeps(name: bytes, value: bytes, named: frozenset[bytes], *, request: bool = True) -> bool:
     """Whether a field goes on to the next hop (``named``: what ``Connection`` lists)."""
     if name == b"te":
-        return value.strip().lower() == b"trailers"  # the one TE value HTTP/2 allows
+        return request and value.strip().lower() == b"trailers"  # HTTP/2 allows this one
     return name not in HOP_BY_HOP and name not in named
 
 
-def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], *, request: bool = True) -> Headers:
+    """``headers`` without what the next hop must not get; ``request``: False for an
+    answer's head."""
     headers = list(headers)
     if not any_hop_by_hop(headers):
         return headers
     named = connection_named(headers)
-    return [field for field in headers if keeps(field[0], field[1], named)]
+    return [field for field in headers if keeps(field[0], field[1], named, request=request)]

@@ -124,7 +124,10 @@ def response_from_h1(response: h11.Response) -> Headers | str:
     problem = framing_problem(raw)
     if problem is not None:
         return f"an ambiguous response: {problem}"
-    return [(b":status", str(response.status_code).encode()), *strip_hop_by_hop(raw)]
+    return [
+        (b":status", str(response.status_code).encode()),
+        *strip_hop_by_hop(raw, request=False),
+    ]
 
 
 def request_to_h1(

@@ -45,7 +45,7 @@ from meshnode.net.session import (
     StreamReset,
     Trailers,
 )
-from meshnode.net.validation import Malformed, check_request
+from meshnode.net.validation import Malformed, check_request_within
 from meshnode.net.violations import ConnectionRules
 
 log = logging.getLogger(__name__)
@@ -178,12 +178,7 @@ class H1ServerSession(H1Connection):
                 if not self._websocket_key:
                     checked = Malformed(400, "a WebSocket upgrade without Sec-WebSocket-Key")
             if isinstance(checked, list):
-                limits = self._limits
-                checked = check_request(
-                    checked,
-                    max_count=limits.max_header_count,
-                    underscores=limits.headers_with_underscores,
-                )
+                checked = check_request_within(checked, self._limits)
         stream = Stream(self, self.requests_seen, checked if isinstance(checked, list) else [])
         if isinstance(checked, Malformed):
             stream.malformed = checked

@@ -32,7 +32,7 @@ from meshnode.net.session import (
     StreamReset,
     Trailers,
 )
-from meshnode.net.validation import Malformed, check_request
+from meshnode.net.validation import Malformed, check_request_within
 from meshnode.policy.models import Limits
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,7 @@ class LocalExchange:
         """``headers`` are checked as a listener checks a request from the network: if they
         are malformed, the request path answers 400 without forwarding anything."""
         limits = limits if limits is not None else Limits()
-        checked = check_request(
-            headers, max_count=limits.max_header_count, underscores=limits.headers_with_underscores
-        )
+        checked = check_request_within(headers, limits)
         self.client = Stream(self, LOCAL_STREAM_ID, None)
         self.server = Stream(
             self, LOCAL_STREAM_ID, checked if isinstance(checked, list) else headers

@@ -58,7 +58,7 @@ from meshnode.net.socket_io import TransportIO
 from meshnode.net.validation import (
     WEBSOCKET,
     Malformed,
-    check_request,
+    check_request_within,
     check_response,
     check_trailers,
 )
@@ -389,6 +389,7 @@ class H2Session:
         self.peer_settings = trio.Event()
         self.goaway_received: GoAwayReceived | None = None
         self.goaway_sent_last_id: int | None = None
+        self._last_taken = 0  # the peer's last stream this side took (server side)
         self.closing = False  # no new streams; the session ends when the last one does
         self.dead = False
         self._fatal_sent = False  # the connection ended for the peer's violation
@@ -430,9 +431,11 @@ class H2Session:
                 await trio.aclose_forcefully(self.transport)
 
     def close_gracefully(self, error_code: int = NO_ERROR) -> None:
-        """Send GOAWAY: streams already opened by the peer finish, new ones are refused."""
+        """Send GOAWAY: streams already taken finish, any later one is refused. Its
+        ``last_stream_id`` is the last stream taken, not the highest h2 has read: streams
+        that came in the same read as the GOAWAY's cause are past it, and refused."""
         if self.goaway_sent_last_id is None:
-            last_id = self.conn.highest_inbound_stream_id
+            last_id = self._last_taken
             self.goaway_sent_last_id = last_id
             self._raw_out.append(goaway_frame(last_id, error_code))
         self.closing = True
@@ -544,17 +547,14 @@ class H2Session:
 
     def _on_request_received(self, event: h2.events.RequestReceived) -> None:
         limits = self._limits
-        checked = check_request(
-            event.headers,
-            max_count=limits.max_header_count,
-            underscores=limits.headers_with_underscores,
-        )
+        checked = check_request_within(event.headers, limits)
         stream = Stream(self, event.stream_id, checked if isinstance(checked, list) else None)
         if self._on_request is None or self.closing:
             # Opened after our GOAWAY (or on a client session): never processed.
             self._reset(stream, REFUSED_STREAM)
             return
         self.streams[event.stream_id] = stream
+        self._last_taken = event.stream_id
         self.requests_seen += 1
         if isinstance(checked, Malformed):
             # Answered by the handler (a 400 on this stream alone), and charged like a reset.

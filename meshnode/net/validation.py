@@ -9,6 +9,12 @@ session answers that one stream (400, or 431 for too many fields).
 
 Field values may hold HTAB inside (RFC 9110 section 5.5), never at either end.
 
+Host is normalized (RFC 9113 section 8.3.1): a ``host`` field goes on as
+``:authority`` (the one place an HTTP/2 server looks), and a request with more
+than one, or one that disagrees with ``:authority``, is refused (RFC 9110
+section 7.2): a strict upstream would fail the whole connection for it, every
+other caller's streams on it included.
+
 A proxy sees the same few fields all day (user-agent, content-type, server):
 an ordinary field found valid is remembered (a bounded set), and next time
 costs one lookup instead of two regular expressions.
@@ -16,6 +22,7 @@ costs one lookup instead of two regular expressions.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal
 
@@ -23,6 +30,7 @@ import attrs
 
 from meshnode.net.credentials import CREDENTIAL_FIELDS
 from meshnode.net.process_cache import ProcessCache
+from meshnode.policy.models import Limits
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -52,8 +60,22 @@ class Malformed:
     reason: str
 
 
+def check_request_within(headers: Headers, limits: Limits) -> Headers | Malformed:
+    """``check_request`` with a listener's ``[limits]``."""
+    return check_request(
+        headers,
+        max_count=limits.max_header_count,
+        underscores=limits.headers_with_underscores,
+        max_field_size=int(limits.max_header_field_size),
+    )
+
+
 def check_request(
-    headers: Headers, *, max_count: int, underscores: UnderscoreRule
+    headers: Headers,
+    *,
+    max_count: int,
+    underscores: UnderscoreRule,
+    max_field_size: float = math.inf,
 ) -> Headers | Malformed:
     """The request's headers to use (underscore names dropped if so configured), or why not."""
     if len(headers) > max_count:
@@ -80,7 +102,11 @@ def check_request(
         problem = _field_problem(field)
         if problem is not None:
             return Malformed(400, problem)
+        if len(name) + len(field[1]) > max_field_size:
+            return Malformed(431, f"field {_show(name)} is over {max_field_size:g} bytes")
         if name == b"host":
+            if host is not None:
+                return Malformed(400, "host repeated")
             host = field[1]
         if b"_" in name:
             if underscores == "reject":
@@ -90,8 +116,22 @@ def check_request(
     if problem is not None:
         return Malformed(400, problem)
     if dropped:
-        return [(name, value) for name, value in headers if b"_" not in name]
+        headers = [(name, value) for name, value in headers if b"_" not in name]
+    if host is not None:
+        return _host_as_authority(headers, host, b":authority" in pseudo)
     return headers
+
+
+def _host_as_authority(headers: Headers, host: bytes, has_authority: bool) -> Headers:
+    """``headers`` without ``host``, and with ``:authority`` from it if there was none
+    (after the other pseudo-headers, which come first)."""
+    out = [field for field in headers if field[0] != b"host"]
+    if not has_authority:
+        pseudo_end = next(
+            (index for index, field in enumerate(out) if field[0][:1] != b":"), len(out)
+        )
+        out.insert(pseudo_end, (b":authority", host))
+    return out
 
 
 def check_response(headers: Headers) -> str | None:
@@ -153,7 +193,7 @@ def _check_pseudo(pseudo: dict[bytes, bytes], host: bytes | None) -> str | None:
         return "no :method"
     if not _TOKEN.match(method):
         return "invalid :method"
-    authority = pseudo.get(b":authority")
+    authority = pseudo.get(b":authority", host)  # host is to become :authority
     if authority is not None and not _AUTHORITY.match(authority):
         return "invalid :authority (userinfo, spaces or other characters a host cannot have)"
     if authority is not None and host is not None and host != authority:

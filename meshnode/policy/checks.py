@@ -134,6 +134,7 @@ def check_limits(limits: Limits) -> Iterator[tuple[str, str]]:
         if not 65535 <= size <= MAX_WINDOW:
             yield f"limits.{key}", f"expected 64KiB - 1B up to 2GiB - 1B, got {size}"
     yield from _at_least("limits.max_header_list_size", limits.max_header_list_size, 1024)
+    yield from _at_least("limits.max_header_field_size", limits.max_header_field_size, 1024)
     yield from _at_least("limits.write_buffer", limits.write_buffer, limits.max_frame_size)
     for key in (
         "header_timeout",

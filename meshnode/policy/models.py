@@ -281,6 +281,7 @@ class Limits:
     max_concurrent_streams: int = 100
     max_header_list_size: Size = Size(64 * 1024)
     max_header_count: int = 100
+    max_header_field_size: Size = Size(8 * 1024)  # one field, name and value (nginx's 8k)
     max_frame_size: int = 16384
     stream_window: Size = Size(256 * 1024)
     connection_window: Size = Size(1024 * 1024)

@@ -164,7 +164,7 @@ class _Exchange:
         if self.judge is not None:
             self.judge(status, head.headers)
         no_body = upstream.consume_end()
-        out = strip_hop_by_hop(head.headers)
+        out = strip_hop_by_hop(head.headers, request=False)
         out.extend(self.extra_headers)
         await self.client.send_headers(out, end_stream=no_body)
         if self.tunnel is not None and status == 200:

@@ -684,7 +684,11 @@ def _remember(
     if protections.stale_cache is not None:
         protections.stale_cache.put(
             path,
-            CachedResponse(strip_hop_by_hop(head), b"".join(capture.chunks), trio.current_time()),
+            CachedResponse(
+                strip_hop_by_hop(head, request=False),
+                b"".join(capture.chunks),
+                trio.current_time(),
+            ),
         )
 
 

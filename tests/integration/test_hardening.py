@@ -327,6 +327,13 @@ async def test_request_size_limits(tmp_path, nursery, start_node, hypercorn_upst
     with trio.fail_after(5):
         answer = await client.receive_until(h2.events.ResponseReceived, many)
     assert dict(answer.headers)[b":status"] == b"431"
+
+    long_field = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(long_field, [*headers, ("x-big", "v" * 9 * 1024)], end_stream=True)
+    await client.flush()
+    with trio.fail_after(5):
+        answer = await client.receive_until(h2.events.ResponseReceived, long_field)
+    assert dict(answer.headers)[b":status"] == b"431"  # one field over 8 KiB (nginx's bound)
     await served_within(client)
 
 

@@ -8,6 +8,7 @@ serve``. No upstream has a ``[retry]`` section unless the test says why.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import subprocess
@@ -16,9 +17,13 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import hpack
 import pytest
+import trio
 
+from meshnode.policy.units import Address
 from tests.conftest import NodeProcess, require, upstream_toml, write_policies
+from tests.support.attacker import attack, request_frame
 from tests.support.client import sample
 from tests.support.upstream_processes import (
     Load,
@@ -294,3 +299,37 @@ def test_a_stale_http1_keepalive_connection_costs_nothing(
     failed = curl(node, "/x", "--data-binary", "once").stdout
     assert failed.endswith(b"\n502")
     assert b"connection closed before the response" in failed
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [(b":authority", b"web"), (b"host", b"web"), (b"host", b"web")],
+        [(b"host", b"web"), (b"host", b"web")],
+    ],
+    ids=["authority and two hosts", "two hosts"],
+)
+def test_a_repeated_host_is_refused_and_costs_other_callers_nothing(
+    tmp_path: Path, node_process, upstreams, fields: list[tuple[bytes, bytes]]
+) -> None:
+    """Hypercorn's strict h2 answers a repeated host with GOAWAY PROTOCOL_ERROR, which would
+    end the connection every caller of the upstream shares: the node refuses it (400) and
+    never forwards it, while another caller's load runs on."""
+    server = hypercorn(100_000)
+    upstreams.append(server)
+    node = node_for(node_process, tmp_path / "p", [server.address])
+    host, port = node.outbound.rsplit(":", 1)
+    result: list[Load] = []
+    bystander = threading.Thread(target=lambda: result.append(h2load(node.outbound, "web", 3000)))
+    bystander.start()
+    encoder = hpack.Encoder()
+    request = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/x"), *fields]
+    frames = [request_frame(n, request, encoder=encoder) for n in range(1, 40, 2)]
+    exchange = trio.run(functools.partial(attack, Address(host, int(port)), frames, linger=2.0))
+    bystander.join(120)
+    none_failed(result[0], 3000, node)
+    heads = [frame for frame in exchange.frames if frame.type == 0x1]
+    assert len(heads) == 20  # every one answered (a 400), none lost
+    assert hpack.Decoder().decode(heads[0].payload, raw=True)[0] == (b":status", b"400")
+    assert exchange.goaway() is None
+    assert server.counts() == {"GET": 3000}

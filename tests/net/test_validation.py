@@ -65,6 +65,16 @@ BAD = {
     "transfer-encoding": [*GOOD, (b"transfer-encoding", b"chunked")],
     "te gzip": [*GOOD, (b"te", b"gzip")],
     "host differs from authority": [*GOOD, (b"host", b"other.example")],
+    "host repeated": [*GOOD, (b"host", b"api.example:8443"), (b"host", b"api.example:8443")],
+    "host repeated, no authority": [
+        *[h for h in GOOD if h[0] != b":authority"],
+        (b"host", b"api.example"),
+        (b"host", b"api.example"),
+    ],
+    "host with userinfo": [
+        *[h for h in GOOD if h[0] != b":authority"],
+        (b"host", b"user@api.example"),
+    ],
     "pseudo after regular": [*GOOD, (b":method", b"GET")][1:],
     "repeated pseudo": [*GOOD[:1], *GOOD],
     "response pseudo": [(b":status", b"200"), *GOOD],
@@ -101,6 +111,18 @@ def test_options_star_and_websocket_tunnels_are_allowed() -> None:
     assert check(websocket) == websocket
 
 
+def test_host_goes_on_as_the_authority() -> None:
+    """RFC 9113 8.3.1: a strict HTTP/2 server looks at :authority; a second host field
+    would make it fail the connection, every other caller's streams on it included."""
+    without = [h for h in GOOD if h[0] != b":authority"]
+    assert check([*without, (b"host", b"api.example")]) == [
+        *GOOD[:3],
+        (b":authority", b"api.example"),
+        *GOOD[4:],
+    ]
+    assert check([*GOOD, (b"host", b"api.example:8443")]) == GOOD
+
+
 def test_underscores_can_be_dropped_or_allowed() -> None:
     headers = [*GOOD, (b"x_user", b"admin")]
     assert check_request(headers, max_count=100, underscores="drop") == GOOD
@@ -133,8 +155,15 @@ def test_whatever_arrives_gets_an_answer_and_h2_would_have_refused_nothing_we_pa
 ) -> None:
     result = check(headers)
     if not isinstance(result, Malformed):
-        assert result == headers
         assert h2_accepts(headers)
+        assert h2_accepts(result)
+        if all(name != b"host" for name, _ in headers):
+            assert result == headers
+        else:  # host goes on as :authority alone
+            assert all(name != b"host" for name, _ in result)
+            assert [f for f in result if f[0] != b":authority"] == [
+                f for f in headers if f[0] not in (b"host", b":authority")
+            ]
 
 
 @given(st.sampled_from(sorted(BAD)), st.permutations(range(3)))

@@ -48,6 +48,12 @@ def test_te_trailers_is_kept() -> None:
     assert strip_hop_by_hop([(b"te", b"trailers")]) == [(b"te", b"trailers")]
 
 
+def test_an_answer_loses_te_whatever_its_value() -> None:
+    """TE is a request's field alone (RFC 9113 8.2.2): an HTTP/2 caller must not get it."""
+    answer = [(b":status", b"200"), (b"te", b"trailers"), (b"x-kept", b"yes")]
+    assert strip_hop_by_hop(answer, request=False) == [(b":status", b"200"), (b"x-kept", b"yes")]
+
+
 def test_request_id_added_when_absent() -> None:
     out, request_id = forwarded_request_headers(list(REQUEST), b"127.0.0.1")
     assert len(request_id) == 36

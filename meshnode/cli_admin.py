@@ -20,6 +20,8 @@ import click
 import trio
 import trio_websocket
 
+from meshnode.admin.origins import ADMIN_HEADER
+
 DEFAULT_ADMIN = "http://127.0.0.1:15000"
 UNREACHABLE = 2
 
@@ -49,6 +51,7 @@ def _token(token_file: str | None) -> str | None:
 def call(admin: str, method: str, path: str, token: str | None = None) -> tuple[int, Any]:
     """One admin API call; exits with one clear line when the node cannot be reached."""
     request = urllib.request.Request(admin.rstrip("/") + path, method=method)
+    request.add_header(ADMIN_HEADER, "1")  # the admin plane takes changes only with it
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:

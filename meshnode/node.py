@@ -27,6 +27,7 @@ from meshnode.admin.api import admin_routes, admin_websockets
 from meshnode.admin.history import SAMPLE_INTERVAL, RateHistory
 from meshnode.admin.http import AdminHTTPServer
 from meshnode.admin.metrics import Exposition, MeshCollector
+from meshnode.admin.origins import allowed_hosts
 from meshnode.engine import Engine, tls_paths, uses_queue
 from meshnode.events import EventBus, OverloadChanged
 from meshnode.net.busy_poll import BusyPoll
@@ -272,7 +273,10 @@ class Node:
             await self._start_checks(self.policies)
             self._apply_node_settings(self.policies)
             admin = AdminHTTPServer(
-                admin_routes(self), admin_websockets(self), token=lambda: self._admin_token
+                admin_routes(self),
+                admin_websockets(self),
+                token=lambda: self._admin_token,
+                allowed_hosts=lambda: allowed_hosts(self.policies.node.admin),
             )
             admin_addresses = await nursery.start(
                 admin.serve, bindings.admin if bindings else policy.admin.address

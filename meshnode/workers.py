@@ -49,6 +49,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshnode.admin.http import AdminHTTPServer, AdminRequest, AdminResponse, Handler
+from meshnode.admin.origins import ADMIN_HEADER, allowed_hosts
 from meshnode.notify import Notifier
 from meshnode.policy import Address, PolicySet
 from meshnode.policy.load import read_token
@@ -98,7 +99,8 @@ class Parent:
         self.draining = False
         self._reserved: list[socket.socket] = []
         self._ready_changed = trio.Event()
-        self._client = httpx.AsyncClient(timeout=WORKER_TIMEOUT)
+        # The workers' admin listeners take changes only with the admin header.
+        self._client = httpx.AsyncClient(timeout=WORKER_TIMEOUT, headers={ADMIN_HEADER: "1"})
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -114,7 +116,10 @@ class Parent:
         token_file = node.admin.token_file
         token = None if token_file is None else read_token(self.policies.directory, token_file)
         admin = AdminHTTPServer(
-            self._routes(), {"/admin/events": self._relay_events}, token=lambda: token
+            self._routes(),
+            {"/admin/events": self._relay_events},
+            token=lambda: token,
+            allowed_hosts=lambda: allowed_hosts(self.policies.node.admin),
         )
         try:
             async with self._client, trio.open_nursery() as nursery:

@@ -6,6 +6,7 @@ cannot hold a connection forever, and a bounded request body. A WebSocket
 upgrade (the first request of a connection, on a WebSocket route) is handed to
 trio-websocket with the bytes already read replayed in front of the socket.
 Mutating methods need ``Authorization: Bearer <token>`` whenever a token is set.
+What a web page in an operator's browser may not do is ``admin/origins.py``'s.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import h11
 import trio
 import trio_websocket
 
+from meshnode.admin.origins import change_problem, host_problem, origin_problem
 from meshnode.net.replay import Replay
 from meshnode.policy.units import Address
 
@@ -68,10 +70,14 @@ class AdminHTTPServer:
         routes: Mapping[tuple[str, str], Handler],
         websockets: Mapping[str, WebSocketHandler] | None = None,
         token: Callable[[], str | None] = lambda: None,
+        allowed_hosts: Callable[[], frozenset[str]] = frozenset,
     ) -> None:
+        """``allowed_hosts``: host names this listener answers to besides addresses and
+        localhost (``[admin] allowed_hosts``, read per request: it follows reloads)."""
         self._routes = routes
         self._websockets = websockets or {}
         self._token = token
+        self._allowed_hosts = allowed_hosts
 
     async def serve(
         self,
@@ -105,13 +111,20 @@ class AdminHTTPServer:
             request = await self._read_request(transport, conn, raw)
             if request is None:
                 return
-            if request.path in self._websockets and "websocket" in request.headers.get(
+            misdirected = host_problem(request.headers, self._allowed_hosts())
+            if misdirected is not None:
+                response = AdminResponse.json(421, {"error": misdirected})
+            elif request.path in self._websockets and "websocket" in request.headers.get(
                 "upgrade", ""
             ):
-                if first:
+                foreign = origin_problem(request.headers)
+                if foreign is not None:
+                    response = AdminResponse.json(403, {"error": foreign})
+                elif first:
                     await self._hand_off(transport, bytes(raw), self._websockets[request.path])
                     return
-                response = AdminResponse.json(400, {"error": "upgrade on a fresh connection"})
+                else:
+                    response = AdminResponse.json(400, {"error": "upgrade on a fresh connection"})
             else:
                 response = await self._dispatch(request)
             await self._respond(transport, conn, response)
@@ -193,8 +206,12 @@ class AdminHTTPServer:
             if params is None:
                 continue
             if method == request.method:
-                if method in MUTATING and not self._authorized(request):
-                    return AdminResponse.json(401, {"error": "a valid admin token is required"})
+                if method in MUTATING:
+                    problem = change_problem(request.headers)
+                    if problem is not None:
+                        return AdminResponse.json(403, {"error": problem})
+                    if not self._authorized(request):
+                        return AdminResponse.json(401, {"error": "a valid admin token is required"})
                 return await handler(attrs.evolve(request, params=params))
             allowed = True
         if allowed:

@@ -63,6 +63,9 @@ class AdminSection:
     # Mutating calls need "Authorization: Bearer <token>" when this is set; it must be
     # set when the admin listener is not on loopback. Relative to node.toml.
     token_file: str | None = None
+    # Host names the admin listener answers to besides addresses and localhost: the
+    # defence against DNS rebinding (docs/security.md).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @attrs.frozen

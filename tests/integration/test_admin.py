@@ -266,6 +266,8 @@ async def test_a_token_guards_mutating_calls(tmp_path, nursery, running) -> None
             "POST",
             "-H",
             "Authorization: Bearer s3cret",
+            "-H",
+            "x-meshnode-admin: 1",
             f"http://{addresses.admin[0]}/admin/breakers/api?state=open",
         ],
         capture_stdout=True,
@@ -301,3 +303,91 @@ def test_the_documented_alert_rules_are_valid() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 4 rules found" in result.stdout
+
+
+def _curl(*arguments: str) -> tuple[int, str]:
+    """Status and body of one request to the admin listener, as curl sends it."""
+    result = subprocess.run(
+        [require("curl"), "-s", "--max-time", "3", "-w", "\n%{http_code}", *arguments],
+        check=False,  # the 101 of a WebSocket ends at the time limit
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    body, _, status = result.stdout.rpartition("\n")
+    return int(status), body
+
+
+def test_a_web_page_cannot_change_the_node(live_node: NodeProcess) -> None:
+    """A cross-site form or fetch can POST without asking first, but never with a custom
+    header; and a browser says where it comes from (docs/security.md)."""
+    base = f"http://{live_node.admin}"
+    forms = ["-X", "POST", "-H", "content-type: application/x-www-form-urlencoded"]
+    status, body = _curl(*forms, f"{base}/admin/breakers/web?state=open")
+    assert status == 403 and "x-meshnode-admin" in body
+    status, body = _curl(
+        *forms,
+        "-H",
+        "x-meshnode-admin: 1",
+        "-H",
+        "Origin: http://evil.example",
+        f"{base}/admin/drain",
+    )
+    assert status == 403 and "evil.example" in body
+    assert _curl(f"{base}/health/ready")[0] == 200  # not drained, breaker untouched
+    assert (
+        json.loads(_curl(f"{base}/admin/upstreams")[1])["upstreams"]["web"]["breaker"]["state"]
+        == "closed"
+    )
+    own = f"Origin: {base}"
+    assert (
+        _curl(
+            "-X",
+            "POST",
+            "-H",
+            "x-meshnode-admin: 1",
+            "-H",
+            own,
+            f"{base}/admin/breakers/web?state=open",
+        )[0]
+        == 200
+    )
+    assert (
+        _curl(
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            f"{base}/admin/breakers/web?state=auto",
+        )[0]
+        == 200
+    )
+    assert meshnode("breakers", "force", "web", "closed", "--admin", base).returncode == 0
+
+
+def test_dns_rebinding_finds_no_admin_plane(tmp_path: Path, node_process, start_nghttpd) -> None:
+    directory = tmp_path / "p"
+    write_policies(directory, {"web": upstream_toml("web", start_nghttpd())})
+    node_toml = directory / "node.toml"
+    node_toml.write_text(
+        node_toml.read_text().replace(
+            "[admin]\n", '[admin]\nallowed_hosts = ["Mesh-Admin.internal"]\n'
+        )
+    )
+    node = node_process(directory)
+    port = node.admin.rsplit(":", 1)[1]
+    url = f"http://{node.admin}/admin/upstreams"
+    status, body = _curl("-H", f"Host: rebind.evil.example:{port}", url)
+    assert status == 421 and "allowed_hosts" in body
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"mesh-admin.internal:{port}"):
+        assert _curl("-H", f"Host: {host}", url)[0] == 200, host
+
+
+def test_the_event_stream_refuses_another_origin(live_node: NodeProcess) -> None:
+    upgrade = [
+        *("-H", "Connection: Upgrade", "-H", "Upgrade: websocket"),
+        *("-H", "Sec-WebSocket-Version: 13", "-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="),
+    ]
+    url = f"http://{live_node.admin}/admin/events"
+    assert _curl(*upgrade, "-H", "Origin: http://evil.example", url)[0] == 403
+    assert _curl(*upgrade, "-H", f"Origin: http://{live_node.admin}", url)[0] == 101

@@ -243,7 +243,10 @@ def test_reloads_under_continuous_load_fail_no_request(
         if change is changes[1]:
             (directory / "spare.toml").unlink()
         answer = subprocess.run(
-            [require("curl"), "-s", "-X", "POST", f"http://{node.admin}/admin/reload"],
+            [
+                *(require("curl"), "-s", "-X", "POST", "-H", "x-meshnode-admin: 1"),
+                f"http://{node.admin}/admin/reload",
+            ],
             capture_output=True,
             text=True,
             timeout=30,

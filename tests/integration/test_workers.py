@@ -79,7 +79,7 @@ async def test_two_workers(tmp_path: Path, nursery: trio.Nursery, node_process) 
     assert 'meshnode_requests_total{code="200",upstream="api"} 4000.0' in await metrics(node.admin)
 
     (policies / "web.toml").write_text(upstream_toml("web", upstream))
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(headers={"x-meshnode-admin": "1"}) as client:
         reloaded = (await client.post(f"http://{node.admin}/admin/reload")).json()
     assert reloaded["applied"] is True  # every worker applied it
     assert [answer["changes"]["added"] for answer in reloaded["workers"].values()] == [["web"]] * 2

@@ -43,7 +43,10 @@ async def fetch(
 
 async def admin(address: object, method: str, path: str) -> tuple[int, Any]:
     result = await trio.run_process(
-        [require("curl"), "-s", "-X", method, "-w", "\n%{http_code}", f"http://{address}{path}"],
+        [
+            *(require("curl"), "-s", "-X", method, "-H", "x-meshnode-admin: 1"),
+            *("-w", "\n%{http_code}", f"http://{address}{path}"),
+        ],
         capture_stdout=True,
         check=True,
     )

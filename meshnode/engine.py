@@ -125,12 +125,11 @@ class Engine:
 
         def connections(upstream: UpstreamPolicy) -> UpstreamConnections:
             """An upstream's connections: its probes' and deliveries' are its requests'."""
+            domain = self._proxy.trust_domain if self._proxy else trust_domain
             group = self.groups.get(upstream.name)
-            return upstream_connections(
-                upstream.upstream,
-                self._proxy.trust_domain if self._proxy else trust_domain,
-                group.stats.goaways if group is not None else PLAIN_H2.goaways,
-            )
+            if group is None:  # removed by a reload as it was probed
+                return upstream_connections(upstream.upstream, domain, PLAIN_H2.goaways)
+            return group.connections(domain)
 
         self._prober = Prober(self._pool, connections)
         self._deliverer = Deliverer(self._pool, connections)

@@ -40,8 +40,9 @@ from meshnode.actors.stats import UpstreamStats
 from meshnode.actors.supervisor import RestartPolicy, Supervisor
 from meshnode.errors import BulkheadFull, NoHealthyEndpoints
 from meshnode.events import EndpointHealthChanged, EventBus
+from meshnode.net.pool import UpstreamConnections, upstream_connections
 from meshnode.net.pulse import Pulse
-from meshnode.policy.models import Endpoint, UpstreamPolicy
+from meshnode.policy.models import Endpoint, UpstreamPolicy, UpstreamSection
 from meshnode.policy.units import Address
 from meshnode.resilience.core.balancing import PeakEWMA, Strategy, make_strategy
 from meshnode.resilience.core.outlier import OutlierDetector, SessionTable
@@ -154,6 +155,9 @@ class UpstreamGroup:
         self.in_flight = 0
         self.pending = 0
         self.stats = UpstreamStats()
+        # How its connections are made, for the [upstream] section and trust domain it was
+        # made for: built once per policy, not per request.
+        self._connections: tuple[UpstreamSection, str, UpstreamConnections] | None = None
         self._drained = Pulse()  # the last request in flight ended
         self._slot_freed = Pulse()  # a request ended: a bulkhead slot may be free
         self._first_snapshot = trio.Event()
@@ -370,6 +374,15 @@ class UpstreamGroup:
                 upstream=self.name, endpoint=str(address), from_=previous, to=current, reason=reason
             )
         )
+
+    def connections(self, trust_domain: str) -> UpstreamConnections:
+        """How this upstream's connections are made and kept, as its policy says now."""
+        section = self.policy.upstream
+        made = self._connections
+        if made is None or made[0] is not section or made[1] != trust_domain:
+            built = upstream_connections(section, trust_domain, self.stats.goaways)
+            made = self._connections = (section, trust_domain, built)
+        return made[2]
 
     # -- reload and operations -----------------------------------------------
 

@@ -393,8 +393,9 @@ class H2Session:
         self.closing = False  # no new streams; the session ends when the last one does
         self.dead = False
         self._fatal_sent = False  # the connection ended for the peer's violation
-        # An upstream recycling the connection while busy: the streams its GOAWAY accepted,
-        # and how many were in flight then; and how many it accepted but never answered.
+        # An upstream recycling the connection while busy: the streams its (last) GOAWAY
+        # accepted, and how many were in flight then; and how many it accepted but never
+        # answered.
         self.recycled_at: tuple[int, int] | None = None
         self.lost_after_goaway = 0
         # The last stream id this side opens (client side): past it, the connection is
@@ -612,7 +613,11 @@ class H2Session:
     def _on_goaway(self, goaway: GoAwayReceived) -> None:
         """RFC 9113 6.8: streams above ``last_stream_id`` were never processed; a later
         GOAWAY with a lower one is honoured the same way."""
-        if self.goaway_received is None and goaway.error_code == NO_ERROR and self.streams:
+        if (
+            goaway.error_code == NO_ERROR
+            and self.streams
+            and goaway.last_stream_id <= self.conn.highest_outbound_stream_id
+        ):  # a GOAWAY that cuts the streams off (not a shutdown's first, naming them all)
             self.recycled_at = ((goaway.last_stream_id + 1) // 2, len(self.streams))
         self.goaway_received = goaway
         self.closing = True

@@ -99,11 +99,11 @@ def check_request(
             pseudo[name] = value
             continue
         regular = True
+        if len(name) + len(field[1]) > max_field_size:  # before it could be remembered
+            return Malformed(431, f"field {_show(name)} is over {max_field_size:g} bytes")
         problem = _field_problem(field)
         if problem is not None:
             return Malformed(400, problem)
-        if len(name) + len(field[1]) > max_field_size:
-            return Malformed(431, f"field {_show(name)} is over {max_field_size:g} bytes")
         if name == b"host":
             if host is not None:
                 return Malformed(400, "host repeated")

@@ -47,7 +47,7 @@ from meshnode.events import QueueFilling
 from meshnode.net.hop_by_hop import strip_hop_by_hop
 from meshnode.net.listener import Peer
 from meshnode.net.overload import Overload
-from meshnode.net.pool import UpstreamPool, upstream_connections
+from meshnode.net.pool import UpstreamPool
 from meshnode.net.session import (
     CANCEL,
     INTERNAL_ERROR,
@@ -347,7 +347,7 @@ class Proxy:
             per_try = min(per_try, policy.timeout.request or math.inf)
             tunnel = Tunnel(policy.timeout.tunnel_idle, self.tunnels)
         capture = _capture_for(request, policy)
-        connections = upstream_connections(policy.upstream, self.trust_domain, group.stats.goaways)
+        connections = group.connections(self.trust_domain)
         tries = resends = 0
         avoid = None
 

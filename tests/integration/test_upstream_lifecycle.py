@@ -131,6 +131,7 @@ def test_nginx_recycling_every_50_requests_loses_nothing(
     assert nginx.requests("POST") == POSTS  # none of them processed twice
     if protocol == "h2c":
         for address in nginx.addresses:
+            node.wait_for_log(f"upstream {address} sent GOAWAY (error code 0, last_stream_id 99)")
             node.wait_for_log(f"upstream {address} recycled a connection after 50 requests")
         assert resent(node, "goaway") > 0
         assert 2 * len(nginx.addresses) <= goaways(node) < 10 * len(nginx.addresses)
@@ -230,6 +231,70 @@ def test_refused_streams_are_sent_again_and_counted(
     with urllib.request.urlopen(f"http://{node.admin}/", timeout=10) as answer:
         page = answer.read().decode()
     assert f"0 GOAWAYs; {counts['refused']} requests sent again" in page
+
+
+def test_resends_are_neither_tries_nor_failures(tmp_path: Path, node_process, upstreams) -> None:
+    """Every request is refused once by each of two upstreams before one answers it: were
+    resends failures, outlier detection would eject both; were they tries, the retry
+    counts would show them."""
+    servers = [scripted("refuse", 1), scripted("refuse", 1)]
+    upstreams.extend(servers)
+    node = node_for(
+        node_process,
+        tmp_path / "p",
+        [server.address for server in servers],
+        extra="[outlier_detection]\nconsecutive_failures = 3\nmax_ejection_percent = 100.0\n",
+    )
+    none_failed(h2load(node.outbound, "web", 1000), 1000, node)
+    refused = sum(server.counts()["refused"] for server in servers)
+    assert refused >= 1000
+    assert resent(node, "refused-stream") == refused
+    with urllib.request.urlopen(f"http://{node.admin}/admin/upstreams", timeout=10) as answer:
+        report = json.load(answer)["upstreams"]["web"]
+    assert report["tries"] == {"total": 1000, "retried_requests": 0, "recovered": 0}
+    assert report["retries"]["retried"] == 0
+    for endpoint in report["endpoints"]:
+        assert (endpoint["ejections"], endpoint["failures"]) == (0, 0), endpoint
+
+
+def test_a_second_goaway_with_a_lower_last_stream_id_is_honoured(
+    tmp_path: Path, node_process, upstreams, post_body: Path
+) -> None:
+    """nghttp2-style shutdown: GOAWAY naming every stream, then one naming the last taken.
+    The upstream ignores what came past the second: meshnode must send it again."""
+    server = scripted("double-goaway", 20)
+    upstreams.append(server)
+    node = node_for(node_process, tmp_path / "p", [server.address])
+    none_failed(h2load(node.outbound, "web", 2000), 2000, node)
+    none_failed(h2load(node.outbound, "web", 500, data=post_body), 500, node)
+    counts = server.counts()
+    assert (counts["GET"], counts["POST"]) == (2000, 500)
+    assert resent(node, "goaway") > 0
+    node.wait_for_log("sent GOAWAY (error code 0, last_stream_id 2147483647)")
+
+
+def test_a_stale_h2_connection_costs_nothing(tmp_path: Path, node_process, upstreams) -> None:
+    """The upstream closes each connection, without GOAWAY, as its second request arrives:
+    a GET is sent again on a fresh connection; a POST, which it may have seen, is not."""
+    server = scripted("stale-h2", 1)
+    upstreams.append(server)
+    node = node_for(node_process, tmp_path / "p", [server.address])
+    for _ in range(5):
+        assert curl(node, "/x").stdout == b"ok\n200"
+    assert resent(node, "stale-connection") == 4
+    failed = curl(node, "/x", "--data-binary", "once").stdout
+    assert failed.endswith(b"\n502")
+    assert server.counts() == {"GET": 5}
+
+
+def test_an_upstream_te_never_reaches_the_caller(tmp_path: Path, node_process, upstreams) -> None:
+    """TE is a request's field alone (RFC 9113 8.2.2); Hypercorn, in its own process,
+    answers with one."""
+    server = hypercorn(1000)
+    upstreams.append(server)
+    node = node_for(node_process, tmp_path / "p", [server.address])
+    head = curl(node, "/te", "-D", "-").stdout.lower()
+    assert head.startswith(b"http/2 200") and b"\nte:" not in head
 
 
 def test_a_request_refused_again_and_again_fails_after_three_resends(

@@ -8,7 +8,8 @@ connection with GOAWAY after ``--max-requests`` requests, as its default of 1,00
 It counts what its application processed, so that a test can tell a request that was
 sent again from one that ran twice: every request whose body arrived whole is counted by
 method, and ``GET /_counts`` answers the counts as JSON (that request is not counted).
-``/digest`` answers the SHA-256 of the request body; anything else answers ``ok``.
+``/digest`` answers the SHA-256 of the request body, ``/te`` answers with a ``te:
+trailers`` field (a request's field alone), anything else ``ok``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         counts[scope["method"]] += 1
         body = digest.hexdigest().encode() if scope["path"] == "/digest" else b"ok"
     headers = [(b"content-length", str(len(body)).encode())]
+    if scope["path"] == "/te":
+        headers.append((b"te", b"trailers"))
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

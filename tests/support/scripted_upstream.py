@@ -13,6 +13,11 @@ plain sockets, one thread per connection. Modes:
   on the connection that took the Nth and in the first SETTINGS of every later one, and
   refuses (REFUSED_STREAM, RFC 9113 5.1.2) every stream past that limit from the moment
   it sent the new value, before the client could have seen it.
+- ``stale-h2``: each connection answers N requests and closes, without GOAWAY, when the
+  next one arrives: the HTTP/2 form of the stale keep-alive race below.
+- ``double-goaway``: after N requests a connection shuts down as nghttp2 servers do:
+  GOAWAY with the highest possible ``last_stream_id``, then one with the last stream it
+  took; it ignores streams past that, finishes the rest, and closes.
 - ``stale-http1``: HTTP/1.1 keep-alive; a connection answers its first request and
   closes when the next one arrives, unanswered: the race of a server closing an idle
   connection as a request is on its way, made to happen every time.
@@ -37,6 +42,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
+from hyperframe.frame import GoAwayFrame
 
 counts: Counter[str] = Counter()
 counts_lock = threading.Lock()
@@ -82,14 +88,20 @@ def serve_h2(client: socket.socket, mode: str, every: int) -> None:
     client.sendall(conn.data_to_send())
     requests: dict[int, tuple[dict[bytes, bytes], bytearray]] = {}
     seen = 0
+    last_taken: int | None = None  # double-goaway: the last stream its second GOAWAY names
     while True:
         data = client.recv(65536)
         if not data:
             return
         ended: list[tuple[int, dict[bytes, bytes], bytearray]] = []  # answered after the read
+        goaways = b""
         for event in conn.receive_data(data):
             if isinstance(event, h2.events.RequestReceived):
+                if last_taken is not None and event.stream_id > last_taken:
+                    continue  # past the GOAWAY: never processed
                 seen = next(served) if mode == "lower-streams" else seen + 1
+                if mode == "stale-h2" and seen > every:
+                    return  # closed under it, without a word
                 head = dict(event.headers)
                 refusing = mode == "refuse" and seen % every == 0 and refuse_once(head)
                 over_limit = limit is not None and len(requests) + len(ended) >= limit
@@ -100,6 +112,8 @@ def serve_h2(client: socket.socket, mode: str, every: int) -> None:
                     conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
                 else:
                     requests[event.stream_id] = (head, bytearray())
+                if mode == "double-goaway" and seen == every:
+                    goaways = goaway_frame(2**31 - 1)
                 if mode == "lower-streams" and seen == every:
                     lowered.set()
                     limit = 1
@@ -116,6 +130,10 @@ def serve_h2(client: socket.socket, mode: str, every: int) -> None:
                     ended.append((event.stream_id, head, received))
             elif isinstance(event, h2.events.StreamReset):
                 requests.pop(event.stream_id, None)
+        if goaways:
+            last_taken = conn.highest_inbound_stream_id
+            goaways += goaway_frame(last_taken)
+            client.sendall(goaways)
         for stream_id, head, received in ended:
             method, path = head[b":method"].decode(), head[b":path"].decode()
             body = answer_of(method, path, bytes(received))
@@ -124,6 +142,23 @@ def serve_h2(client: socket.socket, mode: str, every: int) -> None:
             )
             conn.send_data(stream_id, body, end_stream=True)
         client.sendall(conn.data_to_send())
+        if last_taken is not None and not requests:
+            linger(client)  # shut down: what it took is answered
+            return
+
+
+def linger(client: socket.socket) -> None:
+    """Close as servers do: half-close, then read until the client closes (a close with
+    unread bytes would reset the connection, and the answers sent with it)."""
+    client.shutdown(socket.SHUT_WR)
+    client.settimeout(10)
+    while client.recv(65536):
+        pass
+
+
+def goaway_frame(last_stream_id: int) -> bytes:
+    """A GOAWAY written past h2, which would close the connection with it."""
+    return bytes(GoAwayFrame(0, last_stream_id=last_stream_id, error_code=0).serialize())
 
 
 def serve_stale_http1(client: socket.socket) -> None:
@@ -162,7 +197,17 @@ def handle(client: socket.socket, mode: str, every: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["refuse", "refuse-late", "lower-streams", "stale-http1"])
+    parser.add_argument(
+        "mode",
+        choices=[
+            "refuse",
+            "refuse-late",
+            "lower-streams",
+            "stale-h2",
+            "double-goaway",
+            "stale-http1",
+        ],
+    )
     parser.add_argument("--every", type=int, default=3)
     parser.add_argument("--always", action="store_true")
     options = parser.parse_args()

@@ -69,9 +69,11 @@ def churn_row(
     cpu_seconds: Callable[[int], float],
 ) -> dict[str, object]:
     """Each proxy's figures against the churning nginx and the steady one (the run with
-    the least CPU of ``rounds``), with the upstream's GOAWAYs as meshnode counted them."""
+    the least CPU of ``rounds``). The four paths take turns round by round, so that the
+    machine's drift during the run falls on all of them alike."""
     row: dict[str, object] = {"requests": requests}
     started: list[subprocess.Popen[bytes]] = []
+    paths: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     try:
         for upstream, keepalive in (("churn", CHURN_REQUESTS), ("steady", STEADY_REQUESTS)):
             nginx, nginx_port = start_nginx(work / f"nginx-{upstream}", keepalive)
@@ -83,18 +85,19 @@ def churn_row(
             node = start_meshnode(work / f"churn-{upstream}", outbound)
             haproxy, haproxy_port = start_haproxy_retrying(work, upstream, nginx_port)
             started += [node, haproxy]
-            for name, process, port in (
-                ("meshnode", node, outbound),
-                ("haproxy", haproxy, haproxy_port),
-            ):
-                h2load(f"http://127.0.0.1:{port}/", 2000, CLIENTS, STREAMS, "web")  # warm up
-                runs = []
-                for _ in range(rounds):
-                    before = cpu_seconds(process.pid)
-                    figures = h2load(f"http://127.0.0.1:{port}/", requests, CLIENTS, STREAMS, "web")
-                    cpu_us = (cpu_seconds(process.pid) - before) / requests * 1e6
-                    runs.append({**figures, "cpu_us_per_request": cpu_us})
-                row[f"{name} {upstream}"] = cheapest(runs)
+            paths[f"meshnode {upstream}"] = (node, outbound)
+            paths[f"haproxy {upstream}"] = (haproxy, haproxy_port)
+        runs: dict[str, list[dict[str, float]]] = {path: [] for path in paths}
+        for _, port in paths.values():
+            h2load(f"http://127.0.0.1:{port}/", 2000, CLIENTS, STREAMS, "web")  # warm up
+        for _ in range(rounds):
+            for path, (process, port) in paths.items():
+                before = cpu_seconds(process.pid)
+                figures = h2load(f"http://127.0.0.1:{port}/", requests, CLIENTS, STREAMS, "web")
+                cpu_us = (cpu_seconds(process.pid) - before) / requests * 1e6
+                runs[path].append({**figures, "cpu_us_per_request": cpu_us})
+        for path, measured in runs.items():
+            row[path] = cheapest(measured)
     finally:
         for process in started:
             process.terminate()

@@ -148,3 +148,97 @@ async def test_a_connection_takes_no_stream_before_the_upstream_settings(
                 functools.partial(pool.open_stream, ENDPOINT, REQUEST, end_stream=True)
             )
     assert pool.connections(ENDPOINT) == 3  # one stream each, as the upstream allows
+
+
+class SchedulerRounds(trio.abc.Instrument):
+    """Counts the run loop's rounds (each one ends in a wait for I/O, if only a poll)."""
+
+    def __init__(self) -> None:
+        self.rounds = 0
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.rounds += 1
+
+
+async def test_requests_waiting_for_a_connection_all_go_when_it_is_up(
+    nursery: trio.Nursery,
+) -> None:
+    """At a busy upstream's recycle a hundred requests can wait for the next connection:
+    they go together once it is up, not one per scheduler round behind a lock."""
+    upstream = MemoryUpstream(nursery)
+    pool = UpstreamPool(nursery, connector=upstream.connect)
+    rounds = SchedulerRounds()
+    opened_at: list[int] = []
+
+    async def request() -> None:
+        await pool.open_stream(ENDPOINT, REQUEST, end_stream=True)
+        opened_at.append(rounds.rounds)
+
+    trio.lowlevel.add_instrument(rounds)
+    try:
+        async with trio.open_nursery() as burst:
+            for _ in range(50):
+                burst.start_soon(request)
+    finally:
+        trio.lowlevel.remove_instrument(rounds)
+    assert len(upstream.sessions) == 1
+    assert max(opened_at) - min(opened_at) <= 1
+
+
+async def test_requests_waiting_for_a_connection_share_its_failure(
+    nursery: trio.Nursery, autojump_clock
+) -> None:
+    dialled: list[Address] = []
+
+    async def hang(address: Address, peer: str | None) -> trio.abc.Stream:
+        dialled.append(address)
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    pool = UpstreamPool(nursery, connector=hang, connect_timeout=5)
+    failed_at: list[float] = []
+
+    async def request() -> None:
+        with pytest.raises(UpstreamConnectFailure, match="connect timed out"):
+            await pool.open_stream(ENDPOINT, REQUEST, end_stream=True)
+        failed_at.append(trio.current_time())
+
+    async with trio.open_nursery() as burst:
+        for _ in range(5):
+            burst.start_soon(request)
+    assert failed_at == [pytest.approx(5)] * 5  # not 5, 10, 15, ... one after another
+    assert dialled == [ENDPOINT]
+
+
+async def test_a_cancelled_opener_leaves_the_connection_to_those_who_wait(
+    nursery: trio.Nursery,
+) -> None:
+    gate = trio.Event()
+    upstream = MemoryUpstream(nursery)
+
+    async def slow_then_open(address: Address, peer: str | None) -> trio.abc.Stream:
+        await gate.wait()
+        return await upstream.connect(address, peer)
+
+    pool = UpstreamPool(nursery, connector=slow_then_open)
+    opened: list[Stream] = []
+
+    async def waiter() -> None:
+        opened.append(await pool.open_stream(ENDPOINT, REQUEST, end_stream=True))
+
+    async def opener(*, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await pool.open_stream(ENDPOINT, REQUEST, end_stream=True)
+            raise AssertionError("the opener was cancelled")
+
+    opening = await nursery.start(opener)
+    await trio.testing.wait_all_tasks_blocked()
+    nursery.start_soon(waiter)
+    await trio.testing.wait_all_tasks_blocked()
+    opening.cancel()
+    await trio.testing.wait_all_tasks_blocked()
+    assert not opened
+    gate.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(opened) == 1 and pool.connections(ENDPOINT) == 1

@@ -63,6 +63,7 @@ from typing import Any, Final
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.exceptions
 import h2.settings
 import h2.stream
@@ -317,6 +318,46 @@ class Connection(h2.connection.H2Connection):
         super().__init__(config)
         self._live = live  # the session's streams
         self._closed_streams = ClosedStreams()  # type: ignore[assignment]
+        self._in_receive = False
+        # (stream id, error code) of each RST_STREAM h2 queued for what it received
+        self._provoked: list[tuple[int, int]] = []
+
+    def take_provoked_resets(self) -> list[tuple[int, int]]:
+        """The resets the peer's frames made h2 send since the last call: a stream error
+        (a frame on a stream it had ended or that was reset) or a stream over the limit.
+        Each one costs a server what a reset the peer sends does (MadeYouReset,
+        CVE-2025-8671), so the session charges them to the same kind of budget."""
+        provoked, self._provoked = self._provoked, []
+        return provoked
+
+    def _prepare_for_sending(self, frames: list[hyperframe.frame.Frame]) -> None:
+        if self._in_receive:
+            self._provoked += [
+                (frame.stream_id, frame.error_code)
+                for frame in frames
+                if type(frame) is hyperframe.frame.RstStreamFrame
+            ]
+        super()._prepare_for_sending(frames)
+
+    def _receive_headers_frame(
+        self, frame: hyperframe.frame.HeadersFrame
+    ) -> tuple[list[hyperframe.frame.Frame], list[Any]]:
+        """A new stream over the limit this side advertised is a stream error, answered
+        with RST_STREAM REFUSED_STREAM (RFC 9113 5.1.2): the connection and its other
+        streams live on, where h2 would end the connection. Its header block is decoded
+        all the same (the peer's HPACK context must stay in step), and the stream is
+        known as reset, so that its late frames are stream errors too."""
+        if (
+            self.config.client_side
+            or frame.stream_id in self.streams
+            or self.open_inbound_streams < self.local_settings.max_concurrent_streams
+        ):
+            return super()._receive_headers_frame(frame)
+        h2.connection._decode_headers(self.decoder, frame.data)
+        events: list[Any] = self.state_machine.process_input(_RECV_HEADERS)
+        stream = self._get_or_create_stream(frame.stream_id, _ODD)
+        stream.state_machine.process_input(_STREAM_RECV_HEADERS)
+        return stream.reset_stream(h2.errors.ErrorCodes.REFUSED_STREAM), events
 
     @property
     def open_outbound_streams(self) -> int:
@@ -342,6 +383,13 @@ class Connection(h2.connection.H2Connection):
         """h2's ``receive_data``, with the frames of requests and answers taken here (the
         module's docstring says why): until the first frame this does not take, then h2
         takes the rest. h2's buffer must be empty (no partial frame or header block)."""
+        self._in_receive = True
+        try:
+            return self._receive(data)
+        finally:
+            self._in_receive = False
+
+    def _receive(self, data: Any) -> list[Any]:
         buffer = self.incoming_buffer
         pending = buffer._data or buffer._preamble_len or buffer._headers_buffer
         if pending or type(data) is not bytes:
@@ -492,6 +540,7 @@ _RECV_HEADERS: Final = h2.connection.ConnectionInputs.RECV_HEADERS
 _SEND_HEADERS: Final = h2.connection.ConnectionInputs.SEND_HEADERS
 _SEND_DATA: Final = h2.connection.ConnectionInputs.SEND_DATA
 _STREAM_SEND_HEADERS: Final = h2.stream.StreamInputs.SEND_HEADERS
+_STREAM_RECV_HEADERS: Final = h2.stream.StreamInputs.RECV_HEADERS
 _STREAM_SEND_INFORMATIONAL: Final = h2.stream.StreamInputs.SEND_INFORMATIONAL_HEADERS
 _STREAM_SEND_DATA: Final = h2.stream.StreamInputs.SEND_DATA
 _STREAM_SEND_END_STREAM: Final = h2.stream.StreamInputs.SEND_END_STREAM

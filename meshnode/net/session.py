@@ -175,6 +175,7 @@ class Stream:
     __slots__ = (
         "_items",
         "_waiter",
+        "answers_head",
         "born",
         "cancel_scope",
         "error",
@@ -209,6 +210,8 @@ class Stream:
         # Since when the stream has been waiting on the peer (data, window, or a drain).
         self.waiting_since: float | None = None
         self.owed = 0  # flow-controlled bytes received and not yet acknowledged
+        # A HEAD request's (server side): its answer has no content (RFC 9110 9.3.2).
+        self.answers_head = False
         self.born = 0  # the connection's reads when the stream was opened (client side)
         # A WebSocket tunnel: waiting on one side is its normal state; the request path
         # holds it to ``tunnel_idle`` (no byte either way) instead of ``stream_idle_timeout``.
@@ -505,8 +508,10 @@ class H2Session:
                 self._dispatch(event)
             for goaway in goaways:
                 self._on_goaway(goaway)
+            for stream_id, code in self.conn.take_provoked_resets():
+                self._provoked_reset(stream_id, code)
             self._wake_writer()
-            if self.dead:
+            if self.dead or self._fatal_sent:
                 return
 
     def _dispatch(self, event: h2.events.Event) -> None:
@@ -537,7 +542,13 @@ class H2Session:
         elif isinstance(event, h2.events.StreamReset):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
-                self._forget(stream, self._reset_by_peer(stream, int(event.error_code)))
+                code = int(event.error_code)
+                reset = (
+                    self._reset_by_peer(stream, code)
+                    if event.remote_reset
+                    else StreamReset(stream, code)  # h2's own, for a frame it refused
+                )
+                self._forget(stream, reset)
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             if not self._peer_settings_seen:
                 self._peer_settings_seen = True
@@ -550,8 +561,11 @@ class H2Session:
         limits = self._limits
         checked = check_request_within(event.headers, limits)
         stream = Stream(self, event.stream_id, checked if isinstance(checked, list) else None)
+        stream.answers_head = _method(event.headers) == b"HEAD"
         if self._on_request is None or self.closing:
-            # Opened after our GOAWAY (or on a client session): never processed.
+            # Opened after our GOAWAY (or on a client session): never processed. Not a
+            # violation (the GOAWAY may have crossed it), but charged like one.
+            self._charge_reset()
             self._reset(stream, REFUSED_STREAM)
             return
         self.streams[event.stream_id] = stream
@@ -591,6 +605,18 @@ class H2Session:
             self._gate.budgets.spend("resets_sent", trio.current_time())
         except FrameError as exc:
             self._fatal(exc.error_code, exc.kind, str(exc))
+
+    def _provoked_reset(self, stream_id: int, code: int) -> None:
+        """A reset h2 sent for the peer's frames: a violation, charged like any other the
+        peer provokes, so that a MadeYouReset flood ends in GOAWAY ENHANCE_YOUR_CALM."""
+        if self._fatal_sent:
+            return
+        if code == REFUSED_STREAM:
+            limit = self.conn.local_settings.max_concurrent_streams
+            self.violation("stream-limit", f"stream {stream_id} refused: over {limit} open")
+        else:
+            self.violation("stream-error", f"stream {stream_id} reset (code {code})")
+        self._charge_reset()
 
     def _waiting(self, stream: Stream) -> None:
         """Nothing to do: HTTP/2 peers send without being asked."""
@@ -776,8 +802,8 @@ class H2Session:
                 continue
             due = since + limits.stream_idle_timeout
             if now >= due:
-                self.violation("stream-idle", f"stream {stream.id} waited {now - since:.1f}s")
-                self._reset(stream, CANCEL)
+                waited = f"stream {stream.id} waited {now - since:.1f}s"
+                stream.refuse(CANCEL, "stream-idle", waited)
             else:
                 deadlines.append(due)
         return min(deadlines)
@@ -805,6 +831,13 @@ class H2Session:
         self._send_queued(stream, ending=end_stream)
 
     async def _send_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
+        if stream.answers_head and data:
+            # The node's own answers (an error, a fallback) carry a body for any method,
+            # and an upstream may send one anyway: a strict caller treats it as a
+            # protocol error. Only its end goes out.
+            if not end_stream:
+                return
+            data = b""
         conn = self.conn
         offset = 0
         remaining = len(data)
@@ -915,14 +948,20 @@ class H2Session:
         return None
 
 
+def _method(headers: Headers) -> bytes | None:
+    """The request's ``:method``, also of a malformed request (usually its first field)."""
+    for name, value in headers:
+        if name == b":method":
+            return value
+    return None
+
+
 def _protocol_error_kind(exc: h2.exceptions.ProtocolError) -> str:
     """A metric label for what h2 refused: ``header-list-size``, ``flow-control``..."""
     if isinstance(exc, h2.exceptions.DenialOfServiceError):
         return "header-flood"
     if isinstance(exc, h2.exceptions.FlowControlError):
         return "flow-control"
-    if isinstance(exc, h2.exceptions.TooManyStreamsError):
-        return "too-many-streams"
     if isinstance(exc, h2.exceptions.FrameTooLargeError):
         return "frame-size"
     return "protocol-error"

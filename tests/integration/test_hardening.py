@@ -38,7 +38,7 @@ from tests.support.rawclient import RawH2Client
 from tests.support.rawh2 import RawH2Server, respond
 
 NO_ERROR, PROTOCOL_ERROR, SETTINGS_TIMEOUT, FRAME_SIZE_ERROR = 0x0, 0x1, 0x4, 0x6
-CANCEL, ENHANCE_YOUR_CALM = 0x8, 0xB
+REFUSED_STREAM, CANCEL, ENHANCE_YOUR_CALM = 0x7, 0x8, 0xB
 MIB = 1024 * 1024
 
 
@@ -70,6 +70,16 @@ def rapid_resets(count: int) -> Iterator[bytes]:
         stream_id = 2 * index + 1
         yield request_frame(stream_id, get(b"api"), end_stream=False, encoder=encoder)
         yield reset_frame(stream_id)
+
+
+def made_you_reset(count: int) -> Iterator[bytes]:
+    """MadeYouReset (CVE-2025-8671): each request ends its stream, then a DATA frame on it
+    makes the node's h2 reset the stream itself; a Rapid Reset budget never sees one."""
+    encoder = hpack.Encoder()
+    for index in range(count):
+        stream_id = 2 * index + 1
+        yield request_frame(stream_id, get(b"api"), encoder=encoder)
+        yield bytes(DataFrame(stream_id, data=b"x").serialize())
 
 
 def empty_continuations(count: int) -> Iterator[bytes]:
@@ -123,6 +133,7 @@ ATTACKS: dict[str, tuple[Callable[[], Iterable[bytes]], int, str]] = {
         "header-flood",
     ),
     "rapid reset": (lambda: rapid_resets(5000), ENHANCE_YOUR_CALM, "resets-received-flood"),
+    "made you reset": (lambda: made_you_reset(5000), ENHANCE_YOUR_CALM, "resets-sent-flood"),
     "oversized frame header": (oversized_frame, FRAME_SIZE_ERROR, "frame-size"),
 }
 
@@ -368,6 +379,46 @@ async def test_memory_overload_sheds_new_requests_until_under(tmp_path, nursery,
                 event = await events.receive()
         assert (event.reason, event.active) == ("memory", False)
     await served_within(client)
+
+
+async def test_a_stream_over_the_limit_is_refused_and_the_connection_lives(
+    tmp_path, nursery, start_node
+) -> None:
+    """RFC 9113 5.1.2: a stream past max_concurrent_streams is a stream error (h2 alone
+    would end the connection): RST_STREAM REFUSED_STREAM, counted, and the streams open on
+    the same connection are answered."""
+    limits = "max_concurrent_streams = 4\n"
+    node = await start_node(policies(tmp_path, await answering(nursery, b"ok"), limits))
+    encoder = hpack.Encoder()
+    post = [(b":method", b"POST"), *get(b"api")[1:]]
+    opened = [
+        request_frame(stream_id, post, end_stream=False, encoder=encoder)
+        for stream_id in (1, 3, 5, 7)
+    ]
+    exchange = await attack(
+        node.outbound[0],
+        [
+            *opened,
+            request_frame(9, get(b"api"), encoder=encoder),
+            bytes(DataFrame(9, data=b"late").serialize()),  # a frame of the refused stream
+            *(
+                bytes(DataFrame(i, data=b"", flags=["END_STREAM"]).serialize())
+                for i in (1, 3, 5, 7)
+            ),
+        ],
+        linger=1.0,
+    )
+    assert exchange.goaway() is None
+    assert [(f.stream_id, f.error_code) for f in exchange.resets()][:1] == [(9, REFUSED_STREAM)]
+    decoder = hpack.Decoder()
+    answered = {
+        frame.stream_id: dict(decoder.decode(frame.payload))[":status"]
+        for frame in exchange.frames
+        if frame.type == 0x1
+    }
+    assert answered == {1: "200", 3: "200", 5: "200", 7: "200"}
+    counted = 'meshnode_protocol_violations_total{kind="stream-limit",listener="outbound"} 1.0'
+    assert counted in await metrics(node.admin[0])
 
 
 async def test_made_you_reset_refusals_are_budgeted(tmp_path, nursery, start_node) -> None:

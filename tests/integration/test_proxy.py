@@ -86,6 +86,20 @@ async def test_unknown_authority_is_no_route(tmp_path, start_node: Start, hyperc
     }
 
 
+async def test_the_nodes_own_answer_to_head_has_no_body(
+    tmp_path, start_node: Start, hypercorn_upstream
+):
+    """RFC 9110 9.3.2: curl (nghttp2) takes a body on a HEAD's answer as a protocol error
+    and fails the request; the node's error answers have one for any other method."""
+    node = await start_node(
+        write_policies(tmp_path, {"api": upstream_toml("api", hypercorn_upstream)})
+    )
+    status, headers, body = await request(node, "nowhere", "/", "-I")
+    assert (status, headers["x-meshnode-error"], body) == (404, "no-route", b"")
+    status, headers, _ = await request(node, "api", "/", "-I")
+    assert status == 200 and "x-meshnode-error" not in headers
+
+
 async def test_ten_mebibytes_each_way_arrive_identical(
     tmp_path, start_node: Start, hypercorn_upstream
 ):

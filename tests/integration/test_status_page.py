@@ -4,6 +4,8 @@ headless Chromium (Debian's chromium and chromium-driver, driven by Selenium).""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -15,7 +17,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import require, upstream_toml, write_policies
+from tests.conftest import free_port, require, upstream_toml, write_policies
 from tests.support.tunable import TunableUpstream
 
 ARTIFACTS = Path(__file__).parents[2] / "build" / "test-artifacts"
@@ -72,7 +74,7 @@ async def test_the_snapshot_needs_no_javascript_and_nothing_from_elsewhere(
         assert "broken.toml: TOML syntax" in html
 
 
-def _browser(profile: Path) -> webdriver.Chrome:
+def _browser(profile: Path, *flags: str) -> webdriver.Chrome:
     options = webdriver.ChromeOptions()
     options.binary_location = require("chromium")
     for flag in (
@@ -86,6 +88,7 @@ def _browser(profile: Path) -> webdriver.Chrome:
         "--disable-component-update",
         "--disable-sync",
         f"--user-data-dir={profile}",
+        *flags,
     ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(require("chromedriver")), options=options)
@@ -167,3 +170,82 @@ async def test_the_page_follows_the_node_live_in_a_real_browser(
 @pytest.fixture(autouse=True)
 def _no_stale_artifacts() -> None:
     (ARTIFACTS / "status-page.png").unlink(missing_ok=True)
+
+
+ATTACKER_PAGE = """<!doctype html><title>loading</title>
+<iframe name="sink" hidden></iframe>
+<form id="form" method="post" target="sink" enctype="text/plain"
+      action="{admin}/admin/breakers/payments?state=open"><input name="a" value="b"></form>
+<script>
+const results = [];
+document.getElementById("form").submit();
+const posted = fetch("{admin}/admin/breakers/payments?state=open",
+                     {{method: "POST", mode: "no-cors", body: "x"}})
+  .then(() => "sent", () => "failed");
+const socket = new Promise((resolve) => {{
+  const ws = new WebSocket("{websocket}/admin/events");
+  ws.onopen = () => resolve("opened");
+  ws.onerror = () => resolve("refused");
+}});
+Promise.all([posted, socket]).then((done) => {{ document.title = done.join(" "); }});
+</script>
+"""
+
+
+def _visit_the_attacker(attacker: str, admin: str, profile: Path) -> tuple[str, str]:
+    """A page of another origin tries to change the node and follow its events; then the
+    browser asks for the admin page under a name that resolves to loopback (DNS
+    rebinding, with Chromium's resolver rules standing in for an attacker's DNS).
+    Returns the attacker page's verdict and what the rebound name got."""
+    browser = _browser(profile, "--host-resolver-rules=MAP rebind.meshnode.test 127.0.0.1")
+    try:
+        browser.get(attacker)
+        WebDriverWait(browser, 15).until(lambda b: b.title != "loading")
+        verdict = browser.title
+        port = admin.rsplit(":", 1)[1]
+        browser.get(f"http://rebind.meshnode.test:{port}/admin/upstreams")
+        return verdict, browser.find_element(By.TAG_NAME, "body").text
+    finally:
+        browser.quit()
+
+
+async def _listening(host: str, port: int) -> None:
+    with trio.fail_after(10):
+        while True:
+            try:
+                await (await trio.open_tcp_stream(host, port)).aclose()
+                return
+            except OSError:
+                await trio.sleep(0.05)
+
+
+async def test_another_sites_page_cannot_drive_the_node(
+    tmp_path: Path, nursery: trio.Nursery, running
+) -> None:
+    """No token on the admin listener (loopback, the default): a page from any site the
+    operator visits can still reach it. A cross-site form post, a no-cors fetch and a
+    WebSocket from that page get nowhere, and neither does a rebound host name."""
+    admin = await start(tmp_path, nursery, running, token=False)
+    site = tmp_path / "attacker"
+    site.mkdir()
+    websocket = admin.replace("http://", "ws://")
+    (site / "index.html").write_text(ATTACKER_PAGE.format(admin=admin, websocket=websocket))
+    port = free_port()
+    server = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "http.server", "-b", "127.0.0.2", "-d", str(site), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await _listening("127.0.0.2", port)
+        verdict, rebound = await trio.to_thread.run_sync(
+            _visit_the_attacker, f"http://127.0.0.2:{port}/", admin, tmp_path / "profile"
+        )
+    finally:
+        server.kill()
+        await server.wait()
+    assert verdict == "sent refused"  # the post went out, the socket did not open
+    async with httpx.AsyncClient() as client:
+        upstreams = (await client.get(f"{admin}/admin/upstreams")).json()
+    assert upstreams["upstreams"]["payments"]["breaker"]["state"] == "closed"
+    assert "rebind.meshnode.test" in rebound and "allowed_hosts" in rebound

@@ -27,6 +27,7 @@ from meshnode.policy.convert import converter, error_lines
 from meshnode.policy.models import DISCOVERY_BACKENDS, Discovery, Endpoint
 from meshnode.policy.units import Duration
 from meshnode.resilience.balancer import Instance
+from meshnode.resilience.durations import seconds
 
 FIRST_ANSWER_TIMEOUT = 10.0
 
@@ -47,9 +48,7 @@ class ServiceDiscovery:
         if backend not in DISCOVERY_BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: one of {', '.join(DISCOVERY_BACKENDS)}")
         table = {
-            key: str(Duration(value))
-            if isinstance(value, (int, float)) and _is_duration(key)
-            else value
+            key: str(Duration(seconds(value, key))) if _is_duration(key) else value
             for key, value in options.items()
         }
         self._table: dict[str, Any] = {"backend": backend, **table}

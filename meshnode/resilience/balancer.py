@@ -10,9 +10,10 @@
 
 Strategies are the node's (``meshnode.resilience.core.balancing``): round-robin,
 random, least-connections, weighted-round-robin, least-response-time, ip-hash
-(here: a hash of ``client_id``). Session affinity sticks a ``client_id`` to the
-instance it first got, for ``session_ttl`` seconds, while that instance is
-offered and has room.
+(here: a hash of ``client_id``, which it then needs). Weighted round robin weighs
+``Instance.weight``, or ``metadata["weight"]`` as the seed writes it. Session affinity,
+the seed's ``sessionAffinity: true`` and off unless asked for, sticks a ``client_id`` to
+the instance it first got, for ``session_ttl``, while that instance is offered and has room.
 """
 
 from __future__ import annotations
@@ -26,14 +27,35 @@ import attrs
 
 from meshnode.resilience.core.balancing import PeakEWMA, make_strategy
 from meshnode.resilience.core.outlier import SessionTable
+from meshnode.resilience.durations import DurationLike, seconds
+
+SESSION_TTL_LIMIT = 7 * 86400.0  # sessions may last days; a bare number above a week is ms
 
 
 @attrs.frozen
 class Instance:
     id: str
     address: str = ""
-    weight: int = 1
+    weight: int | None = None  # None: metadata["weight"] if there is one, else 1
     metadata: dict[str, str] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        self.effective_weight  # noqa: B018 - a bad weight fails here, not at a pick
+
+    @property
+    def effective_weight(self) -> int:
+        if self.weight is not None:
+            weight, source = self.weight, "weight"
+        else:
+            text = self.metadata.get("weight", "1")
+            source = f'metadata["weight"]={text!r}'
+            try:
+                weight = int(text)
+            except ValueError:
+                raise ValueError(f"instance {self.id!r}: {source} is not a number") from None
+        if weight < 1:
+            raise ValueError(f"instance {self.id!r}: {source} must be at least 1")
+        return weight
 
 
 @attrs.define
@@ -50,18 +72,17 @@ class LoadBalancer:
         strategy: str = "round-robin",
         *,
         max_connections_per_instance: int | None = None,
-        sticky_sessions: bool = True,
-        session_ttl: float = 1800.0,
+        session_affinity: bool = False,
+        session_ttl: DurationLike = 1800.0,
         max_sessions: int = 100_000,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.strategy_name = strategy
-        self._strategy = make_strategy(
-            strategy, rng or random.Random(), lambda i: i.weight if isinstance(i, Instance) else 1
-        )
+        self._strategy = make_strategy(strategy, rng or random.Random(), _weight)
         self._limit = max_connections_per_instance
-        self._sessions = SessionTable(session_ttl, max_sessions) if sticky_sessions else None
+        ttl = seconds(session_ttl, "session_ttl", limit=SESSION_TTL_LIMIT)
+        self._sessions = SessionTable(ttl, max_sessions) if session_affinity else None
         self._figures: dict[str, _Figures] = {}
         self._clock = clock
 
@@ -69,6 +90,8 @@ class LoadBalancer:
         self, instances: Sequence[Instance], client_id: str | None = None
     ) -> Instance | None:
         """An instance with room, chosen by the strategy (or the client's session); None if none."""
+        if client_id is None and self.strategy_name == "ip-hash":
+            raise ValueError("ip-hash picks by client_id: pass the caller's address or key")
         candidates = [i for i in instances if self._has_room(i.id)]
         if not candidates:
             return None
@@ -132,3 +155,7 @@ class LoadBalancer:
 
 def _instance_id(instance: Instance) -> str:
     return instance.id
+
+
+def _weight(instance: object) -> int:
+    return instance.effective_weight if isinstance(instance, Instance) else 1

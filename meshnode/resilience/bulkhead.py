@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
+
+from meshnode.resilience.calls import MaybeAsync, invoke
+from meshnode.resilience.durations import DurationLike, seconds
 
 T = TypeVar("T")
 
@@ -18,10 +21,12 @@ class BulkheadFullError(Exception):
 class Bulkhead:
     """At most ``max_concurrent`` calls at once; ``max_pending`` more wait ``queue_timeout``."""
 
-    def __init__(self, max_concurrent: int, *, max_pending: int = 0, queue_timeout: float = 1.0):
+    def __init__(
+        self, max_concurrent: int, *, max_pending: int = 0, queue_timeout: DurationLike = 1.0
+    ):
         self.max_concurrent = max_concurrent
         self.max_pending = max_pending
-        self.queue_timeout = queue_timeout
+        self.queue_timeout = seconds(queue_timeout, "queue_timeout")
         self._slots = trio.Semaphore(max_concurrent)
         self.pending = 0
         self.rejected = 0
@@ -49,6 +54,6 @@ class Bulkhead:
         finally:
             self._slots.release()
 
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+    async def call(self, fn: MaybeAsync[T], *args: Any) -> T:
         async with self.slot():
-            return await fn()
+            return await invoke(fn, *args)

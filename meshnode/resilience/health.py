@@ -1,31 +1,40 @@
 """``HealthCheckManager``: the seed's health checks for any Trio program, and the node's own.
 
-    manager = HealthCheckManager()
+    manager = HealthCheckManager(readiness_interval="3s", failure_threshold=5)
     manager.register_check(CommonHealthChecks.memory("memory-usage", 90))
-    manager.register_check(CommonHealthChecks.database("db", ping_database, critical=True))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(manager.run)
-        status, report = manager.get_readiness()   # 200 or 503, and the JSON body
+    manager.register_check(CommonHealthChecks.database("postgres", ping_database, True))
+    async with manager:                        # or: await manager.start() ... manager.stop()
+        readiness = manager.get_readiness()    # .status, .checks, .http_status, .to_json()
 
-A check is an async function answering ``CheckOutcome`` (or just a bool). It
-runs every ``interval``, bounded by ``timeout``; ``failure_threshold``
-failures in a row make it unhealthy, ``success_threshold`` successes healthy
-again (it starts healthy). Only critical checks decide the status.
+A check is a function, plain or async, answering a bool, a ``CheckOutcome``, or the seed's
+result mapping ``{"status": "healthy" | "degraded" | "unhealthy", "message": ...,
+"metadata": {...}}``; raising, or no answer within ``timeout``, is a failure. It runs
+every ``interval``; ``failure_threshold`` failures in a row make it unhealthy,
+``success_threshold`` successes healthy again (it starts healthy). Where a check leaves
+them unset, the manager's defaults apply (``liveness_interval`` or ``readiness_interval``
+by its type). Only critical checks decide the status; a degraded one is reported, and the
+answer stays 200.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
 from typing import Any
 
 import attrs
 import trio
 
+from meshnode.resilience.calls import invoke
 from meshnode.resilience.core.health import CheckResult, CheckType, health_report
+from meshnode.resilience.durations import DurationLike, optional_seconds, seconds
+
+STATUSES = ("healthy", "degraded", "unhealthy")
 
 
 @attrs.frozen
@@ -33,52 +42,162 @@ class CheckOutcome:
     healthy: bool
     message: str = ""
     metadata: dict[str, Any] = attrs.field(factory=dict)
+    degraded: bool = False
+
+    @classmethod
+    def of(cls, answer: object) -> CheckOutcome:
+        """A check's answer, whichever shape the seed or Python gave it."""
+        if isinstance(answer, CheckOutcome):
+            return answer
+        if isinstance(answer, bool):
+            return cls(answer)
+        if isinstance(answer, Mapping):
+            status = answer.get("status")
+            if status not in STATUSES:
+                raise ValueError(f"a check answered status {status!r}: one of {STATUSES}")
+            return cls(
+                status != "unhealthy",
+                str(answer.get("message", "")),
+                dict(answer.get("metadata") or {}),
+                degraded=status == "degraded",
+            )
+        raise TypeError(
+            f"a check answered {answer!r}: answer a bool, a CheckOutcome, or a mapping "
+            'with "status" ("healthy", "degraded" or "unhealthy")'
+        )
 
 
-CheckFunction = Callable[[], Awaitable[CheckOutcome | bool]]
+CheckFunction = Callable[[], Awaitable[object] | object]
+
+
+def _interval(value: DurationLike | None) -> float | None:
+    return optional_seconds(value, "interval")
+
+
+def _timeout(value: DurationLike) -> float:
+    return seconds(value, "timeout")
 
 
 @attrs.frozen
 class HealthCheck:
+    """One check; ``None`` for ``interval`` and the thresholds: the manager's default."""
+
     name: str
     check: CheckFunction
     type: CheckType = "readiness"
     critical: bool = True
-    interval: float = 10.0
-    timeout: float = 5.0
-    failure_threshold: int = 1
-    success_threshold: int = 1
+    interval: float | None = attrs.field(default=None, converter=_interval)
+    timeout: float = attrs.field(default=5.0, converter=_timeout)
+    failure_threshold: int | None = None
+    success_threshold: int | None = None
+
+
+@attrs.frozen
+class HealthReport:
+    """What ``get_liveness``, ``get_readiness`` and ``get_health`` answer: the seed's
+    report, and the HTTP status to serve it with (503 when a critical check fails)."""
+
+    status: str
+    checks: list[dict[str, Any]]
+    http_status: int
+
+    def to_json(self) -> str:
+        return json.dumps({"status": self.status, "checks": self.checks})
 
 
 @attrs.define
 class _State:
     healthy: bool = True
+    degraded: bool = False
     message: str = "not run yet"
+    metadata: dict[str, Any] = attrs.field(factory=dict)
     streak: int = 0  # > 0 successes in a row, < 0 failures
 
 
 class HealthCheckManager:
-    def __init__(self, checks: Sequence[HealthCheck] = ()) -> None:
+    def __init__(
+        self,
+        checks: Sequence[HealthCheck] = (),
+        *,
+        liveness_interval: DurationLike = 10.0,
+        readiness_interval: DurationLike = 10.0,
+        failure_threshold: int = 1,
+        success_threshold: int = 1,
+    ) -> None:
+        """The keyword arguments are the defaults of checks that leave them unset."""
+        self._intervals = {
+            "liveness": seconds(liveness_interval, "liveness_interval"),
+            "readiness": seconds(readiness_interval, "readiness_interval"),
+        }
+        self._thresholds = (failure_threshold, success_threshold)
         self._checks: dict[str, HealthCheck] = {}
         self._states: dict[str, _State] = {}
+        self._running: trio.CancelScope | None = None
         for check in checks:
             self.register_check(check)
 
-    def register_check(self, check: HealthCheck) -> None:
+    def register_check(self, check: HealthCheck | Mapping[str, Any]) -> None:
+        """A ``HealthCheck``, or the seed's object: ``{"name", "check", "type", "critical"}``."""
+        if isinstance(check, Mapping):
+            check = HealthCheck(**check)
+        failures, successes = self._thresholds
+        check = attrs.evolve(
+            check,
+            interval=check.interval if check.interval is not None else self._intervals[check.type],
+            failure_threshold=check.failure_threshold or failures,
+            success_threshold=check.success_threshold or successes,
+        )
         self._checks[check.name] = check
         self._states[check.name] = _State()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every check on its interval until cancelled; started after the first round."""
+        await self._run(task_status.started)
+
+    async def start(self) -> None:
+        """The seed's ``start()``: the first round now, then the checks run in the
+        background of this ``trio.run`` (a system task: there is no nursery here to
+        outlive the call) until ``stop()`` or the run's end."""
+        if self._running is not None:
+            raise RuntimeError("the health checks run already")
+        scope = self._running = trio.CancelScope()
+        first_round = trio.Event()
+
+        async def background() -> None:
+            with scope:
+                await self._run(first_round.set)
+
+        trio.lowlevel.spawn_system_task(background)
+        await first_round.wait()
+
+    async def _run(self, first_round_done: Callable[[], object]) -> None:
         async with trio.open_nursery() as nursery:
             async with trio.open_nursery() as first_round:
                 for check in self._checks.values():
                     first_round.start_soon(self.run_once, check)
-            task_status.started()
+            first_round_done()
             for check in self._checks.values():
                 nursery.start_soon(self._repeat, check)
 
+    def stop(self) -> None:
+        if self._running is not None:
+            self._running.cancel()
+            self._running = None
+
+    async def __aenter__(self) -> HealthCheckManager:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
     async def _repeat(self, check: HealthCheck) -> None:
+        assert check.interval is not None
         while True:
             await trio.sleep(check.interval)
             await self.run_once(check)
@@ -87,8 +206,7 @@ class HealthCheckManager:
         outcome: CheckOutcome
         with trio.move_on_after(check.timeout) as scope:
             try:
-                answer = await check.check()
-                outcome = answer if isinstance(answer, CheckOutcome) else CheckOutcome(answer)
+                outcome = CheckOutcome.of(await invoke(check.check))
             except Exception as exc:
                 outcome = CheckOutcome(False, f"{type(exc).__name__}: {exc}")
         if scope.cancelled_caught:
@@ -96,9 +214,11 @@ class HealthCheckManager:
         state = self._states[check.name]
         state.streak = max(state.streak, 0) + 1 if outcome.healthy else min(state.streak, 0) - 1
         state.message = outcome.message or ("ok" if outcome.healthy else "failed")
-        if state.streak <= -check.failure_threshold:
+        state.metadata = outcome.metadata
+        state.degraded = outcome.degraded
+        if state.streak <= -(check.failure_threshold or 1):
             state.healthy = False
-        elif state.streak >= check.success_threshold:
+        elif state.streak >= (check.success_threshold or 1):
             state.healthy = True
 
     def results(self) -> list[CheckResult]:
@@ -109,18 +229,24 @@ class HealthCheckManager:
                 check.critical,
                 self._states[name].healthy,
                 self._states[name].message,
+                self._states[name].degraded,
+                self._states[name].metadata,
             )
             for name, check in self._checks.items()
         ]
 
-    def get_liveness(self) -> tuple[int, dict[str, Any]]:
-        return health_report(self.results(), "liveness")
+    def get_liveness(self) -> HealthReport:
+        return self._report("liveness")
 
-    def get_readiness(self) -> tuple[int, dict[str, Any]]:
-        return health_report(self.results(), "readiness")
+    def get_readiness(self) -> HealthReport:
+        return self._report("readiness")
 
-    def get_health(self) -> tuple[int, dict[str, Any]]:
-        return health_report(self.results(), None)
+    def get_health(self) -> HealthReport:
+        return self._report(None)
+
+    def _report(self, kind: CheckType | None) -> HealthReport:
+        http_status, body = health_report(self.results(), kind)
+        return HealthReport(body["status"], body["checks"], http_status)
 
 
 class CommonHealthChecks:
@@ -130,8 +256,8 @@ class CommonHealthChecks:
     def memory(
         name: str,
         threshold_percent: float,
-        *,
         critical: bool = False,
+        *,
         type: CheckType = "readiness",
     ) -> HealthCheck:
         async def check() -> CheckOutcome:
@@ -180,17 +306,21 @@ class CommonHealthChecks:
     @staticmethod
     def external_service(
         name: str,
-        url: str,
-        *,
+        target: str | CheckFunction,
         critical: bool = False,
+        *,
         type: CheckType = "readiness",
-        timeout: float = 2.0,
+        timeout: DurationLike = 2.0,
     ) -> HealthCheck:
-        """An HTTP(S) URL answering 2xx or 3xx."""
+        """An HTTP(S) URL answering 2xx or 3xx, or, as in the seed, any function that pings
+        the service (``redis.ping``) and answers as a check does."""
+        if callable(target):
+            return HealthCheck(name, target, type, critical, timeout=timeout)
+        url = target
 
         async def check() -> CheckOutcome:
             status = await trio.to_thread.run_sync(
-                _http_status, url, timeout, abandon_on_cancel=True
+                _http_status, url, seconds(timeout, "timeout"), abandon_on_cancel=True
             )
             return CheckOutcome(200 <= status < 400, f"{url}: status {status}")
 
@@ -222,9 +352,12 @@ class CommonHealthChecks:
         return HealthCheck(name, check, type, critical, timeout=timeout)
 
     @staticmethod
-    def database(name: str, check: CheckFunction, *, critical: bool = True) -> HealthCheck:
-        """Any async ping of a database (or anything else) that answers or raises."""
-        return HealthCheck(name, check, "readiness", critical)
+    def database(
+        name: str, check: CheckFunction, critical: bool = True, *, timeout: DurationLike = 5.0
+    ) -> HealthCheck:
+        """Any ping of a database (or anything else), plain or async, that answers as a
+        check does, or raises."""
+        return HealthCheck(name, check, "readiness", critical, timeout=timeout)
 
 
 def memory_used_percent() -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import trio
 
 from meshnode.resilience.core.token_bucket import TokenBucket as _Bucket
+from meshnode.resilience.runs import PerRun
 
 
 class RateLimitedError(Exception):
@@ -14,20 +15,24 @@ class RateLimitedError(Exception):
 
 
 class TokenBucket:
-    """``rate`` calls a second, bursts of ``burst``: ``try_acquire``, or wait in ``acquire``."""
+    """``rate`` calls a second, bursts of ``burst``: ``try_acquire``, or wait in ``acquire``.
+    It can be built anywhere, at module level too, and starts full in the ``trio.run``
+    that first uses it (``meshnode.resilience.runs``)."""
 
     def __init__(self, rate: float, burst: int) -> None:
-        self._bucket = _Bucket(rate, burst, trio.current_time())
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"rate={rate!r}, burst={burst!r}: a rate above 0 and a burst of 1+")
+        self._buckets = PerRun("TokenBucket", lambda: _Bucket(rate, burst, trio.current_time()))
 
     def try_acquire(self) -> bool:
-        return self._bucket.take(trio.current_time()) == 0.0
+        return self._buckets.get().take(trio.current_time()) == 0.0
 
     def check(self) -> None:
         """Take a token or raise ``RateLimitedError`` saying when to come back."""
-        wait = self._bucket.take(trio.current_time())
+        wait = self._buckets.get().take(trio.current_time())
         if wait:
             raise RateLimitedError(wait)
 
     async def acquire(self) -> None:
-        while wait := self._bucket.take(trio.current_time()):
+        while wait := self._buckets.get().take(trio.current_time()):
             await trio.sleep(wait)

@@ -27,15 +27,17 @@ async def test_thresholds_and_critical_checks(nursery, autojump_clock) -> None:
     await trio.sleep(0.5)  # read between the rounds, which run at whole seconds
     statuses = []
     for _ in range(5):
-        statuses.append(manager.get_readiness()[0])
+        statuses.append(manager.get_readiness().http_status)
         await trio.sleep(1)
     assert statuses == [200, 200, 503, 503, 200]  # two failures to fail, two successes back
-    _, report = manager.get_health()
-    assert {c["name"]: c["status"] for c in report["checks"]} == {
+    report = manager.get_health()
+    assert {c["name"]: c["status"] for c in report.checks} == {
         "db": "healthy",
         "cache": "unhealthy",
     }
-    assert manager.get_liveness() == (200, {"status": "healthy", "checks": []})
+    assert next(c for c in report.checks if c["name"] == "db")["metadata"] == {"n": 1}
+    liveness = manager.get_liveness()
+    assert (liveness.status, liveness.checks, liveness.http_status) == ("healthy", [], 200)
 
 
 async def _answer(value: bool) -> bool:

@@ -230,4 +230,7 @@ def make_strategy(name: str, rng: random.Random, weight: Callable[[object], int]
         "least-response-time": lambda: PowerOfTwoChoices(rng, latency_cost),
         "ip-hash": ConsistentHash,
     }
-    return factories[name]()
+    factory = factories.get(name)
+    if factory is None:
+        raise ValueError(f"unknown balancing strategy {name!r}: one of {', '.join(factories)}")
+    return factory()

@@ -106,8 +106,11 @@ def check_resilience(policy: UpstreamPolicy) -> Iterator[tuple[str, str]]:
     if chaos is not None:
         yield from _percent("chaos.abort_percent", chaos.abort_percent)
         yield from _percent("chaos.delay_percent", chaos.delay_percent)
-        if not 100 <= chaos.abort_status <= 599:
-            yield "chaos.abort_status", f"expected an HTTP status, got {chaos.abort_status}"
+        if not 200 <= chaos.abort_status <= 599:
+            yield (
+                "chaos.abort_status",
+                f"expected a status from 200 to 599, got {chaos.abort_status}",
+            )
 
 
 def check_node_settings(node: NodeSection) -> Iterator[tuple[str, str]]:

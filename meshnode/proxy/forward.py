@@ -78,6 +78,10 @@ DEFAULT_REPLAY_BUFFER = 64 * 1024
 # How often one request is sent again for that (GOAWAY, REFUSED_STREAM, a stale
 # connection) before it fails: each resend is free, so it must be bounded.
 MAX_RESENDS = 3
+# What x-meshnode-fault-abort and x-meshnode-fault-delay may ask for (a status a node may
+# answer with: 1xx is no final answer; a delay no test needs longer).
+FINAL_STATUSES = (200, 599)
+MAX_HEADER_DELAY = 60.0
 
 _ERROR_CONDITIONS = {
     UpstreamConnectFailure: "connect-failure",
@@ -699,17 +703,33 @@ def _plan_of(chaos: ChaosPolicy) -> FaultPlan:
 
 
 def _fault(chaos: ChaosPolicy, protections: Protections, headers: HeaderList) -> Fault:
+    """This request's fault: the policy's draw, or what its fault headers ask for when
+    ``header_faults`` is on. A header the node could not honour (a status that is no final
+    answer, a delay that is no duration or over ``MAX_HEADER_DELAY``) is the caller's
+    mistake, answered 400: relayed, an invalid status broke the caller's stream."""
     fault = decide(_plan_of(chaos), protections.rng)
     if not chaos.header_faults:
         return fault
     for name, value in headers:
-        if name == b"x-meshnode-fault-abort" and value.isdigit():
-            fault = Fault(fault.delay, int(value))
+        if name == b"x-meshnode-fault-abort":
+            status = int(value) if value.isdigit() else 0
+            if not FINAL_STATUSES[0] <= status <= FINAL_STATUSES[1]:
+                raise BadRequest(
+                    f"x-meshnode-fault-abort: {value.decode(errors='replace')!r} is not a "
+                    f"status from {FINAL_STATUSES[0]} to {FINAL_STATUSES[1]}"
+                )
+            fault = Fault(fault.delay, status)
         elif name == b"x-meshnode-fault-delay":
             try:
-                fault = Fault(Duration.parse(value.decode()), fault.abort_status)
+                delay = Duration.parse(value.decode(errors="replace"))
             except ValueError:
-                continue
+                delay = Duration(-1)
+            if not 0 <= delay <= MAX_HEADER_DELAY:
+                raise BadRequest(
+                    f"x-meshnode-fault-delay: {value.decode(errors='replace')!r} is not a "
+                    f'duration up to {Duration(MAX_HEADER_DELAY)} (like "300ms")'
+                )
+            fault = Fault(delay, fault.abort_status)
     return fault if fault != NO_FAULT else NO_FAULT
 
 

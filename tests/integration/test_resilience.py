@@ -271,6 +271,16 @@ async def test_header_driven_faults_only_when_enabled(tmp_path, nursery, running
         b"ok",
     )
     assert time.monotonic() - started >= 0.3
+    for header in (
+        "x-meshnode-fault-abort: 0",
+        "x-meshnode-fault-abort: 99999",
+        "x-meshnode-fault-abort: 101",
+        "x-meshnode-fault-delay: soon",
+        "x-meshnode-fault-delay: 2h",
+    ):
+        status, headers, body = await fetch(addresses.outbound[0], "on", "/", "-H", header)
+        assert (status, headers["x-meshnode-error"]) == (400, "bad-request"), header
+        assert header.split(":")[0] in json.loads(body)["detail"]
 
 
 async def test_static_fallback(tmp_path, nursery, running) -> None:

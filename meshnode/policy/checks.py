@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import attrs
@@ -16,6 +17,8 @@ from meshnode.policy.models import (
     UpstreamPolicy,
 )
 from meshnode.policy.units import Duration
+
+_FALLBACK_STATUS = re.compile(r"^(4|5)(\d\d|xx)$")  # "503", "5xx"
 
 MAX_FRAME_SIZE_RANGE = (16384, 2**24 - 1)  # RFC 9113 section 6.5.2
 MAX_WINDOW = 2**31 - 1
@@ -83,10 +86,11 @@ def check_resilience(policy: UpstreamPolicy) -> Iterator[tuple[str, str]]:
     fallback = policy.fallback
     if fallback is not None:
         for index, condition in enumerate(fallback.on):
-            if condition not in FALLBACK_CONDITIONS:
+            if condition not in FALLBACK_CONDITIONS and not _FALLBACK_STATUS.match(condition):
                 yield (
                     f"fallback.on.{index}",
-                    f"expected one of {', '.join(FALLBACK_CONDITIONS)}, got {condition!r}",
+                    f"expected one of {', '.join(FALLBACK_CONDITIONS)}, a status from 400 "
+                    f'to 599 ("503") or a class ("5xx"), got {condition!r}',
                 )
         if not 100 <= fallback.status <= 599:
             yield "fallback.status", f"expected an HTTP status, got {fallback.status}"

@@ -90,7 +90,18 @@ GRPC_RETRY_STATUSES = {
     "internal": 13,
     "unavailable": 14,
 }
-FALLBACK_CONDITIONS = ("circuit-open", "no-healthy-endpoints", "retries-exhausted", "timeout")
+# The mesh failures a [fallback] may answer instead of (every one a caller can see of an
+# upstream), besides response statuses ("503", or a class: "5xx").
+FALLBACK_CONDITIONS = (
+    "circuit-open",
+    "no-healthy-endpoints",
+    "retries-exhausted",
+    "timeout",
+    "upstream-connect-failure",
+    "upstream-reset",
+    "bulkhead-full",
+    "rate-limited",
+)
 
 
 @attrs.frozen

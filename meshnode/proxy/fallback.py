@@ -9,7 +9,7 @@ from __future__ import annotations
 import trio
 
 from meshnode.actors.protections import CachedResponse
-from meshnode.errors import MeshError
+from meshnode.errors import MeshError, UpstreamFailed
 from meshnode.net.session import Stream, StreamReset
 from meshnode.policy.models import FallbackPolicy
 from meshnode.proxy.headers import HeaderList
@@ -20,9 +20,19 @@ MAX_CACHED_BODY = 1024 * 1024
 
 
 def applies(policy: FallbackPolicy, error: MeshError) -> bool:
-    return error.reason in policy.on or (
-        error.retries_exhausted and "retries-exhausted" in policy.on
-    )
+    """Whether the fallback answers instead of ``error``: its reason is listed, or retries
+    ran out and that is, or the upstream's answer had a status that is ("503", "5xx")."""
+    if error.reason in policy.on or (error.retries_exhausted and "retries-exhausted" in policy.on):
+        return True
+    return isinstance(error, UpstreamFailed) and on_status(policy, error.status_seen)
+
+
+def on_status(policy: FallbackPolicy | None, status: int) -> bool:
+    """Whether ``policy`` takes over an answer with ``status`` ("503" or "5xx" listed)."""
+    if policy is None:
+        return False
+    text = str(status)
+    return text in policy.on or f"{text[0]}xx" in policy.on
 
 
 def fallback_header(kind: str) -> tuple[bytes, bytes]:

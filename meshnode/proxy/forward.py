@@ -356,19 +356,22 @@ class Proxy:
         avoid = None
 
         def judge(status: int, headers: HeaderList) -> None:
-            """Refuse to relay a head the retry policy names, while a retry may follow."""
+            """Refuse to relay a head the retry policy names, while a retry may follow, or
+            one the fallback takes over (by the status, or once retries are exhausted)."""
             request.head_at = trio.current_time()
-            if policy.retry is None:
-                return
-            condition = head_condition(status, headers, policy.retry.retry_on)
-            if condition is None:
-                return
-            delay = self._retry_delay(condition, headers, tries, request, policy, group)
-            if delay is None and not _fallback_on_exhausted(policy):
+            condition = delay = None
+            if policy.retry is not None:
+                condition = head_condition(status, headers, policy.retry.retry_on)
+                if condition is not None:
+                    delay = self._retry_delay(condition, headers, tries, request, policy, group)
+            if delay is None and not (
+                (condition is not None and _fallback_on_exhausted(policy))
+                or (status >= 400 and fallback.on_status(policy.fallback, status))
+            ):
                 return
             error = UpstreamFailed(f"the upstream answered {status} after {tries} tries")
             error.status_seen = status
-            raise AttemptFailed(condition, error, headers=headers, retry_delay=delay)
+            raise AttemptFailed(condition or str(status), error, headers=headers, retry_delay=delay)
 
         session = _session_key(request, policy)
         counts = group.stats.tries

@@ -305,6 +305,31 @@ headers = { content-type = "application/json" }
     assert headers["content-type"] == "application/json"
 
 
+async def test_a_fallback_answers_every_failure_a_caller_can_see(
+    tmp_path, nursery, running
+) -> None:
+    """The seed's fallback runs on any failure: a dead upstream with no [retry] section,
+    and an upstream that answers 5xx, reach theirs."""
+    static = '[fallback]\nkind = "static"\nbody = "cached"\non = [{on}]\n'
+    failing = await serve(nursery, failing_first(10))
+    _, addresses = await running(
+        write_policies(
+            tmp_path,
+            {
+                "dead": upstream_toml(
+                    "dead", "127.0.0.1:1", extra=static.format(on='"upstream-connect-failure"')
+                ),
+                "flaky": upstream_toml("flaky", failing, extra=static.format(on='"5xx"')),
+                "exact": upstream_toml("exact", failing, extra=static.format(on='"502"')),
+            },
+        )
+    )
+    for upstream in ("dead", "flaky"):
+        status, headers, body = await fetch(addresses.outbound[0], upstream)
+        assert (status, body, headers["x-meshnode-fallback"]) == (200, b"cached", "static")
+    assert (await get(addresses.outbound[0], "exact"))[0] == 503  # a 503 is not a 502
+
+
 async def test_upstream_fallback(tmp_path, nursery, running) -> None:
     backup = await answering(nursery, b"from backup")
     extra = (

@@ -309,7 +309,8 @@ abort_percent = 150
         "timeout, an HTTP status or a gRPC status (cancelled, unknown, deadline-exceeded, "
         "resource-exhausted, aborted, internal, unavailable), got 'sometimes'",
         "payments.toml: fallback.on.0: expected one of circuit-open, no-healthy-endpoints, "
-        "retries-exhausted, timeout, got 'whenever'",
+        "retries-exhausted, timeout, upstream-connect-failure, upstream-reset, bulkhead-full, "
+        'rate-limited, a status from 400 to 599 ("503") or a class ("5xx"), got \'whenever\'',
         "payments.toml: chaos.abort_percent: expected a percentage from 0 to 100, got 150",
     ]
 

@@ -19,6 +19,7 @@ from meshnode.logs import LogFormat
 from meshnode.net.listener import H2Listener
 from meshnode.node import Bindings, Node, NodeAddresses, preflight
 from meshnode.policy import Address, PolicyError, PolicySet, load_policies
+from meshnode.policy.advice import policy_warnings
 from meshnode.reload import POLL_INTERVAL
 from meshnode.worker_process import announce_ready, follow_parent, worker_count
 
@@ -143,11 +144,20 @@ def policy() -> None:
 @click.argument(
     "directory", default=DEFAULT_POLICIES, type=click.Path(file_okay=False, path_type=Path)
 )
-def validate(directory: Path) -> None:
-    """Exit 0 if DIRECTORY's policies (and TLS material) are valid, else 1 with every error."""
+@click.option("--strict", is_flag=True, help="Fail on warnings (the seed's anti-patterns) too.")
+def validate(directory: Path, strict: bool) -> None:
+    """Exit 0 if DIRECTORY's policies (and TLS material) are valid, else 1 with every error.
+    Valid policies that do what the seed warns against are listed as warnings."""
     policies = _checked(directory, summary=True)
+    warnings = policy_warnings(policies)
+    for line in warnings:
+        click.echo(line, err=True)
+    if strict and warnings:
+        click.echo(f"{len(warnings)} error(s) in {directory} (--strict)", err=True)
+        raise SystemExit(1)
     names = ", ".join(sorted(policies.upstreams)) or "none"
-    click.echo(f"{directory}: valid (version {policies.version}; upstreams: {names})")
+    noted = f"; {len(warnings)} warning(s)" if warnings else ""
+    click.echo(f"{directory}: valid (version {policies.version}; upstreams: {names}{noted})")
 
 
 certs_dir_option = click.option(

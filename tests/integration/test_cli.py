@@ -38,6 +38,41 @@ def test_validate_lists_every_error_and_exits_1(tmp_path: Path) -> None:
     ]
 
 
+def test_validate_warns_of_the_seeds_anti_patterns_and_strict_fails(tmp_path: Path) -> None:
+    risky = upstream_toml(
+        "risky",
+        "127.0.0.1:1",
+        extra=(
+            '[retry]\nmax_retries = 12\nbackoff = "constant"\njitter = 0\n'
+            'retry_non_idempotent = true\n[timeout]\nrequest = "0s"\n'
+        ),
+    )
+    slow = upstream_toml("slow", "127.0.0.1:1", extra='[timeout]\nrequest = "2m"\n')
+    write_policies(
+        tmp_path, {"risky": risky, "slow": slow, "fine": upstream_toml("fine", "127.0.0.1:1")}
+    )
+    result = meshnode("policy", "validate", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert [line.split(": ")[1] for line in lines] == [
+        "retry.jitter",
+        "retry.max_retries",
+        "retry.retry_non_idempotent",
+        "timeout.request",
+        "timeout.request",
+    ]
+    assert lines[0].startswith(f"{tmp_path}/risky.toml: retry.jitter: constant backoff")
+    assert lines[4] == (
+        f"{tmp_path}/slow.toml: timeout.request: 2m is longer than callers wait; keep it to "
+        "60s or less, and fail fast"
+    )
+    assert "; 5 warning(s))" in result.stdout
+    strict = meshnode("policy", "validate", "--strict", str(tmp_path))
+    assert strict.returncode == 1
+    assert strict.stderr.splitlines()[-1] == f"5 error(s) in {tmp_path} (--strict)"
+    assert meshnode("policy", "validate", "--strict", str(EXAMPLES)).returncode == 0
+
+
 def test_serve_refuses_bad_policies(tmp_path: Path) -> None:
     write_policies(tmp_path, {"a": "[upstream]\nname = 1\n"})
     result = meshnode("serve", "--policies", str(tmp_path))

@@ -25,9 +25,11 @@ from meshnode.resilience.health import CheckOutcome as CheckOutcome
 from meshnode.resilience.health import CommonHealthChecks as CommonHealthChecks
 from meshnode.resilience.health import HealthCheck as HealthCheck
 from meshnode.resilience.health import HealthCheckManager as HealthCheckManager
+from meshnode.resilience.health import HealthReport as HealthReport
 from meshnode.resilience.limits import RateLimitedError as RateLimitedError
 from meshnode.resilience.limits import TokenBucket as TokenBucket
 from meshnode.resilience.retrying import Retry as Retry
+from meshnode.resilience.retrying import RetryMetrics as RetryMetrics
 from meshnode.resilience.retrying import RetryPresets as RetryPresets
 from meshnode.resilience.retrying import retry as retry
 from meshnode.resilience.spool import AsyncSpool as AsyncSpool

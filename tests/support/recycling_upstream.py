@@ -9,7 +9,8 @@ It counts what its application processed, so that a test can tell a request that
 sent again from one that ran twice: every request whose body arrived whole is counted by
 method, and ``GET /_counts`` answers the counts as JSON (that request is not counted).
 ``/digest`` answers the SHA-256 of the request body, ``/te`` answers with a ``te:
-trailers`` field (a request's field alone), anything else ``ok``.
+trailers`` field (a request's field alone), a JSON POST answers 201 with its object and an
+``id`` (a service that creates things, as the seed's examples call), anything else ``ok``.
 """
 
 from __future__ import annotations
@@ -35,23 +36,30 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         await answer_lifespan(receive, send)
         return
-    digest = hashlib.sha256()
+    received = b""
     while True:
         message = await receive()
         if message["type"] != "http.request":
             return  # the connection went before the body was whole: not processed
-        digest.update(message.get("body", b""))
+        received += message.get("body", b"")
         if not message.get("more_body"):
             break
+    status = 200
     if scope["path"] == "/_counts":
         body = json.dumps(counts).encode()
     else:
         counts[scope["method"]] += 1
-        body = digest.hexdigest().encode() if scope["path"] == "/digest" else b"ok"
+        body = (
+            hashlib.sha256(received).hexdigest().encode() if scope["path"] == "/digest" else b"ok"
+        )
+        if scope["method"] == "POST" and (b"content-type", b"application/json") in scope["headers"]:
+            status, body = 201, json.dumps({**json.loads(received), "id": counts["POST"]}).encode()
     headers = [(b"content-length", str(len(body)).encode())]
+    if status == 201:
+        headers.append((b"content-type", b"application/json"))
     if scope["path"] == "/te":
         headers.append((b"te", b"trailers"))
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

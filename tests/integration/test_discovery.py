@@ -508,7 +508,7 @@ async def test_the_library_discovers_from_consul_as_in_the_seed(nursery: trio.Nu
 
 
 def test_the_library_refuses_bad_options() -> None:
-    with pytest.raises(ValueError, match="wait: expected a duration"):
+    with pytest.raises(ValueError, match="wait='soon': write a duration like"):
         ServiceDiscovery(backend="consul", wait="soon")
     with pytest.raises(ValueError, match="unknown backend"):
         ServiceDiscovery(backend="zookeeper")

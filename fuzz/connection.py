@@ -5,6 +5,7 @@ or a closed connection, never an exception out of the session.
 Run by ``./dev fuzz [seconds]`` (``.ci/run`` gives it 20 s); the inputs start from
 seeds that reach the header path (a request, a request with a body, a bad request).
 Each input runs on a fresh session under a virtual clock, so timeouts fire at once.
+h2 is patched as ``meshnode serve`` patches it; the test suite covers plain h2 too.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ with atheris.instrument_imports():
     import hpack
     from hyperframe.frame import DataFrame, HeadersFrame, PingFrame, SettingsFrame
 
+    from meshnode.net import h2_speedups
     from meshnode.net.framing import CLIENT_PREFACE
     from meshnode.net.session import Data, EndOfStream, H2Session, Stream, StreamReset
     from meshnode.net.violations import ConnectionRules
 
+h2_speedups.install()  # h2 as the node runs it
 RULES = ConnectionRules("fuzz")
 GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"api")]
 

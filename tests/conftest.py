@@ -21,10 +21,15 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from meshnode.net import h2_speedups
 from meshnode.node import Node, NodeAddresses
 from meshnode.policy import load_policies
 from tests.support.rawh2 import RawH2Server, respond
 from tests.support.upstream_app import app
+
+# The suite's in-process nodes run h2 as `meshnode serve` does; plain h2 (as on untested
+# versions, or in a program that embeds the mesh client) is tested in processes of its own.
+h2_speedups.install()
 
 NODE_TOML = """
 [node]
@@ -174,10 +179,17 @@ class NodeProcess:
 
     READY = r"meshnode ready: outbound=(\S+) admin=(\S+)"
 
-    def __init__(self, directory: Path, *options: str, ready: str = READY) -> None:
-        """Start it, and return once a log line matches ``ready`` (outbound, admin)."""
+    def __init__(
+        self,
+        directory: Path,
+        *options: str,
+        ready: str = READY,
+        launcher: tuple[str, ...] = ("-m", "meshnode"),
+    ) -> None:
+        """Start it, and return once a log line matches ``ready`` (outbound, admin);
+        ``launcher``: what the interpreter runs, before ``serve``."""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "meshnode", "serve", "--policies", str(directory), *options],
+            [sys.executable, *launcher, "serve", "--policies", str(directory), *options],
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -15,15 +15,21 @@ The cost is therefore at most ``budget`` of CPU per sleep of the loop under
 traffic; ``hits``, ``misses`` and ``spun`` show it on ``/metrics``.
 
 trio has no hook for this: the spin wraps the running loop's I/O manager (one
-private attribute, ``runner.io_manager``, read and restored here alone).
+private attribute, ``runner.io_manager``, read and restored here alone). It is reached
+only on the trio versions it was tested with (``TESTED_TRIO``), and only when asked for;
+on any other, busy polling stays off, with a warning, and the loop is trio's own.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 import time
+from importlib.metadata import version
 from typing import Any
 
-from trio._core._run import GLOBAL_RUN_CONTEXT
+TESTED_TRIO = ((0, 27), (0, 35))  # the trio minor versions whose runner this wraps
+log = logging.getLogger("meshnode.busy_poll")
 
 Events = list[tuple[int, int]]  # what trio's epoll manager returns: (fd, flags)
 
@@ -42,12 +48,14 @@ class BusyPoll:
 
     def configure(self, budget: float) -> None:
         """Spin for up to ``budget`` seconds from now on (0 stops); call inside the run."""
-        self.budget = budget
         if budget > 0 and self._runner is None:
-            self._runner = GLOBAL_RUN_CONTEXT.runner
-            self._inner = self._runner.io_manager
-            self._runner.io_manager = _SpinningIOManager(self._inner, self)
-        elif budget <= 0:
+            runner = _current_runner()
+            if runner is None:
+                return
+            self._runner, self._inner = runner, runner.io_manager
+            runner.io_manager = _SpinningIOManager(self._inner, self)
+        self.budget = budget
+        if budget <= 0:
             self.uninstall()
 
     def uninstall(self) -> None:
@@ -78,6 +86,29 @@ class BusyPoll:
         events = poll(timeout)
         self._traffic = bool(events)
         return events
+
+
+def _current_runner() -> Any:
+    """trio's runner of this run, where it is known to be; None (and a warning) elsewhere."""
+    installed = version("trio")
+    major, minor = (int(part) for part in installed.split(".")[:2])
+    oldest, newest = TESTED_TRIO
+    if not oldest <= (major, minor) <= newest:
+        log.warning(
+            "busy polling off: trio %s is not a version it was tested with (%d.%d to %d.%d)",
+            installed,
+            *oldest,
+            *newest,
+        )
+        return None
+    try:
+        run_module = importlib.import_module("trio._core._run")
+        runner = run_module.GLOBAL_RUN_CONTEXT.runner
+        runner.io_manager  # noqa: B018 - the attribute the spin wraps must be there
+    except (ImportError, AttributeError) as exc:
+        log.warning("busy polling off: trio %s has moved its runner (%s)", installed, exc)
+        return None
+    return runner
 
 
 class _SpinningIOManager:

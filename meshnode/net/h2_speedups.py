@@ -57,8 +57,12 @@ Each change below was found with py-spy on proxied requests and is tested
 
 from __future__ import annotations
 
+import functools
+import logging
+import struct
 import types
 from collections.abc import Callable, Iterable, Sized
+from importlib.metadata import version
 from typing import Any, Final
 
 import h2.config
@@ -153,7 +157,7 @@ def flat_init(frame_class: type[hyperframe.frame.Frame]) -> Callable[..., None]:
 
 _flag_bits: dict[type, dict[str, int]] = {}
 _parsed_flags: dict[tuple[type, int], frozenset[str]] = {}  # 256 bytes a frame class at most
-_frame_header = hyperframe.frame._STRUCT_HBBBL
+_frame_header = struct.Struct(">HBBBL")  # a frame header: length (24 bits), type, flags, id
 
 
 def parse_flags(self: hyperframe.frame.Frame, flag_byte: int) -> hyperframe.flags.Flags:
@@ -312,12 +316,18 @@ class Connection(h2.connection.H2Connection):
     opens more streams than the peer allows (``H2Session.accepts_streams``) and
     registers each once h2 accepted it, so its count is h2's. A server keeps h2's
     own count: a peer's new streams are counted before the session sees them.
+
+    What reaches into h2's internals (the fast paths below, the stream-limit refusal, the
+    early release of closed streams) runs only on the versions it was tested with
+    (``COMPATIBLE``); on others, each step is h2's own.
     """
 
     def __init__(self, config: h2.config.H2Configuration, live: Sized) -> None:
         super().__init__(config)
         self._live = live  # the session's streams
-        self._closed_streams = ClosedStreams()  # type: ignore[assignment]
+        self._fast = COMPATIBLE
+        if self._fast:
+            self._closed_streams = ClosedStreams()  # type: ignore[assignment]
         self._in_receive = False
         # (stream id, error code) of each RST_STREAM h2 queued for what it received
         self._provoked: list[tuple[int, int]] = []
@@ -348,7 +358,8 @@ class Connection(h2.connection.H2Connection):
         all the same (the peer's HPACK context must stay in step), and the stream is
         known as reset, so that its late frames are stream errors too."""
         if (
-            self.config.client_side
+            not self._fast
+            or self.config.client_side
             or frame.stream_id in self.streams
             or self.open_inbound_streams < self.local_settings.max_concurrent_streams
         ):
@@ -390,6 +401,8 @@ class Connection(h2.connection.H2Connection):
             self._in_receive = False
 
     def _receive(self, data: Any) -> list[Any]:
+        if not self._fast:
+            return super().receive_data(data)
         buffer = self.incoming_buffer
         pending = buffer._data or buffer._preamble_len or buffer._headers_buffer
         if pending or type(data) is not bytes:
@@ -437,7 +450,8 @@ class Connection(h2.connection.H2Connection):
         would need h2's own path)."""
         config = self.config
         if (
-            priority_weight is not None
+            not self._fast
+            or priority_weight is not None
             or priority_depends_on is not None
             or priority_exclusive is not None
             or config.normalize_outbound_headers
@@ -473,7 +487,7 @@ class Connection(h2.connection.H2Connection):
         """h2's ``send_data``, its frame written as bytes, for bytes without padding that the
         windows and the peer's frame size allow; anything else, h2's own path (and errors)."""
         stream = self.streams.get(stream_id)
-        if stream is None or pad_length is not None or type(data) is not bytes:
+        if stream is None or pad_length is not None or type(data) is not bytes or not self._fast:
             super().send_data(stream_id, data, end_stream, pad_length)
             return
         size = len(data)
@@ -524,7 +538,7 @@ class Connection(h2.connection.H2Connection):
         """The session is done with the stream: if h2 closed it too, drop it now, as h2
         would on its next count (remembering how it closed, for late frames)."""
         stream = self.streams.get(stream_id)
-        if stream is not None and stream.closed:
+        if self._fast and stream is not None and stream.closed:
             del self.streams[stream_id]
             self._closed_streams[stream_id] = stream.closed_by
 
@@ -656,25 +670,71 @@ def hash_by_identity(enums: Iterable[type], tables: Iterable[dict[Any, Any]]) ->
         table.update(entries)
 
 
-hash_by_identity(
-    (
-        h2.connection.ConnectionState,
-        h2.connection.ConnectionInputs,
-        h2.stream.StreamInputs,
-        h2.stream.StreamClosedBy,
-    ),
-    (h2.connection.H2ConnectionStateMachine._transitions, h2.stream._transitions),
-)
-h2.connection.repr = frame_name  # type: ignore[attr-defined]
-h2.stream.utf8_encode_headers = bytes_headers  # type: ignore[attr-defined]
-h2.stream.is_informational_response = informational  # type: ignore[attr-defined]
-h2.stream.H2Stream._build_hdr_validation_flags = validation_flags  # type: ignore[method-assign]
-read_settings_directly()
-h2.connection.AllowedStreamIDs = StreamIdParity()  # type: ignore[misc,assignment]
-hyperframe.frame.Flags = FrameFlags  # type: ignore[attr-defined]
-hyperframe.frame.Frame.parse_flags = parse_flags  # type: ignore[method-assign]
-hyperframe.frame.Frame.serialize = serialize  # type: ignore[method-assign]
-h2.connection.H2Connection._prepare_for_sending = prepare_for_sending  # type: ignore[method-assign]
-for _carrier in (hyperframe.frame.HeadersFrame, hyperframe.frame.DataFrame):
-    _carrier.__init__ = flat_init(_carrier)  # type: ignore[method-assign]
-h2.settings.collections = types.SimpleNamespace(deque=SettingValues)  # type: ignore[attr-defined,assignment]
+# The versions these speedups were written for and tested with (pyproject.toml caps the
+# same): h2's private names, hyperframe's frame internals. Any other: plain h2.
+TESTED = {"h2": ("4.1", "4.4"), "hyperframe": ("6.0", "6.1"), "hpack": ("4.0", "4.2")}
+log = logging.getLogger("meshnode.speedups")
+
+
+def untested_versions(installed: dict[str, str] | None = None) -> list[str]:
+    """What is installed that the speedups were not tested with ("h2 5.0.0 (tested 4.1 to
+    4.4)"), or nothing."""
+    if installed is None:
+        installed = {name: version(name) for name in TESTED}
+    problems = []
+    for name, (oldest, newest) in TESTED.items():
+        minor = _minor(installed[name])
+        if not _minor(oldest) <= minor <= _minor(newest):
+            problems.append(f"{name} {installed[name]} (tested {oldest} to {newest})")
+    return problems
+
+
+def _minor(text: str) -> tuple[int, int]:
+    major, minor = [*text.split("."), "0"][:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+# Whether ``Connection`` may take its fast paths through h2's internals (decided once, at
+# import, from the versions installed); ``install`` patches h2 process-wide only then.
+COMPATIBLE = not untested_versions()
+
+
+@functools.cache
+def install() -> bool:
+    """Apply the process-wide speedups (below), once: ``meshnode serve`` does, a program
+    that embeds the mesh client does only if it asks. Versions other than those tested
+    leave h2 as it is, with a warning: meshnode works on plain h2, only slower."""
+    problems = untested_versions()
+    if problems:
+        log.warning(
+            "h2 speedups off, plain h2 in use: %s; meshnode works, more slowly",
+            ", ".join(problems),
+        )
+        return False
+    _patch()
+    return True
+
+
+def _patch() -> None:
+    hash_by_identity(
+        (
+            h2.connection.ConnectionState,
+            h2.connection.ConnectionInputs,
+            h2.stream.StreamInputs,
+            h2.stream.StreamClosedBy,
+        ),
+        (h2.connection.H2ConnectionStateMachine._transitions, h2.stream._transitions),
+    )
+    h2.connection.repr = frame_name  # type: ignore[attr-defined]
+    h2.stream.utf8_encode_headers = bytes_headers  # type: ignore[attr-defined]
+    h2.stream.is_informational_response = informational  # type: ignore[attr-defined]
+    h2.stream.H2Stream._build_hdr_validation_flags = validation_flags  # type: ignore[method-assign]
+    read_settings_directly()
+    h2.connection.AllowedStreamIDs = StreamIdParity()  # type: ignore[misc,assignment]
+    hyperframe.frame.Flags = FrameFlags  # type: ignore[attr-defined]
+    hyperframe.frame.Frame.parse_flags = parse_flags  # type: ignore[method-assign]
+    hyperframe.frame.Frame.serialize = serialize  # type: ignore[method-assign]
+    h2.connection.H2Connection._prepare_for_sending = prepare_for_sending  # type: ignore[method-assign]
+    for carrier in (hyperframe.frame.HeadersFrame, hyperframe.frame.DataFrame):
+        carrier.__init__ = flat_init(carrier)  # type: ignore[method-assign]
+    h2.settings.collections = types.SimpleNamespace(deque=SettingValues)  # type: ignore[attr-defined,assignment]

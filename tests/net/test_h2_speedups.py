@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import enum
 import inspect
+import subprocess
+import sys
+import textwrap
 
 import h2.config
 import h2.connection
@@ -696,3 +699,33 @@ def test_requests_and_answers_travel_without_hyperframe(monkeypatch: pytest.Monk
     ended = client.receive_data(bytes(server.data_to_send()))
     assert [type(e).__name__ for e in ended] == ["DataReceived", "StreamEnded"]
     assert used == ["serialize", "parse"]
+
+
+def test_importing_meshnode_patches_nothing_until_install() -> None:
+    """A program that embeds the mesh client keeps its h2 (httpx, Hypercorn and grpclib may
+    share it) unless it asks; ``install`` patches, once."""
+    script = textwrap.dedent(
+        """
+        import builtins
+        import h2.connection, hyperframe.frame
+        from meshnode.client import open_mesh_client
+        from meshnode.net import h2_speedups, session
+        assert getattr(h2.connection, "repr", builtins.repr) is builtins.repr
+        serialize = hyperframe.frame.Frame.serialize
+        assert h2_speedups.install() and h2_speedups.install()
+        assert h2.connection.repr is h2_speedups.frame_name
+        assert hyperframe.frame.Frame.serialize is not serialize
+        print("ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.stdout == "ok\n", result.stderr
+
+
+def test_versions_it_was_not_tested_with_are_named() -> None:
+    installed = {"h2": "5.0.0", "hyperframe": "6.1.0", "hpack": "4.2.0"}
+    assert h2_speedups.untested_versions(installed) == ["h2 5.0.0 (tested 4.1 to 4.4)"]
+    installed["h2"] = "4.4.9"
+    assert h2_speedups.untested_versions(installed) == []

@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5, help="per run (max 60)")
     parser.add_argument("--connections", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument(
         "--before",
         type=Path,

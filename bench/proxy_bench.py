@@ -177,7 +177,7 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=3, help="per stack; the one with the least CPU is kept"
     )
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument(
         "--before",
         type=Path,

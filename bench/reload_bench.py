@@ -92,7 +92,7 @@ def measure(work: Path, addresses: dict[str, str], trigger: str, trials: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10, help="per trigger (max 100)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     trials = min(args.trials, 100)
 

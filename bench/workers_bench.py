@@ -76,7 +76,7 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=30000, help="per run (max 200000)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     requests = min(args.requests, 200_000)
     work = Path(tempfile.mkdtemp(prefix="meshnode-workers-bench-"))

@@ -68,3 +68,14 @@ def test_imports_flow_downwards(path: Path) -> None:
             assert LAYERS[other] <= LAYERS[own], f"{own} must not import {module}"
         if own in PURE or any(str(path.relative_to(PACKAGE)).startswith(p) for p in PURE):
             assert module.split(".")[0] not in IMPURE_MODULES, f"{own} must stay pure: {module}"
+
+
+def test_the_architecture_page_lists_every_module() -> None:
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    listing = page[page.index("## Every module") :]
+    missing = [
+        str(path.relative_to(PACKAGE))
+        for path in MODULES
+        if path.name != "__main__.py" and f"\n{path.relative_to(PACKAGE)} " not in listing
+    ]
+    assert not missing, f"add them to docs/architecture.md's module list: {missing}"

@@ -1,4 +1,5 @@
-"""The four actors of an upstream group, with the behaviour this stage of meshnode has.
+"""The actors of an upstream group: discovery watcher, balancer, health prober, breaker
+(the queue fallback's replayer lives with the queue, in ``actors/replay.py``).
 
 Each actor object outlives a crash of its ``run``: the supervisor calls ``run``
 again on the same object, with the same inbox, and ``run`` starts by
@@ -15,8 +16,6 @@ import trio
 
 from meshnode.actors.messages import (
     CrashForTest,
-    EndpointsAdded,
-    EndpointsRemoved,
     EndpointsReset,
     InjectedFault,
     PolicyChanged,
@@ -130,19 +129,9 @@ class Balancer(Actor):
     name = "balancer"
 
     async def handle(self, message: object) -> None:
-        group = self.group
-        current = {e.address: e for e in group.endpoints.endpoints}
         if isinstance(message, EndpointsReset):
-            current = {e.address: e for e in message.endpoints}
-        elif isinstance(message, EndpointsAdded):
-            current.update((e.address, e) for e in message.endpoints)
-        elif isinstance(message, EndpointsRemoved):
-            for address in message.addresses:
-                current.pop(address, None)
-        else:
-            return
-        endpoints: tuple[Endpoint, ...] = tuple(current.values())
-        group.publish_endpoints(endpoints)
+            current = {e.address: e for e in message.endpoints}  # one entry per address
+            self.group.publish_endpoints(tuple(current.values()))
 
 
 class HealthProber(Actor):

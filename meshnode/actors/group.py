@@ -1,11 +1,12 @@
 """Theory of operation: an upstream's actor group, and the face it shows the request path.
 
-Four actors run under one supervisor, each the only owner of its state and
+Five actors run under one supervisor, each the only owner of its state and
 each fed by its own bounded channel:
 
-    discovery watcher --EndpointsReset/Added/Removed--> balancer --> EndpointSet snapshot
-    health prober     (probing arrives with the health issue)
+    discovery watcher --EndpointsReset--> balancer --> EndpointSet snapshot
+    health prober     probes the endpoints, and tells the balancer which are healthy
     breaker           owns the breaker state machine: its timer, reloads, operator overrides
+    replayer          replays the queue fallback's stored requests once the upstream is back
 
 The request path never waits on an actor. It reads the snapshots published on
 this object (``endpoints``, ``policy``), takes an endpoint slot (``acquire``,

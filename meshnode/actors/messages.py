@@ -9,7 +9,6 @@ from __future__ import annotations
 import attrs
 
 from meshnode.policy.models import Endpoint, UpstreamPolicy
-from meshnode.policy.units import Address
 
 
 @attrs.frozen
@@ -19,17 +18,7 @@ class EndpointsReset:
     endpoints: tuple[Endpoint, ...]
 
 
-@attrs.frozen
-class EndpointsAdded:
-    endpoints: tuple[Endpoint, ...]
-
-
-@attrs.frozen
-class EndpointsRemoved:
-    addresses: tuple[Address, ...]
-
-
-DiscoveryUpdate = EndpointsReset | EndpointsAdded | EndpointsRemoved
+DiscoveryUpdate = EndpointsReset  # discovery always knows the whole set: it sends it whole
 
 
 @attrs.frozen

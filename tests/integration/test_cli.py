@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -200,3 +201,14 @@ def test_signal_drains_in_flight_requests_then_exits_0(
     finally:
         slow.kill()
         slow.wait()
+
+
+def test_the_readmes_first_policy_is_valid(tmp_path: Path) -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    for block in re.findall(r"```toml\n(.*?)```", readme, re.S):
+        name = re.match(r"# policies/(\S+)", block)
+        assert name is not None, block
+        (tmp_path / name.group(1)).write_text(block)
+    result = meshnode("policy", "validate", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "upstreams: payments)" in result.stdout

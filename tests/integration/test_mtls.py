@@ -425,8 +425,8 @@ def test_certs_commands_make_what_openssl_confirms(tmp_path) -> None:
     assert "identity:    spiffe://prod.example/service/api" in human
 
 
-def test_the_readme_two_node_example_runs_as_written(tmp_path) -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+def test_the_two_node_example_runs_as_written(tmp_path) -> None:
+    readme = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
     section = readme[readme.index("## mTLS between nodes") :]
     script = section[
         section.index("```sh\n") + 6 : section.index("```", section.index("```sh") + 5)

@@ -27,6 +27,7 @@ from meshnode.policy.convert import converter, error_lines
 from meshnode.policy.models import DISCOVERY_BACKENDS, Discovery, Endpoint
 from meshnode.policy.units import Duration
 from meshnode.resilience.balancer import Instance
+from meshnode.resilience.calls import invoke
 from meshnode.resilience.durations import seconds
 
 FIRST_ANSWER_TIMEOUT = 10.0
@@ -39,7 +40,7 @@ class ServiceChange:
     previous: list[Instance]
 
 
-ChangeListener = Callable[[ServiceChange], None]
+ChangeListener = Callable[[ServiceChange], object]  # a plain or coroutine function
 
 
 class ServiceDiscovery:
@@ -71,7 +72,8 @@ class ServiceDiscovery:
         return await self._manager.__aexit__(*exc_info)  # type: ignore[no-any-return]
 
     def on(self, event: Literal["service-changed"], listener: ChangeListener) -> None:
-        """Call ``listener`` with a ``ServiceChange`` whenever a watched service changes."""
+        """Call ``listener`` (a plain or coroutine function) with a ``ServiceChange``
+        whenever a watched service changes."""
         if event != "service-changed":
             raise ValueError(f"unknown event {event!r}: only 'service-changed' is emitted")
         self._listeners.append(listener)
@@ -86,7 +88,9 @@ class ServiceDiscovery:
             source = make_source(self._policy(name), name)
 
             async def publish(endpoints: tuple[Endpoint, ...]) -> None:
-                self._update(name, endpoints)
+                for change in self._update(name, endpoints):
+                    for listener in self._listeners:
+                        await invoke(listener, change)
 
             self._nursery.start_soon(keep_discovering, source, publish, self.states[name])
         with trio.move_on_after(FIRST_ANSWER_TIMEOUT):
@@ -96,17 +100,15 @@ class ServiceDiscovery:
             raise DiscoveryError(f"{name}: no answer from the registry: {state.last_error}")
         return list(self._instances[name])
 
-    def _update(self, name: str, endpoints: tuple[Endpoint, ...]) -> None:
+    def _update(self, name: str, endpoints: tuple[Endpoint, ...]) -> list[ServiceChange]:
+        """Keep the new instances; the change to announce, if they differ."""
         instances = [
             Instance(str(e.address), str(e.address), e.weight, dict(e.metadata)) for e in endpoints
         ]
         previous = self._instances.get(name, [])
         self._instances[name] = instances
         self._ready[name].set()
-        if instances != previous:
-            change = ServiceChange(name, instances, previous)
-            for listener in self._listeners:
-                listener(change)
+        return [ServiceChange(name, instances, previous)] if instances != previous else []
 
     def _policy(self, name: str | None) -> Discovery:
         table = dict(self._table)

@@ -76,7 +76,7 @@ class CircuitBreaker:
         window: DurationLike = 10.0,
         slow_call_duration: DurationLike | None = None,
         slow_call_rate_percentage: float = 100.0,
-        is_failure: Callable[[BaseException], bool] = lambda exc: True,
+        is_failure: Callable[[BaseException], bool | Awaitable[bool]] = lambda exc: True,
     ) -> None:
         """``timeout`` bounds each call (None: no bound); a call that times out is a failure.
         Durations follow ``meshnode.resilience.durations`` ("5m", a timedelta, seconds).
@@ -163,7 +163,8 @@ class CircuitBreaker:
                     "execute(fn, fallback) is breaker.execute(fn, fallback)"
                 ) from exc
             now = _now()
-            core.record(permit, failed=self._is_failure(exc), duration=now - started, now=now)
+            failed = bool(await invoke(self._is_failure, exc))
+            core.record(permit, failed=failed, duration=now - started, now=_now())
             if fallback is not None:
                 return await invoke(fallback)
             raise

@@ -490,7 +490,12 @@ async def test_the_library_discovers_from_consul_as_in_the_seed(nursery: trio.Nu
         backend="consul", consul_url=url, refresh_interval=15.0
     ) as discovery:
         changes: list[ServiceChange] = []
-        discovery.on("service-changed", changes.append)
+
+        async def changed(change: ServiceChange) -> None:  # a coroutine function, awaited
+            await trio.sleep(0)
+            changes.append(change)
+
+        discovery.on("service-changed", changed)
         instances = await discovery.discover_service("api-service")
         assert [instance.address for instance in instances] == ["10.0.0.5:8080"]
         consul.register(Registration("api-service", "b", "10.0.0.6", 8080, weight=3))

@@ -148,6 +148,19 @@ async def test_a_plain_fallback_and_the_seeds_execute() -> None:
     assert await breaker.execute(lambda: "sync works too") == "sync works too"
 
 
+async def test_an_async_failure_predicate_is_awaited() -> None:
+    async def counts(error: BaseException) -> bool:
+        return not isinstance(error, ValueError)  # a validation error is no outage
+
+    breaker = CircuitBreaker("p", failure_threshold=1, volume_threshold=1, is_failure=counts)
+    with pytest.raises(ValueError):
+        await breaker.call(_raise, ValueError("bad input"))
+    assert breaker.state == "closed"
+    with pytest.raises(ConnectionError):
+        await breaker.call(_raise, ConnectionError())
+    assert breaker.state == "open"
+
+
 async def test_a_fallback_passed_as_an_argument_is_a_clear_error_not_a_failure() -> None:
     breaker = CircuitBreaker("p")
 

@@ -19,7 +19,8 @@ with atheris.instrument_imports():
 
     from meshnode.net import h2_speedups
     from meshnode.net.framing import CLIENT_PREFACE
-    from meshnode.net.session import Data, EndOfStream, H2Session, Stream, StreamReset
+    from meshnode.net.session import H2Session
+    from meshnode.net.stream import Data, EndOfStream, Stream, StreamReset
     from meshnode.net.violations import ConnectionRules
 
 h2_speedups.install()  # h2 as the node runs it

@@ -14,7 +14,7 @@ from harness import main, runner
 
 with atheris.instrument_imports():
     from meshnode.net.http1_server import H1ServerSession
-    from meshnode.net.session import Data, EndOfStream, Stream, StreamReset, Trailers
+    from meshnode.net.stream import Data, EndOfStream, Stream, StreamReset, Trailers
     from meshnode.net.violations import ConnectionRules
 
 RULES = ConnectionRules("fuzz")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from meshnode.net.listener import Peer
-from meshnode.net.session import Data, EndOfStream, Stream, StreamReset
+from meshnode.net.stream import Data, EndOfStream, Stream, StreamReset
 from meshnode.policy.units import Address
 
 

@@ -13,7 +13,7 @@ import trio
 
 from meshnode.errors import MeshError
 from meshnode.net.pool import UpstreamConnections, UpstreamPool
-from meshnode.net.session import CANCEL, ResponseHead, Stream, StreamReset
+from meshnode.net.stream import CANCEL, ResponseHead, Stream, StreamReset
 from meshnode.policy.models import HealthCheckPolicy, UpstreamPolicy
 from meshnode.policy.units import Address
 

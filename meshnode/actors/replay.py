@@ -22,7 +22,7 @@ from meshnode.actors.messages import CrashForTest, InjectedFault
 from meshnode.errors import MeshError
 from meshnode.events import QueueDrained
 from meshnode.net.pool import UpstreamConnections, UpstreamPool
-from meshnode.net.session import CANCEL, ResponseHead, Stream, StreamReset
+from meshnode.net.stream import CANCEL, ResponseHead, Stream, StreamReset
 from meshnode.policy.models import UpstreamPolicy
 from meshnode.resilience.core.breaker import BreakerState
 from meshnode.resilience.spool import AsyncSpool, Entry, SpoolError

@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 
 from meshnode.net.pool import GoAwayCounter
-from meshnode.net.session import GOAWAY, REFUSED, STALE
+from meshnode.net.stream import GOAWAY, REFUSED, STALE
 
 # Request duration buckets, in seconds: from a fast local call to a slow retry chain.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -24,7 +24,7 @@ from meshnode.client.response import CallReset, MeshResponse, StreamingResponse
 from meshnode.client.transports import Embedded, Sidecar, Transport
 from meshnode.net import h2_speedups
 from meshnode.net.hop_by_hop import strip_hop_by_hop
-from meshnode.net.session import CANCEL, Headers, ResponseHead, Stream, StreamReset
+from meshnode.net.stream import CANCEL, Headers, ResponseHead, Stream, StreamReset
 from meshnode.net.validation import Malformed, check_request
 from meshnode.policy import Address
 from meshnode.reload import ReloadResult

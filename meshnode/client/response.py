@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 import httpx
 
-from meshnode.net.session import Data, EndOfStream, Headers, Stream, StreamReset, Trailers
+from meshnode.net.stream import Data, EndOfStream, Headers, Stream, StreamReset, Trailers
 
 
 class MeshClientError(Exception):

@@ -21,7 +21,7 @@ from meshnode.events import EventBus
 from meshnode.net.listener import Peer
 from meshnode.net.local import LocalExchange
 from meshnode.net.pool import UpstreamPool
-from meshnode.net.session import Headers, Stream
+from meshnode.net.stream import Headers, Stream
 from meshnode.policy import Address, PolicySet, load_policies
 from meshnode.reload import Reloader, ReloadResult, watch_directory
 

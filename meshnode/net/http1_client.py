@@ -32,7 +32,7 @@ from meshnode.net.http1 import (
     websocket_accepted,
 )
 from meshnode.net.http1_connection import H1Connection
-from meshnode.net.session import (
+from meshnode.net.stream import (
     CANCEL,
     END_OF_STREAM,
     PROTOCOL_ERROR,
@@ -226,26 +226,26 @@ class H1ClientConnection(H1Connection):
 
     # -- the StreamCarrier side: what the request path calls ---------------
 
-    def _send_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
+    def send_stream_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
         """Request trailers (the request head went out in ``start``)."""
         self._check_open(stream)
         self._end_message(stream, headers)
 
-    async def _send_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
+    async def send_stream_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
         if self._websocket_key is not None:
             await self._send_raw(stream, data, end_stream)
             return
         await self._send_body(stream, data, end_stream)
 
-    def _reset(self, stream: Stream, code: int) -> None:
+    def reset_stream(self, stream: Stream, code: int) -> None:
         if stream.finished:
             return
         stream._fail(StreamReset(stream, code))
         self.dead = True  # the exchange is abandoned mid-way: the connection cannot be reused
         self._cancel_scope.cancel()
 
-    def _charge_reset(self) -> None:
+    def charge_reset(self) -> None:
         """Resets are budgeted against hostile callers; an upstream's are its failures."""
 
-    def _waiting(self, stream: Stream) -> None:
+    def stream_waiting(self, stream: Stream) -> None:
         """Nothing to ask for: the upstream sends its response unprompted."""

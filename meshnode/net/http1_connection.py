@@ -14,8 +14,8 @@ import h11
 import trio
 
 from meshnode.net.pulse import Pulse
-from meshnode.net.session import CANCEL, RECEIVE_SIZE, Stream, StreamReset, ensure_open
-from meshnode.net.socket_io import TransportIO
+from meshnode.net.socket_io import RECEIVE_SIZE, TransportIO
+from meshnode.net.stream import CANCEL, Stream, StreamReset, ensure_open
 from meshnode.net.violations import ConnectionRules
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class H1Connection:
 
     # -- the StreamCarrier methods both sides implement alike --------------
 
-    def _ack(self, stream: Stream, flow_length: int) -> None:
+    def ack_stream(self, stream: Stream, flow_length: int) -> None:
         if flow_length:
             stream.owed -= flow_length
             self._pulse()

@@ -36,15 +36,7 @@ from meshnode.net.http1 import (
     websocket_switch,
 )
 from meshnode.net.http1_connection import H1Connection
-from meshnode.net.session import (
-    CANCEL,
-    END_OF_STREAM,
-    Data,
-    Headers,
-    Stream,
-    StreamReset,
-    Trailers,
-)
+from meshnode.net.stream import CANCEL, END_OF_STREAM, Data, Headers, Stream, StreamReset, Trailers
 from meshnode.net.validation import Malformed, check_request_within
 from meshnode.net.violations import ConnectionRules
 
@@ -287,7 +279,7 @@ class H1ServerSession(H1Connection):
 
     # -- the StreamCarrier side: what the handler calls --------------------
 
-    def _send_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
+    def send_stream_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
         self._check_open(stream)
         if self.tunnel:  # a tunnel has no trailers: they can only mean its end
             stream.local_closed = True
@@ -323,7 +315,7 @@ class H1ServerSession(H1Connection):
         if end_stream:
             self._end_message(stream, None)
 
-    async def _send_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
+    async def send_stream_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
         if not self.tunnel:
             await self._send_body(stream, data, end_stream)
             return
@@ -331,7 +323,7 @@ class H1ServerSession(H1Connection):
         if end_stream and self._watching is not None:
             self._watching.cancel()  # the upstream ended the tunnel: so does this connection
 
-    def _reset(self, stream: Stream, code: int) -> None:
+    def reset_stream(self, stream: Stream, code: int) -> None:
         if stream.finished or self.dead:
             return
         if stream.local_closed:
@@ -343,11 +335,11 @@ class H1ServerSession(H1Connection):
         self._fail(stream, code)
         self.abort()  # a response cut short: closing is the only way HTTP/1.1 can say so
 
-    def _charge_reset(self) -> None:
+    def charge_reset(self) -> None:
         """An HTTP/1.1 caller cannot make resets cheap: each refusal costs it the connection."""
         self.closing = True
 
-    def _waiting(self, stream: Stream) -> None:
+    def stream_waiting(self, stream: Stream) -> None:
         """The handler wants the body: a caller that sent ``Expect: 100-continue`` gets its go."""
         if not self._continue_sent and self.conn.they_are_waiting_for_100_continue:
             self._continue_sent = True

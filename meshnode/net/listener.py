@@ -26,7 +26,8 @@ from meshnode.net.http1 import sniff
 from meshnode.net.http1_server import H1ServerSession
 from meshnode.net.overload import Overload
 from meshnode.net.request_tasks import RequestTasks
-from meshnode.net.session import H2Session, Stream
+from meshnode.net.session import H2Session
+from meshnode.net.stream import Stream
 from meshnode.net.tls import ALPN, peer_identity
 from meshnode.net.violations import ConnectionRules
 from meshnode.policy.units import Address

@@ -22,7 +22,7 @@ from typing import Final
 import trio
 
 from meshnode.net.pulse import Pulse
-from meshnode.net.session import (
+from meshnode.net.stream import (
     CANCEL,
     END_OF_STREAM,
     Data,
@@ -74,7 +74,7 @@ class LocalExchange:
     def _other(self, stream: Stream) -> Stream:
         return self.server if stream is self.client else self.client
 
-    def _send_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
+    def send_stream_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
         _check_open(stream)
         if stream is self.server and not stream.headers_sent:
             if headers and headers[0][0] == b":status":
@@ -87,7 +87,7 @@ class LocalExchange:
         if end_stream:
             self._end(stream)
 
-    async def _send_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
+    async def send_stream_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
         receiver = self._other(stream)
         while True:
             _check_open(stream)
@@ -110,12 +110,12 @@ class LocalExchange:
         receiver.remote_closed = True
         receiver._push(END_OF_STREAM)
 
-    def _ack(self, stream: Stream, flow_length: int) -> None:
+    def ack_stream(self, stream: Stream, flow_length: int) -> None:
         if flow_length:
             stream.owed -= flow_length
             self._pulse()
 
-    def _reset(self, stream: Stream, code: int) -> None:
+    def reset_stream(self, stream: Stream, code: int) -> None:
         if stream.finished:
             return
         stream._fail(StreamReset(stream, code))
@@ -128,10 +128,10 @@ class LocalExchange:
         """The caller broke a rule of ``[limits]`` (a body over ``max_request_body``)."""
         log.warning("an in-process request was refused (%s): %s", kind, detail)
 
-    def _charge_reset(self) -> None:
+    def charge_reset(self) -> None:
         """Resets are budgeted against hostile peers; this process is not one."""
 
-    def _waiting(self, stream: Stream) -> None:
+    def stream_waiting(self, stream: Stream) -> None:
         """Nothing to do: the other end sends without being asked."""
 
     def _pulse(self) -> None:

@@ -28,7 +28,8 @@ import trio
 from meshnode.errors import UpstreamConnectFailure
 from meshnode.net.framing import GoAwayReceived
 from meshnode.net.http1_client import H1ClientConnection
-from meshnode.net.session import H2Session, Headers, Stream
+from meshnode.net.session import H2Session
+from meshnode.net.stream import Headers, Stream
 from meshnode.net.violations import ConnectionRules
 from meshnode.policy.models import UpstreamSection
 from meshnode.policy.units import Address, Duration

@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Final
 
-import attrs
 import h2.errors
 import h2.events
 import h2.exceptions
@@ -54,7 +52,26 @@ from meshnode.net.h2_speedups import Configuration, Connection
 from meshnode.net.hpack_decoder import HeaderDecoder
 from meshnode.net.hpack_encoder import StaticTableEncoder
 from meshnode.net.pulse import Pulse
-from meshnode.net.socket_io import TransportIO
+from meshnode.net.socket_io import RECEIVE_SIZE, TransportIO
+from meshnode.net.stream import (
+    CANCEL,
+    END_OF_STREAM,
+    GOAWAY,
+    NO_ERROR,
+    PROTOCOL_ERROR,
+    REFUSED,
+    REFUSED_STREAM,
+    SETTINGS_TIMEOUT,
+    STALE,
+    Data,
+    Headers,
+    ResponseHead,
+    Stream,
+    StreamItem,
+    StreamReset,
+    Trailers,
+    ensure_open,
+)
 from meshnode.net.validation import (
     WEBSOCKET,
     Malformed,
@@ -66,256 +83,11 @@ from meshnode.net.violations import ConnectionRules
 
 log = logging.getLogger(__name__)
 
-Headers = list[tuple[bytes, bytes]]
-
-RECEIVE_SIZE: Final = 65536
 LAST_USABLE_STREAM_ID: Final = 2**31 - 1000
 GOAWAY_PING: Final = b"goaway\x00\x00"  # the opaque data of the PING that follows a GOAWAY
 FLUSH_GRACE: Final = 2.0  # seconds to write the last frames once reading has ended
 
-NO_ERROR: Final = int(h2.errors.ErrorCodes.NO_ERROR)
-PROTOCOL_ERROR: Final = int(h2.errors.ErrorCodes.PROTOCOL_ERROR)
-SETTINGS_TIMEOUT: Final = int(h2.errors.ErrorCodes.SETTINGS_TIMEOUT)
-CANCEL: Final = int(h2.errors.ErrorCodes.CANCEL)
-REFUSED_STREAM: Final = int(h2.errors.ErrorCodes.REFUSED_STREAM)
-INTERNAL_ERROR: Final = int(h2.errors.ErrorCodes.INTERNAL_ERROR)
-
-
-@attrs.frozen(slots=True)
-class ResponseHead:
-    headers: Headers
-
-    @property
-    def status(self) -> int:
-        """The :status, or 0 if it is missing or not a number."""
-        for name, value in self.headers:
-            if name == b":status":
-                return int(value) if value.isdigit() else 0
-        return 0
-
-
-@attrs.frozen(slots=True)
-class Data:
-    data: bytes
-    flow_length: int  # what to ``ack`` once the data has been passed on (padding included)
-
-
-@attrs.frozen(slots=True)
-class Trailers:
-    headers: Headers
-
-
-@attrs.frozen(slots=True)
-class EndOfStream:
-    pass
-
-
-END_OF_STREAM: Final = EndOfStream()
-StreamItem = ResponseHead | Data | Trailers | EndOfStream
-
 _h2_errors = (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError)
-
-
-# Why an upstream left a stream unanswered as it recycled its connection (RFC 9113 6.8, 8.7):
-# the labels of ``meshnode_requests_resent_total``.
-GOAWAY: Final = "goaway"  # above the GOAWAY's last_stream_id, or lost after the GOAWAY
-REFUSED: Final = "refused-stream"  # RST_STREAM REFUSED_STREAM (or NO_ERROR before any answer)
-STALE: Final = "stale-connection"  # a reused connection closed before anything came back
-
-
-class StreamReset(Exception):
-    """The stream can no longer carry data: the peer reset it, or its connection went away.
-
-    ``lifecycle`` names the connection event behind it when the upstream was recycling the
-    connection rather than failing the request; ``refused`` says the upstream never
-    processed the stream (any request may be sent again), where without it only a request
-    that is safe to repeat may be.
-    """
-
-    def __init__(
-        self,
-        stream: Stream,
-        code: int,
-        *,
-        refused: bool = False,
-        connection_lost: bool = False,
-        lifecycle: str | None = None,
-    ) -> None:
-        super().__init__(f"stream {stream.id} reset (code {code})")
-        self.stream = stream
-        self.code = code
-        self.refused = refused
-        self.connection_lost = connection_lost
-        self.lifecycle = lifecycle
-
-
-class StreamCarrier(Protocol):
-    """What carries a ``Stream``'s frames: an HTTP/2 connection (``H2Session``), or the
-    two ends of an in-process exchange (``meshnode.net.local``)."""
-
-    def _ack(self, stream: Stream, flow_length: int) -> None: ...
-
-    def _send_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None: ...
-
-    async def _send_data(self, stream: Stream, data: bytes, end_stream: bool) -> None: ...
-
-    def _reset(self, stream: Stream, code: int) -> None: ...
-
-    def violation(self, kind: str, detail: str) -> None: ...
-
-    def _charge_reset(self) -> None: ...
-
-    def _waiting(self, stream: Stream) -> None:
-        """The consumer waits for what the peer sends next (HTTP/1.1: time for a 100)."""
-
-
-class Stream:
-    """One HTTP/2 stream: items received in order, and sends that respect flow control."""
-
-    __slots__ = (
-        "_items",
-        "_waiter",
-        "answers_head",
-        "born",
-        "cancel_scope",
-        "error",
-        "headers",
-        "headers_sent",
-        "id",
-        "local_closed",
-        "malformed",
-        "owed",
-        "remote_closed",
-        "session",
-        "status_sent",
-        "tunnel",
-        "waiting_since",
-    )
-
-    def __init__(self, session: StreamCarrier, stream_id: int, headers: Headers | None) -> None:
-        self.session = session
-        self.id = stream_id
-        self.headers = headers  # request headers on a server session
-        self._items: deque[StreamItem] = deque()
-        self._waiter: trio.lowlevel.Task | None = None  # the task parked in ``receive``
-        self.remote_closed = False
-        self.local_closed = False
-        self.headers_sent = False
-        self.status_sent = 0  # the :status of the response head this side sent, if any
-        self.error: StreamReset | None = None
-        # Cancelled when the stream is reset, so the work serving it stops at once.
-        self.cancel_scope: trio.CancelScope | None = None
-        # Why the request must be refused instead of served (server side), if it must.
-        self.malformed: Malformed | None = None
-        # Since when the stream has been waiting on the peer (data, window, or a drain).
-        self.waiting_since: float | None = None
-        self.owed = 0  # flow-controlled bytes received and not yet acknowledged
-        # A HEAD request's (server side): its answer has no content (RFC 9110 9.3.2).
-        self.answers_head = False
-        self.born = 0  # the connection's reads when the stream was opened (client side)
-        # A WebSocket tunnel: waiting on one side is its normal state; the request path
-        # holds it to ``tunnel_idle`` (no byte either way) instead of ``stream_idle_timeout``.
-        self.tunnel = headers is not None and WEBSOCKET in headers
-
-    async def receive(self) -> StreamItem:
-        """The next item; items that arrived before a reset are still delivered first."""
-        while not self._items:
-            if self.error is not None:
-                raise self.error
-            # Parked directly (one consumer at a time), not on an Event: a wait per item
-            # on the request path, made cheap.
-            self._waiter = trio.lowlevel.current_task()
-            self.waiting_since = trio.current_time()
-            self.session._waiting(self)
-            try:
-                await trio.lowlevel.wait_task_rescheduled(self._abandon_wait)
-            finally:
-                self.waiting_since = None
-        return self._items.popleft()
-
-    def _abandon_wait(self, raise_cancel: object) -> trio.lowlevel.Abort:
-        self._waiter = None
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    async def read_rest(self, keep: int) -> tuple[bytes, Headers | None]:
-        """Read the body to its end, handing window back as it goes: the first ``keep``
-        bytes of it, and the trailers if there were any."""
-        body = bytearray()
-        while True:
-            item = await self.receive()
-            if isinstance(item, Data):
-                if len(body) < keep:
-                    body += item.data[: keep - len(body)]
-                self.ack(item.flow_length)
-            elif isinstance(item, Trailers):
-                return bytes(body), item.headers
-            elif isinstance(item, EndOfStream):
-                return bytes(body), None
-
-    def consume_end(self) -> bool:
-        """If the peer finished with nothing left to read, take the end marker and say so.
-
-        Lets a GET go upstream as one HEADERS frame with END_STREAM, and a
-        header-only response go back the same way.
-        """
-        if self.remote_closed and len(self._items) == 1 and self._items[0] is END_OF_STREAM:
-            self._items.clear()
-            return True
-        return False
-
-    def ack(self, flow_length: int) -> None:
-        """Hand ``flow_length`` bytes of window back to the peer: the data was passed on."""
-        self.session._ack(self, flow_length)
-
-    async def send_headers(self, headers: Headers, *, end_stream: bool = False) -> None:
-        self.session._send_headers(self, headers, end_stream)
-
-    async def send_data(self, data: bytes, *, end_stream: bool = False) -> None:
-        await self.session._send_data(self, data, end_stream)
-
-    async def end(self) -> None:
-        await self.session._send_data(self, b"", True)
-
-    def reset(self, code: int = CANCEL) -> None:
-        """Abandon the stream (a no-op once it is closed both ways or already reset)."""
-        self.session._reset(self, code)
-
-    def refuse(self, code: int, kind: str, detail: str) -> None:
-        """Reset the stream because the peer broke a rule: counted, logged, and charged to
-        the peer's budget of provoked resets (MadeYouReset)."""
-        self.session.violation(kind, detail)
-        self.session._charge_reset()
-        self.session._reset(self, code)
-
-    @property
-    def finished(self) -> bool:
-        return self.error is not None or (self.local_closed and self.remote_closed)
-
-    def _push(self, item: StreamItem) -> None:
-        self._items.append(item)
-        self._wake()
-
-    def _fail(self, error: StreamReset) -> None:
-        if self.error is None:
-            self.error = error
-            self._wake()
-            if self.cancel_scope is not None:
-                self.cancel_scope.cancel()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            trio.lowlevel.reschedule(waiter)
-
-
-def ensure_open(stream: Stream, *, connection_dead: bool) -> None:
-    """Raise the stream's reset if it has one (or gets one now: its connection is gone)."""
-    if stream.error is not None:
-        raise stream.error
-    if connection_dead:
-        stream._fail(StreamReset(stream, CANCEL, connection_lost=True))
-        raise stream.error  # type: ignore[misc]
 
 
 class H2Session:
@@ -479,7 +251,7 @@ class H2Session:
         stream = Stream(self, stream_id, None)
         stream.tunnel = WEBSOCKET in headers
         stream.born = self.reads
-        self._send_headers(stream, headers, end_stream)
+        self.send_stream_headers(stream, headers, end_stream)
         self.streams[stream_id] = stream  # after h2 counted the streams open before it
         return stream
 
@@ -565,8 +337,8 @@ class H2Session:
         if self._on_request is None or self.closing:
             # Opened after our GOAWAY (or on a client session): never processed. Not a
             # violation (the GOAWAY may have crossed it), but charged like one.
-            self._charge_reset()
-            self._reset(stream, REFUSED_STREAM)
+            self.charge_reset()
+            self.reset_stream(stream, REFUSED_STREAM)
             return
         self.streams[event.stream_id] = stream
         self._last_taken = event.stream_id
@@ -575,7 +347,7 @@ class H2Session:
             # Answered by the handler (a 400 on this stream alone), and charged like a reset.
             stream.malformed = checked
             self.violation("malformed-request", checked.reason)
-            self._charge_reset()
+            self.charge_reset()
         limit = limits.max_requests_per_connection
         if limit and self.requests_seen >= limit:
             self.close_gracefully()
@@ -599,7 +371,7 @@ class H2Session:
         """Count and log a rule the peer broke (the caller decides what it costs the peer)."""
         self.rules.violations.record(self.rules.where, kind, self.peer, detail)
 
-    def _charge_reset(self) -> None:
+    def charge_reset(self) -> None:
         """A reset (or refusal) the peer provoked; too many end the connection."""
         try:
             self._gate.budgets.spend("resets_sent", trio.current_time())
@@ -616,9 +388,9 @@ class H2Session:
             self.violation("stream-limit", f"stream {stream_id} refused: over {limit} open")
         else:
             self.violation("stream-error", f"stream {stream_id} reset (code {code})")
-        self._charge_reset()
+        self.charge_reset()
 
-    def _waiting(self, stream: Stream) -> None:
+    def stream_waiting(self, stream: Stream) -> None:
         """Nothing to do: HTTP/2 peers send without being asked."""
 
     def _push(self, stream_id: int, item: StreamItem) -> None:
@@ -815,7 +587,7 @@ class H2Session:
         if self._unsent or self._raw_out or self.conn.has_output or self.closing:
             self._writer_wakeup.set()
 
-    def _send_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
+    def send_stream_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
         self._check_open(stream)
         try:
             self.conn.send_headers(stream.id, headers, end_stream=end_stream)
@@ -830,7 +602,7 @@ class H2Session:
             self._forget_if_finished(stream)
         self._send_queued(stream, ending=end_stream)
 
-    async def _send_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
+    async def send_stream_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
         if stream.answers_head and data:
             # The node's own answers (an error, a fallback) carry a body for any method,
             # and an upstream may send one anyway: a strict caller treats it as a
@@ -874,7 +646,7 @@ class H2Session:
     def _check_open(self, stream: Stream) -> None:
         ensure_open(stream, connection_dead=self.dead)
 
-    def _reset(self, stream: Stream, code: int) -> None:
+    def reset_stream(self, stream: Stream, code: int) -> None:
         if stream.finished or self.dead:
             return
         try:
@@ -884,7 +656,7 @@ class H2Session:
         self._forget(stream, StreamReset(stream, code))
         self._wake_writer()
 
-    def _ack(self, stream: Stream, flow_length: int) -> None:
+    def ack_stream(self, stream: Stream, flow_length: int) -> None:
         if flow_length and self.streams.get(stream.id) is stream:
             stream.owed -= flow_length
             self._ack_connection(stream.id, flow_length)

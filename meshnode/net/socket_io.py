@@ -18,6 +18,8 @@ import os
 
 import trio
 
+RECEIVE_SIZE = 65536  # the most one read takes from a transport
+
 
 class TransportIO:
     __slots__ = ("_received", "_sending", "_socket", "transport")

@@ -22,7 +22,7 @@ import trio
 from meshnode.errors import MeshError, UpstreamConnectFailure, UpstreamReset
 from meshnode.net.hop_by_hop import strip_hop_by_hop
 from meshnode.net.pool import PLAIN_H2, UpstreamConnections, UpstreamPool
-from meshnode.net.session import CANCEL, GOAWAY, ResponseHead, Stream, StreamReset
+from meshnode.net.stream import CANCEL, GOAWAY, ResponseHead, Stream, StreamReset
 from meshnode.policy.models import Endpoint
 from meshnode.proxy.body import RequestBody
 from meshnode.proxy.headers import HeaderList

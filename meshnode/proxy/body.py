@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from meshnode.net.hop_by_hop import strip_hop_by_hop
-from meshnode.net.session import CANCEL, Data, EndOfStream, Stream, Trailers
+from meshnode.net.stream import CANCEL, Data, EndOfStream, Stream, Trailers
 from meshnode.proxy.headers import HeaderList
 
 

@@ -10,7 +10,7 @@ import trio
 
 from meshnode.actors.protections import CachedResponse
 from meshnode.errors import MeshError, UpstreamFailed
-from meshnode.net.session import Stream, StreamReset
+from meshnode.net.stream import Stream, StreamReset
 from meshnode.policy.models import FallbackPolicy
 from meshnode.proxy.headers import HeaderList
 from meshnode.resilience.core.lru import LRU

@@ -48,14 +48,7 @@ from meshnode.net.hop_by_hop import strip_hop_by_hop
 from meshnode.net.listener import Peer
 from meshnode.net.overload import Overload
 from meshnode.net.pool import UpstreamPool
-from meshnode.net.session import (
-    CANCEL,
-    INTERNAL_ERROR,
-    NO_ERROR,
-    Stream,
-    StreamReset,
-    ensure_open,
-)
+from meshnode.net.stream import CANCEL, INTERNAL_ERROR, NO_ERROR, Stream, StreamReset, ensure_open
 from meshnode.policy.models import ChaosPolicy, FallbackPolicy, Limits, UpstreamPolicy
 from meshnode.policy.units import Address, Duration
 from meshnode.proxy import fallback

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from meshnode.net.hop_by_hop import strip_hop_by_hop
-from meshnode.net.session import Data, EndOfStream, Stream, Trailers
+from meshnode.net.stream import Data, EndOfStream, Stream, Trailers
 
 
 async def relay_body(

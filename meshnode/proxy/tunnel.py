@@ -22,7 +22,7 @@ from typing import Final
 import trio
 
 from meshnode.errors import TunnelLimit
-from meshnode.net.session import CANCEL, Data, EndOfStream, Stream, StreamReset, Trailers
+from meshnode.net.stream import CANCEL, Data, EndOfStream, Stream, StreamReset, Trailers
 
 GOING_AWAY: Final = 1001
 SEND_GRACE: Final = 5.0  # seconds one chunk may take to go out once the tunnel is closing

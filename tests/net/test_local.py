@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from meshnode.net.local import LocalExchange
-from meshnode.net.session import (
+from meshnode.net.stream import (
     CANCEL,
     END_OF_STREAM,
     NO_ERROR,

@@ -10,7 +10,8 @@ import trio.testing
 
 from meshnode.errors import UpstreamConnectFailure
 from meshnode.net.pool import UpstreamPool
-from meshnode.net.session import END_OF_STREAM, H2Session, ResponseHead, Stream
+from meshnode.net.session import H2Session
+from meshnode.net.stream import END_OF_STREAM, ResponseHead, Stream
 from meshnode.net.violations import ConnectionRules
 from meshnode.policy.models import Limits
 from meshnode.policy.units import Address

@@ -15,14 +15,8 @@ import trio
 import trio.testing
 from hyperframe.frame import Frame, GoAwayFrame
 
-from meshnode.net.session import (
-    END_OF_STREAM,
-    Data,
-    H2Session,
-    ResponseHead,
-    Stream,
-    StreamReset,
-)
+from meshnode.net.session import H2Session
+from meshnode.net.stream import END_OF_STREAM, Data, ResponseHead, Stream, StreamReset
 from meshnode.net.violations import ConnectionRules
 from meshnode.policy.models import Limits
 from meshnode.policy.units import Duration

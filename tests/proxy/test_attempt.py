@@ -13,7 +13,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from meshnode.net.session import CANCEL, ResponseHead
+from meshnode.net.stream import CANCEL, ResponseHead
 from meshnode.policy.models import Endpoint
 from meshnode.policy.units import Address
 from meshnode.proxy.attempt import attempt

@@ -9,7 +9,7 @@ from __future__ import annotations
 import trio
 
 from meshnode.net.listener import H2Listener, Peer
-from meshnode.net.session import Data, EndOfStream, Stream, StreamReset
+from meshnode.net.stream import Data, EndOfStream, Stream, StreamReset
 from meshnode.policy.units import Address
 
 

@@ -53,6 +53,7 @@ from meshnode.admin.origins import ADMIN_HEADER, allowed_hosts
 from meshnode.notify import Notifier
 from meshnode.policy import Address, PolicySet
 from meshnode.policy.load import read_token
+from meshnode.resilience.core.backoff import RestartBackoff
 from meshnode.resilience.core.health import CheckResult, CheckType, health_report
 from meshnode.worker_process import READY_PREFIX
 
@@ -162,25 +163,25 @@ class Parent:
         return f"{state} with {ready} of {len(self.workers)} workers ready"
 
     async def _keep_running(self, worker: Worker, bindings: list[str]) -> None:
-        backoff = RESTART_INITIAL
+        backoff = RestartBackoff(RESTART_INITIAL, RESTART_MAX)
         while not self.draining:
             started = trio.current_time()
             code = await self._run_worker(worker, bindings)
             if self.draining:
                 return
             if trio.current_time() - started >= STABLE_AFTER:
-                backoff = RESTART_INITIAL
+                backoff.reset()
+            wait = backoff.next()
             worker.restarts += 1
             log.error(
                 "worker %d (pid %s) exited with %s; starting it again in %.1fs",
                 worker.index,
                 worker.pid,
                 code,
-                backoff,
+                wait,
             )
             self.notifier.status(self._status_line())
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, RESTART_MAX)
+            await trio.sleep(wait)
 
     async def _run_worker(self, worker: Worker, bindings: list[str]) -> int:
         command = [

@@ -54,14 +54,18 @@ class Actor:
         self.inbox_send, self.inbox_recv = trio.open_memory_channel[object](INBOX_SIZE)
 
     async def run(self) -> None:
-        await self.started()
-        async for message in self.inbox_recv:
-            if isinstance(message, CrashForTest):
-                raise InjectedFault(f"{self.name}: {message.reason}")
-            await self.handle(message)
+        """The inbox, one message at a time, beside the actor's own background work (its
+        watch, probes, timer), all of it started again at each restart. ``CrashForTest``
+        crashes it, as a bug would."""
+        async with trio.open_nursery() as nursery:
+            await self.started(nursery)
+            async for message in self.inbox_recv:
+                if isinstance(message, CrashForTest):
+                    raise InjectedFault(f"{self.name}: {message.reason}")
+                await self.handle(message)
 
-    async def started(self) -> None:
-        """Called at every (re)start, before the first message."""
+    async def started(self, nursery: trio.Nursery) -> None:
+        """Called at every (re)start, before the first message: start background work."""
 
     async def handle(self, message: object) -> None:
         """One message from the inbox; what it does not understand, it ignores."""
@@ -84,17 +88,16 @@ class DiscoveryWatcher(Actor):
         policy = group.policy.discovery
         self.state = DiscoveryState(policy.backend, policy.backend)
 
-    async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            current = self.group.policy.discovery
-            scope = await nursery.start(self._discover, current)
-            async for message in self.inbox_recv:
-                if isinstance(message, CrashForTest):
-                    raise InjectedFault(f"{self.name}: {message.reason}")
-                if isinstance(message, PolicyChanged) and message.policy.discovery != current:
-                    current = message.policy.discovery
-                    scope.cancel()
-                    scope = await nursery.start(self._discover, current)
+    async def started(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self._current = self.group.policy.discovery
+        self._watching = await nursery.start(self._discover, self._current)
+
+    async def handle(self, message: object) -> None:
+        if isinstance(message, PolicyChanged) and message.policy.discovery != self._current:
+            self._current = message.policy.discovery
+            self._watching.cancel()
+            self._watching = await self._nursery.start(self._discover, self._current)
 
     async def _discover(
         self,
@@ -149,12 +152,8 @@ class HealthProber(Actor):
         super().__init__(group)
         self.streaks: dict[Address, int] = {}  # > 0: successes in a row, < 0: failures
 
-    async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._probe_forever)
-            async for message in self.inbox_recv:
-                if isinstance(message, CrashForTest):
-                    raise InjectedFault(f"{self.name}: {message.reason}")
+    async def started(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._probe_forever)
 
     async def _probe_forever(self) -> None:
         group = self.group
@@ -211,6 +210,7 @@ class Breaker(Actor):
         super().__init__(group)
         self.override = Override.AUTO
         self.core = self._make_core(group.policy.circuit_breaker)
+        self._armed = trio.CancelScope()  # the timer's wait, cancelled to set it again
 
     def _make_core(self, policy: CircuitBreakerPolicy | None) -> BreakerCore | None:
         if policy is None:
@@ -219,20 +219,22 @@ class Breaker(Actor):
         core.force(self.override, trio.current_time())
         return core
 
-    async def run(self) -> None:
-        """Messages as every actor, and between them the OPEN -> HALF_OPEN timer."""
+    async def started(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._timer)
+
+    async def _timer(self) -> None:
+        """The OPEN -> HALF_OPEN timer: wakes at the core's next deadline, and is set
+        again after every message (one may change the deadline)."""
         while True:
             deadline = self.core.next_deadline() if self.core is not None else None
-            with trio.move_on_at(math.inf if deadline is None else deadline):
-                message = await self.inbox_recv.receive()
-                if isinstance(message, CrashForTest):
-                    raise InjectedFault(f"{self.name}: {message.reason}")
-                await self.handle(message)
-                continue
+            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as armed:
+                self._armed = armed
+                await trio.sleep_forever()
             if self.core is not None:
                 self.core.poll(trio.current_time())
 
     async def handle(self, message: object) -> None:
+        self._armed.cancel()
         if isinstance(message, PolicyChanged):
             policy = message.policy.circuit_breaker
             if policy is None:

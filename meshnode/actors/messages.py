@@ -1,7 +1,7 @@
 """What actors tell each other over their channels. Frozen: a message is a fact or an order.
 
-Discovery speaks ``Reset``/``Add``/``Remove`` (as linkerd2-proxy does): plain data
-the balancer applies in order, whatever backend produced it.
+Discovery sends the whole endpoint set each time (``EndpointsReset``): every backend
+knows it whole, and a set that replaces the last one cannot drift from it.
 """
 
 from __future__ import annotations
@@ -16,9 +16,6 @@ class EndpointsReset:
     """The whole endpoint set, replacing whatever was known."""
 
     endpoints: tuple[Endpoint, ...]
-
-
-DiscoveryUpdate = EndpointsReset  # discovery always knows the whole set: it sends it whole
 
 
 @attrs.frozen

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import trio
 
 from meshnode.actors.actors import Actor
-from meshnode.actors.messages import CrashForTest, InjectedFault
 from meshnode.errors import MeshError
 from meshnode.events import QueueDrained
 from meshnode.net.pool import UpstreamConnections, UpstreamPool
@@ -92,12 +91,8 @@ async def _answer(stream: Stream) -> tuple[int, str]:
 class Replayer(Actor):
     name = "replay"
 
-    async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._deliver_forever)
-            async for message in self.inbox_recv:
-                if isinstance(message, CrashForTest):
-                    raise InjectedFault(f"{self.name}: {message.reason}")
+    async def started(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._deliver_forever)
 
     async def _deliver_forever(self) -> None:
         group = self.group

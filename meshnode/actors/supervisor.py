@@ -20,6 +20,7 @@ import attrs
 import trio
 
 from meshnode.events import ActorRestarted, EventBus
+from meshnode.resilience.core.backoff import RestartBackoff
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class Supervisor:
     async def supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         """Run ``run`` until it returns, restarting it whenever it raises."""
         policy = self._policy
-        delay = policy.initial_backoff
+        backoff = RestartBackoff(policy.initial_backoff, policy.max_backoff)
         self.restarts.setdefault(name, 0)
         while True:
             started = trio.current_time()
@@ -66,7 +67,8 @@ class Supervisor:
             except Exception as exc:
                 crashed = trio.current_time()
                 if crashed - started >= policy.storm_window:
-                    delay = policy.initial_backoff
+                    backoff.reset()
+                delay = backoff.next()
                 self.restarts[name] += 1
                 storm = self._record_crash(crashed)
                 log.exception(
@@ -87,7 +89,6 @@ class Supervisor:
                     )
                 )
             await trio.sleep(policy.max_backoff if self.failed else delay)
-            delay = min(delay * 2, policy.max_backoff)
 
     def _record_crash(self, now: float) -> bool:
         window = self._policy.storm_window

@@ -23,7 +23,7 @@ import trio
 
 from meshnode.discovery.source import DiscoveryError, Source
 from meshnode.policy.models import Endpoint
-from meshnode.resilience.core.backoff import delay
+from meshnode.resilience.core.backoff import RestartBackoff
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,10 @@ async def keep_discovering(
 ) -> None:
     """Run ``source`` for ever, publishing what it finds; see the module docstring."""
     debouncer = _Debouncer(publish, debounce)
+    backoff = RestartBackoff(RETRY_INITIAL, RETRY_MAX, jitter=RETRY_JITTER)
 
     def found(endpoints: Sequence[Endpoint]) -> None:
+        backoff.reset()
         state.stale, state.failures, state.last_error = False, 0, None
         state.last_update = time.time()
         debouncer.offer(tuple(endpoints))
@@ -97,13 +99,7 @@ async def keep_discovering(
                 state.failures += 1
                 state.stale = True
                 state.last_error = _describe(exc)
-                wait = delay(
-                    state.failures,
-                    "exponential",
-                    RETRY_INITIAL,
-                    RETRY_MAX,
-                    jitter=RETRY_JITTER,
-                )
+                wait = backoff.next()
                 log.warning(
                     "discovery %s failed (%d in a row), keeping the last endpoints; "
                     "retrying in %.1fs: %s",

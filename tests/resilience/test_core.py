@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnode.resilience.core.backoff import base_delay, delay
+from meshnode.resilience.core.backoff import RestartBackoff, base_delay, delay
 from meshnode.resilience.core.breaker import (
     BreakerConfig,
     BreakerCore,
@@ -232,3 +232,12 @@ def test_lru_forgets_the_least_recently_used() -> None:
     cache.put("c", 3)
     assert (cache.get("a"), cache.get("b"), cache.get("c")) == (1, None, 3)
     assert len(cache) == 2
+
+
+def test_restart_backoff_doubles_to_its_cap_and_starts_over_on_reset() -> None:
+    backoff = RestartBackoff(0.1, 1.0)
+    assert [backoff.next() for _ in range(6)] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+    backoff.reset()
+    assert backoff.next() == pytest.approx(0.1)
+    jittered = RestartBackoff(1.0, 30.0, jitter=0.2, rng=random.Random(3))
+    assert 0.8 <= jittered.next() <= 1.2 and jittered.failures == 1

@@ -45,3 +45,39 @@ def delay(
         return capped
     spread = (rng or random).uniform(-jitter, jitter)
     return min(max_delay, capped * (1 + spread))
+
+
+class RestartBackoff:
+    """How long to wait before starting again what stopped or failed: ``initial``, then
+    doubling up to ``maximum`` (jittered if asked), until ``reset`` says it went well.
+    Actors' supervisor, the workers' parent and the discovery runner each hold one."""
+
+    def __init__(
+        self,
+        initial: float,
+        maximum: float,
+        *,
+        jitter: float = 0.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.jitter = jitter
+        self._rng = rng
+        self.failures = 0  # in a row, since the last reset
+
+    def next(self) -> float:
+        """Count one more failure; the wait before the next start."""
+        self.failures += 1
+        return delay(
+            self.failures,
+            "exponential",
+            self.initial,
+            self.maximum,
+            jitter=self.jitter,
+            rng=self._rng,
+        )
+
+    def reset(self) -> None:
+        """What ran went well (long enough, or it answered): start over at ``initial``."""
+        self.failures = 0

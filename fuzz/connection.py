@@ -17,9 +17,9 @@ with atheris.instrument_imports():
     import hpack
     from hyperframe.frame import DataFrame, HeadersFrame, PingFrame, SettingsFrame
 
-    from meshnode.net import h2_speedups
-    from meshnode.net.framing import CLIENT_PREFACE
-    from meshnode.net.session import H2Session
+    from meshnode.net.h2 import speedups as h2_speedups
+    from meshnode.net.h2.framing import CLIENT_PREFACE
+    from meshnode.net.h2.session import H2Session
     from meshnode.net.stream import Data, EndOfStream, Stream, StreamReset
     from meshnode.net.violations import ConnectionRules
 

@@ -13,7 +13,7 @@ import atheris
 from harness import main, runner
 
 with atheris.instrument_imports():
-    from meshnode.net.http1_server import H1ServerSession
+    from meshnode.net.http1.server import H1ServerSession
     from meshnode.net.stream import Data, EndOfStream, Stream, StreamReset, Trailers
     from meshnode.net.violations import ConnectionRules
 

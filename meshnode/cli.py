@@ -16,7 +16,7 @@ from meshnode import logs
 from meshnode.cli_admin import ADMIN_COMMANDS
 from meshnode.demo import answer
 from meshnode.logs import LogFormat
-from meshnode.net import h2_speedups
+from meshnode.net.h2 import speedups as h2_speedups
 from meshnode.net.listener import H2Listener
 from meshnode.node import Bindings, Node, NodeAddresses, preflight
 from meshnode.policy import Address, PolicyError, PolicySet, load_policies

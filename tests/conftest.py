@@ -21,7 +21,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from meshnode.net import h2_speedups
+from meshnode.net.h2 import speedups as h2_speedups
 from meshnode.node import Node, NodeAddresses
 from meshnode.policy import load_policies
 from tests.support.rawh2 import RawH2Server, respond

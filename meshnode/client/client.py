@@ -22,10 +22,10 @@ from meshnode import __version__
 from meshnode.client.metrics import seed_metrics
 from meshnode.client.response import CallReset, MeshResponse, StreamingResponse
 from meshnode.client.transports import Embedded, Sidecar, Transport
-from meshnode.net import h2_speedups
-from meshnode.net.hop_by_hop import strip_hop_by_hop
+from meshnode.net.h2 import speedups as h2_speedups
+from meshnode.net.h2.validation import Malformed, check_request
+from meshnode.net.http1.hop_by_hop import strip_hop_by_hop
 from meshnode.net.stream import CANCEL, Headers, ResponseHead, Stream, StreamReset
-from meshnode.net.validation import Malformed, check_request
 from meshnode.policy import Address
 from meshnode.reload import ReloadResult
 

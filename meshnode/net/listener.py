@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
-from meshnode.net.http1 import sniff
-from meshnode.net.http1_server import H1ServerSession
+from meshnode.net.h2.session import H2Session
+from meshnode.net.http1.server import H1ServerSession
+from meshnode.net.http1.translation import sniff
 from meshnode.net.overload import Overload
 from meshnode.net.request_tasks import RequestTasks
-from meshnode.net.session import H2Session
 from meshnode.net.stream import Stream
 from meshnode.net.tls import ALPN, peer_identity
 from meshnode.net.violations import ConnectionRules

@@ -21,6 +21,7 @@ from typing import Final
 
 import trio
 
+from meshnode.net.h2.validation import Malformed, check_request_within
 from meshnode.net.pulse import Pulse
 from meshnode.net.stream import (
     CANCEL,
@@ -32,7 +33,6 @@ from meshnode.net.stream import (
     StreamReset,
     Trailers,
 )
-from meshnode.net.validation import Malformed, check_request_within
 from meshnode.policy.models import Limits
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,9 @@ import attrs
 import trio
 
 from meshnode.errors import UpstreamConnectFailure
-from meshnode.net.framing import GoAwayReceived
-from meshnode.net.http1_client import H1ClientConnection
-from meshnode.net.session import H2Session
+from meshnode.net.h2.framing import GoAwayReceived
+from meshnode.net.h2.session import H2Session
+from meshnode.net.http1.client import H1ClientConnection
 from meshnode.net.stream import Headers, Stream
 from meshnode.net.violations import ConnectionRules
 from meshnode.policy.models import UpstreamSection

@@ -3,8 +3,8 @@ whichever connection carries it.
 
 A ``Stream`` is read item by item (``ResponseHead``, ``Data``, ``Trailers``,
 ``END_OF_STREAM``) and written through its carrier: an HTTP/2 session
-(``net/session.py``), an HTTP/1.1 connection (``net/http1_server.py``,
-``net/http1_client.py``) or the two ends of an in-process exchange (``net/local.py``).
+(``net/h2/session.py``), an HTTP/1.1 connection (``net/http1/server.py``,
+``net/http1/client.py``) or the two ends of an in-process exchange (``net/local.py``).
 Each implements ``StreamCarrier``. A stream that can no longer carry data raises
 ``StreamReset``, whose ``lifecycle`` says when the upstream recycled its connection
 rather than failed the request.
@@ -18,7 +18,7 @@ from typing import Final, Protocol
 import attrs
 import trio
 
-from meshnode.net.validation import WEBSOCKET, Malformed
+from meshnode.net.h2.validation import WEBSOCKET, Malformed
 
 Headers = list[tuple[bytes, bytes]]
 

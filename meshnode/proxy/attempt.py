@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from meshnode.errors import MeshError, UpstreamConnectFailure, UpstreamReset
-from meshnode.net.hop_by_hop import strip_hop_by_hop
+from meshnode.net.http1.hop_by_hop import strip_hop_by_hop
 from meshnode.net.pool import PLAIN_H2, UpstreamConnections, UpstreamPool
 from meshnode.net.stream import CANCEL, GOAWAY, ResponseHead, Stream, StreamReset
 from meshnode.policy.models import Endpoint

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from meshnode.net.hop_by_hop import strip_hop_by_hop
+from meshnode.net.http1.hop_by_hop import strip_hop_by_hop
 from meshnode.net.stream import CANCEL, Data, EndOfStream, Stream, Trailers
 from meshnode.proxy.headers import HeaderList
 

@@ -44,7 +44,7 @@ from meshnode.errors import (
     UpstreamReset,
 )
 from meshnode.events import QueueFilling
-from meshnode.net.hop_by_hop import strip_hop_by_hop
+from meshnode.net.http1.hop_by_hop import strip_hop_by_hop
 from meshnode.net.listener import Peer
 from meshnode.net.overload import Overload
 from meshnode.net.pool import UpstreamPool

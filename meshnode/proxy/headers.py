@@ -1,11 +1,11 @@
 """Header rules for forwarding (pure): the headers a proxy adds (hop-by-hop removal is
-``meshnode.net.hop_by_hop``, shared with the HTTP/1.1 translation)."""
+``meshnode.net.http1.hop_by_hop``, shared with the HTTP/1.1 translation)."""
 
 from __future__ import annotations
 
 import random
 
-from meshnode.net.hop_by_hop import any_hop_by_hop, connection_named, keeps
+from meshnode.net.http1.hop_by_hop import any_hop_by_hop, connection_named, keeps
 
 HeaderList = list[tuple[bytes, bytes]]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from meshnode.net.hop_by_hop import strip_hop_by_hop
+from meshnode.net.http1.hop_by_hop import strip_hop_by_hop
 from meshnode.net.stream import Data, EndOfStream, Stream, Trailers
 
 

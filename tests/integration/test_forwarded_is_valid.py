@@ -20,7 +20,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshnode.net.framing import DATA, END_STREAM, HEADERS, RST_STREAM
+from meshnode.net.h2.framing import DATA, END_STREAM, HEADERS, RST_STREAM
 from meshnode.policy.units import Address
 from tests.conftest import NodeProcess, upstream_toml, write_policies
 from tests.support.attacker import HELLO, SETTINGS_ACK, parse_frames, request_frame

@@ -16,7 +16,7 @@ from hyperframe.frame import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnode.net.framing import (
+from meshnode.net.h2.framing import (
     CLIENT_PREFACE,
     FrameError,
     FrameGate,

@@ -24,8 +24,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from meshnode.net import h2_speedups
-from meshnode.net.h2_speedups import (
+from meshnode.net.h2 import speedups as h2_speedups
+from meshnode.net.h2.hpack_encoder import StaticTableEncoder
+from meshnode.net.h2.speedups import (
     ClosedStreams,
     Configuration,
     Connection,
@@ -36,7 +37,6 @@ from meshnode.net.h2_speedups import (
     informational,
     validation_flags,
 )
-from meshnode.net.hpack_encoder import StaticTableEncoder
 
 _h2s_validation_flags = h2_speedups._build_validation_flags  # h2's own
 
@@ -709,7 +709,7 @@ def test_importing_meshnode_patches_nothing_until_install() -> None:
         import builtins
         import h2.connection, hyperframe.frame
         from meshnode.client import open_mesh_client
-        from meshnode.net import h2_speedups, session
+        from meshnode.net.h2 import speedups as h2_speedups, session
         assert getattr(h2.connection, "repr", builtins.repr) is builtins.repr
         serialize = hyperframe.frame.Frame.serialize
         assert h2_speedups.install() and h2_speedups.install()

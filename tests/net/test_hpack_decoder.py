@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnode.net import hpack_decoder
-from meshnode.net.hpack_decoder import HeaderDecoder
+from meshnode.net.h2 import hpack_decoder
+from meshnode.net.h2.hpack_decoder import HeaderDecoder
 
 names = st.one_of(
     st.sampled_from([b":method", b":path", b":authority", b"user-agent", b"cookie", b"x-id"]),

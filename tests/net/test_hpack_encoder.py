@@ -7,9 +7,9 @@ from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnode.net import hpack_encoder
 from meshnode.net.credentials import CREDENTIAL_FIELDS
-from meshnode.net.hpack_encoder import (
+from meshnode.net.h2 import hpack_encoder
+from meshnode.net.h2.hpack_encoder import (
     CACHED_FIELDS,
     TABLE_SIZE_ZERO,
     StaticTableEncoder,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import h11
 
-from meshnode.net.http1 import (
+from meshnode.net.h2.validation import Malformed
+from meshnode.net.http1.translation import (
     head_problem,
     request_to_h1,
     request_to_h2,
@@ -13,7 +14,6 @@ from meshnode.net.http1 import (
     websocket_accept,
     websocket_accepted,
 )
-from meshnode.net.validation import Malformed
 
 
 def parsed(raw: bytes) -> h11.Request:

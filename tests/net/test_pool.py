@@ -9,8 +9,8 @@ import trio
 import trio.testing
 
 from meshnode.errors import UpstreamConnectFailure
+from meshnode.net.h2.session import H2Session
 from meshnode.net.pool import UpstreamPool
-from meshnode.net.session import H2Session
 from meshnode.net.stream import END_OF_STREAM, ResponseHead, Stream
 from meshnode.net.violations import ConnectionRules
 from meshnode.policy.models import Limits

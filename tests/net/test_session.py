@@ -15,7 +15,7 @@ import trio
 import trio.testing
 from hyperframe.frame import Frame, GoAwayFrame
 
-from meshnode.net.session import H2Session
+from meshnode.net.h2.session import H2Session
 from meshnode.net.stream import END_OF_STREAM, Data, ResponseHead, Stream, StreamReset
 from meshnode.net.violations import ConnectionRules
 from meshnode.policy.models import Limits

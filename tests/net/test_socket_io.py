@@ -8,7 +8,7 @@ import h11
 import trio
 import trio.testing
 
-from meshnode.net.http1_client import H1ClientConnection
+from meshnode.net.http1.client import H1ClientConnection
 from meshnode.net.socket_io import TransportIO
 from meshnode.net.violations import ConnectionRules
 from tests.support.sockets import read_now, socket_pair

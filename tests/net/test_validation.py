@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnode.net import validation
-from meshnode.net.validation import Malformed, check_request, check_response, check_trailers
+from meshnode.net.h2 import validation
+from meshnode.net.h2.validation import Malformed, check_request, check_response, check_trailers
 
 REQUEST_FLAGS = h2.utilities.HeaderValidationFlags(
     is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshnode.errors import Timeout
-from meshnode.net.hop_by_hop import HOP_BY_HOP, connection_named, keeps, strip_hop_by_hop
+from meshnode.net.http1.hop_by_hop import HOP_BY_HOP, connection_named, keeps, strip_hop_by_hop
 from meshnode.proxy.headers import forwarded_request_headers, new_request_id
 
 REQUEST = [(b":method", b"GET"), (b":path", b"/"), (b":authority", b"api")]

@@ -11,7 +11,7 @@ import hpack
 import trio
 from hyperframe.frame import HeadersFrame, RstStreamFrame, SettingsFrame
 
-from meshnode.net.framing import CLIENT_PREFACE, FRAME_HEADER_SIZE, GOAWAY, RST_STREAM
+from meshnode.net.h2.framing import CLIENT_PREFACE, FRAME_HEADER_SIZE, GOAWAY, RST_STREAM
 from meshnode.policy.units import Address
 
 HELLO = CLIENT_PREFACE + bytes(SettingsFrame(0).serialize())

@@ -75,7 +75,7 @@ import h2.utilities
 import hyperframe.flags
 import hyperframe.frame
 
-from meshnode.net.framing import (
+from meshnode.net.h2.framing import (
     CONTINUATION,
     DATA,
     END_HEADERS,

@@ -24,8 +24,8 @@ from typing import Final
 import h11
 import trio
 
-from meshnode.net.hop_by_hop import HOP_BY_HOP, connection_named, strip_hop_by_hop
-from meshnode.net.validation import WEBSOCKET, Malformed
+from meshnode.net.h2.validation import WEBSOCKET, Malformed
+from meshnode.net.http1.hop_by_hop import HOP_BY_HOP, connection_named, strip_hop_by_hop
 
 Headers = list[tuple[bytes, bytes]]
 

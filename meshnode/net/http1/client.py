@@ -24,14 +24,15 @@ from collections.abc import Callable
 import h11
 import trio
 
-from meshnode.net.http1 import (
+from meshnode.net.h2.validation import WEBSOCKET
+from meshnode.net.http1.connection import H1Connection
+from meshnode.net.http1.translation import (
     head_problem,
     new_websocket_key,
     request_to_h1,
     response_from_h1,
     websocket_accepted,
 )
-from meshnode.net.http1_connection import H1Connection
 from meshnode.net.stream import (
     CANCEL,
     END_OF_STREAM,
@@ -44,7 +45,6 @@ from meshnode.net.stream import (
     StreamReset,
     Trailers,
 )
-from meshnode.net.validation import WEBSOCKET
 from meshnode.net.violations import ConnectionRules
 
 log = logging.getLogger(__name__)

@@ -28,16 +28,16 @@ import h11
 import trio
 
 from meshnode.errors import BadRequest
-from meshnode.net.http1 import (
+from meshnode.net.h2.validation import Malformed, check_request_within
+from meshnode.net.http1.connection import H1Connection
+from meshnode.net.http1.translation import (
     head_problem,
     is_websocket_upgrade,
     request_to_h2,
     response_to_h1,
     websocket_switch,
 )
-from meshnode.net.http1_connection import H1Connection
 from meshnode.net.stream import CANCEL, END_OF_STREAM, Data, Headers, Stream, StreamReset, Trailers
-from meshnode.net.validation import Malformed, check_request_within
 from meshnode.net.violations import ConnectionRules
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ import h2.exceptions
 import h2.settings
 import trio
 
-from meshnode.net.framing import (
+from meshnode.net.h2.framing import (
     ENHANCE_YOUR_CALM,
     WINDOW_UPDATES_PER_DATA_FRAME,
     FrameError,
@@ -48,9 +48,16 @@ from meshnode.net.framing import (
     GoAwayReceived,
     goaway_frame,
 )
-from meshnode.net.h2_speedups import Configuration, Connection
-from meshnode.net.hpack_decoder import HeaderDecoder
-from meshnode.net.hpack_encoder import StaticTableEncoder
+from meshnode.net.h2.hpack_decoder import HeaderDecoder
+from meshnode.net.h2.hpack_encoder import StaticTableEncoder
+from meshnode.net.h2.speedups import Configuration, Connection
+from meshnode.net.h2.validation import (
+    WEBSOCKET,
+    Malformed,
+    check_request_within,
+    check_response,
+    check_trailers,
+)
 from meshnode.net.pulse import Pulse
 from meshnode.net.socket_io import RECEIVE_SIZE, TransportIO
 from meshnode.net.stream import (
@@ -71,13 +78,6 @@ from meshnode.net.stream import (
     StreamReset,
     Trailers,
     ensure_open,
-)
-from meshnode.net.validation import (
-    WEBSOCKET,
-    Malformed,
-    check_request_within,
-    check_response,
-    check_trailers,
 )
 from meshnode.net.violations import ConnectionRules
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import inspect
+import json
+import random
 import subprocess
 import sys
 import textwrap
@@ -37,6 +39,7 @@ from meshnode.net.h2.speedups import (
     informational,
     validation_flags,
 )
+from tests.support import pristine_h2
 
 _h2s_validation_flags = h2_speedups._build_validation_flags  # h2's own
 
@@ -729,3 +732,47 @@ def test_versions_it_was_not_tested_with_are_named() -> None:
     assert h2_speedups.untested_versions(installed) == ["h2 5.0.0 (tested 4.1 to 4.4)"]
     installed["h2"] = "4.4.9"
     assert h2_speedups.untested_versions(installed) == []
+
+
+def _random_frames(rng: random.Random) -> list[tuple[str, int, int, object]]:
+    """What ``_frames`` draws, from a seeded generator: cases go to another process in one
+    batch."""
+    opening = rng.choice(["request", "response", None])
+    frames: list[tuple[str, int, int, object]] = (
+        [("headers", rng.choice([1, 7]), 0x4, opening)] if opening else []
+    )
+    for _ in range(rng.randint(0, 10)):
+        kind = rng.choice(["headers", "data", "rst", "window-update", "continuation"])
+        stream_id = rng.choice([1, 3, 1, 3, 0, 2, 5, 7])
+        flags = rng.choice([0x4, 0x5, 0x0, 0x1, rng.randint(0, 0x2D)])
+        payload = rng.choice([*sorted(_HPACK_BLOCKS), rng.randbytes(rng.randint(0, 24))])
+        frames.append((kind, stream_id, flags, payload))
+    return frames
+
+
+def test_the_speedups_receive_what_h2_as_shipped_receives() -> None:
+    """The same bytes to meshnode's ``Connection`` here (h2 patched process-wide) and to
+    h2 as shipped in a process of its own (tests/support/pristine_h2.py): the same events
+    or errors, bytes to send, streams, state and windows, case by case."""
+    rng = random.Random(20261203)
+    cases = []
+    for index in range(600):
+        wire = _wire(_random_frames(rng))
+        cases.append(
+            {"client_side": index % 2 == 0, "wire": wire.hex(), "cut": rng.randint(0, len(wire))}
+        )
+    pristine = subprocess.run(
+        [sys.executable, "-m", "tests.support.pristine_h2"],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    expected = json.loads(pristine.stdout)
+    for case, theirs in zip(cases, expected, strict=True):
+        ours = Connection(Configuration(client_side=case["client_side"], header_encoding=None), {})
+        mine = pristine_h2.described(
+            pristine_h2.prepared(ours), bytes.fromhex(case["wire"]), case["cut"]
+        )
+        assert json.loads(json.dumps(mine)) == theirs, case

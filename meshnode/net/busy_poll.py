@@ -25,10 +25,11 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from importlib.metadata import version
 from typing import Any
 
-TESTED_TRIO = ((0, 27), (0, 35))  # the trio minor versions whose runner this wraps
+from meshnode.net.tested import untested
+
+TESTED_TRIO = ("0.27", "0.35")  # the trio minor versions whose runner this wraps
 log = logging.getLogger("meshnode.busy_poll")
 
 Events = list[tuple[int, int]]  # what trio's epoll manager returns: (fd, flags)
@@ -90,23 +91,16 @@ class BusyPoll:
 
 def _current_runner() -> Any:
     """trio's runner of this run, where it is known to be; None (and a warning) elsewhere."""
-    installed = version("trio")
-    major, minor = (int(part) for part in installed.split(".")[:2])
-    oldest, newest = TESTED_TRIO
-    if not oldest <= (major, minor) <= newest:
-        log.warning(
-            "busy polling off: trio %s is not a version it was tested with (%d.%d to %d.%d)",
-            installed,
-            *oldest,
-            *newest,
-        )
+    problem = untested("trio", TESTED_TRIO)
+    if problem is not None:
+        log.warning("busy polling off: %s", problem)
         return None
     try:
         run_module = importlib.import_module("trio._core._run")
         runner = run_module.GLOBAL_RUN_CONTEXT.runner
         runner.io_manager  # noqa: B018 - the attribute the spin wraps must be there
     except (ImportError, AttributeError) as exc:
-        log.warning("busy polling off: trio %s has moved its runner (%s)", installed, exc)
+        log.warning("busy polling off: trio has moved its runner (%s)", exc)
         return None
     return runner
 

@@ -39,6 +39,7 @@ from meshnode.net.h2.speedups import (
     informational,
     validation_flags,
 )
+from meshnode.net.tested import untested
 from tests.support import pristine_h2
 
 _h2s_validation_flags = h2_speedups._build_validation_flags  # h2's own
@@ -732,6 +733,8 @@ def test_versions_it_was_not_tested_with_are_named() -> None:
     assert h2_speedups.untested_versions(installed) == ["h2 5.0.0 (tested 4.1 to 4.4)"]
     installed["h2"] = "4.4.9"
     assert h2_speedups.untested_versions(installed) == []
+    assert untested("trio", ("0.27", "0.35"), "0.35.0rc1") is None
+    assert untested("trio", ("0.27", "0.35"), "0.26.2") == "trio 0.26.2 (tested 0.27 to 0.35)"
 
 
 def _random_frames(rng: random.Random) -> list[tuple[str, int, int, object]]:

@@ -62,7 +62,6 @@ import logging
 import struct
 import types
 from collections.abc import Callable, Iterable, Sized
-from importlib.metadata import version
 from typing import Any, Final
 
 import h2.config
@@ -84,6 +83,7 @@ from meshnode.net.h2.framing import (
     HEADERS,
     PADDED,
 )
+from meshnode.net.tested import untested
 
 
 def frame_name(frame: object) -> str:
@@ -678,20 +678,12 @@ log = logging.getLogger("meshnode.speedups")
 
 def untested_versions(installed: dict[str, str] | None = None) -> list[str]:
     """What is installed that the speedups were not tested with ("h2 5.0.0 (tested 4.1 to
-    4.4)"), or nothing."""
-    if installed is None:
-        installed = {name: version(name) for name in TESTED}
-    problems = []
-    for name, (oldest, newest) in TESTED.items():
-        minor = _minor(installed[name])
-        if not _minor(oldest) <= minor <= _minor(newest):
-            problems.append(f"{name} {installed[name]} (tested {oldest} to {newest})")
-    return problems
-
-
-def _minor(text: str) -> tuple[int, int]:
-    major, minor = [*text.split("."), "0"][:2]
-    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+    4.4)"), or nothing; ``installed``: versions to judge instead of the installed ones."""
+    problems = (
+        untested(name, span, None if installed is None else installed[name])
+        for name, span in TESTED.items()
+    )
+    return [problem for problem in problems if problem is not None]
 
 
 # Whether ``Connection`` may take its fast paths through h2's internals (decided once, at

@@ -57,7 +57,7 @@ class Trailers:
 
 @attrs.frozen(slots=True)
 class EndOfStream:
-    pass
+    """The peer finished sending (one instance: ``END_OF_STREAM``)."""
 
 
 END_OF_STREAM: Final = EndOfStream()

@@ -719,8 +719,8 @@ def _fault(chaos: ChaosPolicy, protections: Protections, headers: HeaderList) ->
             try:
                 delay = Duration.parse(value.decode(errors="replace"))
             except ValueError:
-                delay = Duration(-1)
-            if not 0 <= delay <= MAX_HEADER_DELAY:
+                delay = None
+            if delay is None or delay > MAX_HEADER_DELAY:
                 raise BadRequest(
                     f"x-meshnode-fault-delay: {value.decode(errors='replace')!r} is not a "
                     f'duration up to {Duration(MAX_HEADER_DELAY)} (like "300ms")'

@@ -115,8 +115,10 @@ class CircuitBreaker:
         return core.state.value
 
     def on(self, event: Literal["state-change"], listener: StateListener) -> None:
-        """Call ``listener`` on each change: a plain function runs inside the call that
-        caused it; a coroutine function is awaited by that call, before it returns."""
+        """Call ``listener`` on each change: a plain function runs where the change is
+        noticed; a coroutine function is awaited by the call that caused it, before that
+        call returns (a change noticed outside a call, by reading ``state``, by the next
+        call)."""
         if event != "state-change":
             raise ValueError(f"unknown event {event!r}: only 'state-change' is emitted")
         self._listeners.append(listener)

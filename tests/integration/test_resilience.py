@@ -330,6 +330,21 @@ async def test_a_fallback_answers_every_failure_a_caller_can_see(
     assert (await get(addresses.outbound[0], "exact"))[0] == 503  # a 503 is not a 502
 
 
+async def test_a_real_servers_error_status_reaches_the_fallback(
+    tmp_path, running, start_nghttpd
+) -> None:
+    """nghttpd in its own process answers 404 for a file it lacks: with `on = ["4xx"]` the
+    fallback answers instead; a file it has is relayed as it is."""
+    extra = '[fallback]\nkind = "static"\nbody = "cached"\non = ["4xx"]\n'
+    upstream = start_nghttpd()
+    _, addresses = await running(
+        write_policies(tmp_path, {"web": upstream_toml("web", upstream, extra=extra)})
+    )
+    assert await get(addresses.outbound[0], "web", "/index.html") == (200, b"k" * 1024)
+    status, headers, body = await fetch(addresses.outbound[0], "web", "/missing.html")
+    assert (status, body, headers["x-meshnode-fallback"]) == (200, b"cached", "static")
+
+
 async def test_upstream_fallback(tmp_path, nursery, running) -> None:
     backup = await answering(nursery, b"from backup")
     extra = (

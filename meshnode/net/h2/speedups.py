@@ -337,7 +337,9 @@ class Connection(h2.connection.H2Connection):
         (a frame on a stream it had ended or that was reset) or a stream over the limit.
         Each one costs a server what a reset the peer sends does (MadeYouReset,
         CVE-2025-8671), so the session charges them to the same kind of budget."""
-        provoked, self._provoked = self._provoked, []
+        provoked = self._provoked
+        if provoked:  # most reads provoke none: no new list for them
+            self._provoked = []
         return provoked
 
     def _prepare_for_sending(self, frames: list[hyperframe.frame.Frame]) -> None:

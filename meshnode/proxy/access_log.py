@@ -6,7 +6,7 @@ import logging
 
 import trio
 
-from meshnode.proxy.forward import Request
+from meshnode.proxy.request import Request
 
 log = logging.getLogger("meshnode.access")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import time
 
+from meshnode.net.stream import StreamReset
 from meshnode.policy.models import GRPC_RETRY_STATUSES, CircuitBreakerPolicy, RetryPolicy
 from meshnode.proxy.headers import HeaderList
 
@@ -69,3 +70,17 @@ def is_breaker_failure(policy: CircuitBreakerPolicy, status: int, error: str | N
     if str(status) in failure_on:
         return True
     return "5xx" in failure_on and 500 <= status <= 599 and status != 501
+
+
+def resend_reason(reset: StreamReset | None, method: bytes, headers: HeaderList) -> str | None:
+    """Why a try the upstream left unanswered as it recycled its connection may be sent
+    again at once, free of the retry policy, its budget and the breaker: a stream it never
+    processed (RFC 9113 8.7), whatever the method, and one it may have seen but dropped
+    with the connection it announced it was closing (or had closed as idle), when the
+    request is safe to repeat (RFC 9110 9.2.2). ``reset``: the upstream's, before any
+    answer; None when the try failed otherwise."""
+    if reset is None or reset.lifecycle is None:
+        return None
+    if not reset.refused and not safe_to_repeat(method, headers):
+        return None
+    return reset.lifecycle

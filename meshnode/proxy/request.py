@@ -1,0 +1,101 @@
+"""One request as it crosses the node: what the request path's steps share, and what its
+access-log record and metrics will say once it ends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from meshnode.actors.group import UpstreamGroup
+from meshnode.net.listener import Peer
+from meshnode.net.stream import Stream
+from meshnode.policy.models import UpstreamPolicy
+from meshnode.policy.units import Address
+from meshnode.proxy.body import RequestBody
+from meshnode.proxy.headers import HeaderList
+
+
+class Request:
+    """One request as it goes. Its head fields are read once, by ``read_head``."""
+
+    __slots__ = (
+        "authority",
+        "body",
+        "client_ip",
+        "endpoint",
+        "error",
+        "group",
+        "head_at",
+        "headers",
+        "method",
+        "out_headers",
+        "path",
+        "peer",
+        "request_id",
+        "started",
+        "stream",
+        "tries",
+        "tunnel",
+    )
+
+    def __init__(self, stream: Stream, peer: Peer) -> None:
+        self.stream = stream
+        self.peer = peer
+        self.client_ip = peer.ip
+        self.started = trio.current_time()
+        self.headers: HeaderList = stream.headers or []
+        self.method = self.path = self.authority = b""
+        self.out_headers: HeaderList = []
+        self.request_id: bytes | None = None
+        self.body: RequestBody | None = None
+        self.group: UpstreamGroup | None = None
+        self.endpoint: Address | None = None  # the last try's
+        self.tries = 0
+        self.tunnel = stream.tunnel  # a WebSocket: bytes both ways once it is up
+        self.head_at: float | None = None  # when the response head arrived
+        self.error: str | None = None  # the mesh error reason, or "fallback:<kind>"
+
+    def read_head(self) -> None:
+        """Take the method, path and authority (``host`` when there is no ``:authority``)."""
+        authority = path = method = b""
+        for name, value in self.headers:
+            if name == b":authority" or (name == b"host" and not authority):
+                authority = value
+            elif name == b":path":
+                path = value
+            elif name == b":method":
+                method = value
+        self.method, self.path, self.authority = method, path, authority
+
+    def header(self, wanted: bytes) -> bytes | None:
+        """The first value of the header named ``wanted`` (lower case), if any."""
+        return next((value for name, value in self.headers if name == wanted), None)
+
+    def session_key(self, policy: UpstreamPolicy) -> bytes | None:
+        """The caller's session-affinity key: the named header's value, or the named
+        cookie's; None when the policy keeps no affinity or the request carries no key."""
+        affinity = policy.balancer.session_affinity
+        if affinity is None:
+            return None
+        if affinity.header is not None:
+            return self.header(affinity.header.lower().encode())
+        if affinity.cookie is not None:
+            prefix = affinity.cookie.encode() + b"="
+            for name, value in self.headers:
+                if name == b"cookie":
+                    for crumb in value.split(b";"):
+                        stripped = crumb.strip()
+                        if stripped.startswith(prefix):
+                            return stripped[len(prefix) :]
+        return None
+
+    def outcome_time(self, end: float) -> float:
+        """When the request's outcome was known: its ``end``, or for a tunnel its opening
+        (a tunnel open for an hour is not a slow call)."""
+        if self.tunnel and self.head_at is not None:
+            return self.head_at
+        return end
+
+
+RequestObserver = Callable[[Request], None]

@@ -9,41 +9,13 @@ import trio
 import trio.testing
 
 from meshnode.errors import UpstreamConnectFailure
-from meshnode.net.h2.session import H2Session
 from meshnode.net.pool import UpstreamPool
 from meshnode.net.stream import END_OF_STREAM, ResponseHead, Stream
-from meshnode.net.violations import ConnectionRules
-from meshnode.policy.models import Limits
 from meshnode.policy.units import Address
+from tests.support.memory_upstream import MemoryUpstream
 
 REQUEST = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"a")]
 ENDPOINT = Address("10.9.9.9", 80)  # never dialled: the connector hands out memory streams
-
-
-class MemoryUpstream:
-    """HTTP/2 servers at the far end of in-memory streams, one per connection made."""
-
-    def __init__(self, nursery: trio.Nursery, max_streams: int = 100) -> None:
-        self.nursery = nursery
-        self.max_streams = max_streams
-        self.sessions: list[H2Session] = []
-        self.requests: list[Stream] = []
-
-    async def connect(self, address: Address, peer: str | None) -> trio.abc.Stream:
-        client_end, server_end = trio.testing.memory_stream_pair()
-        session = H2Session(
-            server_end,
-            client_side=False,
-            on_request=self.requests.append,
-            rules=ConnectionRules("test", Limits(max_concurrent_streams=self.max_streams)),
-        )
-        self.sessions.append(session)
-        await self.nursery.start(session.run)
-        return client_end
-
-    async def answer_all(self) -> None:
-        while self.requests:
-            await self.requests.pop().send_headers([(b":status", b"204")], end_stream=True)
 
 
 async def test_streams_share_a_connection_until_it_is_full(nursery: trio.Nursery) -> None:

@@ -1,0 +1,280 @@
+"""The request path (``Proxy``) as a unit: retries, resends, timeouts, the breaker and the
+fallbacks, each decision at the instant the mock clock says.
+
+A caller's request enters through ``LocalExchange``, as the embedded client's do; it
+leaves through the real upstream pool, whose connector hands out in-memory HTTP/2
+connections to scripted upstreams (tests/support/memory_upstream.py). The same paths
+run over real sockets against real servers in tests/integration/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from meshnode.actors.group import UpstreamGroup
+from meshnode.events import EventBus
+from meshnode.net.listener import Peer
+from meshnode.net.local import LocalExchange
+from meshnode.net.pool import UpstreamPool
+from meshnode.net.stream import REFUSED_STREAM, Data, ResponseHead, Stream, Trailers
+from meshnode.policy.models import (
+    BalancerPolicy,
+    CircuitBreakerPolicy,
+    Endpoint,
+    FallbackPolicy,
+    RetryPolicy,
+    SessionAffinity,
+    StaticDiscovery,
+    TimeoutPolicy,
+    UpstreamPolicy,
+    UpstreamSection,
+)
+from meshnode.policy.units import Address, Duration
+from meshnode.proxy.forward import Proxy
+from meshnode.proxy.routing import RouteTable
+from tests.support.memory_upstream import MemoryUpstream
+
+A = Address("10.0.0.1", 80)  # never dialled: the pool's connector hands out memory streams
+B = Address("10.0.0.2", 80)
+NO_JITTER = RetryPolicy(jitter=0.0, initial_delay=Duration(0.1))
+
+
+def upstream_policy(name: str = "api", *endpoints: Address, **sections: object) -> UpstreamPolicy:
+    discovery = StaticDiscovery(endpoints=tuple(Endpoint(a) for a in endpoints or (A, B)))
+    return attrs.evolve(UpstreamPolicy(UpstreamSection(name), discovery), **sections)
+
+
+Script = Callable[[Address, Stream], Awaitable[None]]
+
+
+def status(code: int, **headers: str) -> Script:
+    async def answer(address: Address, stream: Stream) -> None:
+        extra = [
+            (name.replace("_", "-").encode(), value.encode()) for name, value in headers.items()
+        ]
+        await stream.send_headers([(b":status", str(code).encode()), *extra], end_stream=True)
+
+    return answer
+
+
+async def silence(address: Address, stream: Stream) -> None:
+    """An upstream that never answers."""
+
+
+async def refuse(address: Address, stream: Stream) -> None:
+    stream.reset(REFUSED_STREAM)
+
+
+class Mesh:
+    """One ``Proxy`` with its groups, pool and scripted upstream: each request the upstream
+    receives is answered by the next script (the last one answers the rest)."""
+
+    def __init__(self, nursery: trio.Nursery, scripts: list[Script]) -> None:
+        self.nursery = nursery
+        self.scripts = scripts
+        self.upstream = MemoryUpstream(nursery, answer=self._answer)
+        self.pool = UpstreamPool(nursery, connector=self.upstream.connect)
+        self.proxy = Proxy(RouteTable.build({}), {}, self.pool)
+        self.groups: dict[str, UpstreamGroup] = {}
+
+    async def _answer(self, address: Address, stream: Stream) -> None:
+        script = self.scripts.pop(0) if len(self.scripts) > 1 else self.scripts[0]
+        await script(address, stream)
+
+    async def add(self, policy: UpstreamPolicy) -> UpstreamGroup:
+        group = UpstreamGroup(policy, EventBus())
+        await self.nursery.start(group.run)
+        self.groups[policy.name] = group
+        routes = RouteTable.build({name: g.policy for name, g in self.groups.items()})
+        self.proxy.swap(routes, self.groups)
+        return group
+
+    async def call(
+        self,
+        method: str = "GET",
+        authority: str = "api",
+        body: bytes | None = None,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> tuple[int, dict[bytes, bytes], bytes]:
+        """One request through the proxy: the status, head and body the caller receives."""
+        headers = [
+            (b":method", method.encode()),
+            (b":path", b"/"),
+            (b":scheme", b"http"),
+            (b":authority", authority.encode()),
+            *extra,
+        ]
+        exchange = LocalExchange(headers, end_stream=body is None)
+        self.nursery.start_soon(self.proxy.handle, exchange.server, Peer(b"127.0.0.1"))
+        if body is not None:
+            await exchange.client.send_data(body, end_stream=True)
+        head = await exchange.client.receive()
+        assert isinstance(head, ResponseHead)
+        received = b""
+        while isinstance(item := await exchange.client.receive(), Data):
+            received += item.data
+        assert not isinstance(item, Trailers)
+        return head.status, dict(head.headers), received
+
+
+@pytest.fixture
+def clock(mock_clock: trio.testing.MockClock) -> trio.testing.MockClock:
+    mock_clock.autojump_threshold = 0
+    return mock_clock
+
+
+async def test_a_503_is_retried_after_the_backoff_on_the_other_endpoint(nursery, clock) -> None:
+    mesh = Mesh(nursery, [status(503), status(200)])
+    same_endpoint_each_time = BalancerPolicy(strategy="ip-hash")
+    group = await mesh.add(upstream_policy(retry=NO_JITTER, balancer=same_endpoint_each_time))
+    started = trio.current_time()
+    assert (await mesh.call())[0] == 200
+    assert trio.current_time() - started == pytest.approx(0.1)  # initial_delay, no jitter
+    first, retried = mesh.upstream.addresses
+    assert first != retried  # the retry avoided the endpoint that failed
+    assert (group.stats.retries["retried"], group.stats.tries["recovered"]) == (1, 1)
+
+
+async def test_retry_after_sets_the_delay_within_max_delay(nursery, clock) -> None:
+    mesh = Mesh(nursery, [status(503, retry_after="3"), status(200)])
+    retry = attrs.evolve(NO_JITTER, max_delay=Duration(2))
+    await mesh.add(upstream_policy(retry=retry))
+    started = trio.current_time()
+    assert (await mesh.call())[0] == 200
+    assert trio.current_time() - started == pytest.approx(2.0)
+
+
+async def test_a_post_is_not_retried_on_a_503(nursery, clock) -> None:
+    mesh = Mesh(nursery, [status(503), status(200)])
+    group = await mesh.add(upstream_policy(retry=NO_JITTER))
+    assert (await mesh.call("POST", body=b"x"))[0] == 503
+    assert len(mesh.upstream.requests) == 1
+    assert group.stats.retries["retried"] == 0
+
+
+async def test_exhausted_retries_relay_the_last_answer(nursery, clock) -> None:
+    mesh = Mesh(nursery, [status(503)])
+    group = await mesh.add(upstream_policy(retry=attrs.evolve(NO_JITTER, max_retries=2)))
+    answer, head, _ = await mesh.call()
+    assert answer == 503 and b"x-meshnode-error" not in head  # the upstream's own answer
+    assert len(mesh.upstream.requests) == 3
+    assert group.stats.retries["retried"] == 2
+
+
+async def test_a_refused_stream_is_sent_again_at_once_free_of_the_retry_policy(
+    nursery, clock
+) -> None:
+    mesh = Mesh(nursery, [refuse, status(200)])
+    group = await mesh.add(upstream_policy())  # no [retry] at all
+    started = trio.current_time()
+    assert (await mesh.call("POST", body=b"order"))[0] == 200
+    assert trio.current_time() == started  # no backoff
+    assert group.stats.resent["refused-stream"] == 1
+    assert group.stats.tries["total"] == 1  # a resend is not a try the policy counts
+
+
+async def test_a_per_try_timeout_fails_the_try_and_a_retry_answers(nursery, clock) -> None:
+    mesh = Mesh(nursery, [silence, status(200)])
+    retry = attrs.evolve(NO_JITTER, retry_on=("timeout",))
+    timeouts = TimeoutPolicy(per_try=Duration(0.5), request=Duration(5))
+    await mesh.add(upstream_policy(retry=retry, timeout=timeouts))
+    started = trio.current_time()
+    assert (await mesh.call())[0] == 200
+    assert trio.current_time() - started == pytest.approx(0.6)  # per-try, then the backoff
+    assert mesh.upstream.requests[0].error is not None  # the first try was cancelled upstream
+
+
+async def test_the_request_timeout_ends_the_request_with_504(nursery, clock) -> None:
+    mesh = Mesh(nursery, [silence])
+    await mesh.add(upstream_policy(timeout=TimeoutPolicy(request=Duration(2))))
+    started = trio.current_time()
+    answer, head, _ = await mesh.call()
+    assert (answer, head[b"x-meshnode-error"]) == (504, b"timeout")
+    assert trio.current_time() - started == pytest.approx(2.0)
+
+
+async def test_an_open_breaker_answers_without_touching_the_upstream(nursery, clock) -> None:
+    mesh = Mesh(nursery, [status(500)])
+    breaker = CircuitBreakerPolicy(failure_threshold=2, reset_timeout=Duration(10))
+    group = await mesh.add(upstream_policy(circuit_breaker=breaker))
+    assert [(await mesh.call())[0] for _ in range(2)] == [500, 500]
+    answer, head, _ = await mesh.call()
+    assert (answer, head[b"x-meshnode-error"]) == (503, b"circuit-open")
+    assert len(mesh.upstream.requests) == 2
+    assert group.stats.breaker_rejected == 1
+    clock.jump(10)  # half-open: one probe request goes through, and closes it
+    mesh.scripts[:] = [status(200)]
+    assert (await mesh.call())[0] == 200
+    assert len(mesh.upstream.requests) == 3
+
+
+async def test_a_static_fallback_answers_once_retries_are_exhausted(nursery, clock) -> None:
+    mesh = Mesh(nursery, [status(503)])
+    plan = FallbackPolicy("static", on=("retries-exhausted",), status=200, body="cached")
+    group = await mesh.add(upstream_policy(retry=NO_JITTER, fallback=plan))
+    answer, head, body = await mesh.call()
+    assert (answer, head[b"x-meshnode-fallback"], body) == (200, b"static", b"cached")
+    assert group.stats.fallbacks["static"] == 1
+
+
+async def test_a_stale_cache_fallback_serves_the_last_good_answer(nursery, clock) -> None:
+    async def fresh(address: Address, stream: Stream) -> None:
+        await stream.send_headers([(b":status", b"200")])
+        await stream.send_data(b"good", end_stream=True)
+
+    mesh = Mesh(nursery, [fresh, status(500)])
+    plan = FallbackPolicy("stale-cache", on=("5xx",), max_age=Duration(60))
+    await mesh.add(upstream_policy(fallback=plan))
+    assert (await mesh.call())[2] == b"good"
+    clock.jump(5)
+    answer, head, body = await mesh.call()
+    assert (answer, body, head[b"x-meshnode-fallback"], head[b"age"]) == (
+        200,
+        b"good",
+        b"stale-cache",
+        b"5",
+    )
+
+
+async def test_an_upstream_fallback_runs_the_request_path_again_elsewhere(nursery, clock) -> None:
+    mesh = Mesh(nursery, [status(500), status(200)])
+    plan = FallbackPolicy("upstream", on=("5xx",), upstream="spare")
+    api = await mesh.add(upstream_policy("api", A, fallback=plan))
+    await mesh.add(upstream_policy("spare", B))
+    answer, head, _ = await mesh.call()
+    assert (answer, head[b"x-meshnode-fallback"]) == (200, b"upstream")
+    assert mesh.upstream.addresses == [A, B]
+    assert api.stats.fallbacks["upstream"] == 1
+
+
+async def test_a_caller_reset_cancels_the_upstream_try_at_once(nursery, clock) -> None:
+    mesh = Mesh(nursery, [silence])
+    group = await mesh.add(upstream_policy(timeout=TimeoutPolicy(request=Duration(30))))
+    exchange = LocalExchange(
+        [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"api")],
+        end_stream=True,
+    )
+    nursery.start_soon(mesh.proxy.handle, exchange.server, Peer(b"127.0.0.1"))
+    await trio.testing.wait_all_tasks_blocked()
+    assert group.in_flight == 1
+    started = trio.current_time()
+    exchange.client.reset(0x8)
+    await trio.testing.wait_all_tasks_blocked()
+    assert group.in_flight == 0 and trio.current_time() == started
+    assert mesh.upstream.requests[0].error is not None
+
+
+async def test_a_session_cookie_keeps_a_caller_on_its_endpoint(nursery, clock) -> None:
+    mesh = Mesh(nursery, [status(200)])
+    affinity = BalancerPolicy(session_affinity=SessionAffinity(cookie="sid"))
+    await mesh.add(upstream_policy(balancer=affinity))
+    for sid in (b"1", b"2", b"1", b"2", b"1"):
+        await mesh.call(extra=((b"cookie", b"theme=dark; sid=" + sid),))
+    assert len(set(mesh.upstream.addresses)) == 2
+    assert mesh.upstream.addresses[0::2] == [mesh.upstream.addresses[0]] * 3
+    assert mesh.upstream.addresses[1::2] == [mesh.upstream.addresses[1]] * 2

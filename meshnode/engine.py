@@ -1,7 +1,10 @@
 """The part of meshnode that makes calls: upstream groups, the pool, the request path.
 
-Built from a policy set and brought to the next one on reload. The node puts
-listeners and an admin plane around it; the embedded mesh client
+Built from a policy set and brought to the next one on reload. Two request paths
+run on it: the outbound ``Proxy`` (routes to upstreams) and, when node.toml has an
+inbound listener and TLS, the ``InboundProxy`` (mTLS callers, admitted by identity,
+to the local service, which runs as an upstream group of its own, ``(local)``). The
+node puts listeners and an admin plane around it; the embedded mesh client
 (``meshnode.client``) hands it requests in-process. Both therefore run the very
 same routing, protections, retries and fallbacks on the very same policy files.
 """
@@ -20,6 +23,7 @@ from meshnode.actors.replay import Deliverer
 from meshnode.actors.stats import UpstreamStats
 from meshnode.actors.supervisor import RestartPolicy
 from meshnode.events import EventBus
+from meshnode.net.overload import Overload
 from meshnode.net.pool import (
     PLAIN_H2,
     UpstreamConnections,
@@ -31,8 +35,9 @@ from meshnode.net.tls import TLSManager, connect_mesh
 from meshnode.net.violations import ConnectionRules, Violations
 from meshnode.policy import Address, PolicySet, UpstreamPolicy
 from meshnode.policy.diff import PolicyDiff
+from meshnode.policy.load import LOCAL
 from meshnode.proxy.access_log import log_access
-from meshnode.proxy.forward import Proxy
+from meshnode.proxy.forward import InboundProxy, Proxy
 from meshnode.proxy.routing import RouteTable
 from meshnode.resilience.spool import AsyncSpool, Spool, SpoolError
 
@@ -46,14 +51,6 @@ def tls_paths(policies: PolicySet) -> tuple[Path, Path, Path] | None:
         return None
     base = policies.directory
     return (base / files.ca, base / files.cert, base / files.key)
-
-
-def uses_queue(policies: PolicySet) -> bool:
-    locals_ = [policies.local] if policies.local is not None else []
-    return any(
-        p.fallback is not None and p.fallback.kind == "queue"
-        for p in [*policies.upstreams.values(), *locals_]
-    )
 
 
 def state_dir(policies: PolicySet) -> Path:
@@ -79,11 +76,16 @@ class Engine:
         *,
         restart_policy: RestartPolicy = RestartPolicy(),
         violations: Violations | None = None,
+        overload: Overload | None = None,
         queue_name: str = "queue.db",
     ) -> None:
-        """Refuses bad TLS material: ``TLSMaterialError`` lists every problem."""
+        """Refuses bad TLS material: ``TLSMaterialError`` lists every problem. ``overload``:
+        the node's memory guard, which both request paths shed new requests by."""
         self.bus = bus
         self.groups: dict[str, UpstreamGroup] = {}
+        self.local_group: UpstreamGroup | None = None
+        self.inbound: InboundProxy | None = None
+        self.overload = overload if overload is not None else Overload()
         self.violations = violations if violations is not None else Violations()
         paths = tls_paths(policies)
         self.tls = TLSManager(paths, bus) if paths is not None else None
@@ -107,6 +109,12 @@ class Engine:
     def proxy(self) -> Proxy:
         assert self._proxy is not None, "the engine has not started"
         return self._proxy
+
+    def all_groups(self) -> dict[str, UpstreamGroup]:
+        """Every upstream group, the local service's (``(local)``) included."""
+        if self.local_group is None:
+            return self.groups
+        return {**self.groups, LOCAL: self.local_group}
 
     @property
     def unrouted(self) -> UpstreamStats:
@@ -143,8 +151,21 @@ class Engine:
             trust_domain=trust_domain,
         )
         proxy.queue = self.queue
+        await self._start_inbound(policies)
         self._apply_settings(policies)
         return proxy
+
+    async def _start_inbound(self, policies: PolicySet) -> None:
+        """The local service's group and the inbound request path, when node.toml has an
+        inbound listener (which needs TLS: its callers are known by their certificates)."""
+        listener = policies.node.listeners.inbound
+        if listener is None or self.tls is None:
+            return
+        assert self._nursery is not None and policies.local is not None
+        local = self.local_group = UpstreamGroup(policies.local, self.bus, self._restart_policy)
+        local.queue = self.queue
+        await self._nursery.start(local.run)
+        self.inbound = InboundProxy(local, frozenset(listener.allow), self.pool)
 
     def rules(self, where: str, policies: PolicySet) -> ConnectionRules:
         """The rules a connection of ``where`` is held to under ``policies``' [limits]."""
@@ -163,13 +184,17 @@ class Engine:
         removed = [self.groups.pop(name) for name in diff.removed]
         self._proxy.swap(RouteTable.build(new.upstreams), dict(self.groups))
         self._proxy.trust_domain = new.node.node.trust_domain
+        if self.inbound is not None and new.node.listeners.inbound is not None:
+            self.inbound.allow = frozenset(new.node.listeners.inbound.allow)
+        if self.local_group is not None and new.local is not None:
+            await self.local_group.update_policy(new.local)
         self._apply_settings(new)
         for group in removed:
             self._nursery.start_soon(self._retire, group, new.node.node.drain_timeout)
 
     def open_queue(self, policies: PolicySet) -> None:
         """Open the durable spool once any upstream has a queue fallback."""
-        if self.queue is not None or not uses_queue(policies):
+        if self.queue is not None or not policies.uses_queue:
             return
         path = state_dir(policies) / self._queue_name
         try:
@@ -179,7 +204,7 @@ class Engine:
             self.queue_error = str(exc)
             log.error("the queue fallback is unavailable: %s", exc)
             return
-        for group in self.groups.values():
+        for group in self.all_groups().values():
             group.queue = self.queue
         if self._proxy is not None:
             self._proxy.queue = self.queue
@@ -188,6 +213,12 @@ class Engine:
         """Re-read the certificate files when they change (rotation), until cancelled."""
         if self.tls is not None:
             await self.tls.watch(poll_interval)
+
+    def close_tunnels(self, why: str) -> None:
+        """End every open WebSocket tunnel, outbound and inbound (a drain at its deadline)."""
+        for proxy in (self._proxy, self.inbound):
+            if proxy is not None:
+                proxy.close_tunnels(why)
 
     def close(self) -> None:
         """Tell every upstream connection we are leaving; streams in flight still finish."""
@@ -200,7 +231,10 @@ class Engine:
         assert self._pool is not None and self._proxy is not None
         self._pool.rules = self.rules("upstream", policies)
         self._proxy.limits = policies.node.limits
+        self._proxy.overload = self.overload
         self._proxy.observers = [log_access] if policies.node.node.access_log else []
+        if self.inbound is not None:
+            self.inbound.limits, self.inbound.overload = policies.node.limits, self.overload
 
     async def _connect(self, address: Address, peer: str | None) -> trio.abc.Stream:
         """The pool's connector: cleartext, or mTLS with the current client context."""
@@ -217,7 +251,7 @@ class Engine:
         self.groups[policy.name] = group
 
     async def _retire(self, group: UpstreamGroup, timeout: float) -> None:
-        finished = await group.drain(timeout)
+        finished = await group.picker.drain(timeout)
         group.stop()
         log.info(
             "upstream %s removed%s", group.name, "" if finished else " with requests cut short"

@@ -15,20 +15,19 @@ import functools
 import logging
 import signal
 import time
-from datetime import UTC, datetime
-from typing import Any
 
 import attrs
 import trio
 
 from meshnode.actors.group import UpstreamGroup
+from meshnode.actors.stats import UpstreamStats
 from meshnode.actors.supervisor import RestartPolicy
 from meshnode.admin.api import admin_routes, admin_websockets
+from meshnode.admin.control import NodeAdmin
 from meshnode.admin.history import SAMPLE_INTERVAL, RateHistory
 from meshnode.admin.http import AdminHTTPServer
-from meshnode.admin.metrics import Exposition, MeshCollector
 from meshnode.admin.origins import allowed_hosts
-from meshnode.engine import Engine, tls_paths, uses_queue
+from meshnode.engine import Engine, tls_paths
 from meshnode.events import EventBus, OverloadChanged
 from meshnode.net.busy_poll import BusyPoll
 from meshnode.net.listener import H2Listener
@@ -37,14 +36,10 @@ from meshnode.net.tls import TLSMaterialError, load_material
 from meshnode.net.violations import Violations
 from meshnode.notify import Notifier
 from meshnode.policy import Address, PolicySet
-from meshnode.policy.convert import converter
 from meshnode.policy.diff import PolicyDiff
-from meshnode.policy.load import LOCAL, read_token
+from meshnode.policy.load import read_token
 from meshnode.policy.models import NodeHealthCheck
-from meshnode.proxy.forward import InboundProxy
 from meshnode.reload import POLL_INTERVAL, Reloader, ReloadResult, watch_directory
-from meshnode.resilience.core.breaker import Override
-from meshnode.resilience.core.health import CheckResult
 from meshnode.resilience.health import CommonHealthChecks, HealthCheck, HealthCheckManager
 from meshnode.resilience.spool import AsyncSpool
 
@@ -73,7 +68,6 @@ class NodeAddresses:
 TLS_POLL_INTERVAL = 1.0  # seconds between looks at the certificate files
 TUNNEL_CLOSE_GRACE = 1.0  # seconds before the drain deadline that tunnels are told to close
 LAG_PROBE = 0.25  # seconds the loop-lag probe sleeps
-MAX_LOOP_LAG = 1.0  # liveness fails when the loop wakes a sleeper later than this
 
 
 def node_health_check(policy: NodeHealthCheck) -> HealthCheck:
@@ -128,18 +122,18 @@ class Node:
         self.bus = EventBus()
         self.reloader = Reloader(policies, self._apply, self.bus, time.time)
         self.violations = Violations()
+        self.overload = Overload(policies.node.limits.overload_memory, on_change=self._on_overload)
         # Refuses to start with bad material: TLSMaterialError says every problem.
         self.engine = Engine(
             policies,
             self.bus,
             restart_policy=restart_policy,
             violations=self.violations,
+            overload=self.overload,
             queue_name=f"queue-{bindings.worker}.db" if bindings else "queue.db",
         )
         self.groups = self.engine.groups
         self.tls = self.engine.tls
-        self.local_group: UpstreamGroup | None = None
-        self._inbound: InboundProxy | None = None
         self.listening = False
         self.draining = False
         self._restart_policy = restart_policy
@@ -154,26 +148,33 @@ class Node:
         self._checks_scope: trio.CancelScope | None = None
         self.loop_lag = 0.0
         self.rates = RateHistory()  # the status page's sparklines
-        self.overload = Overload(policies.node.limits.overload_memory, on_change=self._on_overload)
         self.busy_poll = BusyPoll()
         self._listeners: list[H2Listener] = []
-        self._exposition = Exposition(
-            MeshCollector(
-                groups=self._all_groups,
-                unrouted=lambda: self.engine.unrouted,
-                reloads=lambda: self.reloader.reloads,
-                certificate_seconds=lambda: (
-                    self.tls.material.seconds_left() if self.tls is not None else None
-                ),
-                violations=self.violations,
-                overload=self.overload,
-                busy_poll=self.busy_poll,
-            )
-        )
+        self.admin = NodeAdmin(self)  # what the admin API reads and commands
 
     @property
     def policies(self) -> PolicySet:
         return self.reloader.current
+
+    @property
+    def history(self) -> Reloader:
+        return self.reloader
+
+    @property
+    def local_group(self) -> UpstreamGroup | None:
+        """The inbound listener's local service, as an upstream group (``(local)``)."""
+        return self.engine.local_group
+
+    @property
+    def unrouted(self) -> UpstreamStats:
+        return self.engine.unrouted
+
+    @property
+    def token_required(self) -> bool:
+        return self._admin_token is not None
+
+    def all_groups(self) -> dict[str, UpstreamGroup]:
+        return self.engine.all_groups()
 
     @property
     def queue(self) -> AsyncSpool | None:
@@ -241,20 +242,11 @@ class Node:
             listeners = [outbound]
             inbound_addresses: list[Address] = []
             inbound_policy = policy.listeners.inbound
-            if inbound_policy is not None and self.tls is not None:
-                assert self.policies.local is not None
-                self.local_group = UpstreamGroup(
-                    self.policies.local, self.bus, self._restart_policy
-                )
-                self.local_group.queue = engine.queue
-                await nursery.start(self.local_group.run)
-                self._inbound = InboundProxy(
-                    self.local_group, frozenset(inbound_policy.allow), engine.pool
-                )
+            if engine.inbound is not None and inbound_policy is not None and self.tls is not None:
                 tls = self.tls
                 inbound = H2Listener(
                     "inbound",
-                    self._inbound.handle,
+                    engine.inbound.handle,
                     tls=lambda: tls.material.server,
                     handshake_timeout=inbound_policy.handshake_timeout,
                     rules=engine.rules("inbound", self.policies),
@@ -273,8 +265,8 @@ class Node:
             await self._start_checks(self.policies)
             self._apply_node_settings(self.policies)
             admin = AdminHTTPServer(
-                admin_routes(self),
-                admin_websockets(self),
+                admin_routes(self.admin),
+                admin_websockets(self.admin),
                 token=lambda: self._admin_token,
                 allowed_hosts=lambda: allowed_hosts(self.policies.node.admin),
             )
@@ -332,20 +324,9 @@ class Node:
             self.notifier.stopping("stopping: drained")
             nursery.cancel_scope.cancel()
 
-    def _all_groups(self) -> dict[str, UpstreamGroup]:
-        if self.local_group is None:
-            return self.groups
-        return {**self.groups, LOCAL: self.local_group}
-
     async def _apply(self, new: PolicySet, diff: PolicyDiff) -> None:
         """Bring the running node to ``new``; requests in flight keep their own policy."""
         await self.engine.apply(new, diff)
-        if self.local_group is not None:
-            self.local_group.queue = self.engine.queue
-        if self._inbound is not None and new.node.listeners.inbound is not None:
-            self._inbound.allow = frozenset(new.node.listeners.inbound.allow)
-        if self.local_group is not None and new.local is not None:
-            await self.local_group.update_policy(new.local)
         if new.node.health_checks != self.policies.node.health_checks:
             await self._start_checks(new)
         self._apply_node_settings(new)
@@ -369,9 +350,7 @@ class Node:
 
     async def _close_tunnels_at(self, deadline: float) -> None:
         await trio.sleep_until(deadline)
-        for proxy in (self.engine.proxy, self._inbound):
-            if proxy is not None:
-                proxy.close_tunnels("the node is draining")
+        self.engine.close_tunnels("the node is draining")
 
     async def _measure_loop_lag(self) -> None:
         """How late the event loop wakes a sleeper: liveness fails when it falls far behind."""
@@ -390,12 +369,9 @@ class Node:
 
     def _apply_node_settings(self, policies: PolicySet) -> None:
         """Node settings that a reload may change beyond the engine's: the admin token, the
-        inbound listener's limits, the listeners' rules, and the event loop's busy poll."""
+        listeners' rules, the memory limit, and the event loop's busy poll."""
         limits = policies.node.limits
         self.busy_poll.configure(policies.node.node.busy_poll)
-        self.engine.proxy.overload = self.overload
-        if self._inbound is not None:
-            self._inbound.limits, self._inbound.overload = limits, self.overload
         for listener in self._listeners:
             listener.rules = self.engine.rules(listener.name, policies)
         self.overload.memory_limit = limits.overload_memory
@@ -425,200 +401,6 @@ class Node:
                     log.info("%s received", name)
                     self.request_drain(then_exit=True)
 
-    # -- what the admin API shows ---------------------------------------------
-
-    def health_checks(self) -> list[CheckResult]:
-        lag_ms = self.loop_lag * 1000
-        groups = list(self._all_groups().values())
-        checks = [
-            CheckResult(
-                "event-loop",
-                "liveness",
-                True,
-                self.loop_lag < MAX_LOOP_LAG,
-                f"loop lag {lag_ms:.1f} ms",
-            ),
-            CheckResult(
-                "supervisors",
-                "liveness",
-                True,
-                all(group.supervising for group in groups),
-                f"{sum(group.supervising for group in groups)} of {len(groups)} upstream "
-                "group(s) supervised",
-            ),
-            CheckResult(
-                "listeners",
-                "readiness",
-                True,
-                self.listening,
-                "bound" if self.listening else "not bound yet",
-            ),
-            CheckResult(
-                "policies", "readiness", True, True, f"version {self.policies.version} in force"
-            ),
-            CheckResult(
-                "drain",
-                "readiness",
-                True,
-                not self.draining,
-                "draining" if self.draining else "taking traffic",
-            ),
-        ]
-        if self.tls is not None:
-            material = self.tls.material
-            left = material.seconds_left()
-            checks.append(
-                CheckResult(
-                    "certificate",
-                    "readiness",
-                    True,
-                    left > 0,
-                    f"{material.identity} expires in {left / 86400:.1f} days"
-                    if left > 0
-                    else f"{material.identity} has expired",
-                )
-            )
-        for name, group in sorted(self.groups.items()):
-            endpoints = group.endpoints.endpoints
-            healthy_count = group.endpoint_states()["healthy"]
-            healthy, message = True, f"{healthy_count} of {len(endpoints)} endpoint(s) healthy"
-            if group.failed:
-                healthy, message = False, "its actors are crash-looping"
-            elif not healthy_count:
-                healthy = False
-            critical = group.policy.upstream.critical
-            checks.append(CheckResult(f"upstream:{name}", "readiness", critical, healthy, message))
-            discovery = group.discovery.state
-            if discovery.backend != "static":
-                fresh = not discovery.stale
-                checks.append(
-                    CheckResult(
-                        f"discovery:{name}",
-                        "readiness",
-                        False,  # stale endpoints still serve: worth a look, not a 503
-                        fresh,
-                        f"{discovery.source}: "
-                        + ("up to date" if fresh else f"stale: {discovery.last_error}"),
-                    )
-                )
-        if uses_queue(self.policies):
-            checks.append(
-                CheckResult(
-                    "queue",
-                    "readiness",
-                    True,
-                    self.queue is not None,
-                    self.queue_error or "the queue database is open",
-                )
-            )
-        checks.extend(self.checks.results())
-        return checks
-
-    async def queue_report(self, upstream: str) -> dict[str, Any] | None:
-        queue = self.queue
-        if queue is None or upstream not in self._all_groups():
-            return None
-        stats = await queue.run(queue.spool.stats, upstream)
-        entries = await queue.run(queue.spool.entries, upstream)
-        dead = await queue.run(queue.spool.dead_letters, upstream)
-        return {
-            "upstream": upstream,
-            "depth": stats["depth"],
-            "bytes": stats["bytes"],
-            "oldest_age_seconds": stats["oldest_age_seconds"],
-            "dead_letter_count": stats["dead_letters"],
-            "entries": [e.summary() for e in entries],
-            "dead_letters": [e.summary() for e in dead],
-        }
-
-    async def queue_entry(self, upstream: str, entry_id: int) -> dict[str, Any] | None:
-        if self.queue is None:
-            return None
-        found = await self.queue.run(self.queue.spool.get, upstream, entry_id)
-        if found is None:
-            return None
-        entry, dead_because = found
-        secret = {"authorization", "proxy-authorization", "cookie"}
-        return {
-            **entry.summary(),
-            "state": "queued" if dead_because is None else "dead",
-            "dead_because": dead_because,
-            "headers": [[n, "(redacted)" if n in secret else v] for n, v in entry.headers],
-            "body_preview": entry.body[:256].decode("utf-8", errors="replace"),
-        }
-
-    async def queue_retry(self, upstream: str) -> int | None:
-        if self.queue is None or upstream not in self._all_groups():
-            return None
-        return await self.queue.run(self.queue.spool.retry, upstream)
-
-    async def queue_purge(self, upstream: str) -> int | None:
-        if self.queue is None or upstream not in self._all_groups():
-            return None
-        return await self.queue.run(self.queue.spool.purge, upstream)
-
-    def metrics(self) -> bytes:
-        return self._exposition.render()
-
-    def forget_sessions(self, client: str) -> int:
-        key = client.encode()
-        return sum(group.forget_sessions(key) for group in self._all_groups().values())
-
-    def force_breaker(self, upstream: str, state: str) -> dict[str, Any] | None:
-        group = self.groups.get(upstream)
-        if group is None:
-            return None
-        group.breaker.force(Override(state))
-        log.warning("operator set the breaker of %s to %s", upstream, state)
-        return {"upstream": upstream, **group.breaker.report()}
-
-    def upstreams_report(self) -> dict[str, Any]:
-        return {"upstreams": {name: group.report() for name, group in sorted(self.groups.items())}}
-
-    def status_report(self) -> dict[str, Any]:
-        policies = self.policies_report()
-        upstreams = {
-            name: {**group.report(), "rates": self.rates.rates(name)}
-            for name, group in sorted(self.groups.items())
-        }
-        return {
-            "node": self.policies.node.node.name,
-            "version": policies["version"],
-            "loaded_at": policies["loaded_at"],
-            "last_reload_error": policies["last_error"],
-            "draining": self.draining,
-            "token_required": self._admin_token is not None,
-            "upstreams": upstreams,
-        }
-
-    def policies_report(self) -> dict[str, Any]:
-        reloader = self.reloader
-        policies = reloader.current
-        last_error = reloader.last_error
-        return {
-            "version": policies.version,
-            "loaded_at": _iso(reloader.loaded_at),
-            "directory": str(policies.directory),
-            "files": dict(policies.files),
-            "node": converter.unstructure(policies.node),
-            "upstreams": {
-                name: converter.unstructure(policy)
-                for name, policy in sorted(policies.upstreams.items())
-            },
-            "reloads": dict(reloader.reloads),
-            "last_error": None
-            if last_error is None
-            else {
-                "at": _iso(last_error.at),
-                "trigger": last_error.trigger,
-                "errors": list(last_error.errors),
-            },
-        }
-
 
 async def _drain_into(listener: H2Listener, timeout: float, results: list[bool]) -> None:
     results.append(await listener.drain(timeout))
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ LAYERS = {
     "resilience": 2,
     "net": 3,
     "events": 3,
-    "discovery": 2,
+    "discovery": 3,  # the backends and ServiceDiscovery, on the resilience library
     "actors": 4,
     "proxy": 5,
     "admin": 5,
@@ -70,6 +72,69 @@ def test_imports_flow_downwards(path: Path) -> None:
             assert module.split(".")[0] not in IMPURE_MODULES, f"{own} must stay pure: {module}"
 
 
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Which of meshnode's modules each one imports, ``TYPE_CHECKING`` imports included:
+    a circle that only type checking closes is still a circle in the design."""
+    names = {module_name(path): path for path in MODULES}
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+                found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        graph[name] = {other for other in found if other in names and other != name}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in graph[module]:
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for module in graph:
+        if module not in index:
+            visit(module)
+    return found
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    assert circles(import_graph()) == []
+
+
+def test_the_circle_check_finds_a_circle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert circles(graph) == [["a", "b", "c"]]
+
+
 DESCRIPTION_WIDTH = 85
 
 
@@ -102,3 +167,15 @@ def test_the_architecture_page_lists_every_module_as_its_docstring_says() -> Non
 
 if __name__ == "__main__":
     print(module_listing())
+
+
+def test_the_library_names_service_discovery_without_importing_it() -> None:
+    """SPEC section 9 names ``meshnode.resilience.ServiceDiscovery``; discovery sits a layer
+    above the library, so the name resolves on first use and never at import."""
+    script = (
+        "import sys, meshnode.resilience as r\n"
+        "assert 'meshnode.discovery' not in sys.modules, 'imported at import'\n"
+        "import meshnode.discovery as d\n"
+        "assert r.ServiceDiscovery is d.ServiceDiscovery and r.ServiceChange is d.ServiceChange\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)

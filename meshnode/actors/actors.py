@@ -1,6 +1,10 @@
 """The actors of an upstream group: discovery watcher, balancer, health prober, breaker
 (the queue fallback's replayer lives with the queue, in ``actors/replay.py``).
 
+An actor is handed what it works on, not the group: the endpoint picker
+(actors/picking.py) it publishes to or reads, the event bus, a callable. It learns
+of reloads from its inbox (``PolicyChanged``), like everything else.
+
 Each actor object outlives a crash of its ``run``: the supervisor calls ``run``
 again on the same object, with the same inbox, and ``run`` starts by
 re-deriving what it publishes (the discovery watcher re-sends a ``Reset``), so
@@ -10,7 +14,9 @@ a restart heals a lost message as well as a bad state.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar
+import random
+from collections.abc import Awaitable, Callable
+from typing import ClassVar
 
 import trio
 
@@ -20,9 +26,11 @@ from meshnode.actors.messages import (
     InjectedFault,
     PolicyChanged,
 )
+from meshnode.actors.picking import EndpointPicker
+from meshnode.actors.probes import Probe
 from meshnode.discovery.backends import make_source
 from meshnode.discovery.runner import DiscoveryState, keep_discovering
-from meshnode.events import BreakerStateChanged, ServiceChanged
+from meshnode.events import BreakerStateChanged, EventBus, ServiceChanged
 from meshnode.policy.models import (
     CircuitBreakerPolicy,
     Discovery,
@@ -39,9 +47,6 @@ from meshnode.resilience.core.breaker import (
     Transition,
 )
 
-if TYPE_CHECKING:
-    from meshnode.actors.group import UpstreamGroup
-
 INBOX_SIZE = 256
 INITIAL_FETCH_TIMEOUT = 5.0  # seconds a new upstream waits for its registry's first answer
 
@@ -49,8 +54,7 @@ INITIAL_FETCH_TIMEOUT = 5.0  # seconds a new upstream waits for its registry's f
 class Actor:
     name: ClassVar[str]
 
-    def __init__(self, group: UpstreamGroup) -> None:
-        self.group = group
+    def __init__(self) -> None:
         self.inbox_send, self.inbox_recv = trio.open_memory_channel[object](INBOX_SIZE)
 
     async def run(self) -> None:
@@ -83,14 +87,24 @@ class DiscoveryWatcher(Actor):
 
     name = "discovery"
 
-    def __init__(self, group: UpstreamGroup) -> None:
-        super().__init__(group)
-        policy = group.policy.discovery
+    def __init__(
+        self,
+        upstream: str,
+        policy: Discovery,
+        picker: EndpointPicker,
+        to_balancer: Callable[[object], Awaitable[None]],
+        bus: EventBus,
+    ) -> None:
+        super().__init__()
+        self.upstream = upstream
+        self.picker = picker
+        self.to_balancer = to_balancer
+        self.bus = bus
+        self._current = policy
         self.state = DiscoveryState(policy.backend, policy.backend)
 
     async def started(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
-        self._current = self.group.policy.discovery
         self._watching = await nursery.start(self._discover, self._current)
 
     async def handle(self, message: object) -> None:
@@ -105,24 +119,24 @@ class DiscoveryWatcher(Actor):
         *,
         task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        source = make_source(policy, self.group.name)
+        source = make_source(policy, self.upstream)
         self.state = DiscoveryState(policy.backend, source.description)
         with trio.CancelScope() as scope:
             task_status.started(scope)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(keep_discovering, source, self._publish, self.state)
                 await trio.sleep(INITIAL_FETCH_TIMEOUT)
-                if not self.group.has_endpoints:
+                if not self.picker.has_endpoints:
                     self.state.stale = True
                     await self._publish(())
 
     async def _publish(self, endpoints: tuple[Endpoint, ...]) -> None:
-        previous = [str(e.address) for e in self.group.endpoints.endpoints]
-        await self.group.balancer.inbox_send.send(EndpointsReset(endpoints))
+        previous = [str(e.address) for e in self.picker.endpoints.endpoints]
+        await self.to_balancer(EndpointsReset(endpoints))
         instances = [str(e.address) for e in endpoints]
         if instances != previous:
-            self.group.bus.publish(
-                ServiceChanged(upstream=self.group.name, instances=instances, previous=previous)
+            self.bus.publish(
+                ServiceChanged(upstream=self.upstream, instances=instances, previous=previous)
             )
 
 
@@ -131,10 +145,14 @@ class Balancer(Actor):
 
     name = "balancer"
 
+    def __init__(self, publish: Callable[[tuple[Endpoint, ...]], None]) -> None:
+        super().__init__()
+        self.publish = publish
+
     async def handle(self, message: object) -> None:
         if isinstance(message, EndpointsReset):
             current = {e.address: e for e in message.endpoints}  # one entry per address
-            self.group.publish_endpoints(tuple(current.values()))
+            self.publish(tuple(current.values()))
 
 
 class HealthProber(Actor):
@@ -148,42 +166,56 @@ class HealthProber(Actor):
 
     name = "prober"
 
-    def __init__(self, group: UpstreamGroup) -> None:
-        super().__init__(group)
+    def __init__(
+        self,
+        policy: UpstreamPolicy,
+        picker: EndpointPicker,
+        probe: Probe | None,
+        rng: random.Random,
+    ) -> None:
+        super().__init__()
+        self.policy = policy
+        self.picker = picker
+        self.probe = probe  # how an endpoint is reached (the node's pool)
+        self.rng = rng
         self.streaks: dict[Address, int] = {}  # > 0: successes in a row, < 0: failures
 
     async def started(self, nursery: trio.Nursery) -> None:
         nursery.start_soon(self._probe_forever)
 
+    async def handle(self, message: object) -> None:
+        if isinstance(message, PolicyChanged):
+            self.policy = message.policy
+
     async def _probe_forever(self) -> None:
-        group = self.group
-        rng = group.protections.rng
+        picker = self.picker
         while True:
-            check = group.policy.health_check
-            if check is None or group.probe is None:
-                for address in list(group.health):
-                    group.set_health(address, True, "health checking is off")
+            policy = self.policy
+            check = policy.health_check
+            if check is None or self.probe is None:
+                for address in list(picker.health):
+                    picker.set_health(address, True, "health checking is off")
                 self.streaks.clear()
                 await trio.sleep(1.0)
                 continue
-            if not group.endpoints.endpoints:
+            if not picker.endpoints.endpoints:
                 await trio.sleep(min(check.interval, 0.1))  # the first endpoint set is on its way
                 continue
-            policy = group.policy
             results: dict[Address, tuple[bool, str]] = {}
             async with trio.open_nursery() as probes:
-                for endpoint in group.endpoints.endpoints:
+                for endpoint in picker.endpoints.endpoints:
                     probes.start_soon(self._probe, policy, endpoint.address, results)
             for address, (healthy, reason) in results.items():
                 self._count(address, healthy, reason, check)
             self.streaks = {a: s for a, s in self.streaks.items() if a in results}
-            await trio.sleep(check.interval * (1 + rng.uniform(-check.jitter, check.jitter)))
+            jitter = self.rng.uniform(-check.jitter, check.jitter)
+            await trio.sleep(check.interval * (1 + jitter))
 
     async def _probe(
         self, policy: UpstreamPolicy, address: Address, results: dict[Address, tuple[bool, str]]
     ) -> None:
-        assert self.group.probe is not None
-        results[address] = await self.group.probe(policy, address)
+        assert self.probe is not None
+        results[address] = await self.probe(policy, address)
 
     def _count(
         self, address: Address, healthy: bool, reason: str, check: HealthCheckPolicy
@@ -192,9 +224,9 @@ class HealthProber(Actor):
         streak = max(streak, 0) + 1 if healthy else min(streak, 0) - 1
         self.streaks[address] = streak
         if streak <= -check.unhealthy_threshold:
-            self.group.set_health(address, False, reason)
+            self.picker.set_health(address, False, reason)
         elif streak >= check.healthy_threshold:
-            self.group.set_health(address, True, reason)
+            self.picker.set_health(address, True, reason)
 
 
 class Breaker(Actor):
@@ -206,10 +238,13 @@ class Breaker(Actor):
 
     name = "breaker"
 
-    def __init__(self, group: UpstreamGroup) -> None:
-        super().__init__(group)
+    def __init__(self, upstream: str, policy: CircuitBreakerPolicy | None, bus: EventBus) -> None:
+        super().__init__()
+        self.upstream = upstream
+        self.policy = policy
+        self.bus = bus
         self.override = Override.AUTO
-        self.core = self._make_core(group.policy.circuit_breaker)
+        self.core = self._make_core(policy)
         self._armed = trio.CancelScope()  # the timer's wait, cancelled to set it again
 
     def _make_core(self, policy: CircuitBreakerPolicy | None) -> BreakerCore | None:
@@ -236,7 +271,7 @@ class Breaker(Actor):
     async def handle(self, message: object) -> None:
         self._armed.cancel()
         if isinstance(message, PolicyChanged):
-            policy = message.policy.circuit_breaker
+            policy = self.policy = message.policy.circuit_breaker
             if policy is None:
                 if self.override is Override.AUTO:
                     self.core = None
@@ -252,7 +287,7 @@ class Breaker(Actor):
         it is forced, so an operator can always cut (or keep) its traffic.
         """
         self.override = override
-        policy = self.group.policy.circuit_breaker
+        policy = self.policy
         if self.core is None:
             self.core = self._make_core(policy or CircuitBreakerPolicy())
         elif override is Override.AUTO and policy is None:
@@ -261,9 +296,9 @@ class Breaker(Actor):
             self.core.force(override, trio.current_time())
 
     def _announce(self, transition: Transition) -> None:
-        self.group.bus.publish(
+        self.bus.publish(
             BreakerStateChanged(
-                upstream=self.group.name,
+                upstream=self.upstream,
                 from_=transition.previous.value,
                 to=transition.current.value,
                 reason=transition.reason,

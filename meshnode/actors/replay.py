@@ -12,22 +12,21 @@ else is tried again with a backoff that doubles up to five minutes, until
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 import trio
 
-from meshnode.actors.actors import Actor
+from meshnode.actors.actors import Actor, Breaker
+from meshnode.actors.messages import PolicyChanged
+from meshnode.actors.picking import EndpointPicker
+from meshnode.actors.stats import UpstreamStats
 from meshnode.errors import MeshError
-from meshnode.events import QueueDrained
+from meshnode.events import EventBus, QueueDrained
 from meshnode.net.pool import UpstreamConnections, UpstreamPool
 from meshnode.net.stream import CANCEL, ResponseHead, Stream, StreamReset
 from meshnode.policy.models import UpstreamPolicy
 from meshnode.resilience.core.breaker import BreakerState
 from meshnode.resilience.spool import AsyncSpool, Entry, SpoolError
-
-if TYPE_CHECKING:
-    from meshnode.actors.group import UpstreamGroup
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +45,10 @@ class Deliverer:
         self._pool = pool
         self._connections = connections
 
-    async def __call__(self, group: UpstreamGroup, entry: Entry) -> tuple[int, str]:
-        endpoint, load = await group.acquire()
+    async def __call__(self, picker: EndpointPicker, entry: Entry) -> tuple[int, str]:
+        """Deliver ``entry`` to one of ``picker``'s endpoints, as its upstream's policy says."""
+        policy = picker.policy
+        endpoint, load = await picker.acquire()
         started = trio.current_time()
         status, error = 0, "no answer"
         try:
@@ -55,17 +56,17 @@ class Deliverer:
                 (b":method", entry.method.encode()),
                 (b":path", entry.path.encode()),
                 (b":scheme", b"http"),
-                (b":authority", group.name.encode()),
+                (b":authority", policy.name.encode()),
                 *((name.encode(), value.encode("latin-1")) for name, value in entry.headers),
                 (b"idempotency-key", entry.idempotency_key.encode()),
             ]
-            limit = group.policy.timeout.request or DELIVERY_TIMEOUT
+            limit = policy.timeout.request or DELIVERY_TIMEOUT
             with trio.move_on_after(limit):
                 stream = await self._pool.open_stream(
                     endpoint.address,
                     headers,
                     end_stream=not entry.body,
-                    connections=self._connections(group.policy),
+                    connections=self._connections(policy),
                 )
                 try:
                     if entry.body:
@@ -76,7 +77,7 @@ class Deliverer:
         except (MeshError, StreamReset) as exc:
             error = str(exc)
         finally:
-            group.release(load, trio.current_time() - started, failed=status == 0 or status >= 500)
+            picker.release(load, trio.current_time() - started, failed=status == 0 or status >= 500)
         return status, error
 
 
@@ -88,33 +89,63 @@ async def _answer(stream: Stream) -> tuple[int, str]:
     return status, f"status {status}"
 
 
+Deliver = Callable[[Entry], Awaitable[tuple[int, str]]]
+"""Send one stored request to the upstream: its (status, error)."""
+
+
 class Replayer(Actor):
+    """Replays the upstream's queued requests, once its breaker is closed and an endpoint
+    is healthy. ``deliver`` is None where the node has no pool (nothing is sent)."""
+
     name = "replay"
+
+    def __init__(
+        self,
+        policy: UpstreamPolicy,
+        queue: AsyncSpool | None,
+        deliver: Deliver | None,
+        breaker: Breaker,
+        picker: EndpointPicker,
+        bus: EventBus,
+        stats: UpstreamStats,
+    ) -> None:
+        super().__init__()
+        self.policy = policy
+        self.queue = queue
+        self.deliver = deliver
+        self.breaker = breaker
+        self.picker = picker
+        self.bus = bus
+        self.stats = stats
 
     async def started(self, nursery: trio.Nursery) -> None:
         nursery.start_soon(self._deliver_forever)
 
+    async def handle(self, message: object) -> None:
+        if isinstance(message, PolicyChanged):
+            self.policy = message.policy
+
     async def _deliver_forever(self) -> None:
-        group = self.group
+        upstream = self.policy.name
         delivered_in_a_row = 0
         while True:
-            queue = group.queue
-            plan = group.policy.fallback
+            queue = self.queue
+            plan = self.policy.fallback
             if queue is None or plan is None or plan.kind != "queue" or not self._upstream_ready():
                 await trio.sleep(IDLE_POLL)
                 continue
             try:
-                entry = await queue.run(queue.spool.next_due, group.name)
+                entry = await queue.run(queue.spool.next_due, upstream)
             except SpoolError:
-                log.exception("queue of %s unreadable", group.name)
+                log.exception("queue of %s unreadable", upstream)
                 await trio.sleep(IDLE_POLL * 10)
                 continue
             if entry is None:
                 if delivered_in_a_row:
-                    depth = (await queue.run(queue.spool.stats, group.name))["depth"]
+                    depth = (await queue.run(queue.spool.stats, upstream))["depth"]
                     if depth == 0:
-                        group.bus.publish(
-                            QueueDrained(upstream=group.name, delivered=delivered_in_a_row)
+                        self.bus.publish(
+                            QueueDrained(upstream=upstream, delivered=delivered_in_a_row)
                         )
                         delivered_in_a_row = 0
                 await trio.sleep(IDLE_POLL)
@@ -123,8 +154,7 @@ class Replayer(Actor):
             delivered_in_a_row += outcome == "delivered"
 
     async def _try(self, queue: AsyncSpool, entry: Entry) -> str:
-        group = self.group
-        plan = group.policy.fallback
+        plan = self.policy.fallback
         assert plan is not None
         age = queue.spool.now() - entry.queued_at
         if entry.attempts >= plan.max_attempts or age > plan.age_limit:
@@ -134,12 +164,12 @@ class Replayer(Actor):
                 else f"older than {plan.age_limit:g}s"
             )
             return await self._dead(queue, entry, f"gave up after {why}: {entry.last_error}")
-        if group.deliverer is None:
+        if self.deliver is None:
             return "failed"
-        status, error = await group.deliverer(group, entry)
+        status, error = await self.deliver(entry)
         if 200 <= status < 400:
             await queue.run(queue.spool.delivered, entry.id)
-            group.stats.queue["delivered"] += 1
+            self.stats.queue["delivered"] += 1
             return "delivered"
         if 400 <= status < 500 and status not in (408, 429):
             return await self._dead(queue, entry, f"the upstream answered {status}")
@@ -148,16 +178,17 @@ class Replayer(Actor):
         return "failed"
 
     async def _dead(self, queue: AsyncSpool, entry: Entry, reason: str) -> str:
-        log.warning("queued request %d for %s dead-lettered: %s", entry.id, self.group.name, reason)
+        log.warning(
+            "queued request %d for %s dead-lettered: %s", entry.id, self.policy.name, reason
+        )
         await queue.run(queue.spool.dead_letter, entry.id, reason)
-        self.group.stats.queue["dead-lettered"] += 1
+        self.stats.queue["dead-lettered"] += 1
         return "dead"
 
     def _upstream_ready(self) -> bool:
-        group = self.group
-        core = group.breaker.core
+        core = self.breaker.core
         if core is not None:
             core.poll(trio.current_time())
             if core.state is not BreakerState.CLOSED:
                 return False
-        return group.endpoint_states()["healthy"] > 0
+        return self.picker.endpoint_states()["healthy"] > 0

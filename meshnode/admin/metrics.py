@@ -153,13 +153,13 @@ def _resilience_metrics(groups: Mapping[str, UpstreamGroup]) -> Iterator[Metric]
         rejected.add_metric([name], stats.breaker_rejected)
         for outcome, count in stats.retries.items():
             retries.add_metric([name, outcome], count)
-        for state_name, count in group.endpoint_states().items():
+        for state_name, count in group.picker.endpoint_states().items():
             endpoints.add_metric([name, state_name], count)
         limited.add_metric([name], stats.rate_limited)
         for kind, count in stats.fallbacks.items():
             fallbacks.add_metric([name, kind], count)
         bulkhead.add_metric([name], stats.rejected["bulkhead-full"])
-        in_flight.add_metric([name], group.in_flight)
+        in_flight.add_metric([name], group.picker.in_flight)
         goaways.add_metric([name], stats.goaways.count)
         for reason, count in stats.resent.items():
             resent.add_metric([name, reason], count)

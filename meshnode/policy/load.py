@@ -46,6 +46,12 @@ class PolicySet:
     fingerprint: Fingerprint = ()  # the files' identities when they were read (see reload)
     local: UpstreamPolicy | None = None  # the inbound listener's service on this host
 
+    @property
+    def uses_queue(self) -> bool:
+        """Whether any upstream (the local service included) has a queue fallback."""
+        policies = [*self.upstreams.values(), *([self.local] if self.local is not None else [])]
+        return any(p.fallback is not None and p.fallback.kind == "queue" for p in policies)
+
 
 LOCAL = "(local)"  # the name of the inbound listener's local service, in reports and metrics
 

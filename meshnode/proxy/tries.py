@@ -106,7 +106,7 @@ class Tries:
                     if self.tries == 2:
                         counts["retried_requests"] += 1
                 resend = None
-                endpoint, load = await group.acquire(avoid, request.client_ip, session)
+                endpoint, load = await group.picker.acquire(avoid, request.client_ip, session)
                 request.tries += 1
                 request.endpoint = endpoint.address
                 started = trio.current_time()
@@ -138,9 +138,9 @@ class Tries:
                     resend = self._within_resend_limits(failure, resend)
                 finally:
                     if resend is not None:
-                        group.release_unjudged(load)
+                        group.picker.release_unjudged(load)
                     else:
-                        group.release(load, trio.current_time() - started, failed=try_failed)
+                        group.picker.release(load, trio.current_time() - started, failed=try_failed)
             avoid = endpoint.address
             if resend is not None:
                 self.resends += 1

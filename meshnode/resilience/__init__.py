@@ -2,12 +2,14 @@
 
 The node runs the same sans-IO cores (``meshnode.resilience.core``) in its
 request path; these are their thin Trio wrappers. See docs/resilience.md.
-``ServiceDiscovery`` (docs/discovery.md) is imported on first use: it runs on the
-discovery backends, which themselves use this package.
+``ServiceDiscovery`` lives with the discovery backends it runs on, a layer above this
+package (``meshnode.discovery``, docs/discovery.md); SPEC section 9 names it here too,
+so ``meshnode.resilience.ServiceDiscovery`` resolves to it on first use, and importing
+this package never imports discovery.
 """
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from meshnode.resilience.balancer import Instance as Instance
 from meshnode.resilience.balancer import LoadBalancer as LoadBalancer
@@ -37,12 +39,8 @@ from meshnode.resilience.spool import Spool as Spool
 from meshnode.resilience.spool import SpoolError as SpoolError
 from meshnode.resilience.spool import SpoolFull as SpoolFull
 
-if TYPE_CHECKING:
-    from meshnode.discovery.service import ServiceChange as ServiceChange
-    from meshnode.discovery.service import ServiceDiscovery as ServiceDiscovery
-
 
 def __getattr__(name: str) -> Any:
     if name in ("ServiceDiscovery", "ServiceChange"):
-        return getattr(importlib.import_module("meshnode.discovery.service"), name)
+        return getattr(importlib.import_module("meshnode.discovery"), name)
     raise AttributeError(f"module 'meshnode.resilience' has no attribute {name!r}")

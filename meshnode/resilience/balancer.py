@@ -27,6 +27,7 @@ import attrs
 
 from meshnode.resilience.core.balancing import PeakEWMA, make_strategy
 from meshnode.resilience.core.outlier import SessionTable
+from meshnode.resilience.core.picking import pick
 from meshnode.resilience.durations import DurationLike, seconds
 
 SESSION_TTL_LIMIT = 7 * 86400.0  # sessions may last days; a bare number above a week is ms
@@ -92,20 +93,18 @@ class LoadBalancer:
         """An instance with room, chosen by the strategy (or the client's session); None if none."""
         if client_id is None and self.strategy_name == "ip-hash":
             raise ValueError("ip-hash picks by client_id: pass the caller's address or key")
-        candidates = [i for i in instances if self._has_room(i.id)]
-        if not candidates:
-            return None
-        now = self._clock()
         client = client_id.encode() if client_id is not None else None
-        if self._sessions is not None and client is not None:
-            sticky = self._sessions.get(client, now)
-            for instance in candidates:
-                if instance.id == sticky:
-                    return instance
-        chosen = self._strategy.pick(candidates, _instance_id, self, client)
-        if self._sessions is not None and client is not None:
-            self._sessions.stick(client, chosen.id, now)
-        return chosen
+        return pick(
+            instances,
+            _instance_id,
+            self,
+            self._strategy,
+            now=self._clock(),
+            limit=self._limit,
+            sessions=self._sessions,
+            session=client,
+            client=client,
+        )
 
     def clear_session(self, client_id: str) -> bool:
         return self._sessions is not None and self._sessions.forget(client_id.encode()) == 1
@@ -148,9 +147,6 @@ class LoadBalancer:
     def latency(self, key: Any) -> float | None:
         figures = self._figures.get(key)
         return figures.latency.value if figures is not None else None
-
-    def _has_room(self, instance_id: str) -> bool:
-        return self._limit is None or self.in_flight(instance_id) < self._limit
 
 
 def _instance_id(instance: Instance) -> str:

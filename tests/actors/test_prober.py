@@ -40,14 +40,14 @@ async def test_thresholds_mark_down_then_up(nursery, autojump_clock) -> None:
         await trio.sleep(1)
         answers["healthy"] = False
         await trio.sleep(4)  # probes at 2 and 4: two failures, not yet three
-        assert group.health.get(A.address, True)
+        assert group.picker.health.get(A.address, True)
         await trio.sleep(2)  # the third
-        assert group.health[A.address] is False
+        assert group.picker.health[A.address] is False
         answers["healthy"] = True
         await trio.sleep(2)
-        assert group.health[A.address] is False  # one success of two
+        assert group.picker.health[A.address] is False  # one success of two
         await trio.sleep(2)
-        assert group.health[A.address] is True
+        assert group.picker.health[A.address] is True
         changes = []
         while len(changes) < 2:
             event = await events.receive()
@@ -64,6 +64,6 @@ async def test_without_checks_every_endpoint_is_healthy(nursery, autojump_clock)
     policy = UpstreamPolicy(UpstreamSection("api"), StaticDiscovery(endpoints=(A,)))
     group = UpstreamGroup(policy, EventBus(), probe=None)
     await nursery.start(group.run)
-    group.health[A.address] = False
+    group.picker.health[A.address] = False
     await trio.sleep(2)
-    assert group.health[A.address] is True
+    assert group.picker.health[A.address] is True

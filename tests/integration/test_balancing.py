@@ -181,8 +181,11 @@ async def test_panic_threshold_and_critical_readiness(tmp_path, nursery, running
     a.health_status = b.health_status = 503
     with trio.fail_after(10):
         while (
-            any(node.groups["api"].health.get(addr, True) for addr in node.groups["api"].health)
-            or len(node.groups["api"].health) < 2
+            any(
+                node.groups["api"].picker.health.get(addr, True)
+                for addr in node.groups["api"].picker.health
+            )
+            or len(node.groups["api"].picker.health) < 2
         ):
             await trio.sleep(0.05)
     assert (await get(addresses.outbound[0], "api"))[0] == 200  # panic: served anyway
@@ -226,7 +229,7 @@ async def test_grpc_health_checking_protocol(tmp_path, nursery, running) -> None
             write_policies(tmp_path, {"api": policy(f"127.0.0.1:{port}", extra=extra)})
         )
         group = node.groups["api"]
-        address = group.endpoints.endpoints[0].address
+        address = group.picker.endpoints.endpoints[0].address
         with node.bus.subscribe() as events:
             serving["status"] = 2  # NOT_SERVING
             with trio.fail_after(10):
@@ -236,7 +239,7 @@ async def test_grpc_health_checking_protocol(tmp_path, nursery, running) -> None
             with trio.fail_after(10):
                 event = await events.receive()
             assert (event.to, event.reason) == ("healthy", "SERVING")  # type: ignore[attr-defined]
-        assert group.health[address] is True
+        assert group.picker.health[address] is True
     finally:
         server.stop(None)
 

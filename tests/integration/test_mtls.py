@@ -324,7 +324,7 @@ async def test_rotation_keeps_open_streams_and_new_connections_get_the_new_certi
         nursery.start_soon(long_download)
         assert node_b.local_group is not None
         with trio.fail_after(10):
-            while not node_b.local_group.in_flight:  # the long stream is open through B
+            while not node_b.local_group.picker.in_flight:  # the long stream is open through B
                 await trio.sleep(0.01)
         assert node_b.tls is not None
         with node_b.bus.subscribe() as events:

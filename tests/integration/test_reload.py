@@ -128,7 +128,7 @@ async def test_upstreams_added_and_removed(tmp_path, nursery, running, hypercorn
 
         requests.start_soon(slow_request)
         with trio.fail_after(10):
-            while not node.groups["old"].in_flight:
+            while not node.groups["old"].picker.in_flight:
                 await trio.sleep(0.01)
         (directory / "old.toml").unlink()
         write_policies(tmp_path, {"new": upstream_toml("new", hypercorn_upstream)})
@@ -285,7 +285,7 @@ async def test_a_request_in_flight_keeps_the_policy_it_started_with(
 
         requests.start_soon(slow_request)
         with trio.fail_after(10):
-            while not node.groups["api"].in_flight:
+            while not node.groups["api"].picker.in_flight:
                 await trio.sleep(0.01)
         relaxed = upstream_toml("api", hypercorn_upstream, extra='[timeout]\nrequest = "5s"\n')
         write_policies(tmp_path, {"api": relaxed})

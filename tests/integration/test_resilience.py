@@ -229,7 +229,7 @@ async def test_bulkhead_full(tmp_path, nursery, running, hypercorn_upstream) -> 
     async with trio.open_nursery() as clients:
         clients.start_soon(get, addresses.outbound[0], "api", "/slow/1")
         with trio.fail_after(10):
-            while not node.groups["api"].in_flight:
+            while not node.groups["api"].picker.in_flight:
                 await trio.sleep(0.01)
         status, headers, _ = await fetch(addresses.outbound[0], "api")
     assert (status, headers["x-meshnode-error"]) == (503, "bulkhead-full")

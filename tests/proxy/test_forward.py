@@ -261,11 +261,11 @@ async def test_a_caller_reset_cancels_the_upstream_try_at_once(nursery, clock) -
     )
     nursery.start_soon(mesh.proxy.handle, exchange.server, Peer(b"127.0.0.1"))
     await trio.testing.wait_all_tasks_blocked()
-    assert group.in_flight == 1
+    assert group.picker.in_flight == 1
     started = trio.current_time()
     exchange.client.reset(0x8)
     await trio.testing.wait_all_tasks_blocked()
-    assert group.in_flight == 0 and trio.current_time() == started
+    assert group.picker.in_flight == 0 and trio.current_time() == started
     assert mesh.upstream.requests[0].error is not None
 
 

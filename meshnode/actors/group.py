@@ -3,8 +3,8 @@
 Five actors run under one supervisor, each the only owner of its state and
 each fed by its own bounded channel:
 
-    discovery watcher --EndpointsReset--> balancer --> EndpointSet snapshot
-    health prober     probes the endpoints, and tells the balancer which are healthy
+    discovery watcher --EndpointsReset--> balancer --> EndpointSet snapshot (the picker)
+    health prober     probes the endpoints, and tells the picker which are healthy
     breaker           owns the breaker state machine: its timer, reloads, operator overrides
     replayer          replays the queue fallback's stored requests once the upstream is back
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -40,6 +41,9 @@ from meshnode.proxy.access_log import log_access
 from meshnode.proxy.forward import InboundProxy, Proxy
 from meshnode.proxy.routing import RouteTable
 from meshnode.resilience.spool import AsyncSpool, Spool, SpoolError
+
+if TYPE_CHECKING:  # the OpenTelemetry SDK is imported only when [tracing] asks for it
+    from meshnode.tracing.tracer import MeshTracer
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +103,9 @@ class Engine:
         self._proxy: Proxy | None = None
         self._prober: Prober | None = None
         self._deliverer: Deliverer | None = None
+        self.tracer: MeshTracer | None = None
+        self._retired_tracers: list[MeshTracer] = []  # still sending what they held
+        self._retired_spans = (0, 0)  # exported, dropped by tracers that have finished
 
     @property
     def pool(self) -> UpstreamPool:
@@ -221,9 +228,45 @@ class Engine:
                 proxy.close_tunnels(why)
 
     def close(self) -> None:
-        """Tell every upstream connection we are leaving; streams in flight still finish."""
+        """Tell every upstream connection we are leaving; streams in flight still finish.
+        The tracer sends the spans it holds, on its own thread, while the process lasts."""
         if self._pool is not None:
             self._pool.close_all()
+        if self.tracer is not None:
+            self.tracer.stop()
+
+    def span_counts(self) -> tuple[int, int]:
+        """Spans exported and dropped since the engine started, across reloads (a retired
+        tracer's figures are kept once its thread has sent what it held)."""
+        for retired in [t for t in self._retired_tracers if t.finished]:
+            self._retired_tracers.remove(retired)
+            self._retired_spans = (
+                self._retired_spans[0] + retired.exported,
+                self._retired_spans[1] + retired.dropped,
+            )
+        tracers = [*self._retired_tracers, *([self.tracer] if self.tracer is not None else [])]
+        exported, dropped = self._retired_spans
+        exported += sum(tracer.exported for tracer in tracers)
+        return exported, dropped + sum(tracer.dropped for tracer in tracers)
+
+    def _apply_tracing(self, policies: PolicySet) -> None:
+        """A new tracer when ``[tracing]`` (or the node's name it defaults to) changed; the
+        old one sends what it holds and stops."""
+        tracing, name = policies.node.tracing, policies.node.node.name
+        current = self.tracer
+        if current is not None and (current.policy, current.node_name) == (tracing, name):
+            return
+        if current is not None:
+            current.stop()
+            self._retired_tracers.append(current)
+        self.tracer = None
+        if tracing is not None:
+            from meshnode.tracing.tracer import MeshTracer  # noqa: PLC0415 - its SDK, when asked
+
+            self.tracer = MeshTracer(tracing, name)
+        for proxy in (self._proxy, self.inbound):
+            if proxy is not None:
+                proxy.tracer = self.tracer
 
     def _apply_settings(self, policies: PolicySet) -> None:
         """The node settings a reload may change here: [limits] (connections keep the rules
@@ -235,6 +278,7 @@ class Engine:
         self._proxy.observers = [log_access] if policies.node.node.access_log else []
         if self.inbound is not None:
             self.inbound.limits, self.inbound.overload = policies.node.limits, self.overload
+        self._apply_tracing(policies)
 
     async def _connect(self, address: Address, peer: str | None) -> trio.abc.Stream:
         """The pool's connector: cleartext, or mTLS with the current client context."""

@@ -176,6 +176,9 @@ class Node:
     def all_groups(self) -> dict[str, UpstreamGroup]:
         return self.engine.all_groups()
 
+    def span_counts(self) -> tuple[int, int]:
+        return self.engine.span_counts()
+
     @property
     def queue(self) -> AsyncSpool | None:
         return self.engine.queue

@@ -216,18 +216,18 @@ class NodeProcess:
                 self.log.append(line)
                 self._logged.notify_all()
 
-    def wait_for_log(self, text: str, timeout: float = 30) -> str:
-        """The first line of the log that holds ``text``, waiting for it if need be."""
+    def wait_for_log(self, text: str, timeout: float = 30, *, count: int = 1) -> str:
+        """The ``count``th line of the log that holds ``text``, waiting for it if need be."""
         with self._logged:
             found: list[str] = []
 
             def seen() -> bool:
-                found.extend(line for line in self.log if text in line)
-                return bool(found)
+                found[:] = [line for line in self.log if text in line]
+                return len(found) >= count
 
             if not self._logged.wait_for(seen, timeout):
-                raise AssertionError(f"no log line with {text!r} within {timeout}s")
-            return found[0]
+                raise AssertionError(f"no {count} log line(s) with {text!r} within {timeout}s")
+            return found[count - 1]
 
     def rest_of_log(self) -> str:
         """The whole log, once the node has closed it (exited)."""

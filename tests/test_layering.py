@@ -19,6 +19,7 @@ LAYERS = {
     "resilience": 2,
     "net": 3,
     "events": 3,
+    "tracing": 3,
     "discovery": 3,  # the backends and ServiceDiscovery, on the resilience library
     "actors": 4,
     "proxy": 5,

@@ -96,6 +96,9 @@ class NodeFacts(Protocol):
 
     def all_groups(self) -> dict[str, UpstreamGroup]: ...
 
+    def span_counts(self) -> tuple[int, int]:
+        """Spans exported and dropped by [tracing] since the node started."""
+
     async def reload(self, trigger: str) -> ReloadOutcome: ...
 
     def request_drain(self, *, then_exit: bool) -> None: ...
@@ -118,6 +121,7 @@ class NodeAdmin:
                 violations=node.violations,
                 overload=node.overload,
                 busy_poll=node.busy_poll,
+                spans=node.span_counts,
             )
         )
 

@@ -42,8 +42,11 @@ class MeshCollector(Collector):
         violations: Violations | None = None,
         overload: Overload | None = None,
         busy_poll: BusyPoll | None = None,
+        spans: Callable[[], tuple[int, int]] = lambda: (0, 0),
     ) -> None:
+        """``spans``: the spans [tracing] exported and dropped, since the node started."""
         self._groups = groups
+        self._spans = spans
         self._unrouted = unrouted
         self._reloads = reloads
         self._certificate_seconds = certificate_seconds
@@ -72,6 +75,15 @@ class MeshCollector(Collector):
         yield restarts
         yield from _protection_metrics(self._violations, self._overload)
         yield from _busy_poll_metrics(self._busy_poll)
+        exported, dropped = self._spans()
+        yield CounterMetricFamily(
+            "meshnode_spans_exported", "Spans the collector accepted ([tracing]).", value=exported
+        )
+        yield CounterMetricFamily(
+            "meshnode_spans_dropped",
+            "Spans lost: the export queue was full, or the collector failed or was down.",
+            value=dropped,
+        )
         left = self._certificate_seconds()
         if left is not None:
             yield GaugeMetricFamily(

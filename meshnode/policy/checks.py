@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Iterator
 
 import attrs
@@ -14,6 +15,7 @@ from meshnode.policy.models import (
     RETRY_CONDITIONS,
     Limits,
     NodeSection,
+    TracingPolicy,
     UpstreamPolicy,
 )
 from meshnode.policy.units import Duration
@@ -121,6 +123,34 @@ def check_node_settings(node: NodeSection) -> Iterator[tuple[str, str]]:
     """Yield ``(node.key, reason)`` for a [node] setting out of its range."""
     if not 0 <= node.busy_poll <= MAX_BUSY_POLL:
         yield "node.busy_poll", f"expected 0s up to {MAX_BUSY_POLL}, got {node.busy_poll}"
+
+
+TRACE_PROPAGATIONS = ("tracecontext", "b3", "b3multi")
+MAX_QUEUED_SPANS = 1_000_000
+
+
+def check_tracing(tracing: TracingPolicy | None) -> Iterator[tuple[str, str]]:
+    """Yield ``(tracing.key, reason)`` for a [tracing] setting that cannot work."""
+    if tracing is None:
+        return
+    url = urllib.parse.urlsplit(tracing.endpoint)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        yield "tracing.endpoint", f'expected an http:// or https:// URL, got "{tracing.endpoint}"'
+    if not 0 <= tracing.sample_ratio <= 1:
+        yield "tracing.sample_ratio", f"expected 0 to 1, got {tracing.sample_ratio}"
+    if not tracing.propagation:
+        yield "tracing.propagation", f"expected at least one of {', '.join(TRACE_PROPAGATIONS)}"
+    for index, name in enumerate(tracing.propagation):
+        if name not in TRACE_PROPAGATIONS:
+            listed = ", ".join(TRACE_PROPAGATIONS)
+            yield f"tracing.propagation.{index}", f'expected one of {listed}, got "{name}"'
+    if not 1 <= tracing.max_queued_spans <= MAX_QUEUED_SPANS:
+        yield (
+            "tracing.max_queued_spans",
+            f"expected 1 to {MAX_QUEUED_SPANS}, got {tracing.max_queued_spans}",
+        )
+    if tracing.export_timeout <= 0:
+        yield "tracing.export_timeout", f"expected more than 0s, got {tracing.export_timeout}"
 
 
 def check_limits(limits: Limits) -> Iterator[tuple[str, str]]:

@@ -19,7 +19,12 @@ from typing import Any
 
 import attrs
 
-from meshnode.policy.checks import check_limits, check_node_settings, check_resilience
+from meshnode.policy.checks import (
+    check_limits,
+    check_node_settings,
+    check_resilience,
+    check_tracing,
+)
 from meshnode.policy.convert import converter, error_lines
 from meshnode.policy.models import Discovery, NodePolicy, StaticDiscovery, UpstreamPolicy
 
@@ -175,6 +180,7 @@ def _node_checks(path: Path, policy: NodePolicy) -> Iterator[str]:
     yield from _health_check_problems(policy)
     yield from (f"{key}: {reason}" for key, reason in check_node_settings(policy.node))
     yield from (f"{key}: {reason}" for key, reason in check_limits(policy.limits))
+    yield from (f"{key}: {reason}" for key, reason in check_tracing(policy.tracing))
     admin = policy.admin
     if admin.token_file is None:
         if not is_loopback(admin.address.host):

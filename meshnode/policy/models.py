@@ -315,6 +315,22 @@ class Limits:
 
 
 @attrs.frozen
+class TracingPolicy:
+    """``[tracing]``: spans out over OTLP/HTTP, trace context on every hop (docs/tracing.md)."""
+
+    endpoint: str  # the collector's OTLP/HTTP base URL ("/v1/traces" is added) or full URL
+    # Requests that arrive without a trace context start a sampled trace at this ratio; one
+    # that brings a context keeps the caller's decision (parent-based sampling).
+    sample_ratio: float = 0.01
+    service_name: str | None = None  # default: the node's [node] name
+    # Read from the first that a request carries; all of them written: "tracecontext" (W3C),
+    # "b3" (the single b3 header), "b3multi" (x-b3-*).
+    propagation: tuple[str, ...] = ("tracecontext",)
+    max_queued_spans: int = 2048  # finished spans waiting for export; more are dropped, counted
+    export_timeout: Duration = Duration(10)
+
+
+@attrs.frozen
 class NodePolicy:
     node: NodeSection
     listeners: Listeners = Listeners()
@@ -323,6 +339,7 @@ class NodePolicy:
     defaults: UpstreamDefaults = UpstreamDefaults()
     health_checks: tuple[NodeHealthCheck, ...] = ()
     limits: Limits = Limits()
+    tracing: TracingPolicy | None = None
 
 
 @attrs.frozen

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -57,7 +58,11 @@ from meshnode.proxy.retry import is_breaker_failure
 from meshnode.proxy.routing import RouteTable, authority_host
 from meshnode.proxy.tries import Tries
 from meshnode.proxy.tunnel import Tunnel
+from meshnode.resilience.core.faults import NO_FAULT
 from meshnode.resilience.spool import AsyncSpool
+
+if TYPE_CHECKING:  # the OpenTelemetry SDK is imported only when [tracing] asks for it
+    from meshnode.tracing.tracer import MeshTracer
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +99,7 @@ class Proxy:
         self.limits = Limits()  # the node's [limits], swapped on reload
         self.overload = Overload()  # the node's, shared with its listeners
         self.tunnels: set[Tunnel] = set()  # WebSocket tunnels open now
+        self.tracer: MeshTracer | None = None  # the node's [tracing], swapped on reload
 
     def close_tunnels(self, why: str) -> None:
         """End every open tunnel with a WebSocket Close (a drain at its deadline)."""
@@ -125,6 +131,10 @@ class Proxy:
         group = request.group
         stats = group.stats if group is not None else self.unrouted
         stats.observe(stream.status_sent, trio.current_time() - request.started)
+        if request.trace is not None:
+            reason = request.error
+            fell_back = reason is not None and reason.startswith("fallback:")
+            request.trace.end(stream.status_sent, None if fell_back else reason)
         for observe in self.observers:
             observe(request)
 
@@ -148,6 +158,13 @@ class Proxy:
         request.out_headers, request.request_id = forwarded_request_headers(
             request.headers, request.client_ip, request.peer.identity
         )
+        if self.tracer is not None:
+            trace = request.trace = self.tracer.begin(
+                request.headers,
+                f"{request.method.decode('latin-1')} {group.name}",
+                request.trace_attributes(),
+            )
+            request.out_headers = trace.outgoing(request.out_headers)
         replay = policy.retry.buffer if policy.retry is not None else DEFAULT_REPLAY_BUFFER
         if request.tunnel:
             replay = 0  # a tunnel's bytes are not a body to send again
@@ -171,6 +188,11 @@ class Proxy:
             if not answered:
                 raise
             request.error = f"fallback:{plan.kind}"
+            if request.trace is not None:
+                request.trace.event(
+                    "fallback",
+                    {"meshnode.fallback.kind": plan.kind, "meshnode.fallback.reason": error.reason},
+                )
 
     async def _serve_elsewhere(self, request: Request, name: str) -> bool:
         """The ``upstream`` fallback: the request path again, against upstream ``name``."""
@@ -219,9 +241,19 @@ class Proxy:
             wait = limiter.check(key, now)
             if wait:
                 group.stats.rate_limited += 1
+                if request.trace is not None:
+                    request.trace.event("rate-limited", {"meshnode.retry_after_s": wait})
                 raise RateLimited(f"over {limiter.rate:g} requests a second", group.name, wait)
         if policy.chaos is not None:
             fault = fault_for(policy.chaos, protections.rng, request.headers)
+            if request.trace is not None and fault is not NO_FAULT:
+                request.trace.event(
+                    "fault-injected",
+                    {
+                        "meshnode.fault.delay_ms": fault.delay * 1000,
+                        "meshnode.fault.abort_status": fault.abort_status or 0,
+                    },
+                )
             if fault.delay:
                 with trio.CancelScope() as delaying:
                     request.stream.cancel_scope = delaying
@@ -236,6 +268,10 @@ class Proxy:
             permit = core.admit(now)
             if permit is None:
                 group.stats.breaker_rejected += 1
+                if request.trace is not None:
+                    request.trace.event(
+                        "circuit-open", {"meshnode.breaker.state": core.state.value}
+                    )
                 since = now - core.state_since
                 raise CircuitOpen(f"the circuit is {core.state.value} for {since:.1f}s", group.name)
         status, condition, finished = 0, None, False

@@ -4,6 +4,7 @@ access-log record and metrics will say once it ends."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -14,6 +15,9 @@ from meshnode.policy.models import UpstreamPolicy
 from meshnode.policy.units import Address
 from meshnode.proxy.body import RequestBody
 from meshnode.proxy.headers import HeaderList
+
+if TYPE_CHECKING:  # the OpenTelemetry SDK is imported only when [tracing] asks for it
+    from meshnode.tracing.tracer import RequestTrace
 
 
 class Request:
@@ -35,6 +39,7 @@ class Request:
         "request_id",
         "started",
         "stream",
+        "trace",
         "tries",
         "tunnel",
     )
@@ -55,6 +60,7 @@ class Request:
         self.tunnel = stream.tunnel  # a WebSocket: bytes both ways once it is up
         self.head_at: float | None = None  # when the response head arrived
         self.error: str | None = None  # the mesh error reason, or "fallback:<kind>"
+        self.trace: RequestTrace | None = None  # with [tracing]: its span and propagation
 
     def read_head(self) -> None:
         """Take the method, path and authority (``host`` when there is no ``:authority``)."""
@@ -89,6 +95,26 @@ class Request:
                         if stripped.startswith(prefix):
                             return stripped[len(prefix) :]
         return None
+
+    def trace_attributes(self) -> dict[str, object]:
+        """What the request's span says of it (OpenTelemetry's HTTP server conventions,
+        and the mesh's own facts under ``meshnode.``)."""
+        path, _, query = self.path.partition(b"?")
+        attributes: dict[str, object] = {
+            "http.request.method": self.method.decode("latin-1"),
+            "url.path": path.decode("latin-1"),
+            "server.address": self.authority.decode("latin-1"),
+            "client.address": self.client_ip.decode("latin-1"),
+        }
+        if query:
+            attributes["url.query"] = query.decode("latin-1")
+        if self.group is not None:
+            attributes["meshnode.upstream"] = self.group.name
+        if self.request_id is not None:
+            attributes["meshnode.request_id"] = self.request_id.decode("latin-1")
+        if self.peer.identity is not None:
+            attributes["meshnode.peer.identity"] = self.peer.identity
+        return attributes
 
     def outcome_time(self, end: float) -> float:
         """When the request's outcome was known: its ``end``, or for a tunnel its opening

@@ -32,6 +32,7 @@ from meshnode.net.http1.hop_by_hop import strip_hop_by_hop
 from meshnode.net.pool import UpstreamConnections, UpstreamPool
 from meshnode.net.stream import ensure_open
 from meshnode.policy.models import UpstreamPolicy
+from meshnode.policy.units import Address
 from meshnode.proxy import fallback
 from meshnode.proxy.attempt import AttemptFailed, attempt
 from meshnode.proxy.headers import HeaderList
@@ -63,7 +64,8 @@ class Tries:
         extra_headers: HeaderList,
     ) -> None:
         """``limit``: seconds the whole loop may take (the request timeout, or a tunnel's
-        lifetime); ``tunnels``: where a WebSocket tunnel registers while it is open."""
+        lifetime); ``tunnels``: where a WebSocket tunnel registers while it is open;
+        ``extra_headers``: added to the response relayed (a fallback's mark)."""
         self.request = request
         self.group = group
         self.policy = policy
@@ -79,6 +81,7 @@ class Tries:
             self.tunnel = Tunnel(policy.timeout.tunnel_idle, tunnels)
         self.capture = _capture_for(request, policy)
         self.tries = 0  # tries the retry policy counts (resends are not)
+        self.head_status = 0  # the status of the current try's response head, once it came
         self.resends = 0
 
     async def run(self) -> int:
@@ -111,11 +114,21 @@ class Tries:
                 request.endpoint = endpoint.address
                 started = trio.current_time()
                 try_failed = True  # until the try relays an answer that is not a failure
+                headers, span = request.out_headers, None
+                trace = request.trace
+                if trace is not None:  # the try's own trace context goes with it
+                    span, sent = trace.start_try(
+                        f"{request.method.decode('latin-1')} {group.name}",
+                        self._try_attributes(endpoint.address),
+                    )
+                    headers = [*headers, *sent]
+                status, outcome = 0, None  # what the try's span will say
+                self.head_status = 0
                 try:
                     status, head = await attempt(
                         self.pool,
                         endpoint,
-                        request.out_headers,
+                        headers,
                         request.body,
                         request.stream,
                         scope,
@@ -133,7 +146,7 @@ class Tries:
                         self._remember(head)
                     return status
                 except AttemptFailed as failure:
-                    failed = failure
+                    failed, outcome = failure, failure.condition
                     resend = resend_reason(failure.reset, request.method, request.headers)
                     resend = self._within_resend_limits(failure, resend)
                 finally:
@@ -141,20 +154,38 @@ class Tries:
                         group.picker.release_unjudged(load)
                     else:
                         group.picker.release(load, trio.current_time() - started, failed=try_failed)
+                    if trace is not None and span is not None:
+                        seen = status or self.head_status  # a head, if the body went amiss
+                        trace.end_try(span, seen, outcome or (None if seen else "no-answer"))
             avoid = endpoint.address
             if resend is not None:
                 self.resends += 1
                 group.stats.resent[resend] += 1
+                if trace is not None:
+                    trace.event("resend", {"meshnode.resend.reason": resend})
                 delay = 0.0
                 continue
             if failed is None:  # the scope caught its cancellation
                 failed = self._cancelled(scope)
             delay = self._delay_after(failed)
 
+    def _try_attributes(self, address: Address) -> dict[str, object]:
+        """What a try's span says of it (OpenTelemetry's HTTP client conventions)."""
+        attributes: dict[str, object] = {
+            "http.request.method": self.request.method.decode("latin-1"),
+            "server.address": address.host,
+            "server.port": address.port,
+            "meshnode.upstream": self.group.name,
+        }
+        if self.tries > 1:
+            attributes["http.request.resend_count"] = self.tries - 1
+        return attributes
+
     def _judge(self, status: int, headers: HeaderList) -> None:
         """Refuse to relay a head the retry policy names, while a retry may follow, or one
         the fallback takes over (by the status, or once retries are exhausted)."""
         self.request.head_at = trio.current_time()
+        self.head_status = status
         policy = self.policy
         condition = delay = None
         if policy.retry is not None:
@@ -216,6 +247,16 @@ class Tries:
                 stats.retries["exhausted"] += 1
             raise failed.error
         stats.retries["retried"] += 1
+        trace = self.request.trace
+        if trace is not None:
+            trace.event(
+                "retry",
+                {
+                    "meshnode.retry.reason": failed.condition,
+                    "meshnode.retry.delay_ms": round(delay * 1000, 3),
+                    "meshnode.retry.attempt": self.tries,
+                },
+            )
         return delay
 
     def _retry_delay(self, condition: str, response_headers: HeaderList) -> float | None:

@@ -10,7 +10,10 @@ sent again from one that ran twice: every request whose body arrived whole is co
 method, and ``GET /_counts`` answers the counts as JSON (that request is not counted).
 ``/digest`` answers the SHA-256 of the request body, ``/te`` answers with a ``te:
 trailers`` field (a request's field alone), a JSON POST answers 201 with its object and an
-``id`` (a service that creates things, as the seed's examples call), anything else ``ok``.
+``id`` (a service that creates things, as the seed's examples call), ``/headers`` answers
+the request's header fields as a JSON object, ``/status/N`` answers status N, and
+``/flaky/KEY`` answers 503 the first time a KEY is asked for and 200 after; anything else
+``ok``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from tests.support.asgi import answer_lifespan
 counts: Counter[str] = Counter()
 
 
+flaky_seen: set[str] = set()
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         await answer_lifespan(receive, send)
@@ -45,8 +51,18 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not message.get("more_body"):
             break
     status = 200
-    if scope["path"] == "/_counts":
+    path: str = scope["path"]
+    if path == "/_counts":
         body = json.dumps(counts).encode()
+    elif path == "/headers":
+        fields = {name.decode(): value.decode() for name, value in scope["headers"]}
+        body = json.dumps(fields).encode()
+    elif path.startswith("/status/"):
+        status, body = int(path.rsplit("/", 1)[1]), b"as asked"
+    elif path.startswith("/flaky/"):
+        status = 200 if path in flaky_seen else 503
+        flaky_seen.add(path)
+        body = b"ok" if status == 200 else b"not yet"
     else:
         counts[scope["method"]] += 1
         body = (

@@ -8,7 +8,9 @@ import platform
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
@@ -106,15 +108,16 @@ def write_policies(
     upstreams: dict[str, list[str]],
     extra: str = "",
     node_settings: str = "",
+    node_sections: str = "",
 ) -> None:
     """A node.toml on the given ports and one file per upstream with static endpoints;
-    ``node_settings``: more [node] lines."""
+    ``node_settings``: more [node] lines; ``node_sections``: more sections of node.toml."""
     directory.mkdir(parents=True, exist_ok=True)
     node_settings = node_settings.rstrip("\n") + "\n" if node_settings else ""
     (directory / "node.toml").write_text(
         f'[node]\nname = "bench"\n{node_settings}'
         f'[listeners.outbound]\naddress = "127.0.0.1:{outbound_port}"\n'
-        f'[admin]\naddress = "127.0.0.1:{admin_port}"\n'
+        f'[admin]\naddress = "127.0.0.1:{admin_port}"\n' + node_sections
     )
     for name, endpoints in upstreams.items():
         write_upstream(directory, name, endpoints, extra)
@@ -153,3 +156,23 @@ def start_meshnode(
     )
     wait_for_port(outbound_port)
     return node
+
+
+def start_trace_sink() -> tuple[ThreadingHTTPServer, str]:
+    """An OTLP/HTTP endpoint that accepts every export and keeps nothing: what a node
+    spends on spans, without a collector's own cost in the figures. Returns the server
+    (``shutdown`` it) and its base URL."""
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"

@@ -19,7 +19,9 @@ certificate, so the first proxy does); churn: nginx recycling each connection af
 (``retries 3``); RSS with 1,000 idle connections, and
 while 50 clients ask for 100 MiB each and never read. At -c1 -m1 two more
 proxies run: the full stack with ``[node] busy_poll = "50us"`` and HAProxy with
-``busy-polling``, each sparing itself a halted vCPU's wake-ups.
+``busy-polling``, each sparing itself a halted vCPU's wake-ups. At -c10 -m10 two more:
+the full stack with ``[tracing]``, sampling none and sampling every request (spans sent
+to a local OTLP sink that answers and discards).
 
     ./dev bench proxy                 # default scenarios
     ./dev bench proxy --requests 5000 # fewer requests per scenario
@@ -48,6 +50,7 @@ from common import (
     start_haproxy,
     start_meshnode,
     start_nghttpd,
+    start_trace_sink,
     write_policies,
     write_report,
 )
@@ -111,7 +114,17 @@ BEFORE = "before+res"  # the full stack on an earlier commit's meshnode (--befor
 BUSY_POLL = "50us"
 BUSY_POLL_STACK = "meshnode+res+bp"
 HAPROXY_BUSY_POLLING = "haproxy+bp"
-BUSY_POLL_SCENARIOS = {"c1-m1"}
+# At -c10 -m10, also the full stack with [tracing]: every request sampled out (its cost
+# when on but not sampling), and every request sampled (spans sent to a local sink).
+TRACED_OUT, TRACED_ALL = "meshnode+res+t0", "meshnode+res+t1"
+TRACING = {TRACED_OUT: 0.0, TRACED_ALL: 1.0}
+# The stacks that run in some scenarios only.
+ONLY_IN = {
+    BUSY_POLL_STACK: {"c1-m1"},
+    HAPROXY_BUSY_POLLING: {"c1-m1"},
+    TRACED_OUT: {"c10-m10"},
+    TRACED_ALL: {"c10-m10"},
+}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -237,15 +250,24 @@ def main() -> None:
         node_settings=f'busy_poll = "{BUSY_POLL}"',
     )
     nodes[BUSY_POLL_STACK] = (start_meshnode(work / BUSY_POLL_STACK, outbound_port), outbound_port)
+    sink, sink_endpoint = start_trace_sink()
+    for stack, ratio in TRACING.items():
+        outbound_port, admin_port = free_port(), free_port()
+        tracing = f'[tracing]\nendpoint = "{sink_endpoint}"\nsample_ratio = {ratio}\n'
+        write_policies(
+            work / stack, outbound_port, admin_port, endpoints, FULL_STACK, node_sections=tracing
+        )
+        nodes[stack] = (start_meshnode(work / stack, outbound_port), outbound_port)
     if args.before is not None:
         outbound_port, admin_port = free_port(), free_port()
         write_policies(work / BEFORE, outbound_port, admin_port, endpoints, FULL_STACK)
         node = start_meshnode(work / BEFORE, outbound_port, source=args.before)
         nodes[BEFORE] = (node, outbound_port)
-    spinning = [BUSY_POLL_STACK]
+    only_in = {stack: ONLY_IN[stack] for stack in (BUSY_POLL_STACK, *TRACING)}
     if shutil.which("haproxy") is not None:  # ./dev bench installs it
         nodes["haproxy"] = start_haproxy(work, upstream_port, grpc_port)
-        spinning.append(HAPROXY_BUSY_POLLING)  # started for its own runs only: it always spins
+        # Started for its own runs only: it always spins.
+        only_in[HAPROXY_BUSY_POLLING] = ONLY_IN[HAPROXY_BUSY_POLLING]
     mtls_nodes, mtls_port = start_mtls_pair(work, upstream_port)
     mtls_haproxy = start_haproxy_mtls(work, upstream_port)
     floor = floor_us()
@@ -263,9 +285,8 @@ def main() -> None:
                 ("grpc", grpc_port) if kind == "grpc" else ("web", upstream_port)
             )
             extra_options = sends[kind]
-            stacks = [stack for stack in nodes if stack not in spinning]
-            if name in BUSY_POLL_SCENARIOS:
-                stacks += spinning
+            stacks = [stack for stack in nodes if stack not in only_in]
+            stacks += [stack for stack, scenarios in only_in.items() if name in scenarios]
             row: dict[str, object] = {"requests": count}
             row["direct"] = h2load(
                 f"http://127.0.0.1:{direct_port}/{resource_name}",
@@ -303,7 +324,7 @@ def main() -> None:
         churn: dict[str, object] = {}
         if "churn" in chosen:
             churn = churn_row(work, requests, rounds, h2load, cpu_seconds)
-        steady = {stack: node for stack, node in nodes.items() if stack not in spinning}
+        steady = {stack: node for stack, node in nodes.items() if stack not in only_in}
         idle: dict[str, tuple[int, int]] = {}
         if "idle" in chosen:
             idle = {stack: idle_rss(node.pid, port) for stack, (node, port) in steady.items()}
@@ -320,6 +341,7 @@ def main() -> None:
         upstream.terminate()
         upstream.wait(30)
         grpc_server.stop(None)
+        sink.shutdown()
         shutil.rmtree(work, ignore_errors=True)
 
     header = ("scenario", "path", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "failed")
@@ -356,6 +378,13 @@ def main() -> None:
         if BEFORE in row:
             before = row[BEFORE]["cpu_us_per_request"]  # type: ignore[index]
             print(f"{'':10} {BEFORE} is {before / floor:.2f}x the floor")
+        for stack, ratio in TRACING.items():
+            if stack in row:
+                traced = row[stack]["cpu_us_per_request"]  # type: ignore[index]
+                print(
+                    f"{'':10} [tracing] sample_ratio = {ratio:g} costs"
+                    f" {(traced - full) / full * 100:+.1f} % CPU per request over meshnode+res"
+                )
     for path, figures in churn.items():
         if isinstance(figures, dict):
             print(
@@ -472,7 +501,7 @@ def idle_rss(pid: int, port: int) -> tuple[int, int]:
 def nodes_order(results: dict[str, dict[str, object]]) -> list[str]:
     """The proxies measured in any scenario, meshnode's stacks first, in a stable order."""
     measured = {path for row in results.values() for path in row}
-    order = (*STACKS, BUSY_POLL_STACK, BEFORE, "haproxy", HAPROXY_BUSY_POLLING)
+    order = (*STACKS, BUSY_POLL_STACK, *TRACING, BEFORE, "haproxy", HAPROXY_BUSY_POLLING)
     return [path for path in order if path in measured]
 
 

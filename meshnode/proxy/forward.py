@@ -159,12 +159,9 @@ class Proxy:
             request.headers, request.client_ip, request.peer.identity
         )
         if self.tracer is not None:
-            trace = request.trace = self.tracer.begin(
-                request.headers,
-                f"{request.method.decode('latin-1')} {group.name}",
-                request.trace_attributes(),
-            )
-            request.out_headers = trace.outgoing(request.out_headers)
+            trace = request.trace = self.tracer.begin(request.headers, request.describe)
+            if trace is not None:
+                request.out_headers = trace.outgoing(request.out_headers)
         replay = policy.retry.buffer if policy.retry is not None else DEFAULT_REPLAY_BUFFER
         if request.tunnel:
             replay = 0  # a tunnel's bytes are not a body to send again

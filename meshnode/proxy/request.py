@@ -96,9 +96,9 @@ class Request:
                             return stripped[len(prefix) :]
         return None
 
-    def trace_attributes(self) -> dict[str, object]:
-        """What the request's span says of it (OpenTelemetry's HTTP server conventions,
-        and the mesh's own facts under ``meshnode.``)."""
+    def describe(self) -> tuple[str, dict[str, object]]:
+        """The request's span: its name, and what it says of the request (OpenTelemetry's
+        HTTP server conventions, and the mesh's own facts under ``meshnode.``)."""
         path, _, query = self.path.partition(b"?")
         attributes: dict[str, object] = {
             "http.request.method": self.method.decode("latin-1"),
@@ -114,7 +114,8 @@ class Request:
             attributes["meshnode.request_id"] = self.request_id.decode("latin-1")
         if self.peer.identity is not None:
             attributes["meshnode.peer.identity"] = self.peer.identity
-        return attributes
+        upstream = self.group.name if self.group is not None else "-"
+        return f"{attributes['http.request.method']} {upstream}", attributes
 
     def outcome_time(self, end: float) -> float:
         """When the request's outcome was known: its ``end``, or for a tunnel its opening

@@ -117,11 +117,13 @@ class Tries:
                 headers, span = request.out_headers, None
                 trace = request.trace
                 if trace is not None:  # the try's own trace context goes with it
-                    span, sent = trace.start_try(
-                        f"{request.method.decode('latin-1')} {group.name}",
-                        self._try_attributes(endpoint.address),
-                    )
-                    headers = [*headers, *sent]
+                    sent = trace.sent
+                    if trace.span is not None:
+                        span, sent = trace.start_try(
+                            f"{request.method.decode('latin-1')} {group.name}",
+                            self._try_attributes(endpoint.address),
+                        )
+                    headers = [*headers, *(sent or ())]
                 status, outcome = 0, None  # what the try's span will say
                 self.head_status = 0
                 try:

@@ -12,11 +12,12 @@ What happens then:
 - **sampled**: the node records a SERVER span for the request and a CLIENT span per
   try, and each try carries a context naming its own span (so the upstream's span is
   the child of the try that reached it). The caller's ``tracestate`` travels on.
-- **not sampled, valid context**: nothing is recorded and the request's trace headers
-  go on as they came: the cheapest path, and the caller's decision holds downstream.
-- **not sampled, no or malformed context**: the node starts an unsampled trace of its
-  own and sends it on, so that every hop after it agrees not to sample; a malformed
-  header is never relayed as it came.
+- **not sampled, and no trace headers or a valid context**: nothing is recorded and the
+  request goes on as it came (``begin`` returns None): the caller's decision, if any,
+  holds downstream, and a request nobody traces costs next to nothing.
+- **not sampled, malformed trace headers**: they are never relayed as they came; the
+  node sends on an unsampled trace of its own instead, so that every hop after it
+  agrees not to sample.
 
 Spans carry OpenTelemetry's HTTP semantic conventions, the mesh's facts as attributes
 (upstream, endpoint, request id, the caller's SPIFFE ID) and events (breaker rejection,
@@ -28,7 +29,7 @@ mesh error sets the span's status. The OpenTelemetry SDK builds and exports them
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -105,18 +106,19 @@ class MeshTracer:
         self.processor.shutdown()
 
     def begin(
-        self, headers: Sequence[Header], name: str, attributes: dict[str, Any]
-    ) -> RequestTrace:
-        """The trace of one request whose head is ``headers``."""
+        self, headers: Sequence[Header], describe: Callable[[], tuple[str, dict[str, Any]]]
+    ) -> RequestTrace | None:
+        """The trace of one request whose head is ``headers``; None when the node neither
+        records it nor changes its trace headers. ``describe`` names its span and gives
+        its attributes, asked only when it is sampled."""
         incoming = extract(headers, self.propagation)
         parent = incoming.context
         sampled = parent.sampled if parent is not None else self._rng.random() < self._ratio
         if not sampled:
-            if parent is not None:
-                return RequestTrace(self, None, None, None)  # its headers go on as they came
-            fresh = TraceContext(
-                self._rng.getrandbits(128) or 1, self._rng.getrandbits(64) or 1, False
-            )
+            if parent is not None or not incoming.had_headers:
+                return None
+            rng = self._rng
+            fresh = TraceContext(rng.getrandbits(128) or 1, rng.getrandbits(64) or 1, False)
             return RequestTrace(self, None, fresh, inject(fresh, self.propagation))
         context = None
         if parent is not None:
@@ -124,6 +126,7 @@ class MeshTracer:
                 parent.trace_id, parent.span_id, True, trace.TraceFlags(trace.TraceFlags.SAMPLED)
             )
             context = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+        name, attributes = describe()
         span = self._tracer.start_span(name, context, _SERVER, attributes)
         state = parent.state if parent is not None else None
         return RequestTrace(self, span, TraceContext(0, 0, True, state), None)
@@ -133,13 +136,11 @@ class MeshTracer:
 
 
 class RequestTrace:
-    """One request's part of its trace: its span when sampled, and what each try sends on.
+    """One request's part of its trace: its span when sampled (else None, and the
+    unsampled trace ``sent`` with every try), and what each try sends on. The request's
+    own trace headers are replaced (``outgoing``)."""
 
-    ``rewrites``: the request's own trace headers are replaced (sampled, or an unsampled
-    trace the node started); otherwise they go on as they came.
-    """
-
-    __slots__ = ("_sent", "_tracer", "context", "span")
+    __slots__ = ("_tracer", "context", "sent", "span")
 
     def __init__(
         self,
@@ -150,24 +151,17 @@ class RequestTrace:
     ) -> None:
         self._tracer = tracer
         self.span = span  # None when not sampled
-        self.context = context  # the trace the node sends on; None: the caller's, as it came
-        self._sent = sent  # an unsampled trace's headers: the same for every try
-
-    @property
-    def rewrites(self) -> bool:
-        return self.context is not None
+        self.context = context  # the trace the node sends on (its tracestate, when sampled)
+        self.sent = sent  # when not sampled: the trace headers every try sends
 
     def outgoing(self, headers: list[Header]) -> list[Header]:
-        """The request's headers to forward, without the trace headers it came with when
-        the node sends its own."""
-        return without_trace_headers(headers) if self.rewrites else headers
+        """The request's headers to forward, without the trace headers it came with."""
+        return without_trace_headers(headers)
 
     def start_try(self, name: str, attributes: dict[str, Any]) -> tuple[Any, list[Header]]:
-        """A try's span (None when not sampled) and the trace headers it sends."""
-        if self.span is None:
-            return None, self._sent or []
+        """A sampled request's try: its span, and the trace headers naming it."""
+        assert self.context is not None and self.span is not None
         span = self._tracer.start_try(self.span, name, attributes)
-        assert self.context is not None
         own = span.get_span_context()
         context = TraceContext(own.trace_id, own.span_id, True, self.context.state)
         return span, inject(context, self._tracer.propagation)

@@ -134,8 +134,9 @@ def test_unsampled_requests_export_nothing(tmp_path, node_process, receiver, ser
     )
     unsampled = f"00-{CALLER_TRACE}-{CALLER_SPAN}-00"
     assert seen_by_service(node, f"traceparent: {unsampled}")["traceparent"] == unsampled
-    fresh = seen_by_service(node)["traceparent"]  # no context: an unsampled trace of its own
-    assert TRACEPARENT.match(fresh).group(3) == "00"  # type: ignore[union-attr]
+    assert "traceparent" not in seen_by_service(node)  # no context, not sampled: as it came
+    replaced = seen_by_service(node, "traceparent: 00-garbage-00")["traceparent"]
+    assert TRACEPARENT.match(replaced).group(3) == "00"  # type: ignore[union-attr]
     sampled = "5" * 32
     seen_by_service(node, f"traceparent: 00-{sampled}-{CALLER_SPAN}-01")  # the caller's say
     spans = receiver.wait_for(of_trace(sampled, 2))
@@ -344,7 +345,7 @@ def test_tracing_is_reloaded_and_off_when_the_section_goes(
     node = node_with(
         tmp_path, node_process, service.address, tracing_section(receiver.endpoint, ratio=0.0)
     )
-    assert TRACEPARENT.match(seen_by_service(node)["traceparent"]).group(3) == "00"  # type: ignore[union-attr]
+    assert "traceparent" not in seen_by_service(node)  # sampled out
     node_toml_path = tmp_path / "p" / "node.toml"
     text = node_toml_path.read_text()
     node_toml_path.write_text(text.replace("sample_ratio = 0.0", "sample_ratio = 1.0"))
@@ -354,4 +355,5 @@ def test_tracing_is_reloaded_and_off_when_the_section_goes(
     receiver.wait_for(of_trace(trace_id, 2))
     node_toml_path.write_text(text[: text.index("\n[tracing]")] + "\n")
     node.wait_for_log("policies reloaded", count=2)
-    assert "traceparent" not in seen_by_service(node)  # off: the node adds nothing
+    malformed = "traceparent: 00-garbage-01"
+    assert seen_by_service(node, malformed)["traceparent"] == "00-garbage-01"  # off: untouched

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+import trio
 
 from meshnode import certs
+from meshnode.client import open_mesh_client
 from meshnode.policy import Address
 from tests.conftest import NodeProcess, free_port, require, upstream_toml, write_policies
 from tests.support.mtls import inbound_section, mesh_upstream, node_toml
@@ -357,3 +359,54 @@ def test_tracing_is_reloaded_and_off_when_the_section_goes(
     node.wait_for_log("policies reloaded", count=2)
     malformed = "traceparent: 00-garbage-01"
     assert seen_by_service(node, malformed)["traceparent"] == "00-garbage-01"  # off: untouched
+
+
+async def test_the_embedded_mesh_client_takes_the_same_section(tmp_path, receiver, service) -> None:
+    directory = write_policies(tmp_path / "p", {"api": upstream_toml("api", service.address)})
+    with (directory / "node.toml").open("a") as node_toml_file:
+        node_toml_file.write(tracing_section(receiver.endpoint))
+    async with open_mesh_client("caller", policies=directory, watch=False) as mesh:
+        response = await mesh.get("api", "/headers")
+    trace_id, parent, _ = TRACEPARENT.match(json.loads(response.text)["traceparent"]).groups()  # type: ignore[union-attr]
+    spans = await trio.to_thread.run_sync(receiver.wait_for, of_trace(trace_id, 2))
+    assert parent == one(spans, trace_id=trace_id, kind="client").span_id
+    assert one(spans, trace_id=trace_id, kind="server").service == "test-node"
+
+
+def test_an_http1_request_is_traced_and_a_mesh_error_sets_the_status(
+    tmp_path, node_process, receiver, service
+) -> None:
+    directory = write_policies(
+        tmp_path / "p",
+        {
+            "api": upstream_toml("api", service.address),
+            "gone": upstream_toml("gone", f"127.0.0.1:{free_port()}"),
+        },
+    )
+    with (directory / "node.toml").open("a") as node_toml_file:
+        node_toml_file.write(tracing_section(receiver.endpoint))
+    node: NodeProcess = node_process(directory)
+    http1 = [require("curl"), "-s", "--http1.1", "-H", "host: api", "-H", "x-request-id: h1"]
+    body = subprocess.run(
+        [*http1, f"http://{node.outbound}/headers"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    trace_id = TRACEPARENT.match(json.loads(body)["traceparent"]).group(1)  # type: ignore[union-attr]
+    assert get(node, "/", authority="gone")[0] == 503  # connect-failure
+    spans = receiver.wait_for(
+        lambda spans: (
+            of_trace(trace_id, 2)(spans)
+            and any(
+                s.attributes.get("meshnode.upstream") == "gone" and s.kind == "server"
+                for s in spans
+            )
+        )
+    )
+    assert one(spans, trace_id=trace_id, kind="server").attributes["meshnode.request_id"] == "h1"
+    failed = [s for s in spans if s.attributes.get("meshnode.upstream") == "gone"]
+    server = one(failed, kind="server")
+    assert (server.status, server.attributes["error.type"]) == ("error", "upstream-connect-failure")
+    assert server.attributes["http.response.status_code"] == 503

@@ -21,6 +21,7 @@ from meshnode.policy import Address
 from tests.conftest import NodeProcess, free_port, require, upstream_toml, write_policies
 from tests.support.mtls import inbound_section, mesh_upstream, node_toml
 from tests.support.otlp_receiver import OTLPReceiver, ReceivedSpan
+from tests.support.trace_picture import svg
 from tests.support.upstream_processes import PythonUpstream, hypercorn
 
 pytestmark = pytest.mark.integration
@@ -216,6 +217,8 @@ def test_retry_and_fallback_events_are_on_the_request_span(
     assert [t.attributes["http.response.status_code"] for t in tries] == [503, 200]
     assert [t.status for t in tries] == ["error", "unset"]
     assert tries[1].attributes["http.request.resend_count"] == 1
+    picture = svg([s for s in spans if s.trace_id == "1" * 32])  # as docs/tracing.md draws it
+    assert picture.count("<rect x=") == 3 and "event: retry 503 after 10 ms" in picture
     fell_back = one(spans, trace_id="2" * 32, kind="server")
     assert [name for name, _ in fell_back.events] == ["retry", "fallback"]
     assert fell_back.events[1][1]["meshnode.fallback.kind"] == "static"

@@ -14,11 +14,13 @@ from pathlib import Path
 import grpc
 import pytest
 import trio
+from trio_websocket import WebSocketRequest
 
 from meshnode import certs
 from meshnode.client import open_mesh_client
 from meshnode.policy import Address
 from tests.conftest import NodeProcess, free_port, require, upstream_toml, write_policies
+from tests.integration.test_websocket import EchoServer, chat, exchange, websocket_upstream
 from tests.support.mtls import inbound_section, mesh_upstream, node_toml
 from tests.support.otlp_receiver import OTLPReceiver, ReceivedSpan
 from tests.support.trace_picture import svg
@@ -413,3 +415,34 @@ def test_an_http1_request_is_traced_and_a_mesh_error_sets_the_status(
     server = one(failed, kind="server")
     assert (server.status, server.attributes["error.type"]) == ("error", "upstream-connect-failure")
     assert server.attributes["http.response.status_code"] == 503
+
+
+class HeaderKeepingEcho(EchoServer):
+    """The echo server, remembering each handshake's trace header."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.traceparents: list[str] = []
+
+    async def _echo(self, request: WebSocketRequest) -> None:
+        fields = {bytes(name).lower(): bytes(value) for name, value in request.headers}
+        self.traceparents.append(fields.get(b"traceparent", b"").decode())
+        await super()._echo(request)
+
+
+async def test_a_websocket_upgrade_is_traced(tmp_path, nursery, running, receiver) -> None:
+    echo = HeaderKeepingEcho()
+    address = await echo.start(nursery)
+    directory = write_policies(tmp_path / "p", {"echo": websocket_upstream("echo", address)})
+    with (directory / "node.toml").open("a") as node_toml_file:
+        node_toml_file.write(tracing_section(receiver.endpoint))
+    _, addresses = await running(directory)
+    caller = (b"traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01".encode())
+    async with chat(addresses.outbound[0], extra_headers=[caller]) as ws:
+        await exchange(ws)
+    [seen] = echo.traceparents
+    trace_id, parent, _ = TRACEPARENT.match(seen).groups()  # type: ignore[union-attr]
+    assert trace_id == CALLER_TRACE
+    spans = await trio.to_thread.run_sync(receiver.wait_for, of_trace(CALLER_TRACE, 2))
+    assert parent == one(spans, kind="client").span_id
+    assert one(spans, kind="server").parent_span_id == CALLER_SPAN

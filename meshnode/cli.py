@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import click
 import trio
@@ -15,12 +17,17 @@ from meshnode import certs as certificates
 from meshnode import logs
 from meshnode.cli_admin import ADMIN_COMMANDS
 from meshnode.demo import answer
+from meshnode.fleet.rollout import RolloutStopped, fleet_status, status_table
+from meshnode.fleet.rollout import push as fleet_push
+from meshnode.fleet.store import StoreAccess, StoreError
 from meshnode.logs import LogFormat
 from meshnode.net.h2 import speedups as h2_speedups
 from meshnode.net.listener import H2Listener
 from meshnode.node import Bindings, Node, NodeAddresses, preflight
 from meshnode.policy import Address, PolicyError, PolicySet, load_policies
 from meshnode.policy.advice import policy_warnings
+from meshnode.policy.checks import store_url_problem
+from meshnode.policy.units import Duration
 from meshnode.reload import POLL_INTERVAL
 from meshnode.worker_process import announce_ready, follow_parent, worker_count
 
@@ -160,6 +167,80 @@ def validate(directory: Path, strict: bool) -> None:
     names = ", ".join(sorted(policies.upstreams)) or "none"
     noted = f"; {len(warnings)} warning(s)" if warnings else ""
     click.echo(f"{directory}: valid (version {policies.version}; upstreams: {names}{noted})")
+
+
+def store_options(command: Any) -> Any:
+    """How to reach the fleet's store: TLS material and tokens from files, never values."""
+    for name, help_text in (
+        ("--token-file", "Consul: a file holding the ACL token."),
+        ("--key-file", "etcd: the client certificate's key."),
+        ("--cert-file", "etcd: a client certificate to present."),
+        ("--ca-file", "Reach the store over https, verified against this CA."),
+    ):
+        command = click.option(name, type=click.Path(dir_okay=False), help=help_text)(command)
+    return command
+
+
+def _access(url: str, **files: str | None) -> StoreAccess:
+    problem = store_url_problem(url)
+    if problem is not None:
+        raise click.BadParameter(problem)
+    return StoreAccess(url, **files)
+
+
+@policy.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--to", "url", required=True, help="etcd://host:port/prefix or consul://...")
+@click.option("--canary", "canaries", multiple=True, help="A node to roll out to first.")
+@click.option("--wait", default="60s", show_default=True, help="How long canaries may take.")
+@store_options
+def push(
+    directory: Path,
+    url: str,
+    canaries: tuple[str, ...],
+    wait: str,
+    **files: str | None,
+) -> None:
+    """Validate DIRECTORY and push its upstream files to the fleet's store as one version
+    (with --canary, to those nodes first; the rest only once they run it and are ready)."""
+    _checked(directory, summary=True)
+    try:
+        seconds = float(Duration.parse(wait))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--wait") from exc
+    try:
+        trio.run(
+            functools.partial(
+                fleet_push,
+                _access(url, **files),
+                directory,
+                canaries=canaries,
+                wait=seconds,
+                say=click.echo,
+            )
+        )
+    except (StoreError, RolloutStopped) as exc:
+        click.echo(f"push: {exc}", err=True)
+        raise SystemExit(2) from exc
+
+
+@main.group()
+def fleet() -> None:
+    """The fleet of nodes that share a policy store."""
+
+
+@fleet.command("status")
+@click.option("--store", "url", required=True, help="etcd://host:port/prefix or consul://...")
+@click.option("--json", "as_json", is_flag=True, help="The registry as JSON.")
+@store_options
+def fleet_status_command(url: str, as_json: bool, **files: str | None) -> None:
+    """Every registered node: its policy version, readiness and open breakers."""
+    try:
+        status = trio.run(fleet_status, _access(url, **files))
+    except StoreError as exc:
+        click.echo(f"fleet status: {exc}", err=True)
+        raise SystemExit(2) from exc
+    click.echo(json.dumps(status, indent=2, sort_keys=True) if as_json else status_table(status))
 
 
 certs_dir_option = click.option(

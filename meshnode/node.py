@@ -15,6 +15,7 @@ import functools
 import logging
 import signal
 import time
+from typing import Any
 
 import attrs
 import trio
@@ -29,6 +30,8 @@ from meshnode.admin.http import AdminHTTPServer
 from meshnode.admin.origins import allowed_hosts
 from meshnode.engine import Engine, tls_paths
 from meshnode.events import EventBus, OverloadChanged
+from meshnode.fleet.member import FleetMember
+from meshnode.fleet.store import StoreAccess
 from meshnode.net.busy_poll import BusyPoll
 from meshnode.net.listener import H2Listener
 from meshnode.net.overload import Overload
@@ -40,6 +43,8 @@ from meshnode.policy.diff import PolicyDiff
 from meshnode.policy.load import read_token
 from meshnode.policy.models import NodeHealthCheck
 from meshnode.reload import POLL_INTERVAL, Reloader, ReloadResult, watch_directory
+from meshnode.resilience.core.breaker import BreakerState
+from meshnode.resilience.core.health import health_report
 from meshnode.resilience.health import CommonHealthChecks, HealthCheck, HealthCheckManager
 from meshnode.resilience.spool import AsyncSpool
 
@@ -151,6 +156,8 @@ class Node:
         self.busy_poll = BusyPoll()
         self._listeners: list[H2Listener] = []
         self.admin = NodeAdmin(self)  # what the admin API reads and commands
+        self.fleet: FleetMember | None = None  # with [node] policy_source
+        self.addresses = NodeAddresses([], [])
 
     @property
     def policies(self) -> PolicySet:
@@ -295,9 +302,20 @@ class Node:
                 self.policies.directory,
                 self.policies.version,
             )
-            task_status.started(
-                NodeAddresses(outbound_addresses, admin_addresses, inbound_addresses)
-            )
+            self.addresses = NodeAddresses(outbound_addresses, admin_addresses, inbound_addresses)
+            task_status.started(self.addresses)
+            source = policy.node.policy_source
+            if source is not None:
+                directory = self.policies.directory
+                self.fleet = FleetMember(
+                    StoreAccess.of(source, policy.fleet, directory),
+                    directory,
+                    policy.node.name,
+                    reload=self.reload,
+                    report=self._fleet_report,
+                    ttl=policy.fleet.registry_ttl,
+                )
+                nursery.start_soon(self.fleet.run)
             self.notifier.ready(self._status_line())
             nursery.start_soon(self.notifier.watchdog)
 
@@ -366,6 +384,29 @@ class Node:
         while True:
             self.rates.sample({n: g.stats for n, g in self.groups.items()}, trio.current_time())
             await trio.sleep(SAMPLE_INTERVAL)
+
+    def _fleet_report(self) -> dict[str, Any]:
+        """What this node says of itself in the fleet's registry."""
+        status, _ = health_report(self.admin.health_checks(), "readiness")
+        last = self.reloader.last_error
+        addresses = self.addresses
+        return {
+            "addresses": {
+                "outbound": [str(a) for a in addresses.outbound],
+                "admin": [str(a) for a in addresses.admin],
+                "inbound": [str(a) for a in addresses.inbound],
+            },
+            "identity": self.tls.material.identity if self.tls is not None else None,
+            "version": self.policies.version,
+            "ready": status == 200,
+            "last_reload_error": None if last is None else list(last.errors),
+            "open_breakers": sorted(
+                name
+                for name, group in self.groups.items()
+                if group.breaker.core is not None
+                and group.breaker.core.state is not BreakerState.CLOSED
+            ),
+        }
 
     def _on_overload(self, reason: str, active: bool) -> None:
         self.bus.publish(OverloadChanged(reason=reason, active=active))

@@ -25,6 +25,7 @@ LAYERS = {
     "proxy": 5,
     "admin": 5,
     "reload": 6,
+    "fleet": 6,
     "demo": 6,
     "notify": 6,
     "engine": 6,

@@ -119,10 +119,31 @@ def check_resilience(policy: UpstreamPolicy) -> Iterator[tuple[str, str]]:
             )
 
 
+STORE_SCHEMES = ("etcd", "consul")
+
+
 def check_node_settings(node: NodeSection) -> Iterator[tuple[str, str]]:
     """Yield ``(node.key, reason)`` for a [node] setting out of its range."""
     if not 0 <= node.busy_poll <= MAX_BUSY_POLL:
         yield "node.busy_poll", f"expected 0s up to {MAX_BUSY_POLL}, got {node.busy_poll}"
+    if node.policy_source is not None:
+        problem = store_url_problem(node.policy_source)
+        if problem is not None:
+            yield "node.policy_source", problem
+
+
+def store_url_problem(url: str) -> str | None:
+    """Why ``url`` names no policy store ("etcd://host:port/prefix", or consul://); None."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in STORE_SCHEMES or not parts.hostname:
+        return f'expected "etcd://host:port/prefix" or "consul://host:port/prefix", got "{url}"'
+    try:
+        parts.port  # noqa: B018 - a bad port raises here
+    except ValueError:
+        return f'the port of "{url}" is not a number'
+    if len(parts.path.strip("/")) == 0:
+        return f'"{url}" names no key prefix (like /meshnode/policies)'
+    return None
 
 
 TRACE_PROPAGATIONS = ("tracecontext", "b3", "b3multi")

@@ -31,6 +31,11 @@ def diff_policies(old: PolicySet, new: PolicySet) -> PolicyDiff:
         restart.append("admin")
     if old.node.tls != new.node.tls:
         restart.append("tls")
+    if (old.node.node.policy_source, old.node.fleet) != (
+        new.node.node.policy_source,
+        new.node.fleet,
+    ):
+        restart.append("fleet")
     return PolicyDiff(
         added=tuple(sorted(after.keys() - before.keys())),
         removed=tuple(sorted(before.keys() - after.keys())),

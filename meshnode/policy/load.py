@@ -29,6 +29,9 @@ from meshnode.policy.convert import converter, error_lines
 from meshnode.policy.models import Discovery, NodePolicy, StaticDiscovery, UpstreamPolicy
 
 NODE_FILE = "node.toml"
+# With [node] policy_source, the upstream files the fleet's store holds, as the node last
+# took them: a symlink to a whole snapshot directory, swapped in one rename (fleet/).
+FLEET_DIR = "fleet"
 
 _UPSTREAM_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 
@@ -70,10 +73,8 @@ def fingerprint(directory: Path) -> Fingerprint:
     Cheap enough to poll: edits, new and deleted files, a rename over a file
     and a swapped ``..data`` symlink (Kubernetes ConfigMaps) all change it.
     """
-    try:
-        names = sorted(name for name in os.listdir(directory) if name.endswith(".toml"))
-    except OSError:
-        return ()
+    names = _toml_names(directory)
+    names += [f"{FLEET_DIR}/{name}" for name in _toml_names(directory / FLEET_DIR)]
     entries = []
     for name in names:
         try:
@@ -84,12 +85,36 @@ def fingerprint(directory: Path) -> Fingerprint:
     return tuple(entries)
 
 
+def _toml_names(directory: Path) -> list[str]:
+    try:
+        return sorted(name for name in os.listdir(directory) if name.endswith(".toml"))
+    except OSError:
+        return []
+
+
 def load_policies(directory: Path | str) -> PolicySet:
-    """Read, parse and validate every ``*.toml`` file of ``directory``."""
+    """Read, parse and validate every ``*.toml`` file of ``directory`` (and of its
+    ``fleet/`` snapshot, when the fleet's store fills one)."""
     directory = Path(directory)
     errors: list[str] = []
     seen = fingerprint(directory)
     sources = _read_sources(directory, errors)
+    sources.update(_read_sources(directory / FLEET_DIR, errors, required=False))
+    return _policy_set(directory, sources, errors, seen)
+
+
+def check_snapshot(directory: Path, files: Mapping[str, bytes]) -> PolicySet:
+    """The policies ``directory`` would hold with ``files`` (name -> content) as its fleet
+    snapshot: validated in memory, before anything touches the disk."""
+    errors: list[str] = []
+    sources = _read_sources(directory, errors)
+    sources.update({directory / FLEET_DIR / name: text for name, text in sorted(files.items())})
+    return _policy_set(directory, sources, errors, ())
+
+
+def _policy_set(
+    directory: Path, sources: dict[Path, bytes], errors: list[str], seen: Fingerprint
+) -> PolicySet:
     digest = hashlib.sha256()
     for path, text in sources.items():
         digest.update(path.name.encode() + b"\0" + text + b"\0")
@@ -135,9 +160,12 @@ def load_policies(directory: Path | str) -> PolicySet:
     return PolicySet(directory, node, upstreams, digest.hexdigest()[:16], files, seen, local)
 
 
-def _read_sources(directory: Path, errors: list[str]) -> dict[Path, bytes]:
+def _read_sources(
+    directory: Path, errors: list[str], *, required: bool = True
+) -> dict[Path, bytes]:
     if not directory.is_dir():
-        errors.append(f"{directory}: not a directory")
+        if required:
+            errors.append(f"{directory}: not a directory")
         return {}
     sources = {}
     for path in sorted(directory.glob("*.toml")):

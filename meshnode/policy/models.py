@@ -24,6 +24,9 @@ class NodeSection:
     # How long the event loop may spin before it sleeps, while traffic flows (net/busy_poll.py):
     # CPU traded for latency on virtual machines, whose idle vCPUs are slow to wake. Off.
     busy_poll: Duration = Duration(0)
+    # Upstream policies from a store the fleet shares (docs/fleet.md):
+    # "etcd://host:port/prefix" or "consul://host:port/prefix". Default: the files only.
+    policy_source: str | None = None
 
 
 @attrs.frozen
@@ -315,6 +318,17 @@ class Limits:
 
 
 @attrs.frozen
+class FleetPolicy:
+    """``[fleet]``: how the node reaches its ``policy_source`` and registers there."""
+
+    ca_file: str | None = None  # https to etcd or Consul, checked against this CA
+    cert_file: str | None = None  # etcd: the node's client certificate...
+    key_file: str | None = None  # ...and its key
+    token_file: str | None = None  # Consul: the ACL token, read from this file
+    registry_ttl: Duration = Duration(10)  # a node silent this long leaves the fleet
+
+
+@attrs.frozen
 class TracingPolicy:
     """``[tracing]``: spans out over OTLP/HTTP, trace context on every hop (docs/tracing.md)."""
 
@@ -340,6 +354,7 @@ class NodePolicy:
     health_checks: tuple[NodeHealthCheck, ...] = ()
     limits: Limits = Limits()
     tracing: TracingPolicy | None = None
+    fleet: FleetPolicy = FleetPolicy()
 
 
 @attrs.frozen

@@ -17,9 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 
-from tests.conftest import NodeProcess, require, upstream_toml
+from meshnode.fleet.rollout import fleet_status, push
+from meshnode.fleet.store import StoreAccess, StoreError
+from tests.conftest import NodeProcess, require, serve_asgi, upstream_toml
 from tests.support.etcd import Etcd
+from tests.support.fake_consul import FakeConsul
 from tests.support.upstream_processes import PythonUpstream, hypercorn
 
 pytestmark = pytest.mark.integration
@@ -285,3 +289,43 @@ def test_a_store_answering_megabytes_is_refused_and_the_node_keeps_serving(
     )
     assert get(a) == 200
     assert node_versions(etcd)["node-a"] == good
+
+
+async def test_a_fleet_on_consul_with_an_acl_token(tmp_path, nursery, running, service) -> None:
+    consul = FakeConsul(token="s3cret")
+    url = f"consul://{await serve_asgi(nursery, consul)}{PREFIX}"
+    directory = tmp_path / "node-a"
+    directory.mkdir()
+    (directory / "token").write_text("s3cret\n")
+    (directory / "node.toml").write_text(
+        f'[node]\nname = "node-a"\npolicy_source = "{url}"\n'
+        '[listeners.outbound]\naddress = "127.0.0.1:0"\n[admin]\naddress = "127.0.0.1:0"\n'
+        '[fleet]\ntoken_file = "token"\n'
+    )
+    node, addresses = await running(directory)
+    assert node.fleet is not None
+    access = StoreAccess(url, token_file=str(directory / "token"))
+    pushing = version_dir(tmp_path, "1", api=upstream_toml("api", service.address))
+    version = await push(access, pushing, say=lambda line: None)
+    with trio.fail_after(10):
+        while node.fleet.version != version:
+            await trio.sleep(0.05)
+    answered = await trio.run_process(
+        [
+            *(require("curl"), "-s", "-o", "/dev/null", "-w", "%{http_code}"),
+            *("--http2-prior-knowledge", "-H", "host: api", f"http://{addresses.outbound[0]}/"),
+        ],
+        capture_stdout=True,
+    )
+    assert answered.stdout == b"200"
+    with trio.fail_after(10):
+        while True:  # the registry entry follows within a report interval
+            status = await fleet_status(access)
+            if status["nodes"].get("node-a", {}).get("policy_version") == version:
+                break
+            await trio.sleep(0.05)
+    assert status["current"] == version and status["nodes"]["node-a"]["ready"] is True
+    session = consul.kv[f"{PREFIX.lstrip('/')}/registry/node-a"].session
+    assert session in consul.sessions  # held by the node's session, gone with it
+    with pytest.raises(StoreError, match="403"):
+        await fleet_status(StoreAccess(url))  # no token, no fleet

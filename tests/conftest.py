@@ -12,7 +12,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,11 +185,13 @@ class NodeProcess:
         *options: str,
         ready: str = READY,
         launcher: tuple[str, ...] = ("-m", "meshnode"),
+        wrapper: Sequence[str] = (),
     ) -> None:
         """Start it, and return once a log line matches ``ready`` (outbound, admin);
-        ``launcher``: what the interpreter runs, before ``serve``."""
+        ``launcher``: what the interpreter runs, before ``serve``; ``wrapper``: what runs
+        the interpreter (``ip netns exec NS``, for a node on a host of the tests')."""
         self.process = subprocess.Popen(
-            [sys.executable, *launcher, "serve", "--policies", str(directory), *options],
+            [*wrapper, sys.executable, *launcher, "serve", "--policies", str(directory), *options],
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

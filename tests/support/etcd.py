@@ -1,5 +1,7 @@
 """A real etcd (Debian's etcd-server) on 127.0.0.1, in a temporary data directory; stoppable
-and restartable on the same ports and data, as a registry outage."""
+and restartable on the same ports and data, as a registry outage. On a host of the tests'
+(tests/support/netns.py), ``host`` is that host's address and ``wrapper`` runs etcd there,
+and curl there for what the test asks of it."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import base64
 import json
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -15,19 +18,24 @@ from tests.conftest import free_port, require
 
 
 class Etcd:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(
+        self, data_dir: Path, *, host: str = "127.0.0.1", wrapper: Sequence[str] = ()
+    ) -> None:
         self.data_dir = data_dir
-        self.client_port, self.peer_port = free_port(), free_port()
+        self.host = host
+        self.wrapper = list(wrapper)
+        self.client_port, self.peer_port = (2379, 2380) if wrapper else (free_port(), free_port())
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.host}:{self.client_port}"
 
     def start(self) -> None:
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        peer = f"http://{self.host}:{self.peer_port}"
         self._process = subprocess.Popen(
             [
+                *self.wrapper,
                 require("etcd"),
                 "--data-dir",
                 str(self.data_dir),
@@ -51,11 +59,9 @@ class Etcd:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"etcd failed: {self._process.communicate()[1].decode()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=0.5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.05)
+            if self._healthy():
+                return
+            time.sleep(0.05)
         raise RuntimeError("etcd did not become healthy within 15 s")
 
     def stop(self) -> None:
@@ -71,7 +77,24 @@ class Etcd:
     def delete(self, key: str) -> None:
         self._call("/v3/kv/deleterange", {"key": _b64(key)})
 
+    def _healthy(self) -> bool:
+        if self.wrapper:
+            probe = [*self.wrapper, require("curl"), "-s", "-f", f"{self.url}/health"]
+            return (
+                subprocess.run(probe, capture_output=True, timeout=5, check=False).returncode == 0
+            )
+        try:
+            return httpx.get(f"{self.url}/health", timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def _call(self, path: str, body: object) -> None:
+        if self.wrapper:
+            call = [*self.wrapper, require("curl"), "-s", "-f", "-d", json.dumps(body)]
+            subprocess.run(
+                [*call, f"{self.url}{path}"], capture_output=True, timeout=10, check=True
+            )
+            return
         httpx.post(f"{self.url}{path}", json=body, timeout=5).raise_for_status()
 
 

@@ -79,9 +79,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def main(port: int, max_requests: int) -> None:
+async def main(host: str, port: int, max_requests: int) -> None:
     config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
+    config.bind = [f"{host}:{port}"]
     config.loglevel = "warning"
     config.keep_alive_max_requests = max_requests
     config.graceful_timeout = 5
@@ -101,7 +101,8 @@ async def _terminated() -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--max-requests", type=int, default=1000)
     options = parser.parse_args()
-    trio.run(main, options.port, options.max_requests)
+    trio.run(main, options.host, options.port, options.max_requests)

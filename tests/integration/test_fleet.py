@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trustme
 
 from meshnode.fleet.rollout import fleet_status, push
 from meshnode.fleet.store import StoreAccess, StoreError
@@ -329,3 +330,47 @@ async def test_a_fleet_on_consul_with_an_acl_token(tmp_path, nursery, running, s
     assert session in consul.sessions  # held by the node's session, gone with it
     with pytest.raises(StoreError, match="403"):
         await fleet_status(StoreAccess(url))  # no token, no fleet
+
+
+def test_the_store_is_reached_over_tls_with_client_certificates(
+    tmp_path, node_process, service
+) -> None:
+    ca = trustme.CA()
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    ca.cert_pem.write_to_path(tls / "ca.pem")
+    for name, identity in (("server", "127.0.0.1"), ("client", "node-a.fleet")):
+        issued = ca.issue_cert(identity)
+        issued.cert_chain_pems[0].write_to_path(tls / f"{name}.pem")
+        issued.private_key_pem.write_to_path(tls / f"{name}-key.pem")
+    server = (str(tls / "ca.pem"), str(tls / "server.pem"), str(tls / "server-key.pem"))
+    etcd = Etcd(tmp_path / "etcd", tls=server, client=(server[1], server[2]))
+    etcd.start()
+    try:
+        directory = node_dir(tmp_path, "node-a", etcd)
+        with (directory / "node.toml").open("a") as node_toml:
+            node_toml.write(
+                f'ca_file = "{tls}/ca.pem"\ncert_file = "{tls}/client.pem"\n'
+                f'key_file = "{tls}/client-key.pem"\n'
+            )
+        node_process(directory)
+        material = ("--ca-file", str(tls / "ca.pem"), "--cert-file", str(tls / "client.pem"))
+        material += ("--key-file", str(tls / "client-key.pem"))
+        version = pushed(
+            version_dir(tmp_path, "1", api=upstream_toml("api", service.address)), etcd, *material
+        )
+
+        def reported() -> bool:
+            shown = meshnode("fleet", "status", "--store", store_url(etcd), "--json", *material)
+            return (
+                json.loads(shown.stdout)["nodes"].get("node-a", {}).get("policy_version") == version
+            )
+
+        wait_until(reported, 10, "the node follows the store over TLS")
+        refused = meshnode(
+            *("fleet", "status", "--store", store_url(etcd), "--ca-file", str(tls / "ca.pem")),
+            check=False,
+        )  # no client certificate: etcd refuses the handshake
+        assert refused.returncode == 2 and refused.stderr.startswith("fleet status: etcd https://")
+    finally:
+        etcd.stop()

@@ -1,12 +1,15 @@
 """A real etcd (Debian's etcd-server) on 127.0.0.1, in a temporary data directory; stoppable
 and restartable on the same ports and data, as a registry outage. On a host of the tests'
 (tests/support/netns.py), ``host`` is that host's address and ``wrapper`` runs etcd there,
-and curl there for what the test asks of it."""
+and curl there for what the test asks of it. With ``tls`` (CA, certificate, key files) it
+serves https and asks every client for a certificate signed by that CA; ``client`` is the
+certificate and key the test itself presents."""
 
 from __future__ import annotations
 
 import base64
 import json
+import ssl
 import subprocess
 import time
 from collections.abc import Sequence
@@ -19,9 +22,17 @@ from tests.conftest import free_port, require
 
 class Etcd:
     def __init__(
-        self, data_dir: Path, *, host: str = "127.0.0.1", wrapper: Sequence[str] = ()
+        self,
+        data_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        wrapper: Sequence[str] = (),
+        tls: tuple[str, str, str] | None = None,
+        client: tuple[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.tls = tls
+        self.client = client
         self.host = host
         self.wrapper = list(wrapper)
         self.client_port, self.peer_port = (2379, 2380) if wrapper else (free_port(), free_port())
@@ -29,7 +40,8 @@ class Etcd:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.client_port}"
 
     def start(self) -> None:
         peer = f"http://{self.host}:{self.peer_port}"
@@ -51,6 +63,7 @@ class Etcd:
                 f"default={peer}",
                 "--log-level",
                 "error",
+                *self._tls_options(),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -63,6 +76,23 @@ class Etcd:
                 return
             time.sleep(0.05)
         raise RuntimeError("etcd did not become healthy within 15 s")
+
+    def _tls_options(self) -> list[str]:
+        if self.tls is None:
+            return []
+        ca, cert, key = self.tls
+        return [
+            *("--cert-file", cert, "--key-file", key),
+            *("--client-cert-auth", "--trusted-ca-file", ca),
+        ]
+
+    def _client(self) -> httpx.Client:
+        if self.tls is None:
+            return httpx.Client(timeout=5)
+        context = ssl.create_default_context(cafile=self.tls[0])
+        if self.client is not None:
+            context.load_cert_chain(*self.client)
+        return httpx.Client(timeout=5, verify=context)
 
     def stop(self) -> None:
         if self._process is not None:
@@ -84,7 +114,8 @@ class Etcd:
                 subprocess.run(probe, capture_output=True, timeout=5, check=False).returncode == 0
             )
         try:
-            return httpx.get(f"{self.url}/health", timeout=0.5).status_code == 200
+            with self._client() as client:
+                return client.get(f"{self.url}/health", timeout=0.5).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -95,7 +126,8 @@ class Etcd:
                 [*call, f"{self.url}{path}"], capture_output=True, timeout=10, check=True
             )
             return
-        httpx.post(f"{self.url}{path}", json=body, timeout=5).raise_for_status()
+        with self._client() as client:
+            client.post(f"{self.url}{path}", json=body).raise_for_status()
 
 
 def _b64(text: str) -> str:

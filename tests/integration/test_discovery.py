@@ -321,14 +321,6 @@ async def _fresh(admin_address: object) -> bool:
     return not await _stale(admin_address)
 
 
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[Etcd]:
-    server = Etcd(tmp_path / "etcd-data")
-    server.start()
-    yield server
-    server.stop()
-
-
 async def test_etcd_watch_follows_the_keys_and_survives_an_outage(
     tmp_path: Path, nursery: trio.Nursery, running, etcd: Etcd
 ) -> None:

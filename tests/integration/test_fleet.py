@@ -8,10 +8,7 @@ import base64
 import json
 import signal
 import subprocess
-import sys
-import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +20,16 @@ import trustme
 from meshnode.fleet.rollout import fleet_status, push
 from meshnode.fleet.store import StoreAccess, StoreError
 from tests.conftest import NodeProcess, require, serve_asgi, upstream_toml
+from tests.support.commands import meshnode as run_meshnode
 from tests.support.etcd import Etcd
 from tests.support.fake_consul import FakeConsul
+from tests.support.fleet import fleet_node_toml, push_dir, wait_until
 from tests.support.upstream_processes import PythonUpstream, hypercorn
 
 pytestmark = pytest.mark.integration
 
 PREFIX = "/meshnode/policies"
 TTL = 3  # seconds a dead node stays in the registry
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[Etcd]:
-    server = Etcd(tmp_path / "etcd-data")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -55,43 +46,18 @@ def store_url(etcd: Etcd) -> str:
 def node_dir(tmp_path: Path, name: str, etcd: Etcd, *local: tuple[str, str]) -> Path:
     directory = tmp_path / name
     directory.mkdir()
-    (directory / "node.toml").write_text(
-        textwrap.dedent(f"""
-        [node]
-        name = "{name}"
-        drain_timeout = "2s"
-        policy_source = "{store_url(etcd)}"
-        [listeners.outbound]
-        address = "127.0.0.1:0"
-        [admin]
-        address = "127.0.0.1:0"
-        [fleet]
-        registry_ttl = "{TTL}s"
-        """)
-    )
+    (directory / "node.toml").write_text(fleet_node_toml(name, store_url(etcd), TTL))
     for file_name, text in local:
         (directory / file_name).write_text(text)
     return directory
 
 
 def version_dir(tmp_path: Path, label: str, **upstreams: str) -> Path:
-    """A directory to push: a node.toml to validate against, and the upstream files."""
-    directory = tmp_path / f"push-{label}"
-    directory.mkdir()
-    (directory / "node.toml").write_text('[node]\nname = "operator"\n')
-    for name, text in upstreams.items():
-        (directory / f"{name}.toml").write_text(text)
-    return directory
+    return push_dir(tmp_path, label, '[node]\nname = "operator"\n', **upstreams)
 
 
 def meshnode(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "meshnode", *args],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=check,
-    )
+    return run_meshnode(*args, check=check)
 
 
 def pushed(directory: Path, etcd: Etcd, *options: str) -> str:
@@ -106,14 +72,11 @@ def status(etcd: Etcd) -> dict[str, Any]:
     return found
 
 
-def wait_until(condition: Callable[[], bool], within: float, what: str) -> float:
-    """Seconds ``condition`` took to hold (it is asked every 50 ms), failing after ``within``."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > within:
-            raise AssertionError(f"{what}: not within {within}s")
-        time.sleep(0.05)
-    return time.monotonic() - started
+def good_version(tmp_path: Path, etcd: Etcd, service: PythonUpstream) -> str:
+    """A first valid version, pushed and in force on every node registered."""
+    good = pushed(version_dir(tmp_path, "good", api=upstream_toml("api", service.address)), etcd)
+    wait_until(lambda: set(node_versions(etcd).values()) == {good}, 5, "the good version")
+    return good
 
 
 def node_versions(etcd: Etcd) -> dict[str, str | None]:
@@ -188,8 +151,7 @@ def test_a_bad_policy_is_refused_by_push_and_by_every_node(
     tmp_path, etcd, service, two_nodes
 ) -> None:
     a, _ = two_nodes
-    good = pushed(version_dir(tmp_path, "good", api=upstream_toml("api", service.address)), etcd)
-    wait_until(lambda: set(node_versions(etcd).values()) == {good}, 5, "the good version")
+    good = good_version(tmp_path, etcd, service)
     bad = version_dir(tmp_path, "bad", api='[upstream]\nname = "api"\n[retry]\nmax_retries = -1\n')
     refused = meshnode("policy", "push", str(bad), "--to", store_url(etcd), check=False)
     assert refused.returncode == 1
@@ -277,8 +239,7 @@ def test_a_store_answering_megabytes_is_refused_and_the_node_keeps_serving(
     tmp_path, etcd, service, two_nodes
 ) -> None:
     a, _ = two_nodes
-    good = pushed(version_dir(tmp_path, "good", api=upstream_toml("api", service.address)), etcd)
-    wait_until(lambda: set(node_versions(etcd).values()) == {good}, 5, "the good version")
+    good = good_version(tmp_path, etcd, service)
     garbage = "#" * (1024 * 1024)
     for index in range(10):  # 10 MiB of garbage, as keys etcd takes one by one
         etcd.put(f"{PREFIX}/versions/huge/{index}.toml", garbage)

@@ -11,8 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,9 @@ import pytest
 
 from meshnode import certs
 from tests.conftest import NodeProcess, require
+from tests.support.commands import meshnode
 from tests.support.etcd import Etcd
+from tests.support.fleet import fleet_node_toml, push_dir, wait_until
 from tests.support.netns import Hosts
 
 pytestmark = [
@@ -82,12 +83,7 @@ class Mesh:
         directory = self.tmp_path / f"host-{number}"
         if not directory.exists():
             directory.mkdir()
-            (directory / "node.toml").write_text(
-                textwrap.dedent(f"""
-                [node]
-                name = "host-{number}"
-                drain_timeout = "2s"
-                policy_source = "{self.url}"
+            sections = textwrap.dedent(f"""
                 [listeners.outbound]
                 address = "127.0.0.1:15001"
                 [listeners.inbound]
@@ -100,23 +96,27 @@ class Mesh:
                 ca = "{self.pki}/ca.pem"
                 cert = "{self.pki}/svc.pem"
                 key = "{self.pki}/svc-key.pem"
-                [fleet]
-                registry_ttl = "{TTL}s"
                 """)
-            )
+            node_toml = fleet_node_toml(f"host-{number}", self.url, TTL, sections=sections)
+            (directory / "node.toml").write_text(node_toml)
         node = NodeProcess(directory, wrapper=self.hosts.command(number, []))
         self.nodes[number] = node
         return node
 
     def meshnode(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """The CLI, run on host 1 (the store's address is only reachable there)."""
-        command = self.hosts.command(1, [sys.executable, "-m", "meshnode", *args])
-        return subprocess.run(command, capture_output=True, text=True, timeout=90, check=check)
+        return meshnode(*args, check=check, wrapper=self.hosts.command(1, []))
 
     def push(self, label: str, *options: str, **files: str) -> str:
-        directory = push_dir(self.tmp_path, label, **files)
+        directory = self.push_dir(label, **files)
         result = self.meshnode("policy", "push", str(directory), "--to", self.url, *options)
         return result.stdout.strip().splitlines()[-1].split()[1]
+
+    def push_dir(self, label: str, **files: str) -> Path:
+        """What an operator pushes, validated against a node.toml like the nodes' (host 1's)."""
+        return push_dir(
+            self.tmp_path, label, (self.tmp_path / "host-1" / "node.toml").read_text(), **files
+        )
 
     def status(self) -> dict[str, Any]:
         found: dict[str, Any] = json.loads(
@@ -144,15 +144,6 @@ class Mesh:
 def finished(load: subprocess.Popen[str], requests: int) -> None:
     output, _ = load.communicate(timeout=120)
     assert f"{requests} succeeded, 0 failed, 0 errored, 0 timeout" in output, output
-
-
-def wait_until(condition: Callable[[], bool], within: float, what: str) -> float:
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > within:
-            raise AssertionError(f"{what}: not within {within}s")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 @pytest.fixture
@@ -183,7 +174,7 @@ def test_a_fleet_of_three_hosts_on_etcd(mesh: Mesh) -> None:
     assert took < 2, f"v2 took {took:.2f}s to reach every host"
 
     # A bad policy is refused by push; written straight into the store, by every node.
-    bad = push_dir(mesh.tmp_path, "bad", svc='[upstream]\nname = "svc"\n')
+    bad = mesh.push_dir("bad", svc='[upstream]\nname = "svc"\n')
     refused = mesh.meshnode("policy", "push", str(bad), "--to", mesh.url, check=False)
     assert refused.returncode == 1 and "discovery: required key is missing" in refused.stderr
     mesh.etcd.put(f"{PREFIX}/versions/bad/svc.toml", "[upstream]\nname = 1\n")
@@ -213,7 +204,7 @@ def test_a_fleet_of_three_hosts_on_etcd(mesh: Mesh) -> None:
     mesh.nodes[2].wait_for_log("added ['extra']")
     clash = '[upstream]\nname = "extra"\ntls = "none"\n[discovery]\nendpoints = ["127.0.0.1:9"]\n'
     stopped = mesh.meshnode(
-        *("policy", "push", str(push_dir(mesh.tmp_path, "4", svc=svc_policy("7s"), extra=clash))),
+        *("policy", "push", str(mesh.push_dir("4", svc=svc_policy("7s"), extra=clash))),
         *("--to", mesh.url, "--canary", "host-2", "--wait", "20s"),
         check=False,
     )
@@ -224,14 +215,3 @@ def test_a_fleet_of_three_hosts_on_etcd(mesh: Mesh) -> None:
     # A node that dies leaves the registry once its lease runs out.
     mesh.nodes[3].process.send_signal(signal.SIGKILL)
     wait_until(lambda: set(mesh.versions()) == everyone - {"host-3"}, TTL + 8, "host-3 gone")
-
-
-def push_dir(tmp_path: Path, label: str, **files: str) -> Path:
-    """A directory to push: a node.toml to validate against (host 1's, as an operator
-    keeps one like the nodes'), and the upstream files."""
-    directory = tmp_path / f"push-{label}"
-    directory.mkdir()
-    (directory / "node.toml").write_bytes((tmp_path / "host-1" / "node.toml").read_bytes())
-    for name, text in files.items():
-        (directory / f"{name}.toml").write_text(text)
-    return directory

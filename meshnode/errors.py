@@ -10,6 +10,9 @@ import json
 import math
 from typing import ClassVar
 
+# Says why a retry the policy allowed was not made ("deadline": it could not finish in time).
+RETRY_SKIPPED = b"x-meshnode-retry-skipped"
+
 
 class MeshError(Exception):
     """A request the node answers itself instead of the upstream."""
@@ -23,6 +26,7 @@ class MeshError(Exception):
         self.upstream = upstream
         self.request_id: bytes | None = None  # echoed, so a caller can find the request in logs
         self.retries_exhausted = False  # retries were allowed, and none is left
+        self.retry_skipped: str | None = None  # why a retry the policy allowed was not made
 
     def extra_headers(self) -> list[tuple[bytes, bytes]]:
         return []
@@ -40,6 +44,8 @@ class MeshError(Exception):
         ]
         if self.request_id:
             headers.append((b"x-request-id", self.request_id))
+        if self.retry_skipped:
+            headers.append((RETRY_SKIPPED, self.retry_skipped.encode()))
         headers.extend(self.extra_headers())
         return headers, body
 

@@ -39,7 +39,7 @@ class UpstreamStats:
         self.duration_buckets = [0] * (len(DURATION_BUCKETS) + 1)  # the last one is +Inf
         self.duration_sum = 0.0
         self.duration_count = 0
-        self.retries = {"retried": 0, "budget-exhausted": 0, "exhausted": 0}
+        self.retries = {"retried": 0, "budget-exhausted": 0, "deadline-skipped": 0, "exhausted": 0}
         # Tries made, requests that needed more than one, and those a retry saved.
         self.tries = {"total": 0, "retried_requests": 0, "recovered": 0}
         self.rate_limited = 0

@@ -129,7 +129,8 @@ def _resilience_metrics(groups: Mapping[str, UpstreamGroup]) -> Iterator[Metric]
     )
     retries = CounterMetricFamily(
         "meshnode_retries",
-        "Retries made (retried), refused by the budget, or given up (exhausted).",
+        "Retries made (retried), refused by the budget, skipped as too late for the deadline"
+        " (deadline-skipped), or given up (exhausted).",
         labels=["upstream", "outcome"],
     )
     endpoints = GaugeMetricFamily(

@@ -276,6 +276,8 @@ class Proxy:
             limit = policy.timeout.request or math.inf
             if request.tunnel:
                 limit = policy.timeout.tunnel_lifetime
+            elif request.grpc_timeout is not None:  # the caller's deadline, when tighter
+                limit = min(limit, request.grpc_timeout)
             tries = Tries(
                 request,
                 group,

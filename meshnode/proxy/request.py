@@ -30,6 +30,8 @@ class Request:
         "endpoint",
         "error",
         "group",
+        "grpc",
+        "grpc_timeout",
         "head_at",
         "headers",
         "method",
@@ -61,6 +63,8 @@ class Request:
         self.head_at: float | None = None  # when the response head arrived
         self.error: str | None = None  # the mesh error reason, or "fallback:<kind>"
         self.trace: RequestTrace | None = None  # with [tracing]: its span and propagation
+        self.grpc = False  # a gRPC call (its content-type, or a grpc-timeout)
+        self.grpc_timeout: float | None = None  # seconds: a gRPC caller's own deadline
 
     def read_head(self) -> None:
         """Take the method, path and authority (``host`` when there is no ``:authority``)."""
@@ -72,6 +76,10 @@ class Request:
                 path = value
             elif name == b":method":
                 method = value
+            elif name == b"content-type":
+                self.grpc = self.grpc or value.startswith(b"application/grpc")
+            elif name == b"grpc-timeout":
+                self.grpc, self.grpc_timeout = True, parse_grpc_timeout(value)
         self.method, self.path, self.authority = method, path, authority
 
     def header(self, wanted: bytes) -> bytes | None:
@@ -126,3 +134,25 @@ class Request:
 
 
 RequestObserver = Callable[[Request], None]
+
+# gRPC's timeout units (the gRPC over HTTP/2 protocol): hours, minutes, seconds, milli-,
+# micro- and nanoseconds; the value is at most eight digits.
+_GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def parse_grpc_timeout(value: bytes) -> float | None:
+    """Seconds a ``grpc-timeout`` value gives; None when it is not a valid one (ignored,
+    as gRPC servers do)."""
+    digits, unit = value[:-1], value[-1:]
+    if not digits.isdigit() or len(digits) > 8 or unit not in _GRPC_UNITS:
+        return None
+    return int(digits) * _GRPC_UNITS[unit]
+
+
+def format_grpc_timeout(seconds: float) -> bytes:
+    """``seconds`` as a ``grpc-timeout`` value, in milliseconds (whole seconds past what
+    eight digits of them hold), never less than one."""
+    millis = max(1, int(seconds * 1000))
+    if millis <= 99_999_999:
+        return b"%dm" % millis
+    return b"%dS" % min(99_999_999, int(seconds))

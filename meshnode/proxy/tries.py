@@ -12,7 +12,10 @@ After a failed try, one of three things follows:
 - a **resend**, at once and free of the retry policy, its budget and the breaker, when the
   upstream left the try unanswered as it recycled its connection (``resend_reason``);
 - a **retry**, after a backoff, when ``[retry]`` names the failure, the request may be
-  repeated, its body is still replayable and the budget allows (``_retry_delay``);
+  repeated, its body is still replayable, the budget allows, and it can finish before the
+  request's deadline: a retry that would have less time left than the failed try took is
+  skipped, and the caller gets the last answer at once (``x-meshnode-retry-skipped:
+  deadline``) instead of a 504 later (``_retry_delay``);
 - the failure, raised, marked ``retries_exhausted`` when the retry policy named it.
 
 The rules that need no state (which outcomes a policy names, which requests are safe to
@@ -27,7 +30,7 @@ import trio
 
 from meshnode.actors.group import UpstreamGroup
 from meshnode.actors.protections import CachedResponse
-from meshnode.errors import Timeout, TunnelLimit, UpstreamFailed
+from meshnode.errors import RETRY_SKIPPED, Timeout, TunnelLimit, UpstreamFailed
 from meshnode.net.http1.hop_by_hop import strip_hop_by_hop
 from meshnode.net.pool import UpstreamConnections, UpstreamPool
 from meshnode.net.stream import ensure_open
@@ -36,7 +39,7 @@ from meshnode.policy.units import Address
 from meshnode.proxy import fallback
 from meshnode.proxy.attempt import AttemptFailed, attempt
 from meshnode.proxy.headers import HeaderList
-from meshnode.proxy.request import Request
+from meshnode.proxy.request import Request, format_grpc_timeout
 from meshnode.proxy.retry import head_condition, may_resend, resend_reason
 from meshnode.proxy.retry import retry_after as retry_after_of
 from meshnode.proxy.tunnel import Tunnel
@@ -65,7 +68,8 @@ class Tries:
     ) -> None:
         """``limit``: seconds the whole loop may take (the request timeout, or a tunnel's
         lifetime); ``tunnels``: where a WebSocket tunnel registers while it is open;
-        ``extra_headers``: added to the response relayed (a fallback's mark)."""
+        ``extra_headers``: added to the response relayed (a fallback's mark, a skipped
+        retry's reason); this request's own list."""
         self.request = request
         self.group = group
         self.policy = policy
@@ -82,6 +86,8 @@ class Tries:
         self.capture = _capture_for(request, policy)
         self.tries = 0  # tries the retry policy counts (resends are not)
         self.head_status = 0  # the status of the current try's response head, once it came
+        self.try_started = 0.0
+        self.skipped: str | None = None  # why the last retry the policy allowed was skipped
         self.resends = 0
 
     async def run(self) -> int:
@@ -112,7 +118,7 @@ class Tries:
                 endpoint, load = await group.picker.acquire(avoid, request.client_ip, session)
                 request.tries += 1
                 request.endpoint = endpoint.address
-                started = trio.current_time()
+                started = self.try_started = trio.current_time()
                 try_failed = True  # until the try relays an answer that is not a failure
                 headers, span = request.out_headers, None
                 trace = request.trace
@@ -124,6 +130,8 @@ class Tries:
                             self._try_attributes(endpoint.address),
                         )
                     headers = [*headers, *(sent or ())]
+                if request.grpc:
+                    headers = self._with_time_left(headers)
                 status, outcome = 0, None  # what the try's span will say
                 self.head_status = 0
                 try:
@@ -171,6 +179,15 @@ class Tries:
                 failed = self._cancelled(scope)
             delay = self._delay_after(failed)
 
+    def _with_time_left(self, headers: HeaderList) -> HeaderList:
+        """``headers`` with ``grpc-timeout`` set to the time the request has left (replacing
+        the caller's, which counted from when it sent the request)."""
+        if self.deadline == math.inf:
+            return headers
+        kept = [(name, value) for name, value in headers if name != b"grpc-timeout"]
+        left = self.deadline - trio.current_time()
+        return [*kept, (b"grpc-timeout", format_grpc_timeout(left))]
+
     def _try_attributes(self, address: Address) -> dict[str, object]:
         """What a try's span says of it (OpenTelemetry's HTTP client conventions)."""
         attributes: dict[str, object] = {
@@ -198,6 +215,8 @@ class Tries:
             (condition is not None and fallback.on_exhausted(policy.fallback))
             or (status >= 400 and fallback.on_status(policy.fallback, status))
         ):
+            if self.skipped is not None:  # the request's own list: the answer says why
+                self.extra_headers.append((RETRY_SKIPPED, self.skipped.encode()))
             return
         error = UpstreamFailed(f"the upstream answered {status} after {self.tries} tries")
         error.status_seen = status
@@ -245,6 +264,7 @@ class Tries:
             retry = self.policy.retry
             exhausted = retry is not None and failed.condition in retry.retry_on
             failed.error.retries_exhausted = exhausted
+            failed.error.retry_skipped = self.skipped
             if exhausted:
                 stats.retries["exhausted"] += 1
             raise failed.error
@@ -277,19 +297,34 @@ class Tries:
         if budget is not None and not budget.try_retry(trio.current_time()):
             self.group.stats.retries["budget-exhausted"] += 1
             return None
+        delay = None
         if condition in ("429", "503"):
             asked = retry_after_of(response_headers)
             if asked is not None:
-                return min(asked, retry.max_delay)
-        return backoff.delay(
-            self.tries,
-            retry.backoff,
-            retry.initial_delay,
-            retry.max_delay,
-            multiplier=retry.multiplier,
-            jitter=retry.jitter,
-            rng=protections.rng,
-        )
+                delay = min(asked, retry.max_delay)
+        if delay is None:
+            delay = backoff.delay(
+                self.tries,
+                retry.backoff,
+                retry.initial_delay,
+                retry.max_delay,
+                multiplier=retry.multiplier,
+                jitter=retry.jitter,
+                rng=protections.rng,
+            )
+        return None if self._too_late(delay) else delay
+
+    def _too_late(self, delay: float) -> bool:
+        """Whether a retry after ``delay`` would have less time left than the failed try
+        took: the best evidence of how long the next will take. A fast failure (a refused
+        connection) is retried; one that took most of the budget is not, and the caller
+        gets its answer now rather than a 504 at the deadline."""
+        now = trio.current_time()
+        if self.deadline - now - delay >= now - self.try_started:
+            return False
+        self.skipped = "deadline"
+        self.group.stats.retries["deadline-skipped"] += 1
+        return True
 
     def _remember(self, head: HeaderList) -> None:
         """Keep a successful GET answer for the stale-cache fallback."""

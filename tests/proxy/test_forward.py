@@ -278,3 +278,62 @@ async def test_a_session_cookie_keeps_a_caller_on_its_endpoint(nursery, clock) -
     assert len(set(mesh.upstream.addresses)) == 2
     assert mesh.upstream.addresses[0::2] == [mesh.upstream.addresses[0]] * 3
     assert mesh.upstream.addresses[1::2] == [mesh.upstream.addresses[1]] * 2
+
+
+def late(code: int, after: float) -> Script:
+    async def answer(address: Address, stream: Stream) -> None:
+        await trio.sleep(after)
+        await stream.send_headers([(b":status", str(code).encode())], end_stream=True)
+
+    return answer
+
+
+async def test_a_retry_that_cannot_finish_in_time_is_skipped_and_the_answer_relayed(
+    nursery, clock
+) -> None:
+    mesh = Mesh(nursery, [late(503, 0.3), status(200)])
+    retry = attrs.evolve(NO_JITTER, initial_delay=Duration(0.01))
+    group = await mesh.add(upstream_policy(retry=retry, timeout=TimeoutPolicy(Duration(0.5))))
+    started = trio.current_time()
+    answer, head, _ = await mesh.call()
+    assert (answer, head[b"x-meshnode-retry-skipped"]) == (503, b"deadline")
+    assert trio.current_time() - started == pytest.approx(0.3)  # not a 504 at 0.5 s
+    assert len(mesh.upstream.requests) == 1
+    assert group.stats.retries["deadline-skipped"] == 1
+
+
+async def test_a_fast_failure_is_still_retried_within_the_deadline(nursery, clock) -> None:
+    mesh = Mesh(nursery, [late(503, 0.05), status(200)])
+    await mesh.add(upstream_policy(retry=NO_JITTER, timeout=TimeoutPolicy(Duration(0.5))))
+    answer, head, _ = await mesh.call()
+    assert answer == 200 and b"x-meshnode-retry-skipped" not in head
+
+
+async def test_grpc_timeout_is_honoured_and_the_upstream_told_the_time_left(nursery, clock) -> None:
+    seen: list[bytes] = []
+
+    async def recording(address: Address, stream: Stream) -> None:
+        seen.append(dict(stream.headers or [])[b"grpc-timeout"])  # and never answers
+
+    mesh = Mesh(nursery, [recording])
+    await mesh.add(upstream_policy(timeout=TimeoutPolicy(Duration(10))))
+    grpc = ((b"content-type", b"application/grpc"), (b"grpc-timeout", b"1500m"))
+    started = trio.current_time()
+    answer, head, _ = await mesh.call("POST", body=b"", extra=grpc)
+    assert (answer, head[b"x-meshnode-error"]) == (504, b"timeout")
+    assert trio.current_time() - started == pytest.approx(1.5)  # the caller's, tighter
+    assert seen == [b"1500m"]
+
+
+async def test_a_larger_grpc_timeout_is_replaced_by_the_time_actually_left(nursery, clock) -> None:
+    seen: list[bytes] = []
+
+    async def recording(address: Address, stream: Stream) -> None:
+        seen.append(dict(stream.headers or [])[b"grpc-timeout"])
+        await stream.send_headers([(b":status", b"200")], end_stream=True)
+
+    mesh = Mesh(nursery, [recording])
+    await mesh.add(upstream_policy(timeout=TimeoutPolicy(Duration(2))))
+    grpc = ((b"content-type", b"application/grpc+proto"), (b"grpc-timeout", b"1H"))
+    assert (await mesh.call("POST", body=b"", extra=grpc))[0] == 200
+    assert seen == [b"2000m"]

@@ -11,7 +11,8 @@ method, and ``GET /_counts`` answers the counts as JSON (that request is not cou
 ``/digest`` answers the SHA-256 of the request body, ``/te`` answers with a ``te:
 trailers`` field (a request's field alone), a JSON POST answers 201 with its object and an
 ``id`` (a service that creates things, as the seed's examples call), ``/headers`` answers
-the request's header fields as a JSON object, ``/status/N`` answers status N, and
+the request's header fields as a JSON object, ``/status/N`` answers status N (``/status/N/MS``
+after MS milliseconds), and
 ``/flaky/KEY`` answers 503 the first time a KEY is asked for and 200 after; anything else
 ``ok``.
 """
@@ -57,8 +58,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path == "/headers":
         fields = {name.decode(): value.decode() for name, value in scope["headers"]}
         body = json.dumps(fields).encode()
-    elif path.startswith("/status/"):
-        status, body = int(path.rsplit("/", 1)[1]), b"as asked"
+    elif path.startswith("/status/"):  # /status/N, or /status/N/MS: N after MS milliseconds
+        asked = path.split("/")[2:]
+        if len(asked) > 1:
+            await trio.sleep(int(asked[1]) / 1000)
+        status, body = int(asked[0]), b"as asked"
     elif path.startswith("/flaky/"):
         status = 200 if path in flaky_seen else 503
         flaky_seen.add(path)

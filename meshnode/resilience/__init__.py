@@ -11,6 +11,8 @@ this package never imports discovery.
 import importlib
 from typing import Any
 
+from meshnode.resilience.adaptive import AdaptiveLimiter as AdaptiveLimiter
+from meshnode.resilience.adaptive import LimitExceededError as LimitExceededError
 from meshnode.resilience.balancer import Instance as Instance
 from meshnode.resilience.balancer import LoadBalancer as LoadBalancer
 from meshnode.resilience.bulkhead import Bulkhead as Bulkhead

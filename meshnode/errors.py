@@ -85,6 +85,13 @@ class BulkheadFull(MeshError):
     status = 503
 
 
+class ConcurrencyLimited(MeshError):
+    """The upstream's adaptive concurrency limit was reached (``[concurrency_limit]``)."""
+
+    reason = "concurrency-limited"
+    status = 503
+
+
 class UpstreamConnectFailure(MeshError):
     reason = "upstream-connect-failure"
     status = 503

@@ -169,6 +169,7 @@ class UpstreamGroup:
             "pending": picker.pending,
             "actor_restarts": dict(self.supervisor.restarts),
             "breaker": self.breaker.report(),
+            "concurrency_limit": self._limit_report(),
             "requests": {str(code): count for code, count in sorted(stats.requests.items())},
             "retries": dict(stats.retries),
             "tries": dict(stats.tries),
@@ -178,4 +179,20 @@ class UpstreamGroup:
             "goaways": stats.goaways.count,
             "resent": dict(stats.resent),
             "endpoints": [picker.endpoint_report(e) for e in picker.endpoints.endpoints],
+        }
+
+    def _limit_report(self) -> dict[str, Any] | None:
+        """``[concurrency_limit]``: the limit found, what is in flight under it, and what the
+        algorithm reads (its no-load or long-term RTT)."""
+        core = self.protections.concurrency
+        if core is None:
+            return None
+        algorithm = core.algorithm
+        baseline = getattr(algorithm, "rtt_noload", None) or getattr(algorithm, "long_rtt", None)
+        return {
+            "algorithm": core.config.algorithm,
+            "limit": core.limit,
+            "in_flight": core.inflight,
+            "rejected": self.stats.rejected["concurrency-limited"],
+            "baseline_rtt_ms": None if baseline is None else round(baseline * 1000, 3),
         }

@@ -45,7 +45,7 @@ class UpstreamStats:
         self.rate_limited = 0
         self.breaker_rejected = 0
         self.fallbacks: dict[str, int] = {}
-        self.rejected = {"bulkhead-full": 0}
+        self.rejected = {"bulkhead-full": 0, "concurrency-limited": 0}
         self.queue = {"queued": 0, "delivered": 0, "dead-lettered": 0, "refused": 0}
         # The upstream recycling its connections: GOAWAYs received, and requests it left
         # unanswered that were sent again (free: neither tries nor failures), by why.

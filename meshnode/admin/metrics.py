@@ -148,6 +148,16 @@ def _resilience_metrics(groups: Mapping[str, UpstreamGroup]) -> Iterator[Metric]
     in_flight = GaugeMetricFamily(
         "meshnode_requests_in_flight", "Requests being served.", labels=["upstream"]
     )
+    concurrency_limit = GaugeMetricFamily(
+        "meshnode_concurrency_limit",
+        "The concurrency limit [concurrency_limit] found for the upstream.",
+        labels=["upstream"],
+    )
+    concurrency_limited = CounterMetricFamily(
+        "meshnode_concurrency_limited",
+        "Requests refused at the upstream's concurrency limit.",
+        labels=["upstream"],
+    )
     goaways = CounterMetricFamily(
         "meshnode_upstream_goaways",
         "GOAWAY frames the upstream's connections received.",
@@ -173,11 +183,15 @@ def _resilience_metrics(groups: Mapping[str, UpstreamGroup]) -> Iterator[Metric]
             fallbacks.add_metric([name, kind], count)
         bulkhead.add_metric([name], stats.rejected["bulkhead-full"])
         in_flight.add_metric([name], group.picker.in_flight)
+        concurrency = group.protections.concurrency
+        if concurrency is not None:
+            concurrency_limit.add_metric([name], concurrency.limit)
+            concurrency_limited.add_metric([name], stats.rejected["concurrency-limited"])
         goaways.add_metric([name], stats.goaways.count)
         for reason, count in stats.resent.items():
             resent.add_metric([name, reason], count)
     yield from (state, rejected, retries, endpoints, limited, fallbacks, bulkhead, in_flight)
-    yield from (goaways, resent)
+    yield from (goaways, resent, concurrency_limit, concurrency_limited)
     yield from _queue_metrics(groups)
 
 

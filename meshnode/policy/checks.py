@@ -13,6 +13,7 @@ from meshnode.policy.models import (
     FALLBACK_CONDITIONS,
     GRPC_RETRY_STATUSES,
     RETRY_CONDITIONS,
+    ConcurrencyLimitPolicy,
     Limits,
     NodeSection,
     TracingPolicy,
@@ -42,6 +43,7 @@ def check_resilience(policy: UpstreamPolicy) -> Iterator[tuple[str, str]]:
     yield from _at_least(
         "upstream.max_requests_per_connection", section.max_requests_per_connection, 0
     )
+    yield from _limit_problems(policy.concurrency_limit)
     breaker = policy.circuit_breaker
     if breaker is not None:
         yield from _at_least("circuit_breaker.failure_threshold", breaker.failure_threshold, 1)
@@ -204,6 +206,23 @@ def check_limits(limits: Limits) -> Iterator[tuple[str, str]]:
         yield from _positive(f"limits.{key}", getattr(limits, key))
     for key, rate in attrs.asdict(limits.frame_rates).items():
         yield from _positive(f"limits.frame_rates.{key}", rate)
+
+
+def _limit_problems(limit: ConcurrencyLimitPolicy | None) -> Iterator[tuple[str, str]]:
+    if limit is None:
+        return
+    yield from _at_least("concurrency_limit.min_limit", limit.min_limit, 1)
+    yield from _at_least("concurrency_limit.initial_limit", limit.initial_limit, limit.min_limit)
+    yield from _at_least("concurrency_limit.max_limit", limit.max_limit, limit.initial_limit)
+    for key in ("probe_interval", "long_window", "probe_multiplier"):
+        yield from _at_least(f"concurrency_limit.{key}", getattr(limit, key), 1)
+    yield from _at_least("concurrency_limit.queue_size", limit.queue_size, 0)
+    if not 0 < limit.smoothing <= 1:
+        yield "concurrency_limit.smoothing", f"expected more than 0 up to 1, got {limit.smoothing}"
+    if limit.rtt_tolerance < 1:
+        yield "concurrency_limit.rtt_tolerance", f"must be at least 1, got {limit.rtt_tolerance}"
+    if not 0 < limit.alpha < limit.beta:
+        yield "concurrency_limit.beta", f"must be more than alpha ({limit.alpha}), got {limit.beta}"
 
 
 def _at_least(key: str, value: int, minimum: int) -> Iterator[tuple[str, str]]:

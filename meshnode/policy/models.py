@@ -104,7 +104,28 @@ FALLBACK_CONDITIONS = (
     "upstream-reset",
     "bulkhead-full",
     "rate-limited",
+    "concurrency-limited",
 )
+
+
+@attrs.frozen
+class ConcurrencyLimitPolicy:
+    """``[concurrency_limit]``: calls in flight to the upstream, the limit found from its
+    latency (docs/adaptive.md; the algorithms: resilience/core/concurrency.py)."""
+
+    algorithm: Literal["gradient2", "gradient", "vegas", "fixed"] = "vegas"
+    initial_limit: int = 20
+    min_limit: int = 1
+    max_limit: int = 1000
+    queue_timeout: Duration = Duration(0)  # over the limit: wait this long for room, or 503
+    smoothing: float = 0.2
+    rtt_tolerance: float = 1.5  # gradient, gradient2
+    probe_interval: int = 1000  # gradient
+    long_window: int = 600  # gradient2
+    queue_size: int = 4  # gradient2
+    alpha: float = 3.0  # vegas
+    beta: float = 6.0  # vegas
+    probe_multiplier: int = 30  # vegas
 
 
 @attrs.frozen
@@ -486,6 +507,7 @@ class UpstreamPolicy:
     rate_limit: RateLimitPolicy | None = None
     fallback: FallbackPolicy | None = None
     chaos: ChaosPolicy | None = None
+    concurrency_limit: ConcurrencyLimitPolicy | None = None  # absent: no adaptive limit
 
     @property
     def name(self) -> str:

@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING
 import trio
 
 from meshnode.actors.group import UpstreamGroup
+from meshnode.actors.protections import Protections
 from meshnode.actors.stats import UpstreamStats
 from meshnode.errors import (
     BadRequest,
     ChaosAbort,
     CircuitOpen,
+    ConcurrencyLimited,
     Forbidden,
     HeadersTooLarge,
     MeshError,
@@ -272,7 +274,9 @@ class Proxy:
                 since = now - core.state_since
                 raise CircuitOpen(f"the circuit is {core.state.value} for {since:.1f}s", group.name)
         status, condition, finished = 0, None, False
+        admitted = None  # under [concurrency_limit]: the calls in flight when this one went
         try:
+            admitted = await self._under_the_limit(request, group, policy, protections)
             limit = policy.timeout.request or math.inf
             if request.tunnel:
                 limit = policy.timeout.tunnel_lifetime
@@ -303,6 +307,15 @@ class Proxy:
                 condition, finished = "reset", True
             raise
         finally:
+            concurrency = protections.concurrency
+            if admitted is not None and concurrency is not None:
+                if finished:
+                    rtt = request.outcome_time(trio.current_time()) - now
+                    dropped = condition == "timeout" or status in (429, 503)
+                    concurrency.finish(admitted, rtt, dropped=dropped)
+                else:
+                    concurrency.release()
+                protections.limit_freed.fire()
             if permit is not None and core is not None:
                 if finished and policy.circuit_breaker is not None:
                     failed = is_breaker_failure(policy.circuit_breaker, status, condition)
@@ -311,6 +324,36 @@ class Proxy:
                     core.record(permit, failed=failed, duration=duration, now=end)
                 else:
                     core.release(permit)
+
+    async def _under_the_limit(
+        self,
+        request: Request,
+        group: UpstreamGroup,
+        policy: UpstreamPolicy,
+        protections: Protections,
+    ) -> int | None:
+        """Admission under ``[concurrency_limit]``: the calls in flight as this one goes
+        (None without the section). Over the limit, it waits ``queue_timeout`` for room,
+        then is refused (503 ``concurrency-limited``) without touching the upstream."""
+        limiter = protections.concurrency
+        if limiter is None:
+            return None
+        admitted = limiter.admit()
+        plan = policy.concurrency_limit
+        if admitted is None and plan is not None and plan.queue_timeout > 0:
+            with trio.move_on_after(plan.queue_timeout):
+                while admitted is None:
+                    await protections.limit_freed.wait()
+                    admitted = limiter.admit()
+        if admitted is None:
+            group.stats.rejected["concurrency-limited"] += 1
+            if request.trace is not None:
+                request.trace.event("concurrency-limited", {"meshnode.limit": limiter.limit})
+            raise ConcurrencyLimited(
+                f"{limiter.inflight} requests in flight: the limit found is {limiter.limit}",
+                group.name,
+            )
+        return admitted
 
 
 class InboundProxy(Proxy):

@@ -41,6 +41,7 @@ class AdaptiveLimiter:
         self._core = LimiterCore(config)
         self._dropped_on = dropped_on
         self._clock = clock
+        self.rejected = 0
 
     @property
     def limit(self) -> int:
@@ -53,6 +54,7 @@ class AdaptiveLimiter:
     async def call(self, fn: MaybeAsync[T], *args: Any) -> T:
         started_with = self._core.admit()
         if started_with is None:
+            self.rejected += 1
             raise LimitExceededError(f"{self._core.inflight} calls in flight, the limit")
         core, began = self._core, self._clock()
         try:
@@ -75,5 +77,5 @@ class AdaptiveLimiter:
             "algorithm": core.config.algorithm,
             "limit": core.limit,
             "in_flight": core.inflight,
-            "rejected": core.rejected,
+            "rejected": self.rejected,
         }

@@ -310,7 +310,8 @@ abort_percent = 150
         "resource-exhausted, aborted, internal, unavailable), got 'sometimes'",
         "payments.toml: fallback.on.0: expected one of circuit-open, no-healthy-endpoints, "
         "retries-exhausted, timeout, upstream-connect-failure, upstream-reset, bulkhead-full, "
-        'rate-limited, a status from 400 to 599 ("503") or a class ("5xx"), got \'whenever\'',
+        'rate-limited, concurrency-limited, a status from 400 to 599 ("503") or a class '
+        "(\"5xx\"), got 'whenever'",
         "payments.toml: chaos.abort_percent: expected a percentage from 0 to 100, got 150",
     ]
 
@@ -356,4 +357,16 @@ critical = true
     assert [(c.name, c.kind, c.critical) for c in checks] == [
         ("memory", "memory", False),
         ("database", "tcp", True),
+    ]
+
+
+def test_concurrency_limit_values_out_of_range(tmp_path: Path) -> None:
+    upstream = UPSTREAM + (
+        '\n[concurrency_limit]\nalgorithm = "vegas"\ninitial_limit = 0\n'
+        "smoothing = 2.0\nalpha = 6.0\nbeta = 3.0\n"
+    )
+    assert errors_of(write(tmp_path, node=NODE, payments=upstream)) == [
+        "payments.toml: concurrency_limit.initial_limit: must be at least 1, got 0",
+        "payments.toml: concurrency_limit.smoothing: expected more than 0 up to 1, got 2.0",
+        "payments.toml: concurrency_limit.beta: must be more than alpha (6.0), got 3.0",
     ]

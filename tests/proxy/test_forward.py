@@ -25,6 +25,7 @@ from meshnode.net.stream import REFUSED_STREAM, Data, ResponseHead, Stream, Trai
 from meshnode.policy.models import (
     BalancerPolicy,
     CircuitBreakerPolicy,
+    ConcurrencyLimitPolicy,
     Endpoint,
     FallbackPolicy,
     RetryPolicy,
@@ -337,3 +338,48 @@ async def test_a_larger_grpc_timeout_is_replaced_by_the_time_actually_left(nurse
     grpc = ((b"content-type", b"application/grpc+proto"), (b"grpc-timeout", b"1H"))
     assert (await mesh.call("POST", body=b"", extra=grpc))[0] == 200
     assert seen == [b"2000m"]
+
+
+async def test_over_the_concurrency_limit_a_request_is_refused_without_touching_the_upstream(
+    nursery, clock
+) -> None:
+    release = trio.Event()
+
+    async def held(address: Address, stream: Stream) -> None:
+        await release.wait()
+        await stream.send_headers([(b":status", b"200")], end_stream=True)
+
+    mesh = Mesh(nursery, [held])
+    limit = ConcurrencyLimitPolicy(algorithm="fixed", initial_limit=1)
+    group = await mesh.add(upstream_policy(concurrency_limit=limit))
+    first: list[int] = []
+
+    async def call_first() -> None:
+        first.append((await mesh.call())[0])
+
+    nursery.start_soon(call_first)
+    await trio.testing.wait_all_tasks_blocked()
+    answer, head, _ = await mesh.call()
+    assert (answer, head[b"x-meshnode-error"]) == (503, b"concurrency-limited")
+    assert len(mesh.upstream.requests) == 1
+    release.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert first == [200] and group.stats.rejected["concurrency-limited"] == 1
+    assert group.report()["concurrency_limit"]["in_flight"] == 0
+
+
+async def test_with_a_queue_timeout_a_request_waits_for_room(nursery, clock) -> None:
+    mesh = Mesh(nursery, [late(200, 0.2)])
+    limit = ConcurrencyLimitPolicy(algorithm="fixed", initial_limit=1, queue_timeout=Duration(1))
+    await mesh.add(upstream_policy(concurrency_limit=limit))
+    answers: list[int] = []
+
+    async def one() -> None:
+        answers.append((await mesh.call())[0])
+
+    started = trio.current_time()
+    async with trio.open_nursery() as callers:
+        callers.start_soon(one)
+        callers.start_soon(one)
+    assert answers == [200, 200]
+    assert trio.current_time() - started == pytest.approx(0.4)  # one after the other

@@ -13,7 +13,9 @@ trailers`` field (a request's field alone), a JSON POST answers 201 with its obj
 ``id`` (a service that creates things, as the seed's examples call), ``/headers`` answers
 the request's header fields as a JSON object, ``/status/N`` answers status N (``/status/N/MS``
 after MS milliseconds), and
-``/flaky/KEY`` answers 503 the first time a KEY is asked for and 200 after; anything else
+``/flaky/KEY`` answers 503 the first time a KEY is asked for and 200 after, ``/work/MS``
+takes MS milliseconds on one of ``--capacity`` workers (the rest queue; ``/_capacity/N``
+changes how many); anything else
 ``ok``.
 """
 
@@ -37,6 +39,7 @@ counts: Counter[str] = Counter()
 
 
 flaky_seen: set[str] = set()
+workers = [trio.Semaphore(1_000_000)]  # /work/'s: --capacity of them, the rest queue
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -63,6 +66,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if len(asked) > 1:
             await trio.sleep(int(asked[1]) / 1000)
         status, body = int(asked[0]), b"as asked"
+    elif path.startswith("/work/"):  # /work/MS: MS milliseconds on one of --capacity workers
+        async with workers[0]:
+            await trio.sleep(int(path.rsplit("/", 1)[1]) / 1000)
+        body = b"worked"
+    elif path.startswith("/_capacity/"):  # more (or fewer) workers from now on
+        workers[0] = trio.Semaphore(int(path.rsplit("/", 1)[1]))
+        body = b"ok"
     elif path.startswith("/flaky/"):
         status = 200 if path in flaky_seen else 503
         flaky_seen.add(path)
@@ -83,7 +93,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def main(host: str, port: int, max_requests: int) -> None:
+async def main(host: str, port: int, max_requests: int, capacity: int) -> None:
+    workers[0] = trio.Semaphore(capacity)
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.loglevel = "warning"
@@ -108,5 +119,6 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--max-requests", type=int, default=1000)
+    parser.add_argument("--capacity", type=int, default=1_000_000, help="/work/'s workers")
     options = parser.parse_args()
-    trio.run(main, options.host, options.port, options.max_requests)
+    trio.run(main, options.host, options.port, options.max_requests, options.capacity)

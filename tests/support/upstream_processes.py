@@ -58,10 +58,13 @@ class PythonUpstream:
         self.process.wait(10)
 
 
-def hypercorn(max_requests: int, *, port: int = 0) -> PythonUpstream:
-    """Hypercorn ending each HTTP/2 connection with GOAWAY after ``max_requests``."""
+def hypercorn(max_requests: int, *, port: int = 0, capacity: int = 1_000_000) -> PythonUpstream:
+    """Hypercorn ending each HTTP/2 connection with GOAWAY after ``max_requests``;
+    ``capacity``: how many ``/work/MS`` requests it serves at once (the rest queue)."""
     return PythonUpstream(
-        "tests.support.recycling_upstream", "--max-requests", str(max_requests), "--port", str(port)
+        "tests.support.recycling_upstream",
+        *("--max-requests", str(max_requests), "--port", str(port)),
+        *("--capacity", str(capacity)),
     )
 
 

@@ -187,7 +187,6 @@ class LimiterCore:
         self.config = config
         self.algorithm = make_algorithm(config, rng)
         self.inflight = 0
-        self.rejected = 0
 
     @property
     def limit(self) -> int:
@@ -197,7 +196,6 @@ class LimiterCore:
         """The calls in flight when this one starts (keep it for ``finish``); None when
         the limit is reached (the call must not go)."""
         if self.inflight >= self.limit:
-            self.rejected += 1
             return None
         self.inflight += 1
         return self.inflight

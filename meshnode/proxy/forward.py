@@ -276,7 +276,8 @@ class Proxy:
         status, condition, finished = 0, None, False
         admitted = None  # under [concurrency_limit]: the calls in flight when this one went
         try:
-            admitted = await self._under_the_limit(request, group, policy, protections)
+            if protections.concurrency is not None:  # no coroutine to await without one
+                admitted = await self._under_the_limit(request, group, policy, protections)
             limit = policy.timeout.request or math.inf
             if request.tunnel:
                 limit = policy.timeout.tunnel_lifetime
@@ -331,13 +332,12 @@ class Proxy:
         group: UpstreamGroup,
         policy: UpstreamPolicy,
         protections: Protections,
-    ) -> int | None:
-        """Admission under ``[concurrency_limit]``: the calls in flight as this one goes
-        (None without the section). Over the limit, it waits ``queue_timeout`` for room,
-        then is refused (503 ``concurrency-limited``) without touching the upstream."""
+    ) -> int:
+        """Admission under ``[concurrency_limit]``: the calls in flight as this one goes.
+        Over the limit, it waits ``queue_timeout`` for room, then is refused (503
+        ``concurrency-limited``) without touching the upstream."""
         limiter = protections.concurrency
-        if limiter is None:
-            return None
+        assert limiter is not None
         admitted = limiter.admit()
         plan = policy.concurrency_limit
         if admitted is None and plan is not None and plan.queue_timeout > 0:

@@ -25,6 +25,7 @@ repeat) are in retry.py.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import trio
 
@@ -120,18 +121,8 @@ class Tries:
                 request.endpoint = endpoint.address
                 started = self.try_started = trio.current_time()
                 try_failed = True  # until the try relays an answer that is not a failure
-                headers, span = request.out_headers, None
+                headers, span = self._headers_for(endpoint.address)
                 trace = request.trace
-                if trace is not None:  # the try's own trace context goes with it
-                    sent = trace.sent
-                    if trace.span is not None:
-                        span, sent = trace.start_try(
-                            f"{request.method.decode('latin-1')} {group.name}",
-                            self._try_attributes(endpoint.address),
-                        )
-                    headers = [*headers, *(sent or ())]
-                if request.grpc:
-                    headers = self._with_time_left(headers)
                 status, outcome = 0, None  # what the try's span will say
                 self.head_status = 0
                 try:
@@ -178,6 +169,24 @@ class Tries:
             if failed is None:  # the scope caught its cancellation
                 failed = self._cancelled(scope)
             delay = self._delay_after(failed)
+
+    def _headers_for(self, address: Address) -> tuple[HeaderList, Any]:
+        """The request's headers for one try, and the try's span (None when not traced):
+        the try's own trace context goes with it, and a gRPC call's time left."""
+        request = self.request
+        headers, span = request.out_headers, None
+        trace = request.trace
+        if trace is not None:
+            sent = trace.sent
+            if trace.span is not None:
+                span, sent = trace.start_try(
+                    f"{request.method.decode('latin-1')} {self.group.name}",
+                    self._try_attributes(address),
+                )
+            headers = [*headers, *(sent or ())]
+        if request.grpc:
+            headers = self._with_time_left(headers)
+        return headers, span
 
     def _with_time_left(self, headers: HeaderList) -> HeaderList:
         """``headers`` with ``grpc-timeout`` set to the time the request has left (replacing

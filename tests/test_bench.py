@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 
 from common import write_report
 from h2_floor import floor_us
+from instructions_bench import requests
 
 
 def test_the_h2_floor_is_measured() -> None:
@@ -24,3 +25,7 @@ def test_a_report_says_which_machine_it_ran_on(tmp_path: Path) -> None:
     assert set(report["machine"]) == {"platform", "python", "python_executable", "cpus"}
     assert Path(report["machine"]["python_executable"]).is_file()  # which build ran it
     assert report["args"] == {"out": str(tmp_path)}
+
+
+def test_the_counted_request_path_runs() -> None:
+    requests(20)  # what callgrind counts, without callgrind: it must not rot

@@ -1,0 +1,140 @@
+"""Instructions per proxied request, counted by callgrind: a figure that does not move with
+the machine, for comparing two commits on the request path.
+
+The request goes through ``Proxy`` (full resilience stack: retry, breaker) over
+``LocalExchange``, the real upstream pool and an in-memory HTTP/2 upstream, all in one
+process. Two runs under ``valgrind --tool=callgrind``, of N and 2N requests after the same
+warm-up, differ by the cost of N requests alone.
+
+    ./dev bench instructions                       # this checkout
+    ./dev bench instructions --before /tmp/old     # and another (git worktree add /tmp/old REV)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import attrs
+import trio
+import trio.testing
+
+from meshnode.actors.group import UpstreamGroup
+from meshnode.events import EventBus
+from meshnode.net.h2 import speedups
+from meshnode.net.h2.session import H2Session
+from meshnode.net.listener import Peer
+from meshnode.net.local import LocalExchange
+from meshnode.net.pool import UpstreamPool
+from meshnode.net.stream import Data, Stream
+from meshnode.net.violations import ConnectionRules
+from meshnode.policy.models import (
+    CircuitBreakerPolicy,
+    Endpoint,
+    Limits,
+    RetryPolicy,
+    StaticDiscovery,
+    UpstreamPolicy,
+    UpstreamSection,
+)
+from meshnode.policy.units import Address
+from meshnode.proxy.forward import Proxy
+from meshnode.proxy.routing import RouteTable
+
+WARM_UP = 100
+
+
+def requests(count: int) -> None:
+    """Serve ``count`` requests after the warm-up (what callgrind counts)."""
+    speedups.install()
+    head = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"api")]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def answer(stream: Stream) -> None:
+                await stream.send_headers([(b":status", b"200")], end_stream=True)
+
+            async def connect(address: Address, peer: str | None) -> trio.abc.Stream:
+                client_end, server_end = trio.testing.memory_stream_pair()
+                session = H2Session(
+                    server_end,
+                    client_side=False,
+                    on_request=lambda stream: nursery.start_soon(answer, stream),
+                    rules=ConnectionRules("bench", Limits()),
+                )
+                await nursery.start(session.run)
+                return client_end
+
+            endpoints = (Endpoint(Address("10.0.0.1", 80)),)
+            policy = attrs.evolve(
+                UpstreamPolicy(UpstreamSection("api"), StaticDiscovery(endpoints=endpoints)),
+                retry=RetryPolicy(),
+                circuit_breaker=CircuitBreakerPolicy(),
+            )
+            group = UpstreamGroup(policy, EventBus())
+            await nursery.start(group.run)
+            pool = UpstreamPool(nursery, connector=connect)
+            proxy = Proxy(RouteTable.build({"api": policy}), {"api": group}, pool)
+            for _ in range(WARM_UP + count):
+                exchange = LocalExchange(head, end_stream=True)
+                nursery.start_soon(proxy.handle, exchange.server, Peer(b"127.0.0.1"))
+                await exchange.client.receive()
+                while isinstance(await exchange.client.receive(), Data):
+                    pass
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def counted(source: Path, count: int) -> int:
+    """Instructions of a whole run serving ``count`` requests with ``source``'s meshnode."""
+    with tempfile.TemporaryDirectory() as work:
+        result = subprocess.run(
+            [
+                *("valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/out"),
+                *(sys.executable, __file__, "--serve", str(count)),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(source)},
+            cwd=work,
+            check=True,
+            timeout=1800,
+        )
+    found = re.search(r"Collected : (\d+)", result.stderr)
+    assert found is not None, result.stderr
+    return int(found.group(1))
+
+
+def per_request(source: Path, count: int) -> float:
+    return (counted(source, 2 * count) - counted(source, count)) / count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--before", type=Path, help="another checkout (git worktree add DIR REV)")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the counted run itself
+    args = parser.parse_args()
+    if args.serve is not None:
+        requests(args.serve)
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is missing: apt-get install valgrind")
+    here = Path(__file__).resolve().parents[1]
+    now = per_request(here, args.requests)
+    print(f"this checkout: {now:,.0f} instructions per request")
+    if args.before is not None:
+        before = per_request(args.before.resolve(), args.requests)
+        print(f"{args.before}: {before:,.0f} instructions per request ({now / before - 1:+.2%})")
+
+
+if __name__ == "__main__":
+    main()

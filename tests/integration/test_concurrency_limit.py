@@ -98,8 +98,7 @@ def test_the_vegas_limit_rises_when_the_upstream_can_take_more(
     tmp_path, node_process, upstream
 ) -> None:
     node = limited_node(tmp_path, node_process, upstream, "vegas")
-    drive(node)
-    before = limit_of(node)
+    served_before, _ = drive(node)
     subprocess.run(
         [
             require("curl"),
@@ -111,5 +110,7 @@ def test_the_vegas_limit_rises_when_the_upstream_can_take_more(
         timeout=10,
         capture_output=True,
     )
-    drive(node)
-    assert limit_of(node) > before
+    served_after, _ = drive(node)
+    # Four times the workers: the limit rises, and the throughput with it (the limit read at
+    # one instant moves too much to compare two of them).
+    assert len(served_after) > 1.5 * len(served_before)

@@ -117,8 +117,17 @@ class Nginx:
             wait_for_listener(address, self.process)
 
     def requests(self, method: str) -> int:
-        """How many ``method`` requests nginx processed (its access log)."""
-        return self.log.read_text().count(f'"{method} ')
+        """How many ``method`` requests nginx processed (its access log), once the log has
+        settled: nginx writes a request's line after its answer went out, so a client can
+        have every answer a moment before the last lines are written."""
+        count, settled_for = -1, 0
+        deadline = time.monotonic() + 5
+        while settled_for < 3 and time.monotonic() < deadline:
+            now = self.log.read_text().count(f'"{method} ')
+            settled_for = settled_for + 1 if now == count else 0
+            count = now
+            time.sleep(0.05)
+        return count
 
     def quit(self) -> None:
         """nginx's graceful shutdown (SIGQUIT): it stops listening, sends GOAWAY, finishes

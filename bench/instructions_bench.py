@@ -32,7 +32,7 @@ from meshnode.net.h2.session import H2Session
 from meshnode.net.listener import Peer
 from meshnode.net.local import LocalExchange
 from meshnode.net.pool import UpstreamPool
-from meshnode.net.stream import Data, Stream
+from meshnode.net.stream import Stream
 from meshnode.net.violations import ConnectionRules
 from meshnode.policy.models import (
     CircuitBreakerPolicy,
@@ -85,9 +85,8 @@ def requests(count: int) -> None:
             for _ in range(WARM_UP + count):
                 exchange = LocalExchange(head, end_stream=True)
                 nursery.start_soon(proxy.handle, exchange.server, Peer(b"127.0.0.1"))
-                await exchange.client.receive()
-                while isinstance(await exchange.client.receive(), Data):
-                    pass
+                await exchange.client.receive()  # the head
+                await exchange.client.read_rest(keep=0)
             nursery.cancel_scope.cancel()
 
     trio.run(main)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-from concurrent import futures
 
 import grpc
 import trio
@@ -11,6 +10,7 @@ import trio
 from meshnode.events import EndpointHealthChanged
 from tests.conftest import require, upstream_toml, write_policies
 from tests.support.client import admin, get
+from tests.support.grpc_server import grpc_server, unary
 from tests.support.tunable import TunableUpstream
 
 
@@ -210,24 +210,12 @@ async def test_grpc_health_checking_protocol(tmp_path, nursery, running) -> None
     def check(request: bytes, context: grpc.ServicerContext) -> bytes:
         return bytes([0x08, serving["status"]])  # HealthCheckResponse{status}
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(check)}
-            ),
-        )
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
+    with grpc_server("grpc.health.v1.Health", {"Check": unary(check)}, workers=2) as health:
         extra = (
             '[health_check]\nkind = "grpc"\ninterval = "100ms"\nunhealthy_threshold = 1\n'
             "healthy_threshold = 1\n"
         )
-        node, _ = await running(
-            write_policies(tmp_path, {"api": policy(f"127.0.0.1:{port}", extra=extra)})
-        )
+        node, _ = await running(write_policies(tmp_path, {"api": policy(health, extra=extra)}))
         group = node.groups["api"]
         address = group.picker.endpoints.endpoints[0].address
         with node.bus.subscribe() as events:
@@ -240,8 +228,6 @@ async def test_grpc_health_checking_protocol(tmp_path, nursery, running) -> None
                 event = await events.receive()
             assert (event.to, event.reason) == ("healthy", "SERVING")  # type: ignore[attr-defined]
         assert group.picker.health[address] is True
-    finally:
-        server.stop(None)
 
 
 async def test_ip_hash_keeps_each_caller_and_moves_few(tmp_path, nursery, running) -> None:

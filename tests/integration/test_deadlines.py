@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from concurrent import futures
 
 import grpc
 import pytest
 
 from tests.conftest import NodeProcess, require, upstream_toml, write_policies
+from tests.support.grpc_server import grpc_server, unary
 from tests.support.upstream_processes import PythonUpstream, hypercorn
 
 pytestmark = pytest.mark.integration
@@ -66,15 +66,8 @@ class DeadlineRecorder:
 @pytest.fixture
 def grpc_service() -> Iterator[tuple[str, DeadlineRecorder]]:
     recorder = DeadlineRecorder()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    handler = grpc.method_handlers_generic_handler(
-        "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(recorder.echo)}
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield f"127.0.0.1:{port}", recorder
-    server.stop(grace=None)
+    with grpc_server("test.Echo", {"Echo": unary(recorder.echo)}, workers=2) as address:
+        yield address, recorder
 
 
 def test_a_grpc_upstream_sees_at_most_the_time_left(tmp_path, node_process, grpc_service) -> None:

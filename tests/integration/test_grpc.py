@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent import futures
 
 import grpc
 import pytest
 import trio
 
 from tests.conftest import upstream_toml, write_policies
+from tests.support.grpc_server import grpc_server, unary
 
 MAX_MESSAGE = 16 * 1024 * 1024
 OPTIONS = [
@@ -34,20 +34,13 @@ def _fail(request: bytes, context: grpc.ServicerContext) -> bytes:
 
 @pytest.fixture
 def grpc_upstream() -> Iterator[str]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=OPTIONS)
-    handler = grpc.method_handlers_generic_handler(
-        "test.Echo",
-        {
-            "Reverse": grpc.unary_unary_rpc_method_handler(_reverse),
-            "Count": grpc.unary_stream_rpc_method_handler(_count),
-            "Fail": grpc.unary_unary_rpc_method_handler(_fail),
-        },
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(grace=None)
+    methods = {
+        "Reverse": unary(_reverse),
+        "Count": grpc.unary_stream_rpc_method_handler(_count),
+        "Fail": unary(_fail),
+    }
+    with grpc_server("test.Echo", methods, options=OPTIONS) as address:
+        yield address
 
 
 @pytest.fixture

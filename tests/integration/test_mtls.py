@@ -16,7 +16,6 @@ import ssl
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
-from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -38,6 +37,7 @@ from tests.conftest import require
 from tests.support.attacker import attack
 from tests.support.client import admin, fetch
 from tests.support.commands import meshnode
+from tests.support.grpc_server import grpc_server, unary
 from tests.support.mtls import TRUST, inbound_section, mesh_upstream, node_toml
 from tests.support.rawh2 import RawH2Server, respond
 
@@ -88,25 +88,9 @@ async def test_a_chain_with_curl_passes_the_verified_identity(chain) -> None:
 
 
 async def test_a_chain_with_grpc(tmp_path, pki, start) -> None:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "test.Echo",
-                {
-                    "Reverse": grpc.unary_unary_rpc_method_handler(
-                        lambda request, context: request[::-1]
-                    )
-                },
-            ),
-        )
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        node_toml(
-            tmp_path / "b", "node-b", pki, inbound=inbound_section(f"127.0.0.1:{port}", "node-a")
-        )
+    handler = unary(lambda request, context: request[::-1])
+    with grpc_server("test.Echo", {"Reverse": handler}, workers=2) as address:
+        node_toml(tmp_path / "b", "node-b", pki, inbound=inbound_section(address, "node-a"))
         _, b = await start(tmp_path / "b")
         node_toml(tmp_path / "a", "node-a", pki)
         mesh_upstream(tmp_path / "a", "node-b", b.inbound[0])
@@ -117,8 +101,6 @@ async def test_a_chain_with_grpc(tmp_path, pki, start) -> None:
             reverse = channel.unary_unary("/test.Echo/Reverse")
             reply = await trio.to_thread.run_sync(lambda: reverse(b"mtls", timeout=10))
         assert reply == b"sltm"
-    finally:
-        server.stop(None)
 
 
 async def test_an_upstream_with_the_wrong_identity_is_refused(

@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -21,6 +20,7 @@ from meshnode.client import open_mesh_client
 from meshnode.policy import Address
 from tests.conftest import NodeProcess, free_port, require, upstream_toml, write_policies
 from tests.integration.test_websocket import EchoServer, chat, exchange, websocket_upstream
+from tests.support.grpc_server import grpc_server, unary
 from tests.support.mtls import inbound_section, mesh_upstream, node_toml
 from tests.support.otlp_receiver import OTLPReceiver, ReceivedSpan
 from tests.support.trace_picture import svg
@@ -315,15 +315,8 @@ class RecordingGreeter:
 @pytest.fixture
 def grpc_service() -> Iterator[tuple[str, RecordingGreeter]]:
     greeter = RecordingGreeter()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    handler = grpc.method_handlers_generic_handler(
-        "test.Greeter", {"Reverse": grpc.unary_unary_rpc_method_handler(greeter.reverse)}
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield f"127.0.0.1:{port}", greeter
-    server.stop(grace=None)
+    with grpc_server("test.Greeter", {"Reverse": unary(greeter.reverse)}) as address:
+        yield address, greeter
 
 
 def test_a_grpc_call_is_traced_through_two_nodes(

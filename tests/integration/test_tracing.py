@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -439,3 +440,43 @@ async def test_a_websocket_upgrade_is_traced(tmp_path, nursery, running, receive
     spans = await trio.to_thread.run_sync(receiver.wait_for, of_trace(CALLER_TRACE, 2))
     assert parent == one(spans, kind="client").span_id
     assert one(spans, kind="server").parent_span_id == CALLER_SPAN
+
+
+def test_fault_injection_rate_limiting_and_an_open_breaker_are_events_on_the_span(
+    tmp_path, node_process, receiver, service
+) -> None:
+    limited_api = (
+        "[chaos]\nheader_faults = true\n[rate_limit]\nrequests_per_second = 0.001\nburst = 1\n"
+    )
+    guarded = "[circuit_breaker]\nfailure_threshold = 5\n"
+    directory = write_policies(
+        tmp_path / "p",
+        {
+            "api": upstream_toml("api", service.address, extra=limited_api),
+            "guarded": upstream_toml("guarded", service.address, extra=guarded),
+        },
+    )
+    with (directory / "node.toml").open("a") as node_toml_file:
+        node_toml_file.write(tracing_section(receiver.endpoint))
+    node: NodeProcess = node_process(directory)
+    faulted, limited, refused = ("3" * 32, "4" * 32, "5" * 32)
+    caller = f"-{CALLER_SPAN}-01"
+    abort = "x-meshnode-fault-abort: 418"
+    assert get(node, "/", f"traceparent: 00-{faulted}{caller}", abort)[0] == 418
+    assert get(node, "/", f"traceparent: 00-{limited}{caller}")[0] == 429  # the burst is spent
+    force = [sys.executable, "-m", "meshnode", "breakers", "force", "guarded", "open"]
+    subprocess.run([*force, "--admin", f"http://{node.admin}"], check=True, timeout=30)
+    opened = get(node, "/", f"traceparent: 00-{refused}{caller}", authority="guarded")
+    assert opened[0] == 503
+    spans = receiver.wait_for(
+        lambda spans: all(of_trace(trace, 1)(spans) for trace in (faulted, limited, refused))
+    )
+    fault = one(spans, trace_id=faulted, kind="server")
+    assert [name for name, _ in fault.events] == ["fault-injected"]
+    assert fault.events[0][1]["meshnode.fault.abort_status"] == 418
+    rate = one(spans, trace_id=limited, kind="server")
+    assert [name for name, _ in rate.events] == ["rate-limited"]
+    assert (rate.status, rate.attributes["error.type"]) == ("error", "rate-limited")
+    breaker = one(spans, trace_id=refused, kind="server")
+    assert [name for name, _ in breaker.events] == ["circuit-open"]
+    assert (breaker.status, breaker.attributes["error.type"]) == ("error", "circuit-open")

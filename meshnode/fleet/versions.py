@@ -13,13 +13,12 @@ node starts from the last good snapshot after a restart, store or no store).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from meshnode.policy.load import FLEET_DIR, NODE_FILE
+from meshnode.policy.load import FLEET_DIR, NODE_FILE, content_version
 
 CURRENT = "current"
 CANARY = "canary/"
@@ -30,10 +29,7 @@ KEPT_SNAPSHOTS = 3  # the one in force and the two before it, for a look back
 
 
 def fleet_version(files: Mapping[str, bytes]) -> str:
-    digest = hashlib.sha256()
-    for name, text in sorted(files.items()):
-        digest.update(name.encode() + b"\0" + text + b"\0")
-    return digest.hexdigest()[:16]
+    return content_version(sorted(files.items()))
 
 
 def upstream_files(directory: Path) -> dict[str, bytes]:

@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,15 @@ def fingerprint(directory: Path) -> Fingerprint:
     return tuple(entries)
 
 
+def content_version(files: Iterable[tuple[str, bytes]]) -> str:
+    """A short hash of files (name, content), in the order given: what a node reports as
+    its policy version, and a fleet version names a pushed set of upstream files by."""
+    digest = hashlib.sha256()
+    for name, text in files:
+        digest.update(name.encode() + b"\0" + text + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def _toml_names(directory: Path) -> list[str]:
     try:
         return sorted(name for name in os.listdir(directory) if name.endswith(".toml"))
@@ -115,9 +124,6 @@ def check_snapshot(directory: Path, files: Mapping[str, bytes]) -> PolicySet:
 def _policy_set(
     directory: Path, sources: dict[Path, bytes], errors: list[str], seen: Fingerprint
 ) -> PolicySet:
-    digest = hashlib.sha256()
-    for path, text in sources.items():
-        digest.update(path.name.encode() + b"\0" + text + b"\0")
 
     node_path = directory / NODE_FILE
     node: NodePolicy | None = None
@@ -157,7 +163,8 @@ def _policy_set(
         local = _local_policy(node_path, node, defaults, errors)
     if errors or node is None:
         raise PolicyError(errors)
-    return PolicySet(directory, node, upstreams, digest.hexdigest()[:16], files, seen, local)
+    version = content_version((path.name, text) for path, text in sources.items())
+    return PolicySet(directory, node, upstreams, version, files, seen, local)
 
 
 def _read_sources(

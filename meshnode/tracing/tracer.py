@@ -119,7 +119,7 @@ class MeshTracer:
                 return None
             rng = self._rng
             fresh = TraceContext(rng.getrandbits(128) or 1, rng.getrandbits(64) or 1, False)
-            return RequestTrace(self, None, fresh, inject(fresh, self.propagation))
+            return RequestTrace(self, None, sent=inject(fresh, self.propagation))
         context = None
         if parent is not None:
             remote = trace.SpanContext(
@@ -128,8 +128,7 @@ class MeshTracer:
             context = trace.set_span_in_context(trace.NonRecordingSpan(remote))
         name, attributes = describe()
         span = self._tracer.start_span(name, context, _SERVER, attributes)
-        state = parent.state if parent is not None else None
-        return RequestTrace(self, span, TraceContext(0, 0, True, state), None)
+        return RequestTrace(self, span, state=parent.state if parent is not None else None)
 
     def start_try(self, parent: Any, name: str, attributes: dict[str, Any]) -> Any:
         return self._tracer.start_span(name, trace.set_span_in_context(parent), _CLIENT, attributes)
@@ -140,18 +139,19 @@ class RequestTrace:
     unsampled trace ``sent`` with every try), and what each try sends on. The request's
     own trace headers are replaced (``outgoing``)."""
 
-    __slots__ = ("_tracer", "context", "sent", "span")
+    __slots__ = ("_tracer", "sent", "span", "state")
 
     def __init__(
         self,
         tracer: MeshTracer,
         span: Any,
-        context: TraceContext | None,
-        sent: list[Header] | None,
+        *,
+        state: bytes | None = None,
+        sent: list[Header] | None = None,
     ) -> None:
         self._tracer = tracer
         self.span = span  # None when not sampled
-        self.context = context  # the trace the node sends on (its tracestate, when sampled)
+        self.state = state  # when sampled: the caller's tracestate, which travels on
         self.sent = sent  # when not sampled: the trace headers every try sends
 
     def outgoing(self, headers: list[Header]) -> list[Header]:
@@ -160,10 +160,10 @@ class RequestTrace:
 
     def start_try(self, name: str, attributes: dict[str, Any]) -> tuple[Any, list[Header]]:
         """A sampled request's try: its span, and the trace headers naming it."""
-        assert self.context is not None and self.span is not None
+        assert self.span is not None
         span = self._tracer.start_try(self.span, name, attributes)
         own = span.get_span_context()
-        context = TraceContext(own.trace_id, own.span_id, True, self.context.state)
+        context = TraceContext(own.trace_id, own.span_id, True, self.state)
         return span, inject(context, self._tracer.propagation)
 
     def end_try(self, span: Any, status: int, failure: str | None) -> None:

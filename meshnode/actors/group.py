@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -170,6 +171,7 @@ class UpstreamGroup:
             "actor_restarts": dict(self.supervisor.restarts),
             "breaker": self.breaker.report(),
             "concurrency_limit": self._limit_report(),
+            "hedges": self._hedge_report(),
             "requests": {str(code): count for code, count in sorted(stats.requests.items())},
             "retries": dict(stats.retries),
             "tries": dict(stats.tries),
@@ -179,6 +181,18 @@ class UpstreamGroup:
             "goaways": stats.goaways.count,
             "resent": dict(stats.resent),
             "endpoints": [picker.endpoint_report(e) for e in picker.endpoints.endpoints],
+        }
+
+    def _hedge_report(self) -> dict[str, Any] | None:
+        """``[hedge]``: the delay a try waits now (None until a percentile has enough
+        latencies to read), and the hedges sent, won and held back."""
+        protections = self.protections
+        if protections.hedge_policy is None:
+            return None
+        delay = protections.hedge_delay()
+        return {
+            "delay_ms": None if math.isinf(delay) else round(delay * 1000, 3),
+            **self.stats.hedges,
         }
 
     def _limit_report(self) -> dict[str, Any] | None:

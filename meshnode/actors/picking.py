@@ -232,12 +232,28 @@ class EndpointPicker:
                 raise BulkheadFull(
                     f"no endpoint slot came free within {balancer.queue_timeout:g}s", self.name
                 )
+        return endpoint, self._take(endpoint)
+
+    def acquire_now(
+        self, avoid: Address | None = None, client: bytes | None = None
+    ) -> tuple[Endpoint, EndpointLoad] | None:
+        """An endpoint for an extra try (a hedge), preferably not ``avoid``: None rather
+        than a wait when every usable endpoint is full or none is usable. No session
+        affinity: a hedge goes elsewhere on purpose."""
+        try:
+            endpoint = self._choose(avoid, client, None)
+        except NoHealthyEndpoints:
+            return None
+        return None if endpoint is None else (endpoint, self._take(endpoint))
+
+    def _take(self, endpoint: Endpoint) -> EndpointLoad:
+        """A slot on ``endpoint``: counted in flight until released."""
         load = self.load.get(endpoint.address)
         if load is None:
             load = self.load[endpoint.address] = EndpointLoad(endpoint.address)
         load.in_flight += 1
         self.in_flight += 1
-        return endpoint, load
+        return load
 
     def usable(self, now: float) -> Sequence[Endpoint]:
         """Healthy and not ejected; all of them in panic (too few usable), as Envoy does."""

@@ -1,15 +1,19 @@
 """Per-upstream request-path state built from policy: rate limiter, retry budget, stale cache,
-adaptive concurrency limit.
+adaptive concurrency limit, and the recent latencies a percentile hedge delay reads.
 
 The request path is the only writer of these, so they need no actor of their
 own. A reload rebuilds only what its policy change concerns: an unchanged
 ``[rate_limit]`` keeps its buckets, an unchanged ``[retry] budget`` its counts,
 an unchanged ``[fallback]`` its cached responses, an unchanged ``[concurrency_limit]`` the
-limit it found.
+limit it found, an unchanged ``[hedge]`` its latencies.
+
+Retries and hedges spend one budget: ``[retry] budget``, or its defaults when an upstream
+hedges without a ``[retry]``, so that a slow upstream never gets double the load.
 """
 
 from __future__ import annotations
 
+import math
 import random
 
 import attrs
@@ -18,6 +22,7 @@ from meshnode.net.pulse import Pulse
 from meshnode.policy.models import (
     ConcurrencyLimitPolicy,
     FallbackPolicy,
+    HedgePolicy,
     RateLimitPolicy,
     RetryBudgetPolicy,
     UpstreamPolicy,
@@ -26,6 +31,7 @@ from meshnode.resilience.core.budget import RetryBudget
 from meshnode.resilience.core.concurrency import LimitConfig, LimiterCore
 from meshnode.resilience.core.lru import LRU
 from meshnode.resilience.core.rate_limit import RateLimiter
+from meshnode.resilience.core.recent_latencies import RecentLatencies
 
 HeaderList = list[tuple[bytes, bytes]]
 
@@ -40,18 +46,21 @@ class CachedResponse:
 class Protections:
     def __init__(self, policy: UpstreamPolicy, previous: Protections | None = None) -> None:
         self.rate_limit_policy = policy.rate_limit
-        self.budget_policy = policy.retry.budget if policy.retry is not None else None
+        self.budget_policy = _budget_policy(policy)
         self.fallback_policy = policy.fallback
         self.limit_policy = policy.concurrency_limit
+        self.hedge_policy = policy.hedge
         self.rate_limiter: RateLimiter | None
         self.concurrency: LimiterCore | None
         self.retry_budget: RetryBudget | None
         self.stale_cache: LRU[bytes, CachedResponse] | None
+        self.head_latencies: RecentLatencies | None  # read by a percentile hedge delay
         self.rng: random.Random  # jitter, chaos and the random strategies share one source
         if previous is None:
             self.rate_limiter = _rate_limiter(policy.rate_limit)
             self.retry_budget = _budget(self.budget_policy)
             self.stale_cache = _cache(policy.fallback)
+            self.head_latencies = _latencies(policy.hedge)
             self.rng = random.Random()
             self.concurrency = _limiter(self.limit_policy, self.rng)
             self.limit_freed = Pulse()  # a request under the limit ended: room for a waiter
@@ -71,11 +80,43 @@ class Protections:
             if previous.fallback_policy == self.fallback_policy
             else _cache(policy.fallback)
         )
+        self.head_latencies = (
+            previous.head_latencies
+            if previous.hedge_policy == self.hedge_policy
+            else _latencies(policy.hedge)
+        )
         self.rng = previous.rng
         if previous.limit_policy == self.limit_policy:
             self.concurrency, self.limit_freed = previous.concurrency, previous.limit_freed
         else:
             self.concurrency, self.limit_freed = _limiter(self.limit_policy, self.rng), Pulse()
+
+    def hedge_delay(self) -> float:
+        """Seconds a try waits for its response head before a hedge goes out: ``[hedge]
+        delay``, or the percentile of the upstream's recent heads (infinite, so no hedge,
+        until enough were seen, or without a ``[hedge]``)."""
+        policy = self.hedge_policy
+        if policy is None:
+            return math.inf
+        if policy.delay.seconds is not None:
+            return policy.delay.seconds
+        latencies, percentile = self.head_latencies, policy.delay.percentile
+        if latencies is None or percentile is None:
+            return math.inf
+        found = latencies.percentile(percentile)
+        return math.inf if found is None else found
+
+
+def _budget_policy(policy: UpstreamPolicy) -> RetryBudgetPolicy | None:
+    if policy.retry is not None:
+        return policy.retry.budget
+    return RetryBudgetPolicy() if policy.hedge is not None else None
+
+
+def _latencies(policy: HedgePolicy | None) -> RecentLatencies | None:
+    if policy is None or policy.delay.percentile is None:
+        return None
+    return RecentLatencies()
 
 
 def _rate_limiter(policy: RateLimitPolicy | None) -> RateLimiter | None:

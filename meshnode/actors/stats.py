@@ -25,6 +25,7 @@ class UpstreamStats:
         "duration_sum",
         "fallbacks",
         "goaways",
+        "hedges",
         "queue",
         "rate_limited",
         "rejected",
@@ -46,6 +47,9 @@ class UpstreamStats:
         self.breaker_rejected = 0
         self.fallbacks: dict[str, int] = {}
         self.rejected = {"bulkhead-full": 0, "concurrency-limited": 0}
+        # Hedged tries sent, those whose answer was relayed, and hedges the retry budget or
+        # a full set of endpoints held back.
+        self.hedges = {"sent": 0, "won": 0, "budget-exhausted": 0, "no-endpoint": 0}
         self.queue = {"queued": 0, "delivered": 0, "dead-lettered": 0, "refused": 0}
         # The upstream recycling its connections: GOAWAYs received, and requests it left
         # unanswered that were sent again (free: neither tries nor failures), by why.

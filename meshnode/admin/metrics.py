@@ -169,6 +169,12 @@ def _resilience_metrics(groups: Mapping[str, UpstreamGroup]) -> Iterator[Metric]
         "connection (goaway, refused-stream, stale-connection); neither retries nor failures.",
         labels=["upstream", "reason"],
     )
+    hedges = CounterMetricFamily(
+        "meshnode_hedges",
+        "Hedged tries: sent, won (its answer was relayed), or held back by the retry budget"
+        " (budget-exhausted) or a full set of endpoints (no-endpoint).",
+        labels=["upstream", "outcome"],
+    )
     for name, group in groups.items():
         core = group.breaker.core
         state.add_metric([name], (core.state if core is not None else BreakerState.CLOSED).gauge)
@@ -187,11 +193,14 @@ def _resilience_metrics(groups: Mapping[str, UpstreamGroup]) -> Iterator[Metric]
         if concurrency is not None:
             concurrency_limit.add_metric([name], concurrency.limit)
             concurrency_limited.add_metric([name], stats.rejected["concurrency-limited"])
+        if group.protections.hedge_policy is not None:
+            for outcome, count in stats.hedges.items():
+                hedges.add_metric([name, outcome], count)
         goaways.add_metric([name], stats.goaways.count)
         for reason, count in stats.resent.items():
             resent.add_metric([name, reason], count)
     yield from (state, rejected, retries, endpoints, limited, fallbacks, bulkhead, in_flight)
-    yield from (goaways, resent, concurrency_limit, concurrency_limited)
+    yield from (goaways, resent, concurrency_limit, concurrency_limited, hedges)
     yield from _queue_metrics(groups)
 
 

@@ -14,6 +14,7 @@ from meshnode.policy.models import (
     GRPC_RETRY_STATUSES,
     RETRY_CONDITIONS,
     ConcurrencyLimitPolicy,
+    HedgePolicy,
     Limits,
     NodeSection,
     TracingPolicy,
@@ -26,6 +27,7 @@ _FALLBACK_STATUS = re.compile(r"^(4|5)(\d\d|xx)$")  # "503", "5xx"
 MAX_FRAME_SIZE_RANGE = (16384, 2**24 - 1)  # RFC 9113 section 6.5.2
 MAX_WINDOW = 2**31 - 1
 MAX_BUSY_POLL = Duration(0.001)  # a longer spin burns CPU for no further gain
+MAX_HEDGES = 3  # tries at once beyond the first: more multiplies load for little gain
 
 
 def _is_status(value: str) -> bool:
@@ -44,6 +46,7 @@ def check_resilience(policy: UpstreamPolicy) -> Iterator[tuple[str, str]]:
         "upstream.max_requests_per_connection", section.max_requests_per_connection, 0
     )
     yield from _limit_problems(policy.concurrency_limit)
+    yield from _hedge_problems(policy.hedge)
     breaker = policy.circuit_breaker
     if breaker is not None:
         yield from _at_least("circuit_breaker.failure_threshold", breaker.failure_threshold, 1)
@@ -223,6 +226,19 @@ def _limit_problems(limit: ConcurrencyLimitPolicy | None) -> Iterator[tuple[str,
         yield "concurrency_limit.rtt_tolerance", f"must be at least 1, got {limit.rtt_tolerance}"
     if not 0 < limit.alpha < limit.beta:
         yield "concurrency_limit.beta", f"must be more than alpha ({limit.alpha}), got {limit.beta}"
+
+
+def _hedge_problems(hedge: HedgePolicy | None) -> Iterator[tuple[str, str]]:
+    if hedge is None:
+        return
+    yield from _at_least("hedge.max_hedges", hedge.max_hedges, 1)
+    if hedge.max_hedges > MAX_HEDGES:
+        yield "hedge.max_hedges", f"must be at most {MAX_HEDGES}, got {hedge.max_hedges}"
+    percentile = hedge.delay.percentile
+    if percentile is not None and not 50 <= percentile < 100:
+        yield "hedge.delay", f"expected a percentile from p50 up to p99.99, got p{percentile:g}"
+    if hedge.delay.seconds is not None:
+        yield from _positive("hedge.delay", hedge.delay.seconds)
 
 
 def _at_least(key: str, value: int, minimum: int) -> Iterator[tuple[str, str]]:

@@ -16,7 +16,7 @@ from cattrs.errors import AttributeValidationNote, ClassValidationError, Forbidd
 from cattrs.gen import make_dict_structure_fn
 
 from meshnode.policy.models import DISCOVERY_BACKENDS, Discovery, Endpoint
-from meshnode.policy.units import Address, Duration, Size
+from meshnode.policy.units import Address, Duration, LatencyDelay, Size
 
 converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
 
@@ -64,10 +64,12 @@ converter.register_structure_hook(str | int | None, _structure_name_or_number)
 converter.register_structure_hook(Duration, lambda value, _: Duration.parse(value))
 converter.register_structure_hook(Address, lambda value, _: Address.parse(value))
 converter.register_structure_hook(Size, lambda value, _: Size.parse(value))
+converter.register_structure_hook(LatencyDelay, lambda value, _: LatencyDelay.parse(value))
 # Unstructured (for /admin/policies) the way the files spell them.
 converter.register_unstructure_hook(Duration, str)
 converter.register_unstructure_hook(Address, str)
 converter.register_unstructure_hook(Size, str)
+converter.register_unstructure_hook(LatencyDelay, str)
 
 _endpoint_table = make_dict_structure_fn(Endpoint, converter, _cattrs_forbid_extra_keys=True)
 

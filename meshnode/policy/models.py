@@ -11,7 +11,7 @@ from typing import Literal
 
 import attrs
 
-from meshnode.policy.units import Address, Duration, Size
+from meshnode.policy.units import Address, Duration, LatencyDelay, Size
 
 
 @attrs.frozen
@@ -126,6 +126,18 @@ class ConcurrencyLimitPolicy:
     alpha: float = 3.0  # vegas
     beta: float = 6.0  # vegas
     probe_multiplier: int = 30  # vegas
+
+
+DEFAULT_HEDGE_DELAY = LatencyDelay(percentile=95.0)
+
+
+@attrs.frozen
+class HedgePolicy:
+    """``[hedge]``: a second try of an idempotent request without a body, on another
+    endpoint, when the first has no response head after ``delay`` (docs/adaptive.md)."""
+
+    delay: LatencyDelay = DEFAULT_HEDGE_DELAY
+    max_hedges: int = 1
 
 
 @attrs.frozen
@@ -508,6 +520,7 @@ class UpstreamPolicy:
     fallback: FallbackPolicy | None = None
     chaos: ChaosPolicy | None = None
     concurrency_limit: ConcurrencyLimitPolicy | None = None  # absent: no adaptive limit
+    hedge: HedgePolicy | None = None  # absent: no hedged requests
 
     @property
     def name(self) -> str:

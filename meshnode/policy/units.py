@@ -1,4 +1,5 @@
-"""Value types that policy files spell as strings: durations and addresses.
+"""Value types that policy files spell as strings: durations, addresses, sizes, and a
+delay given as a duration or as a latency percentile.
 
 Parsing lives here, apart from the converter, so the error texts users see are
 written once and tested directly.
@@ -41,6 +42,35 @@ class Duration(float):
 
     def __repr__(self) -> str:
         return f"Duration({self})"
+
+
+_PERCENTILE = re.compile(r"^\s*p(\d+(?:\.\d+)?)\s*$")
+
+
+@attrs.frozen
+class LatencyDelay:
+    """A delay written as a duration ("50ms") or as a percentile of recent latencies
+    ("p95": as long as 95 % of recent answers took). One of the two is set."""
+
+    seconds: float | None = None
+    percentile: float | None = None
+
+    @classmethod
+    def parse(cls, value: object) -> LatencyDelay:
+        if isinstance(value, str):
+            match = _PERCENTILE.match(value)
+            if match:
+                return cls(percentile=float(match.group(1)))
+            if _DURATION.match(value):
+                return cls(seconds=float(Duration.parse(value)))
+        raise ValueError(
+            f'expected a duration like "50ms" or a percentile like "p95", got {value!r}'
+        )
+
+    def __str__(self) -> str:
+        if self.percentile is not None:
+            return f"p{self.percentile:g}"
+        return str(Duration(self.seconds or 0.0))
 
 
 @attrs.frozen(cache_hash=True)

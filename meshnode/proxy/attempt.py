@@ -51,49 +51,18 @@ class AttemptFailed(Exception):
         self.retry_delay = retry_delay  # decided already (by the judge), else None
         # The upstream's reset, before any answer: what it says of the connection's lifecycle.
         self.reset = reset
+        # Why the request goes again at once, free (the retry loop decides: tries.py).
+        self.resend: str | None = None
 
 
-async def attempt(
-    pool: UpstreamPool,
-    endpoint: Endpoint,
-    headers: HeaderList,
-    body: RequestBody | None,
-    client: Stream,
-    scope: trio.CancelScope,
-    *,
-    per_try: float = math.inf,
-    judge: Judge | None = None,
-    extra_headers: Sequence[tuple[bytes, bytes]] = (),
-    tap: Callable[[bytes], None] | None = None,
-    connections: UpstreamConnections = PLAIN_H2,
-    tunnel: Tunnel | None = None,
-) -> tuple[int, HeaderList]:
-    """Send the request to ``endpoint`` and relay the answer; return its status and head.
-
-    ``scope`` is the try's cancel scope, its deadline the request's: until the response
-    head arrives it is moved ``per_try`` seconds ahead of now, when that is sooner.
+async def attempt(exchange: Exchange) -> tuple[int, HeaderList]:
+    """Run ``exchange``: send the request and relay the answer; return its status and head.
 
     A request without a body needs no upload task, hence no nursery: that is
     most requests, and a nursery per try is a visible share of their cost.
-    ``tunnel``: the request is a WebSocket; once the upstream accepted it, the tunnel
-    carries its bytes both ways.
     """
-    exchange = _Exchange(
-        pool,
-        endpoint,
-        headers,
-        body,
-        client,
-        scope,
-        per_try,
-        judge,
-        extra_headers,
-        tap,
-        connections,
-        tunnel,
-    )
     try:
-        if body is None:
+        if exchange.body is None:
             return await exchange.run(None)
         failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
@@ -106,11 +75,15 @@ async def attempt(
             raise failure
         return result
     finally:
-        if exchange.upstream is not None:
-            exchange.upstream.reset(CANCEL)
+        exchange.close()
 
 
-class _Exchange:
+class Exchange:
+    """One try's exchange with its endpoint, in two steps: the request out and the
+    response head back (``head``), then that head judged and relayed with its body
+    (``relay``). A hedged request runs the first step of several at once and the second
+    of the one whose head came first."""
+
     __slots__ = (
         "body",
         "client",
@@ -135,13 +108,18 @@ class _Exchange:
         body: RequestBody | None,
         client: Stream,
         scope: trio.CancelScope,
-        per_try: float,
-        judge: Judge | None,
-        extra_headers: Sequence[tuple[bytes, bytes]],
-        tap: Callable[[bytes], None] | None,
-        connections: UpstreamConnections,
-        tunnel: Tunnel | None,
+        *,
+        per_try: float = math.inf,
+        judge: Judge | None = None,
+        extra_headers: Sequence[tuple[bytes, bytes]] = (),
+        tap: Callable[[bytes], None] | None = None,
+        connections: UpstreamConnections = PLAIN_H2,
+        tunnel: Tunnel | None = None,
     ) -> None:
+        """``scope`` is the try's cancel scope, its deadline the request's: until the
+        response head arrives ``run`` moves it ``per_try`` seconds ahead of now, when that
+        is sooner. ``tunnel``: the request is a WebSocket; once the upstream accepted it,
+        the tunnel carries its bytes both ways."""
         self.connections = connections
         self.tunnel = tunnel
         self.pool = pool
@@ -157,7 +135,11 @@ class _Exchange:
         self.upstream: Stream | None = None
 
     async def run(self, nursery: trio.Nursery | None) -> tuple[int, HeaderList]:
-        head = await self._start_in_time(nursery)
+        return await self.relay(await self._head_in_time(nursery))
+
+    async def relay(self, head: ResponseHead) -> tuple[int, HeaderList]:
+        """Judge ``head`` (the judge raises ``AttemptFailed`` to refuse it), then relay it
+        and the body; return the status and the upstream's head."""
         upstream = self.upstream
         assert upstream is not None
         status = head.status
@@ -173,21 +155,28 @@ class _Exchange:
             await relay_body(upstream, self.client, self.tap)
         return status, head.headers
 
-    async def _start_in_time(self, nursery: trio.Nursery | None) -> ResponseHead:
-        """``_start`` with the scope's deadline moved to the per-try one, and back."""
+    def close(self) -> None:
+        """Reset the upstream stream with CANCEL, unless it already ended."""
+        if self.upstream is not None:
+            self.upstream.reset(CANCEL)
+
+    async def _head_in_time(self, nursery: trio.Nursery | None) -> ResponseHead:
+        """``head`` with the scope's deadline moved to the per-try one, and back."""
         scope = self.scope
         request_deadline = scope.deadline
         try_deadline = trio.current_time() + self.per_try
         if try_deadline >= request_deadline:
-            return await self._start(nursery)
+            return await self.head(nursery)
         scope.deadline = try_deadline
-        head = await self._start(nursery)
+        head = await self.head(nursery)
         if scope.cancel_called:  # the deadline passed as the head arrived: too late to relay
             await trio.lowlevel.checkpoint()  # raises the cancellation, nothing relayed
         scope.deadline = request_deadline
         return head
 
-    async def _start(self, nursery: trio.Nursery | None) -> ResponseHead:
+    async def head(self, nursery: trio.Nursery | None) -> ResponseHead:
+        """Open the upstream stream, start the body's upload in ``nursery``, and wait for
+        the response head; ``AttemptFailed`` when the try fails before one."""
         try:
             self.upstream = await self.pool.open_stream(
                 self.endpoint.address,

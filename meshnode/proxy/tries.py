@@ -25,23 +25,26 @@ repeat) are in retry.py.
 from __future__ import annotations
 
 import math
+from collections.abc import Coroutine
 from typing import Any
 
+import attrs
 import trio
 
 from meshnode.actors.group import UpstreamGroup
+from meshnode.actors.picking import EndpointLoad
 from meshnode.actors.protections import CachedResponse
 from meshnode.errors import RETRY_SKIPPED, Timeout, TunnelLimit, UpstreamFailed
 from meshnode.net.http1.hop_by_hop import strip_hop_by_hop
 from meshnode.net.pool import UpstreamConnections, UpstreamPool
-from meshnode.net.stream import ensure_open
-from meshnode.policy.models import UpstreamPolicy
+from meshnode.net.stream import ResponseHead, ensure_open
+from meshnode.policy.models import Endpoint, HedgePolicy, UpstreamPolicy
 from meshnode.policy.units import Address
 from meshnode.proxy import fallback
-from meshnode.proxy.attempt import AttemptFailed, attempt
+from meshnode.proxy.attempt import AttemptFailed, Exchange, attempt
 from meshnode.proxy.headers import HeaderList
 from meshnode.proxy.request import Request, format_grpc_timeout
-from meshnode.proxy.retry import head_condition, may_resend, resend_reason
+from meshnode.proxy.retry import IDEMPOTENT_METHODS, head_condition, may_resend, resend_reason
 from meshnode.proxy.retry import retry_after as retry_after_of
 from meshnode.proxy.tunnel import Tunnel
 from meshnode.resilience.core import backoff
@@ -49,6 +52,18 @@ from meshnode.resilience.core import backoff
 # How often one request is sent again for a recycled connection (GOAWAY, REFUSED_STREAM,
 # a stale connection) before it fails: each resend is free, so it must be bounded.
 MAX_RESENDS = 3
+
+
+@attrs.define
+class _Try:
+    """One try in flight: its endpoint's slot, its span, its exchange."""
+
+    endpoint: Endpoint
+    load: EndpointLoad
+    span: Any
+    exchange: Exchange
+    started: float = attrs.field(factory=trio.current_time)
+    ended: bool = False
 
 
 class Tries:
@@ -85,6 +100,7 @@ class Tries:
             self.per_try = min(self.per_try, policy.timeout.request or math.inf)
             self.tunnel = Tunnel(policy.timeout.tunnel_idle, tunnels)
         self.capture = _capture_for(request, policy)
+        self.hedge = _hedge_for(request, policy)
         self.tries = 0  # tries the retry policy counts (resends are not)
         self.head_status = 0  # the status of the current try's response head, once it came
         self.try_started = 0.0
@@ -117,58 +133,205 @@ class Tries:
                         counts["retried_requests"] += 1
                 resend = None
                 endpoint, load = await group.picker.acquire(avoid, request.client_ip, session)
-                request.tries += 1
-                request.endpoint = endpoint.address
-                started = self.try_started = trio.current_time()
-                try_failed = True  # until the try relays an answer that is not a failure
-                headers, span = self._headers_for(endpoint.address)
-                trace = request.trace
-                status, outcome = 0, None  # what the try's span will say
-                self.head_status = 0
+                first = self._begin(endpoint, load, scope)
+                self.try_started = first.started
                 try:
-                    status, head = await attempt(
-                        self.pool,
-                        endpoint,
-                        headers,
-                        request.body,
-                        request.stream,
-                        scope,
-                        per_try=self.per_try,
-                        judge=self._judge,
-                        extra_headers=self.extra_headers,
-                        tap=self.capture,
-                        connections=self.connections,
-                        tunnel=self.tunnel,
-                    )
-                    try_failed = status >= 500
-                    if self.tries > 1 and not try_failed:
-                        counts["recovered"] += 1
-                    if status == 200:
-                        self._remember(head)
-                    return status
+                    if self.hedge is not None:
+                        return await self._race(first)
+                    return await self._settled(first, attempt(first.exchange))
                 except AttemptFailed as failure:
-                    failed, outcome = failure, failure.condition
-                    resend = resend_reason(failure.reset, request.method, request.headers)
-                    resend = self._within_resend_limits(failure, resend)
-                finally:
-                    if resend is not None:
-                        group.picker.release_unjudged(load)
-                    else:
-                        group.picker.release(load, trio.current_time() - started, failed=try_failed)
-                    if trace is not None and span is not None:
-                        seen = status or self.head_status  # a head, if the body went amiss
-                        trace.end_try(span, seen, outcome or (None if seen else "no-answer"))
+                    failed, resend = failure, failure.resend
             avoid = endpoint.address
             if resend is not None:
                 self.resends += 1
                 group.stats.resent[resend] += 1
-                if trace is not None:
-                    trace.event("resend", {"meshnode.resend.reason": resend})
+                if request.trace is not None:
+                    request.trace.event("resend", {"meshnode.resend.reason": resend})
                 delay = 0.0
                 continue
             if failed is None:  # the scope caught its cancellation
                 failed = self._cancelled(scope)
             delay = self._delay_after(failed)
+
+    def _begin(self, endpoint: Endpoint, load: EndpointLoad, scope: trio.CancelScope) -> _Try:
+        """A try on ``endpoint``, whose slot ``load`` holds: its exchange and its span."""
+        request = self.request
+        request.tries += 1
+        request.endpoint = endpoint.address
+        headers, span = self._headers_for(endpoint.address)
+        exchange = Exchange(
+            self.pool,
+            endpoint,
+            headers,
+            request.body,
+            request.stream,
+            scope,
+            per_try=self.per_try,
+            judge=self._judge,
+            extra_headers=self.extra_headers,
+            tap=self.capture,
+            connections=self.connections,
+            tunnel=self.tunnel,
+        )
+        return _Try(endpoint, load, span, exchange)
+
+    async def _settled(self, one: _Try, answer: Coroutine[Any, Any, tuple[int, HeaderList]]) -> int:
+        """Await the answer ``one`` relays (``answer``) and settle the try: its slot, its
+        span, the counts."""
+        status, outcome, failed = 0, None, True  # until it relays an answer that is no failure
+        resend: str | None = None
+        try:
+            status, head = await answer
+            failed = status >= 500
+            if self.tries > 1 and not failed:
+                self.group.stats.tries["recovered"] += 1
+            if status == 200:
+                self._remember(head)
+            return status
+        except AttemptFailed as failure:
+            outcome, resend = failure.condition, self._resend_for(failure)
+            raise
+        finally:
+            one.exchange.close()
+            self._end(one, status or self.head_status, outcome, failed=failed, unjudged=resend)
+
+    def _end(
+        self, one: _Try, status: int, outcome: str | None, *, failed: bool, unjudged: str | None
+    ) -> None:
+        """``one`` ended: its endpoint's slot back (with its latency and whether it failed,
+        unless it was left unanswered by a recycled connection), its span ended."""
+        one.ended = True
+        picker = self.group.picker
+        if unjudged is not None:
+            picker.release_unjudged(one.load)
+        else:
+            picker.release(one.load, trio.current_time() - one.started, failed=failed)
+        trace = self.request.trace
+        if trace is not None and one.span is not None:
+            trace.end_try(one.span, status, outcome or (None if status else "no-answer"))
+
+    def _resend_for(self, failure: AttemptFailed) -> str | None:
+        """Why ``failure``'s request goes again at once, free (kept on it), or None."""
+        request = self.request
+        reason = resend_reason(failure.reset, request.method, request.headers)
+        failure.resend = self._within_resend_limits(failure, reason)
+        return failure.resend
+
+    # -- hedging: more than one try at once ----------------------------------------
+
+    async def _race(self, first: _Try) -> int:
+        """``first`` and, each time the hedge delay passes without a response head, a hedge
+        on another endpoint (up to ``max_hedges``): the first head the policy would relay
+        wins and the others are cancelled (RST_STREAM CANCEL). A head the policy would
+        refuse (a retry or a fallback would follow) waits as the spare, relayed (and so
+        judged) only if every other try fails; ``AttemptFailed`` when all fail."""
+        hedge = self.hedge
+        assert hedge is not None
+        send, results = trio.open_memory_channel[tuple[_Try, ResponseHead | AttemptFailed]](
+            math.inf
+        )
+        contenders = [first]
+        winner: tuple[_Try, ResponseHead] | None = None
+        spare: tuple[_Try, ResponseHead] | None = None
+        failure: AttemptFailed | None = None
+        delay = self.group.protections.hedge_delay()
+        raced = False  # the race came to an end (not an exception, nor the deadline)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._contend, first, send)
+                running = 1
+                hedge_at = first.started + delay
+                while running:
+                    with trio.move_on_at(hedge_at):
+                        one, outcome = await results.receive()
+                        running -= 1
+                        if isinstance(outcome, AttemptFailed):
+                            failure = outcome
+                            self._end_contender(one, outcome)
+                        elif running and spare is None and self._refusable(outcome):
+                            spare = (one, outcome)
+                        elif running and self._refusable(outcome):
+                            self._end_contender(one, None, status=outcome.status)
+                        else:
+                            winner = (one, outcome)
+                            break
+                        continue
+                    extra = self._hedge(contenders[-1])
+                    if extra is not None:
+                        contenders.append(extra)
+                        nursery.start_soon(self._contend, extra, send)
+                        running += 1
+                    more = extra is not None and len(contenders) <= hedge.max_hedges
+                    hedge_at = trio.current_time() + delay if more else math.inf
+                nursery.cancel_scope.cancel()
+            raced = True
+        finally:
+            winner = (winner or spare) if raced else None
+            for one in contenders:
+                if not one.ended and (winner is None or one is not winner[0]):
+                    one.exchange.close()
+                    lost = winner is not None
+                    why = "hedge-lost" if lost else None
+                    self._end(one, 0, why, failed=not lost, unjudged=None)
+        if winner is None:
+            assert failure is not None
+            raise failure
+        one, head = winner
+        if one is not first:
+            self.group.stats.hedges["won"] += 1
+        self.try_started = one.started
+        return await self._settled(one, one.exchange.relay(head))
+
+    async def _contend(
+        self, one: _Try, results: trio.MemorySendChannel[tuple[_Try, ResponseHead | AttemptFailed]]
+    ) -> None:
+        """Run ``one`` up to its response head, within its per-try timeout; report it."""
+        outcome: ResponseHead | AttemptFailed = _per_try_timeout(self.per_try)
+        with trio.CancelScope(deadline=one.started + self.per_try):
+            try:
+                outcome = await one.exchange.head(None)
+            except AttemptFailed as failure:
+                outcome = failure
+        results.send_nowait((one, outcome))
+
+    def _end_contender(self, one: _Try, failure: AttemptFailed | None, *, status: int = 0) -> None:
+        """A contender that failed (``failure``) or brought a head the policy refuses
+        (``status``) while others still run."""
+        one.exchange.close()
+        resend = None if failure is None else self._resend_for(failure)
+        outcome = str(status) if failure is None else failure.condition
+        self._end(one, status, outcome, failed=True, unjudged=resend)
+
+    def _hedge(self, last: _Try) -> _Try | None:
+        """A hedge, preferably on another endpoint than ``last``'s: None when every endpoint
+        is full or the retry budget is spent (hedges and retries share it)."""
+        group = self.group
+        counts = group.stats.hedges
+        taken = group.picker.acquire_now(last.endpoint.address, self.request.client_ip)
+        if taken is None:
+            counts["no-endpoint"] += 1
+            return None
+        endpoint, load = taken
+        budget = group.protections.retry_budget
+        if budget is not None and not budget.try_retry(trio.current_time()):
+            group.picker.release_unjudged(load)
+            counts["budget-exhausted"] += 1
+            return None
+        counts["sent"] += 1
+        group.stats.tries["total"] += 1
+        trace = self.request.trace
+        if trace is not None:
+            trace.event("hedge", {"meshnode.hedge.endpoint": str(endpoint.address)})
+        return self._begin(endpoint, load, last.exchange.scope)
+
+    def _refusable(self, head: ResponseHead) -> bool:
+        """Whether the policy might refuse to relay ``head``: a retry or a fallback could
+        follow it (``_judge`` decides, once it is the last head left)."""
+        policy, status = self.policy, head.status
+        retry = policy.retry
+        if retry is not None and head_condition(status, head.headers, retry.retry_on) is not None:
+            return True
+        return status >= 400 and fallback.on_status(policy.fallback, status)
 
     def _headers_for(self, address: Address) -> tuple[HeaderList, Any]:
         """The request's headers for one try, and the try's span (None when not traced):
@@ -212,8 +375,11 @@ class Tries:
     def _judge(self, status: int, headers: HeaderList) -> None:
         """Refuse to relay a head the retry policy names, while a retry may follow, or one
         the fallback takes over (by the status, or once retries are exhausted)."""
-        self.request.head_at = trio.current_time()
+        now = self.request.head_at = trio.current_time()
         self.head_status = status
+        latencies = self.group.protections.head_latencies
+        if latencies is not None:
+            latencies.record(now - self.try_started)
         policy = self.policy
         condition = delay = None
         if policy.retry is not None:
@@ -255,9 +421,7 @@ class Tries:
         if request.stream.error is not None:
             raise request.stream.error
         if trio.current_time() < self.deadline and scope.deadline < self.deadline:
-            return AttemptFailed(
-                "timeout", Timeout(f"no response head within the per-try {self.per_try:g}s")
-            )
+            return _per_try_timeout(self.per_try)
         if request.tunnel and request.head_at is not None:
             raise TunnelLimit(f"open for its tunnel_lifetime of {self.limit:g}s", self.group.name)
         raise Timeout(f"no complete response within {self.limit:g}s", self.group.name)
@@ -349,6 +513,19 @@ class Tries:
                 trio.current_time(),
             ),
         )
+
+
+def _hedge_for(request: Request, policy: UpstreamPolicy) -> HedgePolicy | None:
+    """The ``[hedge]`` that applies: to an idempotent request without a body (a body is
+    read from the caller once, not raced), never to a tunnel."""
+    hedge = policy.hedge
+    if hedge is None or request.body is not None or request.tunnel:
+        return None
+    return hedge if request.method in IDEMPOTENT_METHODS else None
+
+
+def _per_try_timeout(per_try: float) -> AttemptFailed:
+    return AttemptFailed("timeout", Timeout(f"no response head within the per-try {per_try:g}s"))
 
 
 def _capture_for(request: Request, policy: UpstreamPolicy) -> fallback.BodyCapture | None:

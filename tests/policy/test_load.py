@@ -370,3 +370,36 @@ def test_concurrency_limit_values_out_of_range(tmp_path: Path) -> None:
         "payments.toml: concurrency_limit.smoothing: expected more than 0 up to 1, got 2.0",
         "payments.toml: concurrency_limit.beta: must be more than alpha (6.0), got 3.0",
     ]
+
+
+@pytest.mark.parametrize(
+    ("section", "error"),
+    [
+        ('delay = "soon"', 'hedge.delay: expected a duration like "50ms" or a percentile'),
+        ('delay = "p20"', "hedge.delay: expected a percentile from p50 up to p99.99, got p20"),
+        ('delay = "0ms"', "hedge.delay: must be more than 0, got 0"),
+        ("max_hedges = 0", "hedge.max_hedges: must be at least 1, got 0"),
+        ("max_hedges = 9", "hedge.max_hedges: must be at most 3, got 9"),
+    ],
+)
+def test_hedge_values_out_of_range(tmp_path: Path, section: str, error: str) -> None:
+    upstream = UPSTREAM + f"\n[hedge]\n{section}\n"
+    (found,) = errors_of(write(tmp_path, node=NODE, payments=upstream))
+    assert found.startswith(f"payments.toml: {error}")
+
+
+@pytest.mark.parametrize(
+    ("written", "seconds", "percentile"), [('"50ms"', 0.05, None), ('"p99.9"', None, 99.9)]
+)
+def test_a_hedge_delay_is_a_duration_or_a_percentile(
+    tmp_path: Path, written: str, seconds: float | None, percentile: float | None
+) -> None:
+    upstream = UPSTREAM + f"\n[hedge]\ndelay = {written}\n"
+    hedge = load_policies(write(tmp_path, node=NODE, payments=upstream)).upstreams["payments"].hedge
+    assert hedge is not None
+    assert (hedge.delay.seconds, hedge.delay.percentile, hedge.max_hedges) == (
+        seconds,
+        percentile,
+        1,
+    )
+    assert str(hedge.delay) == written.strip('"')

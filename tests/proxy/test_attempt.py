@@ -16,7 +16,7 @@ import trio.testing
 from meshnode.net.stream import CANCEL, ResponseHead
 from meshnode.policy.models import Endpoint
 from meshnode.policy.units import Address
-from meshnode.proxy.attempt import attempt
+from meshnode.proxy.attempt import Exchange, attempt
 
 
 class LateUpstream:
@@ -65,7 +65,7 @@ async def try_with_head_after(
     the try's scope, the upstream, the client, and the status relayed (None if none)."""
     upstream, client, status = LateUpstream(clock, late_by), Client(), None
     with trio.CancelScope(deadline=trio.current_time() + REQUEST_DEADLINE) as scope:
-        status, _ = await attempt(
+        exchange = Exchange(
             Pool(upstream),  # type: ignore[arg-type]
             Endpoint(Address("127.0.0.1", 1)),
             [],
@@ -74,6 +74,7 @@ async def try_with_head_after(
             scope,
             per_try=0.5,
         )
+        status, _ = await attempt(exchange)
     return scope, upstream, client, status
 
 

@@ -28,6 +28,8 @@ from meshnode.policy.models import (
     ConcurrencyLimitPolicy,
     Endpoint,
     FallbackPolicy,
+    HedgePolicy,
+    RetryBudgetPolicy,
     RetryPolicy,
     SessionAffinity,
     StaticDiscovery,
@@ -35,9 +37,10 @@ from meshnode.policy.models import (
     UpstreamPolicy,
     UpstreamSection,
 )
-from meshnode.policy.units import Address, Duration
+from meshnode.policy.units import Address, Duration, LatencyDelay
 from meshnode.proxy.forward import Proxy
 from meshnode.proxy.routing import RouteTable
+from meshnode.resilience.core.recent_latencies import DEFAULT_MIN_SAMPLES
 from tests.support.memory_upstream import MemoryUpstream
 
 A = Address("10.0.0.1", 80)  # never dialled: the pool's connector hands out memory streams
@@ -282,9 +285,12 @@ async def test_a_session_cookie_keeps_a_caller_on_its_endpoint(nursery, clock) -
 
 
 def late(code: int, after: float) -> Script:
+    """Answer ``code`` after ``after`` seconds, unless the proxy cancelled the stream."""
+
     async def answer(address: Address, stream: Stream) -> None:
         await trio.sleep(after)
-        await stream.send_headers([(b":status", str(code).encode())], end_stream=True)
+        if stream.error is None:
+            await stream.send_headers([(b":status", str(code).encode())], end_stream=True)
 
     return answer
 
@@ -383,3 +389,86 @@ async def test_with_a_queue_timeout_a_request_waits_for_room(nursery, clock) -> 
         callers.start_soon(one)
     assert answers == [200, 200]
     assert trio.current_time() - started == pytest.approx(0.4)  # one after the other
+
+
+HEDGE_50MS = HedgePolicy(delay=LatencyDelay(seconds=0.05))
+ROUND_ROBIN = BalancerPolicy(strategy="round-robin")
+
+
+async def test_a_slow_try_is_hedged_on_another_endpoint_and_the_first_head_wins(
+    nursery, clock
+) -> None:
+    mesh = Mesh(nursery, [late(200, 1.0), late(200, 0.01)])
+    group = await mesh.add(upstream_policy(hedge=HEDGE_50MS, balancer=ROUND_ROBIN))
+    started = trio.current_time()
+    assert (await mesh.call())[0] == 200
+    assert trio.current_time() - started == pytest.approx(0.06)
+    assert sorted(map(str, mesh.upstream.addresses)) == [str(A), str(B)]
+    await trio.testing.wait_all_tasks_blocked()
+    slow = mesh.upstream.requests[0]
+    assert slow.error is not None  # the losing try was cancelled upstream (RST_STREAM)
+    assert group.stats.hedges == {"sent": 1, "won": 1, "budget-exhausted": 0, "no-endpoint": 0}
+    assert group.picker.in_flight == 0
+
+
+async def test_a_try_that_answers_within_the_delay_is_not_hedged(nursery, clock) -> None:
+    mesh = Mesh(nursery, [late(200, 0.04)])
+    group = await mesh.add(upstream_policy(hedge=HEDGE_50MS))
+    assert (await mesh.call())[0] == 200
+    assert len(mesh.upstream.requests) == 1 and group.stats.hedges["sent"] == 0
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+async def test_a_request_that_is_not_idempotent_is_never_hedged(nursery, clock, method) -> None:
+    mesh = Mesh(nursery, [late(200, 1.0)])
+    group = await mesh.add(upstream_policy(hedge=HEDGE_50MS))
+    started = trio.current_time()
+    assert (await mesh.call(method))[0] == 200
+    assert trio.current_time() - started == pytest.approx(1.0)
+    assert len(mesh.upstream.requests) == 1 and group.stats.hedges["sent"] == 0
+
+
+async def test_a_head_a_retry_would_follow_waits_while_the_other_try_runs(nursery, clock) -> None:
+    mesh = Mesh(nursery, [late(200, 1.0), status(503)])
+    policy = upstream_policy(hedge=HEDGE_50MS, balancer=ROUND_ROBIN, retry=NO_JITTER)
+    group = await mesh.add(policy)
+    started = trio.current_time()
+    assert (await mesh.call())[0] == 200  # the first try's, not the hedge's 503
+    assert trio.current_time() - started == pytest.approx(1.0)
+    assert len(mesh.upstream.requests) == 2
+    assert group.stats.hedges["won"] == 0 and group.stats.retries["retried"] == 0
+
+
+async def test_when_every_hedged_try_fails_a_retry_follows(nursery, clock) -> None:
+    mesh = Mesh(nursery, [late(503, 0.2), status(503), status(200)])
+    policy = upstream_policy(hedge=HEDGE_50MS, balancer=ROUND_ROBIN, retry=NO_JITTER)
+    group = await mesh.add(policy)
+    started = trio.current_time()
+    assert (await mesh.call())[0] == 200
+    # the hedge's 503 waited for the first try's, then the backoff of 0.1 s, then the retry
+    assert trio.current_time() - started == pytest.approx(0.3)
+    assert len(mesh.upstream.requests) == 3
+    assert group.stats.retries["retried"] == 1 and group.stats.tries["total"] == 3
+
+
+async def test_hedges_spend_the_retry_budget(nursery, clock) -> None:
+    mesh = Mesh(nursery, [late(200, 1.0)])
+    no_budget = attrs.evolve(NO_JITTER, budget=RetryBudgetPolicy(ratio=0.0, min_per_second=0.0))
+    group = await mesh.add(upstream_policy(hedge=HEDGE_50MS, retry=no_budget))
+    assert (await mesh.call())[0] == 200
+    assert len(mesh.upstream.requests) == 1
+    assert group.stats.hedges["budget-exhausted"] == 1 and group.stats.hedges["sent"] == 0
+
+
+async def test_a_percentile_delay_follows_the_upstreams_recent_latencies(nursery, clock) -> None:
+    fast, enough = late(200, 0.01), DEFAULT_MIN_SAMPLES
+    mesh = Mesh(nursery, [fast] * enough + [late(200, 1.0), fast])
+    p90 = HedgePolicy(delay=LatencyDelay(percentile=90.0))
+    group = await mesh.add(upstream_policy(hedge=p90, balancer=ROUND_ROBIN))
+    for _ in range(enough):  # no hedge while the latencies are too few to have a tail
+        assert (await mesh.call())[0] == 200
+    assert group.stats.hedges["sent"] == 0
+    started = trio.current_time()
+    assert (await mesh.call())[0] == 200
+    assert trio.current_time() - started == pytest.approx(0.02)  # hedged at p90: 10 ms
+    assert group.stats.hedges["won"] == 1

@@ -16,7 +16,8 @@ after MS milliseconds), and
 ``/flaky/KEY`` answers 503 the first time a KEY is asked for and 200 after, ``/work/MS``
 takes MS milliseconds on one of ``--capacity`` workers (the rest queue; ``/_capacity/N``
 changes how many); anything else
-``ok``.
+``ok``. With ``--delay MS`` every answer but ``/_counts`` comes MS milliseconds late, and a
+request the caller cancels meanwhile (RST_STREAM) is counted as ``cancelled``, not answered.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ counts: Counter[str] = Counter()
 
 flaky_seen: set[str] = set()
 workers = [trio.Semaphore(1_000_000)]  # /work/'s: --capacity of them, the rest queue
+late_by = [0.0]  # --delay, in seconds
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -56,6 +58,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             break
     status = 200
     path: str = scope["path"]
+    if late_by[0] and path != "/_counts":
+        with trio.move_on_after(late_by[0]):
+            if (await receive())["type"] == "http.disconnect":  # the caller cancelled
+                counts["cancelled"] += 1
+                return
     if path == "/_counts":
         body = json.dumps(counts).encode()
     elif path == "/headers":
@@ -93,8 +100,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def main(host: str, port: int, max_requests: int, capacity: int) -> None:
+async def main(host: str, port: int, max_requests: int, capacity: int, delay: int) -> None:
     workers[0] = trio.Semaphore(capacity)
+    late_by[0] = delay / 1000
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.loglevel = "warning"
@@ -120,5 +128,8 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--max-requests", type=int, default=1000)
     parser.add_argument("--capacity", type=int, default=1_000_000, help="/work/'s workers")
+    parser.add_argument("--delay", type=int, default=0, help="milliseconds every answer waits")
     options = parser.parse_args()
-    trio.run(main, options.host, options.port, options.max_requests, options.capacity)
+    trio.run(
+        main, options.host, options.port, options.max_requests, options.capacity, options.delay
+    )

@@ -58,13 +58,16 @@ class PythonUpstream:
         self.process.wait(10)
 
 
-def hypercorn(max_requests: int, *, port: int = 0, capacity: int = 1_000_000) -> PythonUpstream:
+def hypercorn(
+    max_requests: int, *, port: int = 0, capacity: int = 1_000_000, delay_ms: int = 0
+) -> PythonUpstream:
     """Hypercorn ending each HTTP/2 connection with GOAWAY after ``max_requests``;
-    ``capacity``: how many ``/work/MS`` requests it serves at once (the rest queue)."""
+    ``capacity``: how many ``/work/MS`` requests it serves at once (the rest queue);
+    ``delay_ms``: how late every answer comes."""
     return PythonUpstream(
         "tests.support.recycling_upstream",
         *("--max-requests", str(max_requests), "--port", str(port)),
-        *("--capacity", str(capacity)),
+        *("--capacity", str(capacity), "--delay", str(delay_ms)),
     )
 
 

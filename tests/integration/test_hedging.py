@@ -1,0 +1,87 @@
+"""Hedged requests against three upstreams in processes of their own, one of which answers
+200 ms late: with ``[hedge] delay = "50ms"`` the GETs' tail stays under 120 ms, the slow
+endpoint sees its tries cancelled, and POSTs are never hedged."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import NodeProcess, require, upstream_toml, write_policies
+from tests.support.upstream_processes import PythonUpstream, hypercorn
+
+pytestmark = pytest.mark.integration
+
+GETS = 300
+POSTS = 60
+
+
+@pytest.fixture
+def upstreams() -> Iterator[list[PythonUpstream]]:
+    started = [hypercorn(1_000_000), hypercorn(1_000_000), hypercorn(1_000_000, delay_ms=200)]
+    yield started
+    for upstream in started:
+        upstream.stop()
+
+
+def durations(node: NodeProcess, requests: int, *, post: Path | None = None) -> list[float]:
+    """Seconds each of ``requests`` took through the node (h2load, 4 streams at a time),
+    after checking every one was answered 200."""
+    with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
+        command = [require("h2load"), "-n", str(requests), "-c", "1", "-m", "4"]
+        if post is not None:
+            command += ["-d", str(post)]
+        command += ["-H", ":authority: api", "--log-file", log.name, f"http://{node.outbound}/x"]
+        subprocess.run(command, capture_output=True, timeout=120, check=True)
+        lines = [line.split() for line in log if line.strip()]
+    assert [fields[1] for fields in lines] == ["200"] * requests
+    return sorted(int(fields[2]) / 1e6 for fields in lines)
+
+
+def p99(seconds: list[float]) -> float:
+    return seconds[int(len(seconds) * 0.99) - 1]
+
+
+def hedges(node: NodeProcess) -> dict[str, int]:
+    text = subprocess.run(
+        [require("curl"), "-s", "--fail", f"http://{node.admin}/metrics"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout
+    found = re.findall(r'meshnode_hedges_total\{outcome="([a-z-]+)",upstream="api"\} (\S+)', text)
+    return {outcome: int(float(count)) for outcome, count in found}
+
+
+def test_a_slow_endpoint_is_hedged_and_its_tries_cancelled_but_posts_never(
+    tmp_path, node_process, upstreams
+) -> None:
+    policy = upstream_toml(
+        "api",
+        *(upstream.address for upstream in upstreams),
+        extra='[balancer]\nstrategy = "round-robin"\n\n[hedge]\ndelay = "50ms"\n',
+    )
+    node = node_process(write_policies(tmp_path / "p", {"api": policy}))
+    slow = upstreams[2]
+
+    gets = durations(node, GETS)
+    assert p99(gets) < 0.120, gets[-10:]
+    sent = hedges(node)
+    assert GETS // 4 <= sent["sent"] <= GETS // 2  # about a third went to the slow endpoint
+    assert sent["won"] == sent["sent"]
+    counted = slow.counts()
+    assert counted.get("GET", 0) == 0  # every try it got lost to a hedge, and was cancelled
+    assert counted["cancelled"] == sent["sent"]
+
+    body = tmp_path / "body"
+    body.write_bytes(b"x" * 100)
+    posts = durations(node, POSTS, post=body)
+    assert posts[-1] >= 0.200  # the slow endpoint's POSTs waited for it: not hedged
+    assert hedges(node)["sent"] == sent["sent"]
+    assert slow.counts()["POST"] == POSTS // 3

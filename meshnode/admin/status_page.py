@@ -124,7 +124,7 @@ def _upstream(name: str, report: dict[str, Any]) -> str:
 <dt>Discovery</dt><dd>{_discovery(discovery)}</dd>
 <dt>Requests</dt><dd>{_sparkline(rates["requests"], "requests")}</dd>
 <dt>Errors</dt><dd>{_sparkline(rates["errors"], "errors")}</dd>
-<dt>Connections recycled</dt><dd class="lifecycle">{_lifecycle(report)}</dd>
+<dt>Connections recycled</dt><dd class="lifecycle">{_lifecycle(report)}</dd>{_adaptive(report)}
 </dl>
 <div class="control breaker-controls" hidden>
 <button type="button" data-breaker="{key}" data-state="open">Force {key} open</button>
@@ -152,6 +152,30 @@ def _lifecycle(report: dict[str, Any]) -> str:
     return f"{report['goaways']} GOAWAYs; {total} requests sent again" + (
         f" ({reasons})" if reasons else ""
     )
+
+
+def _adaptive(report: dict[str, Any]) -> str:
+    """The concurrency limit found and the hedges sent, for the upstreams that have them."""
+    rows = ""
+    limit = report["concurrency_limit"]
+    if limit is not None:
+        baseline = limit["baseline_rtt_ms"]
+        rtt = "" if baseline is None else f"; baseline RTT {baseline:g} ms"
+        rows += (
+            f'\n<dt>Concurrency limit</dt><dd class="concurrency-limit">{limit["limit"]} '
+            f"({escape(limit['algorithm'])}), {limit['in_flight']} in flight, "
+            f"{limit['rejected']} refused{rtt}</dd>"
+        )
+    hedges = report["hedges"]
+    if hedges is not None:
+        delay = hedges["delay_ms"]
+        wait = "no delay yet (too few latencies)" if delay is None else f"after {delay:g} ms"
+        held = hedges["budget-exhausted"] + hedges["no-endpoint"]
+        rows += (
+            f'\n<dt>Hedges</dt><dd class="hedges">{wait}; {hedges["sent"]} sent, '
+            f"{hedges['won']} won, {held} held back</dd>"
+        )
+    return rows
 
 
 def _breaker(breaker: dict[str, Any]) -> str:

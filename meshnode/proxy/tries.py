@@ -52,6 +52,7 @@ from meshnode.resilience.core import backoff
 # How often one request is sent again for a recycled connection (GOAWAY, REFUSED_STREAM,
 # a stale connection) before it fails: each resend is free, so it must be bounded.
 MAX_RESENDS = 3
+HEDGE_LOST = "hedge-lost"  # a try cancelled because another answered first
 
 
 @attrs.define
@@ -207,7 +208,11 @@ class Tries:
         else:
             picker.release(one.load, trio.current_time() - one.started, failed=failed)
         trace = self.request.trace
-        if trace is not None and one.span is not None:
+        if trace is None or one.span is None:
+            return
+        if outcome == HEDGE_LOST:
+            trace.end_lost_try(one.span)
+        else:
             trace.end_try(one.span, status, outcome or (None if status else "no-answer"))
 
     def _resend_for(self, failure: AttemptFailed) -> str | None:
@@ -271,7 +276,7 @@ class Tries:
                 if not one.ended and (winner is None or one is not winner[0]):
                     one.exchange.close()
                     lost = winner is not None
-                    why = "hedge-lost" if lost else None
+                    why = HEDGE_LOST if lost else None
                     self._end(one, 0, why, failed=not lost, unjudged=None)
         if winner is None:
             assert failure is not None

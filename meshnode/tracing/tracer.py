@@ -170,6 +170,12 @@ class RequestTrace:
         """A try ended: the status it saw (0: none), and the condition it failed with."""
         end_span(span, status, failure)
 
+    def end_lost_try(self, span: Any) -> None:
+        """A try cancelled because another try of the request answered first (a hedge
+        race): not a failure, so no error status."""
+        span.set_attribute("meshnode.hedge.lost", True)
+        span.end()
+
     def event(self, name: str, attributes: dict[str, Any] | None = None) -> None:
         if self.span is not None:
             self.span.add_event(name, attributes or {})

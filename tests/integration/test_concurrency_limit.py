@@ -4,6 +4,7 @@ workers (50 ms a request; the rest queue), driven at 128 concurrent streams by h
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import subprocess
 import tempfile
@@ -92,6 +93,14 @@ def test_the_limit_keeps_throughput_and_sheds_the_rest_fast(
     # is seen as about 95 (docs/adaptive.md).
     assert statistics.median(served) < 6 * WORK
     assert limit_of(node) < 128
+    page = subprocess.run(
+        [require("curl"), "-s", "--fail", f"http://{node.admin}/"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout
+    assert re.search(rf"<dd class=\"concurrency-limit\">\d+ \({algorithm}\), 0 in flight", page)
 
 
 def test_the_vegas_limit_rises_when_the_upstream_can_take_more(

@@ -78,6 +78,14 @@ def test_a_slow_endpoint_is_hedged_and_its_tries_cancelled_but_posts_never(
     counted = slow.counts()
     assert counted.get("GET", 0) == 0  # every try it got lost to a hedge, and was cancelled
     assert counted["cancelled"] == sent["sent"]
+    page = subprocess.run(
+        [require("curl"), "-s", "--fail", f"http://{node.admin}/"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout
+    assert f"after 50 ms; {sent['sent']} sent, {sent['won']} won, 0 held back" in page
 
     body = tmp_path / "body"
     body.write_bytes(b"x" * 100)

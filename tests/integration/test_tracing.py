@@ -228,6 +228,40 @@ def test_retry_and_fallback_events_are_on_the_request_span(
     assert fell_back.status == "unset"  # the fallback answered the caller
 
 
+def test_a_hedged_request_has_a_hedge_event_and_its_losing_try_is_not_an_error(
+    tmp_path, node_process, receiver, service
+) -> None:
+    slow = hypercorn(100_000, delay_ms=300)
+    try:
+        directory = write_policies(
+            tmp_path / "p",
+            {
+                "api": upstream_toml(
+                    "api",
+                    slow.address,
+                    service.address,
+                    extra='[balancer]\nstrategy = "round-robin"\n[hedge]\ndelay = "20ms"\n',
+                )
+            },
+        )
+        with (directory / "node.toml").open("a") as node_toml_file:
+            node_toml_file.write(tracing_section(receiver.endpoint))
+        node = node_process(directory)
+        for n in "12":  # round robin: one of the two goes to the slow endpoint first
+            assert get(node, "/x", f"traceparent: 00-{n * 32}-{CALLER_SPAN}-01")[0] == 200
+        spans = receiver.wait_for(lambda spans: len(spans) >= 5)
+    finally:
+        slow.stop()
+    [hedged] = [s for s in spans if s.kind == "server" and s.events]
+    assert [name for name, _ in hedged.events] == ["hedge"]
+    assert hedged.events[0][1]["meshnode.hedge.endpoint"] == service.address
+    tries = [s for s in spans if s.trace_id == hedged.trace_id and s.kind == "client"]
+    lost = [t for t in tries if t.attributes.get("meshnode.hedge.lost")]
+    assert len(tries) == 2 and len(lost) == 1
+    assert [t.status for t in tries] == ["unset", "unset"]
+    assert lost[0].attributes["server.port"] == int(slow.address.rsplit(":", 1)[1])
+
+
 def test_a_collector_that_is_down_costs_requests_nothing_and_its_drops_are_counted(
     tmp_path, node_process, service
 ) -> None:

@@ -29,9 +29,9 @@ from meshnode.policy.models import (
 )
 from meshnode.resilience.core.budget import RetryBudget
 from meshnode.resilience.core.concurrency import LimitConfig, LimiterCore
+from meshnode.resilience.core.latencies import RecentLatencies
 from meshnode.resilience.core.lru import LRU
 from meshnode.resilience.core.rate_limit import RateLimiter
-from meshnode.resilience.core.recent_latencies import RecentLatencies
 
 HeaderList = list[tuple[bytes, bytes]]
 

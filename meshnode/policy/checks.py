@@ -220,7 +220,7 @@ def _limit_problems(limit: ConcurrencyLimitPolicy | None) -> Iterator[tuple[str,
     for key in ("probe_interval", "long_window", "probe_multiplier"):
         yield from _at_least(f"concurrency_limit.{key}", getattr(limit, key), 1)
     yield from _at_least("concurrency_limit.queue_size", limit.queue_size, 0)
-    if not 0 < limit.smoothing <= 1:
+    if limit.smoothing is not None and not 0 < limit.smoothing <= 1:
         yield "concurrency_limit.smoothing", f"expected more than 0 up to 1, got {limit.smoothing}"
     if limit.rtt_tolerance < 1:
         yield "concurrency_limit.rtt_tolerance", f"must be at least 1, got {limit.rtt_tolerance}"

@@ -118,7 +118,7 @@ class ConcurrencyLimitPolicy:
     min_limit: int = 1
     max_limit: int = 1000
     queue_timeout: Duration = Duration(0)  # over the limit: wait this long for room, or 503
-    smoothing: float = 0.2
+    smoothing: float | None = None  # the algorithm's own: 1.0 for vegas, 0.2 for the gradients
     rtt_tolerance: float = 1.5  # gradient, gradient2
     probe_interval: int = 1000  # gradient
     long_window: int = 600  # gradient2

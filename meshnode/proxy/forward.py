@@ -54,6 +54,7 @@ from meshnode.policy.models import Limits, UpstreamPolicy
 from meshnode.proxy import fallback
 from meshnode.proxy.body import RequestBody
 from meshnode.proxy.chaos import fault_for
+from meshnode.proxy.error_log import ErrorLog
 from meshnode.proxy.headers import HeaderList, forwarded_request_headers
 from meshnode.proxy.request import Request, RequestObserver
 from meshnode.proxy.retry import is_breaker_failure
@@ -102,6 +103,7 @@ class Proxy:
         self.overload = Overload()  # the node's, shared with its listeners
         self.tunnels: set[Tunnel] = set()  # WebSocket tunnels open now
         self.tracer: MeshTracer | None = None  # the node's [tracing], swapped on reload
+        self.error_log = ErrorLog()
 
     def close_tunnels(self, why: str) -> None:
         """End every open tunnel with a WebSocket Close (a drain at its deadline)."""
@@ -121,6 +123,7 @@ class Proxy:
             await self._forward(request)
         except MeshError as error:
             request.error = error.reason
+            self.error_log.answered(stream.id, error)
             await _answer(stream, error)
         except StreamReset as reset:
             if reset.stream is not stream:
@@ -373,7 +376,6 @@ class InboundProxy(Proxy):
 
 
 async def _answer(stream: Stream, error: MeshError) -> None:
-    log.info("stream %d: %s (%s): %s", stream.id, error.reason, error.upstream, error.detail)
     if stream.headers_sent:
         stream.reset(CANCEL)
         return

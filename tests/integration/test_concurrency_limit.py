@@ -1,5 +1,13 @@
 """The adaptive concurrency limit against an upstream in its own process that has eight
-workers (50 ms a request; the rest queue), driven at 128 concurrent streams by h2load."""
+workers (20 ms a request; the rest queue), offered three times what it can serve by h2load
+at up to 128 concurrent streams.
+
+The offered load is a rate (``--rps``), not a closed loop: a client that sends the next
+request the instant a refusal comes back turns the test into one of the node's CPU (on
+this 2-core machine the refusals then take a whole core and every admitted request waits
+for the event loop; docs/adaptive.md has those figures too). Latencies are read from the
+second second on, once the limit has found the upstream.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 
+import attrs
 import pytest
 
 from tests.conftest import NodeProcess, require, upstream_toml, write_policies
@@ -17,10 +26,13 @@ from tests.support.upstream_processes import PythonUpstream, hypercorn
 
 pytestmark = pytest.mark.integration
 
-WORK = 0.050  # seconds a request takes on a worker
+WORK = 0.020  # seconds a request takes on a worker
 WORKERS = 8
 CAPACITY = WORKERS / WORK  # requests a second
-SECONDS = 4
+CLIENTS, STREAMS = 8, 16  # up to 128 streams at once
+OFFERED = 3 * CAPACITY
+SECONDS = 5
+WARM_UP = 1.0  # seconds left out of the latencies
 
 
 @pytest.fixture
@@ -30,12 +42,20 @@ def upstream() -> Iterator[PythonUpstream]:
     started.stop()
 
 
-def drive(node: NodeProcess) -> tuple[list[float], int]:
-    """128 streams for SECONDS: the durations of the 200s, and how many 503s there were."""
+@attrs.frozen
+class Driven:
+    served: list[float]  # seconds each 200 took, after the warm-up
+    refused: list[float]  # idem, the 503s
+    served_per_second: float  # over the whole run
+
+
+def drive(node: NodeProcess, *, clients: int = CLIENTS, seconds: int = SECONDS) -> Driven:
+    """OFFERED requests a second (spread over ``clients``, up to STREAMS each at once)."""
     with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
         subprocess.run(
             [
-                *(require("h2load"), "-D", str(SECONDS), "-c", "8", "-m", "16"),
+                *(require("h2load"), "-D", str(seconds), "-c", str(clients), "-m", str(STREAMS)),
+                *("--rps", str(int(OFFERED / clients))),
                 *("-H", ":authority: api", "--log-file", log.name),
                 f"http://{node.outbound}/work/{int(WORK * 1000)}",
             ],
@@ -44,19 +64,46 @@ def drive(node: NodeProcess) -> tuple[list[float], int]:
             check=True,
         )
         lines = [line.split() for line in log if line.strip()]
-    served = [int(fields[2]) / 1e6 for fields in lines if fields[1] == "200"]
-    return served, sum(fields[1] == "503" for fields in lines)
+    start = min(int(fields[0]) for fields in lines)
+    settled = [fields for fields in lines if int(fields[0]) - start >= WARM_UP * 1e6]
+    return Driven(
+        [int(fields[2]) / 1e6 for fields in settled if fields[1] == "200"],
+        [int(fields[2]) / 1e6 for fields in settled if fields[1] == "503"],
+        sum(fields[1] == "200" for fields in lines) / seconds,
+    )
 
 
-def limit_of(node: NodeProcess) -> int:
-    report = subprocess.run(
-        [require("curl"), "-s", f"http://{node.admin}/admin/upstreams"],
+def no_load_latency(node: NodeProcess) -> float:
+    """The median of one request at a time through the node: the upstream's 20 ms and the
+    path's own time."""
+    with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
+        subprocess.run(
+            [
+                *(require("h2load"), "-n", "50", "-c", "1", "-m", "1"),
+                *("-H", ":authority: api", "--log-file", log.name),
+                f"http://{node.outbound}/work/{int(WORK * 1000)}",
+            ],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        return statistics.median(int(line.split()[2]) / 1e6 for line in log if line.strip())
+
+
+def admin(node: NodeProcess, path: str) -> str:
+    return subprocess.run(
+        [require("curl"), "-s", "--fail", f"http://{node.admin}{path}"],
         capture_output=True,
         text=True,
         timeout=10,
         check=True,
     ).stdout
-    found: int = json.loads(report)["upstreams"]["api"]["concurrency_limit"]["limit"]
+
+
+def limit_of(node: NodeProcess) -> int:
+    found: int = json.loads(admin(node, "/admin/upstreams"))["upstreams"]["api"][
+        "concurrency_limit"
+    ]["limit"]
     return found
 
 
@@ -66,9 +113,9 @@ def test_without_a_limit_admitted_requests_queue_for_hundreds_of_ms(
     node = node_process(
         write_policies(tmp_path / "p", {"api": upstream_toml("api", upstream.address)})
     )
-    served, refused = drive(node)
-    assert refused == 0
-    assert statistics.median(served) > 4 * WORK
+    driven = drive(node)
+    assert driven.refused == []
+    assert statistics.median(driven.served) > 0.2  # 128 streams wait 16 turns of 20 ms
 
 
 def limited_node(tmp_path, node_process, upstream, algorithm: str) -> NodeProcess:
@@ -79,35 +126,41 @@ def limited_node(tmp_path, node_process, upstream, algorithm: str) -> NodeProces
     return node
 
 
-@pytest.mark.parametrize("algorithm", ["vegas", "gradient"])
-def test_the_limit_keeps_throughput_and_sheds_the_rest_fast(
-    tmp_path, node_process, upstream, algorithm
+def test_vegas_keeps_latency_under_twice_the_no_load_and_sheds_the_rest_fast(
+    tmp_path, node_process, upstream
 ) -> None:
-    node = limited_node(tmp_path, node_process, upstream, algorithm)
-    served, refused = drive(node)
-    assert len(served) / SECONDS >= 0.7 * CAPACITY
-    assert refused > 0  # the rest: fast 503 concurrency-limited, the upstream untouched
-    # Admitted requests wait far less than the whole queue's 128/8 turns (800 ms). The
-    # issue's target, under two turns, is not met here yet: the refused streams come
-    # straight back, their 503s take the 2-core machine's CPU, and the upstream's own 50 ms
-    # is seen as about 95 (docs/adaptive.md).
-    assert statistics.median(served) < 6 * WORK
+    node = limited_node(tmp_path, node_process, upstream, "vegas")
+    no_load = no_load_latency(node)
+    driven = drive(node)
+    assert driven.served_per_second >= 0.7 * CAPACITY
+    assert statistics.median(driven.served) < 2 * no_load, (no_load, driven.served[:20])
+    # the rest: fast 503 concurrency-limited, the upstream untouched
+    assert len(driven.refused) > len(driven.served)
+    assert statistics.median(driven.refused) < WORK / 4
     assert limit_of(node) < 128
-    page = subprocess.run(
-        [require("curl"), "-s", "--fail", f"http://{node.admin}/"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    ).stdout
-    assert re.search(rf"<dd class=\"concurrency-limit\">\d+ \({algorithm}\), 0 in flight", page)
+    page = admin(node, "/")
+    assert re.search(r"<dd class=\"concurrency-limit\">\d+ \(vegas\), \d+ in flight", page)
+
+
+def test_gradient_keeps_throughput_and_sheds_the_rest_fast(
+    tmp_path, node_process, upstream
+) -> None:
+    """GradientLimit's balance point is its rtt_tolerance (1.5) over the no-load RTT, plus a
+    queue of the limit's square root: about twice the no-load latency by design."""
+    node = limited_node(tmp_path, node_process, upstream, "gradient")
+    no_load = no_load_latency(node)
+    driven = drive(node)
+    assert driven.served_per_second >= 0.7 * CAPACITY
+    assert statistics.median(driven.served) < 3 * no_load
+    assert len(driven.refused) > len(driven.served)
+    assert statistics.median(driven.refused) < WORK / 4
 
 
 def test_the_vegas_limit_rises_when_the_upstream_can_take_more(
     tmp_path, node_process, upstream
 ) -> None:
     node = limited_node(tmp_path, node_process, upstream, "vegas")
-    served_before, _ = drive(node)
+    before = drive(node, seconds=3)
     subprocess.run(
         [
             require("curl"),
@@ -119,7 +172,7 @@ def test_the_vegas_limit_rises_when_the_upstream_can_take_more(
         timeout=10,
         capture_output=True,
     )
-    served_after, _ = drive(node)
+    after = drive(node, seconds=3)
     # Four times the workers: the limit rises, and the throughput with it (the limit read at
     # one instant moves too much to compare two of them).
-    assert len(served_after) > 1.5 * len(served_before)
+    assert after.served_per_second > 1.5 * before.served_per_second

@@ -40,7 +40,7 @@ from meshnode.policy.models import (
 from meshnode.policy.units import Address, Duration, LatencyDelay
 from meshnode.proxy.forward import Proxy
 from meshnode.proxy.routing import RouteTable
-from meshnode.resilience.core.recent_latencies import DEFAULT_MIN_SAMPLES
+from meshnode.resilience.core.latencies import DEFAULT_MIN_SAMPLES
 from tests.support.memory_upstream import MemoryUpstream
 
 A = Address("10.0.0.1", 80)  # never dialled: the pool's connector hands out memory streams

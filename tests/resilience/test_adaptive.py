@@ -141,3 +141,29 @@ async def test_a_timeout_counts_as_dropped_and_a_cancel_as_nothing(autojump_cloc
     with trio.move_on_after(1):
         await limiter.call(trio.sleep_forever)
     assert limiter.in_flight == 0
+
+
+def vegas(**tuning: float) -> LimiterCore:
+    return LimiterCore(LimitConfig("vegas", initial_limit=10, max_limit=20, **tuning))
+
+
+@pytest.mark.parametrize(
+    ("rtt", "expected"),
+    [
+        (0.010, 16),  # no queue (up to log10 = 1): grows by beta x 1
+        (0.014, 10),  # a queue of ceil(10 x 0.29) = 3: from alpha to beta, left alone
+        (0.050, 9),  # a queue of 8, over beta x 1: shrinks by 1, unsmoothed
+    ],
+)
+def test_vegas_moves_as_the_librarys_vegaslimit(rtt: float, expected: int) -> None:
+    core = vegas()
+    core.algorithm.sample(0.010, 10, False)  # the first RTT is the no-load one
+    core.algorithm.sample(rtt, 11, False)
+    assert core.limit == expected
+
+
+def test_vegas_smoothing_weighs_a_new_limit_when_asked() -> None:
+    core = vegas(smoothing=0.5)
+    core.algorithm.sample(0.010, 10, False)
+    core.algorithm.sample(0.010, 11, False)
+    assert core.algorithm.limit == 13.0  # halfway from 10 to 16

@@ -7,10 +7,12 @@ flight when it started, whether it was dropped: timed out or refused for overloa
 moves the limit:
 
 - ``vegas`` (``VegasLimit``): from the no-load RTT (the lowest seen) and the call's RTT,
-  the queue the upstream holds is ``limit * (1 - rtt_noload / rtt)``; below ``alpha``
-  (times log10 of the limit) the limit grows by ``beta`` (idem), above ``beta`` it
-  shrinks by log10 of it, a drop shrinks it as well. Every ``probe_multiplier`` x limit
-  samples the no-load RTT is measured again, so that a slower upstream is learned.
+  the queue the upstream holds is ``limit * (1 - rtt_noload / rtt)``. With ``log`` the
+  integer log10 of the limit (at least 1): a queue up to ``log`` grows the limit by
+  ``beta * log``, one below ``alpha * log`` by ``log``; above ``beta * log`` (or on a
+  drop) it shrinks by ``log``. Every ``probe_multiplier`` x limit samples (jittered, x0.5
+  to x1) the no-load RTT is measured again, so that a slower upstream is learned. Its
+  ``smoothing`` defaults to 1.0 (none), as the library's does.
 - ``gradient`` (``GradientLimit``): ``limit * gradient + sqrt(limit)``, where the
   gradient is ``rtt_tolerance * rtt_noload / rtt`` held to [0.5, 1]; a drop halves the
   limit. Every ``probe_interval`` samples (jittered) it probes: the limit falls to its
@@ -23,7 +25,7 @@ moves the limit:
   follows, so under sustained overload the limit creeps up (see docs/adaptive.md).
 - ``fixed``: ``initial_limit``, always.
 
-A limit's decreases are smoothed (``smoothing``), as in the library; every limit is held
+The gradients' decreases are smoothed (``smoothing``, 0.2), as in the library; every limit is held
 to [``min_limit``, ``max_limit``]. Calls in flight below half the limit (the caller is
 not pushing) never grow it. Time is not read here: the caller measures RTTs.
 """
@@ -37,6 +39,7 @@ from typing import Protocol
 import attrs
 
 ALGORITHMS = ("gradient2", "gradient", "vegas", "fixed")
+DEFAULT_SMOOTHING = {"vegas": 1.0, "gradient": 0.2, "gradient2": 0.2}
 
 
 @attrs.frozen
@@ -45,7 +48,7 @@ class LimitConfig:
     initial_limit: int = 20
     min_limit: int = 1
     max_limit: int = 1000
-    smoothing: float = 0.2  # the weight of a new, lower limit
+    smoothing: float | None = None  # the weight of a new limit; None: the algorithm's own
     rtt_tolerance: float = 1.5  # gradient, gradient2: RTT growth taken as no queueing
     probe_interval: int = 1000  # gradient: samples between no-load probes (jittered x1-2)
     long_window: int = 600  # gradient2: samples the long-term RTT averages over
@@ -53,6 +56,13 @@ class LimitConfig:
     alpha: float = 3.0  # vegas: grow below alpha * log10(limit) queued
     beta: float = 6.0  # vegas: shrink above beta * log10(limit) queued
     probe_multiplier: int = 30  # vegas: re-measure the no-load RTT every this x limit samples
+
+    def smoothing_for(self, algorithm: str) -> float:
+        """``smoothing``, or the library's default for ``algorithm``: 1.0 (none) for
+        VegasLimit, 0.2 for GradientLimit and Gradient2Limit."""
+        if self.smoothing is not None:
+            return self.smoothing
+        return DEFAULT_SMOOTHING.get(algorithm, 1.0)
 
 
 class Algorithm(Protocol):
@@ -83,7 +93,8 @@ class _Limit:
         """The next limit: decreases smoothed, held to the configured range."""
         config = self.config
         if new < self.limit:
-            new = self.limit * (1 - config.smoothing) + new * config.smoothing
+            smoothing = config.smoothing_for(config.algorithm)
+            new = self.limit * (1 - smoothing) + new * smoothing
         low = config.min_limit if floor is None else max(config.min_limit, floor)
         self.limit = max(low, min(config.max_limit, new))
 
@@ -151,33 +162,45 @@ class Vegas(_Limit):
         super().__init__(config, rng)
         self.rtt_noload: float | None = None
         self._samples = 0
+        self._jitter = self._next_jitter()
+
+    def _next_jitter(self) -> float:
+        return 0.5 + self.rng.random() / 2
 
     def sample(self, rtt: float, inflight: int, dropped: bool) -> None:
         config = self.config
         self._samples += 1
-        if self._samples >= config.probe_multiplier * self.limit:
-            self._samples = 0
+        if self._samples >= self._jitter * config.probe_multiplier * self.limit:
+            self._samples, self._jitter = 0, self._next_jitter()
             self.rtt_noload = rtt
             return
         if self.rtt_noload is None or rtt < self.rtt_noload:
             self.rtt_noload = rtt
             return
-        log = max(1.0, math.log10(self.limit))
+        log = _log10(self.limit)
         if dropped:
-            self._settle(self.limit - log)
-            return
-        if inflight * 2 < self.limit:
-            return
-        queued = math.ceil(self.limit * (1 - self.rtt_noload / rtt))
-        if queued <= log:
-            new = self.limit + config.beta * log
-        elif queued < config.alpha * log:
-            new = self.limit + log
-        elif queued > config.beta * log:
             new = self.limit - log
-        else:
+        elif inflight * 2 < self.limit:
             return
-        self._settle(new)
+        else:
+            queued = math.ceil(self.limit * (1 - self.rtt_noload / rtt))
+            if queued <= log:
+                new = self.limit + config.beta * log
+            elif queued < config.alpha * log:
+                new = self.limit + log
+            elif queued > config.beta * log:
+                new = self.limit - log
+            else:
+                return
+        new = max(config.min_limit, min(config.max_limit, new))
+        smoothing = config.smoothing_for("vegas")
+        self.limit = (1 - smoothing) * self.limit + smoothing * new
+
+
+def _log10(limit: float) -> int:
+    """The library's ``Log10RootFunction`` below 1,000: the integer log10, at least 1 (it
+    switches to a square root from 1,000 on, a jump from 2 to 31 not copied here)."""
+    return max(1, int(math.log10(max(1.0, limit))))
 
 
 class LimiterCore:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshnode.resilience.core.recent_latencies import RecentLatencies
+from meshnode.resilience.core.latencies import RecentLatencies
 
 
 def test_no_percentile_until_enough_latencies_were_seen() -> None:

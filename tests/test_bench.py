@@ -29,3 +29,9 @@ def test_a_report_says_which_machine_it_ran_on(tmp_path: Path) -> None:
 
 def test_the_counted_request_path_runs() -> None:
     requests(20)  # what callgrind counts, without callgrind: it must not rot
+
+
+def test_the_limit_bench_reads_the_tests_load_helpers() -> None:
+    import limit_bench  # noqa: PLC0415  (bench/ is on the path only from here on)
+
+    assert limit_bench.CAPACITY == 400

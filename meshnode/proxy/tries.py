@@ -285,6 +285,7 @@ class Tries:
         if one is not first:
             self.group.stats.hedges["won"] += 1
         self.try_started = one.started
+        self.request.endpoint = one.endpoint.address  # the access log names the one relayed
         return await self._settled(one, one.exchange.relay(head))
 
     async def _contend(

@@ -15,14 +15,18 @@ import json
 import re
 import statistics
 import subprocess
-import tempfile
 from collections.abc import Iterator
 
-import attrs
 import pytest
 
 from tests.conftest import NodeProcess, require, upstream_toml, write_policies
-from tests.support.upstream_processes import PythonUpstream, hypercorn
+from tests.support.upstream_processes import (
+    Paced,
+    PythonUpstream,
+    hypercorn,
+    one_at_a_time,
+    paced_h2load,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +36,6 @@ CAPACITY = WORKERS / WORK  # requests a second
 CLIENTS, STREAMS = 8, 16  # up to 128 streams at once
 OFFERED = 3 * CAPACITY
 SECONDS = 5
-WARM_UP = 1.0  # seconds left out of the latencies
 
 
 @pytest.fixture
@@ -42,52 +45,19 @@ def upstream() -> Iterator[PythonUpstream]:
     started.stop()
 
 
-@attrs.frozen
-class Driven:
-    served: list[float]  # seconds each 200 took, after the warm-up
-    refused: list[float]  # idem, the 503s
-    served_per_second: float  # over the whole run
+def url(node: NodeProcess) -> str:
+    return f"http://{node.outbound}/work/{int(WORK * 1000)}"
 
 
-def drive(node: NodeProcess, *, clients: int = CLIENTS, seconds: int = SECONDS) -> Driven:
-    """OFFERED requests a second (spread over ``clients``, up to STREAMS each at once)."""
-    with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
-        subprocess.run(
-            [
-                *(require("h2load"), "-D", str(seconds), "-c", str(clients), "-m", str(STREAMS)),
-                *("--rps", str(int(OFFERED / clients))),
-                *("-H", ":authority: api", "--log-file", log.name),
-                f"http://{node.outbound}/work/{int(WORK * 1000)}",
-            ],
-            capture_output=True,
-            timeout=120,
-            check=True,
-        )
-        lines = [line.split() for line in log if line.strip()]
-    start = min(int(fields[0]) for fields in lines)
-    settled = [fields for fields in lines if int(fields[0]) - start >= WARM_UP * 1e6]
-    return Driven(
-        [int(fields[2]) / 1e6 for fields in settled if fields[1] == "200"],
-        [int(fields[2]) / 1e6 for fields in settled if fields[1] == "503"],
-        sum(fields[1] == "200" for fields in lines) / seconds,
+def drive(node: NodeProcess, *, seconds: int = SECONDS) -> Paced:
+    return paced_h2load(
+        url(node), "api", rate=OFFERED, clients=CLIENTS, streams=STREAMS, seconds=seconds
     )
 
 
 def no_load_latency(node: NodeProcess) -> float:
-    """The median of one request at a time through the node: the upstream's 20 ms and the
-    path's own time."""
-    with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
-        subprocess.run(
-            [
-                *(require("h2load"), "-n", "50", "-c", "1", "-m", "1"),
-                *("-H", ":authority: api", "--log-file", log.name),
-                f"http://{node.outbound}/work/{int(WORK * 1000)}",
-            ],
-            capture_output=True,
-            timeout=60,
-            check=True,
-        )
-        return statistics.median(int(line.split()[2]) / 1e6 for line in log if line.strip())
+    """One request at a time through the node: the upstream's 20 ms and the path's own."""
+    return one_at_a_time(url(node), "api")
 
 
 def admin(node: NodeProcess, path: str) -> str:

@@ -12,8 +12,10 @@ import json
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -189,3 +191,62 @@ def h2load(
         dict(zip(("2xx", "3xx", "4xx", "5xx"), map(int, statuses.groups()), strict=True)),
         out,
     )
+
+
+@attrs.frozen
+class Paced:
+    """What a paced h2load run saw: seconds each 200 and each 503 took (from the warm-up
+    on), and 200s a second over the whole run."""
+
+    served: list[float]
+    refused: list[float]
+    served_per_second: float
+
+
+def paced_h2load(
+    url: str,
+    authority: str,
+    *,
+    rate: float,
+    clients: int,
+    streams: int,
+    seconds: int,
+    warm_up: float = 1.0,
+) -> Paced:
+    """``rate`` requests a second for ``seconds`` (h2load ``--rps``, spread over ``clients``
+    connections with up to ``streams`` each at once): an offered load, not a closed loop in
+    which every answer, a refusal too, brings the next request at once."""
+    with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
+        subprocess.run(
+            [
+                *(require("h2load"), "-D", str(seconds), "-c", str(clients), "-m", str(streams)),
+                *("--rps", str(max(1, int(rate / clients)))),
+                *("-H", f":authority: {authority}", "--log-file", log.name, url),
+            ],
+            capture_output=True,
+            timeout=seconds + 60,
+            check=True,
+        )
+        lines = [line.split() for line in log if line.strip()]
+    start = min(int(fields[0]) for fields in lines)
+    settled = [fields for fields in lines if int(fields[0]) - start >= warm_up * 1e6]
+    return Paced(
+        [int(fields[2]) / 1e6 for fields in settled if fields[1] == "200"],
+        [int(fields[2]) / 1e6 for fields in settled if fields[1] == "503"],
+        sum(fields[1] == "200" for fields in lines) / seconds,
+    )
+
+
+def one_at_a_time(url: str, authority: str, requests: int = 50) -> float:
+    """The median seconds of ``requests`` sent one after another: the no-load latency."""
+    with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
+        subprocess.run(
+            [
+                *(require("h2load"), "-n", str(requests), "-c", "1", "-m", "1"),
+                *("-H", f":authority: {authority}", "--log-file", log.name, url),
+            ],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        return statistics.median(int(line.split()[2]) / 1e6 for line in log if line.strip())

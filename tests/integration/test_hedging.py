@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import NodeProcess, require, upstream_toml, write_policies
-from tests.support.upstream_processes import PythonUpstream, hypercorn
+from tests.support.upstream_processes import PythonUpstream, hypercorn, scripted
 
 pytestmark = pytest.mark.integration
 
@@ -47,14 +47,18 @@ def p99(seconds: list[float]) -> float:
     return seconds[int(len(seconds) * 0.99) - 1]
 
 
-def hedges(node: NodeProcess) -> dict[str, int]:
-    text = subprocess.run(
-        [require("curl"), "-s", "--fail", f"http://{node.admin}/metrics"],
+def admin(node: NodeProcess, path: str) -> str:
+    return subprocess.run(
+        [require("curl"), "-s", "--fail", f"http://{node.admin}{path}"],
         capture_output=True,
         text=True,
         timeout=10,
         check=True,
     ).stdout
+
+
+def hedges(node: NodeProcess) -> dict[str, int]:
+    text = admin(node, "/metrics")
     found = re.findall(r'meshnode_hedges_total\{outcome="([a-z-]+)",upstream="api"\} (\S+)', text)
     return {outcome: int(float(count)) for outcome, count in found}
 
@@ -78,13 +82,7 @@ def test_a_slow_endpoint_is_hedged_and_its_tries_cancelled_but_posts_never(
     counted = slow.counts()
     assert counted.get("GET", 0) == 0  # every try it got lost to a hedge, and was cancelled
     assert counted["cancelled"] == sent["sent"]
-    page = subprocess.run(
-        [require("curl"), "-s", "--fail", f"http://{node.admin}/"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    ).stdout
+    page = admin(node, "/")
     assert f"after 50 ms; {sent['sent']} sent, {sent['won']} won, 0 held back" in page
 
     body = tmp_path / "body"
@@ -93,3 +91,28 @@ def test_a_slow_endpoint_is_hedged_and_its_tries_cancelled_but_posts_never(
     assert posts[-1] >= 0.200  # the slow endpoint's POSTs waited for it: not hedged
     assert hedges(node)["sent"] == sent["sent"]
     assert slow.counts()["POST"] == POSTS // 3
+
+
+def test_an_answer_that_crosses_the_cancel_of_a_lost_try_is_ignored(tmp_path, node_process) -> None:
+    """The slow endpoint answers each try only after the node cancelled it, as an answer
+    already on the wire would arrive: the node ignores those frames (RFC 9113 5.1), neither
+    resetting the stream again nor counting the upstream as a peer that breaks rules."""
+    crossing, fast = scripted("answer-after-reset", 1), hypercorn(1_000_000)
+    try:
+        policy = upstream_toml(
+            "api",
+            crossing.address,
+            fast.address,
+            extra='[balancer]\nstrategy = "round-robin"\n\n[hedge]\ndelay = "20ms"\n',
+        )
+        node = node_process(write_policies(tmp_path / "p", {"api": policy}))
+        durations(node, 40)
+        answered_late = crossing.counts()["answered-after-reset"]
+        assert answered_late >= 15  # about every other request went there first
+        assert hedges(node)["won"] == answered_late
+        metrics = admin(node, "/metrics")
+        assert 'kind="stream-error"' not in metrics
+        assert "stream-error" not in "".join(node.log)
+    finally:
+        crossing.stop()
+        fast.stop()

@@ -18,6 +18,10 @@ plain sockets, one thread per connection. Modes:
 - ``double-goaway``: after N requests a connection shuts down as nghttp2 servers do:
   GOAWAY with the highest possible ``last_stream_id``, then one with the last stream it
   took; it ignores streams past that, finishes the rest, and closes.
+- ``answer-after-reset``: every Nth request is held until the client resets its stream,
+  and then answered all the same (HEADERS and DATA written past h2, which knows the stream
+  is closed): an answer that crossed the client's RST_STREAM on the wire, made to happen
+  every time. Counted as ``answered-after-reset``.
 - ``stale-http1``: HTTP/1.1 keep-alive; a connection answers its first request and
   closes when the next one arrives, unanswered: the race of a server closing an idle
   connection as a request is on its way, made to happen every time.
@@ -42,7 +46,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame
 
 counts: Counter[str] = Counter()
 counts_lock = threading.Lock()
@@ -87,6 +91,7 @@ def serve_h2(client: socket.socket, mode: str, every: int) -> None:
     conn.initiate_connection()
     client.sendall(conn.data_to_send())
     requests: dict[int, tuple[dict[bytes, bytes], bytearray]] = {}
+    held: set[int] = set()  # answer-after-reset: streams answered once the client resets them
     seen = 0
     last_taken: int | None = None  # double-goaway: the last stream its second GOAWAY names
     while True:
@@ -95,6 +100,7 @@ def serve_h2(client: socket.socket, mode: str, every: int) -> None:
             return
         ended: list[tuple[int, dict[bytes, bytes], bytearray]] = []  # answered after the read
         goaways = b""
+        late = b""  # answer-after-reset: frames written past h2
         for event in conn.receive_data(data):
             if isinstance(event, h2.events.RequestReceived):
                 if last_taken is not None and event.stream_id > last_taken:
@@ -112,6 +118,9 @@ def serve_h2(client: socket.socket, mode: str, every: int) -> None:
                     conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
                 else:
                     requests[event.stream_id] = (head, bytearray())
+                counted = head.get(b":path") != b"/_counts"
+                if mode == "answer-after-reset" and seen % every == 0 and counted:
+                    held.add(event.stream_id)
                 if mode == "double-goaway" and seen == every:
                     goaways = goaway_frame(2**31 - 1)
                 if mode == "lower-streams" and seen == every:
@@ -124,12 +133,21 @@ def serve_h2(client: socket.socket, mode: str, every: int) -> None:
                     requests[event.stream_id][1].extend(event.data)
             elif isinstance(event, h2.events.StreamEnded) and event.stream_id in requests:
                 head, received = requests.pop(event.stream_id)
+                if event.stream_id in held:
+                    continue
                 if mode == "refuse-late" and seen % every == 0 and refuse_once(head):
                     conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
                 else:
                     ended.append((event.stream_id, head, received))
             elif isinstance(event, h2.events.StreamReset):
                 requests.pop(event.stream_id, None)
+                if event.stream_id in held:
+                    held.discard(event.stream_id)
+                    late += late_answer(event.stream_id)
+                    with counts_lock:
+                        counts["answered-after-reset"] += 1
+        if late:
+            client.sendall(late)
         if goaways:
             last_taken = conn.highest_inbound_stream_id
             goaways += goaway_frame(last_taken)
@@ -154,6 +172,14 @@ def linger(client: socket.socket) -> None:
     client.settimeout(10)
     while client.recv(65536):
         pass
+
+
+def late_answer(stream_id: int) -> bytes:
+    """HEADERS (``:status: 200``, HPACK's static entry 8: no table to keep in step) and a
+    DATA frame that ends the stream, for a stream h2 considers closed."""
+    head = HeadersFrame(stream_id, data=b"\x88", flags=["END_HEADERS"])
+    body = DataFrame(stream_id, data=b"late", flags=["END_STREAM"])
+    return bytes(head.serialize()) + bytes(body.serialize())
 
 
 def goaway_frame(last_stream_id: int) -> bytes:
@@ -205,6 +231,7 @@ def main() -> None:
             "lower-streams",
             "stale-h2",
             "double-goaway",
+            "answer-after-reset",
             "stale-http1",
         ],
     )

@@ -307,6 +307,12 @@ class SettingValues(list[int]):
         return self.pop(0)
 
 
+# Streams a connection remembers having reset itself, so that the peer's frames crossing
+# the reset are ignored; an older one's are answered as h2 does (RFC 9113 5.1 lets an
+# endpoint limit how long it ignores them).
+RESETS_KEPT: Final = 1024
+
+
 class Connection(h2.connection.H2Connection):
     """h2's connection; on the client side, open streams counted by the session.
 
@@ -331,6 +337,8 @@ class Connection(h2.connection.H2Connection):
         self._in_receive = False
         # (stream id, error code) of each RST_STREAM h2 queued for what it received
         self._provoked: list[tuple[int, int]] = []
+        # Streams this side reset on purpose (a cancelled try, a caller gone), lately.
+        self._reset_here: dict[int, bool] = h2.utilities.SizeLimitDict(size_limit=RESETS_KEPT)
 
     def take_provoked_resets(self) -> list[tuple[int, int]]:
         """The resets the peer's frames made h2 send since the last call: a stream error
@@ -342,8 +350,22 @@ class Connection(h2.connection.H2Connection):
             self._provoked = []
         return provoked
 
+    def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
+        self._reset_here[stream_id] = True
+        super().reset_stream(stream_id, error_code)
+
     def _prepare_for_sending(self, frames: list[hyperframe.frame.Frame]) -> None:
-        if self._in_receive:
+        """Frames the peer sent on a stream this side had reset, before it saw the reset
+        (an answer crossing a cancellation), are ignored (RFC 9113 5.1, "closed"): h2
+        would answer each with RST_STREAM STREAM_CLOSED, which the peer did nothing to
+        provoke. Any other RST_STREAM h2 queues for what it received is a provoked one."""
+        if self._in_receive and any(type(f) is hyperframe.frame.RstStreamFrame for f in frames):
+            frames = [
+                frame
+                for frame in frames
+                if type(frame) is not hyperframe.frame.RstStreamFrame
+                or frame.stream_id not in self._reset_here
+            ]
             self._provoked += [
                 (frame.stream_id, frame.error_code)
                 for frame in frames

@@ -1,9 +1,10 @@
-"""What peers did wrong, counted by where and kind, each logged once with the peer.
+"""What peers did wrong, counted by where and kind, and logged with the peer.
 
 A hostile or broken peer must be visible to the operator without flooding the
-log: every violation ends a stream or a connection, so one line per violation
-is bounded by what the peer can open, and the counts feed
-``meshnode_protocol_violations_total{listener,kind}``.
+log: every violation is counted (``meshnode_protocol_violations_total{listener,kind}``),
+and logged with its peer and detail at most once a second for each listener and kind,
+the next line saying how many were held back (a peer opens thousands of streams a
+second, each of which can break a rule).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import Counter
 
 import attrs
 
+from meshnode.logs import SampledLog
 from meshnode.policy.models import Limits
 
 log = logging.getLogger("meshnode.violations")
@@ -21,10 +23,11 @@ log = logging.getLogger("meshnode.violations")
 class Violations:
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
+        self._log = SampledLog(log, logging.WARNING)
 
     def record(self, where: str, kind: str, peer: str, detail: str) -> None:
         self.counts[where, kind] += 1
-        log.warning("%s: %s from %s: %s", where, kind, peer, detail)
+        self._log.log((where, kind), "%s: %s from %s: %s", where, kind, peer, detail)
 
 
 @attrs.frozen

@@ -46,6 +46,7 @@ from meshnode.errors import (
     UpstreamFailed,
     UpstreamReset,
 )
+from meshnode.logs import SampledLog
 from meshnode.net.listener import Peer
 from meshnode.net.overload import Overload
 from meshnode.net.pool import UpstreamPool
@@ -54,7 +55,6 @@ from meshnode.policy.models import Limits, UpstreamPolicy
 from meshnode.proxy import fallback
 from meshnode.proxy.body import RequestBody
 from meshnode.proxy.chaos import fault_for
-from meshnode.proxy.error_log import ErrorLog
 from meshnode.proxy.headers import HeaderList, forwarded_request_headers
 from meshnode.proxy.request import Request, RequestObserver
 from meshnode.proxy.retry import is_breaker_failure
@@ -103,7 +103,9 @@ class Proxy:
         self.overload = Overload()  # the node's, shared with its listeners
         self.tunnels: set[Tunnel] = set()  # WebSocket tunnels open now
         self.tracer: MeshTracer | None = None  # the node's [tracing], swapped on reload
-        self.error_log = ErrorLog()
+        # The errors the node answers itself: a line a second of each reason and upstream,
+        # since shedding load answers thousands a second with the same one.
+        self.error_log = SampledLog(log, logging.INFO)
 
     def close_tunnels(self, why: str) -> None:
         """End every open tunnel with a WebSocket Close (a drain at its deadline)."""
@@ -123,7 +125,11 @@ class Proxy:
             await self._forward(request)
         except MeshError as error:
             request.error = error.reason
-            self.error_log.answered(stream.id, error)
+            self.error_log.log(
+                (error.reason, error.upstream),
+                "stream %d: %s (%s): %s",
+                *(stream.id, error.reason, error.upstream, error.detail),
+            )
             await _answer(stream, error)
         except StreamReset as reset:
             if reset.stream is not stream:

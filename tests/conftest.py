@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,12 @@ class NodeProcess:
             if not self._logged.wait_for(seen, timeout):
                 raise AssertionError(f"no {count} log line(s) with {text!r} within {timeout}s")
             return found[count - 1]
+
+    def admin_page(self, path: str) -> str:
+        """What the admin listener answers a GET of ``path`` (``/metrics``, ``/``...)."""
+        with urllib.request.urlopen(f"http://{self.admin}{path}", timeout=10) as answer:
+            text: str = answer.read().decode()
+        return text
 
     def rest_of_log(self) -> str:
         """The whole log, once the node has closed it (exited)."""

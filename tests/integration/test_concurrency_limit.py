@@ -60,18 +60,8 @@ def no_load_latency(node: NodeProcess) -> float:
     return one_at_a_time(url(node), "api")
 
 
-def admin(node: NodeProcess, path: str) -> str:
-    return subprocess.run(
-        [require("curl"), "-s", "--fail", f"http://{node.admin}{path}"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    ).stdout
-
-
 def limit_of(node: NodeProcess) -> int:
-    found: int = json.loads(admin(node, "/admin/upstreams"))["upstreams"]["api"][
+    found: int = json.loads(node.admin_page("/admin/upstreams"))["upstreams"]["api"][
         "concurrency_limit"
     ]["limit"]
     return found
@@ -108,7 +98,7 @@ def test_vegas_keeps_latency_under_twice_the_no_load_and_sheds_the_rest_fast(
     assert len(driven.refused) > len(driven.served)
     assert statistics.median(driven.refused) < WORK / 4
     assert limit_of(node) < 128
-    page = admin(node, "/")
+    page = node.admin_page("/")
     assert re.search(r"<dd class=\"concurrency-limit\">\d+ \(vegas\), \d+ in flight", page)
 
 

@@ -47,18 +47,8 @@ def p99(seconds: list[float]) -> float:
     return seconds[int(len(seconds) * 0.99) - 1]
 
 
-def admin(node: NodeProcess, path: str) -> str:
-    return subprocess.run(
-        [require("curl"), "-s", "--fail", f"http://{node.admin}{path}"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    ).stdout
-
-
 def hedges(node: NodeProcess) -> dict[str, int]:
-    text = admin(node, "/metrics")
+    text = node.admin_page("/metrics")
     found = re.findall(r'meshnode_hedges_total\{outcome="([a-z-]+)",upstream="api"\} (\S+)', text)
     return {outcome: int(float(count)) for outcome, count in found}
 
@@ -82,7 +72,7 @@ def test_a_slow_endpoint_is_hedged_and_its_tries_cancelled_but_posts_never(
     counted = slow.counts()
     assert counted.get("GET", 0) == 0  # every try it got lost to a hedge, and was cancelled
     assert counted["cancelled"] == sent["sent"]
-    page = admin(node, "/")
+    page = node.admin_page("/")
     assert f"after 50 ms; {sent['sent']} sent, {sent['won']} won, 0 held back" in page
 
     body = tmp_path / "body"
@@ -110,7 +100,7 @@ def test_an_answer_that_crosses_the_cancel_of_a_lost_try_is_ignored(tmp_path, no
         answered_late = crossing.counts()["answered-after-reset"]
         assert answered_late >= 15  # about every other request went there first
         assert hedges(node)["won"] == answered_late
-        metrics = admin(node, "/metrics")
+        metrics = node.admin_page("/metrics")
         assert 'kind="stream-error"' not in metrics
         assert "stream-error" not in "".join(node.log)
     finally:

@@ -85,6 +85,23 @@ class RequestBody:
                 self._complete = True
         return b"".join(self._chunks) if self.replayable else None
 
+    async def drain(self, max_bytes: int) -> None:
+        """Read and drop the rest of the body, up to ``max_bytes`` more; return at its end
+        (or when it is larger than that: the caller then resets the stream)."""
+        if self._unacked:
+            self._client.ack(self._unacked)
+            self._unacked = 0
+        client = self._client
+        dropped = 0
+        while not self._complete and dropped <= max_bytes:
+            item = await client.receive()
+            if type(item) is Data:
+                dropped += item.flow_length
+                client.ack(item.flow_length)
+                self._complete = client.consume_end()
+            elif type(item) is Trailers or type(item) is EndOfStream:
+                self._complete = True
+
     def _keep(self, data: bytes) -> None:
         self._received += len(data)
         if self._received > self._max_size:

@@ -72,6 +72,10 @@ log = logging.getLogger(__name__)
 # What a request body may be kept up to for resending when no [retry] says otherwise:
 # a request the upstream left unanswered as it recycled a connection is sent again.
 DEFAULT_REPLAY_BUFFER = 64 * 1024
+# How much of a request body still on its way the node reads and drops once it has
+# answered, and for how long, before it asks the client to stop (``_linger``).
+LINGER_BYTES = 64 * 1024
+LINGER = 1.0
 
 _ERROR_CONDITIONS = {
     UpstreamConnectFailure: "connect-failure",
@@ -137,6 +141,7 @@ class Proxy:
         except Exception:
             log.exception("request on stream %d failed", stream.id)
             stream.reset(INTERNAL_ERROR)
+        await _linger(request)
         # Answered while the client was still sending: RFC 9113 section 8.1 asks it to stop.
         stream.reset(NO_ERROR)
         group = request.group
@@ -379,6 +384,24 @@ class InboundProxy(Proxy):
         if identity not in self.allow:
             raise Forbidden(f"{identity or 'a caller without identity'} is not allowed here")
         return self.local
+
+
+async def _linger(request: Request) -> None:
+    """Answered while the client still sends its body: read and drop the rest for a
+    moment (up to ``LINGER_BYTES`` within ``LINGER`` seconds) before the RST_STREAM NO_ERROR
+    of RFC 9113 8.1. Some clients take that reset, arriving while they upload, as a failure
+    of the whole exchange (curl exits 92 and prints nothing, the answer lost): a short body
+    already on its way finishes and the stream closes cleanly. A long one is still cut
+    short, as nginx's lingering close cuts an HTTP/1.1 body."""
+    stream = request.stream
+    if stream.remote_closed or stream.error is not None or not stream.local_closed:
+        return
+    body = request.body or RequestBody(stream, 0)  # refused before its body was looked at
+    with trio.move_on_after(LINGER):
+        try:
+            await body.drain(LINGER_BYTES)
+        except StreamReset:
+            return
 
 
 async def _answer(stream: Stream, error: MeshError) -> None:

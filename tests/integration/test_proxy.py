@@ -13,6 +13,7 @@ import trio
 
 from meshnode.node import NodeAddresses
 from tests.conftest import require, upstream_toml, write_policies
+from tests.support.rawclient import RawH2Client
 from tests.support.rawh2 import RawH2Server, respond
 from tests.support.upstream_app import pattern
 
@@ -276,3 +277,45 @@ async def test_request_refused_by_goaway_is_sent_again(tmp_path, start_node: Sta
     status, _, body = await request(node, "api", "/")
     assert (status, body) == (200, b"second connection")
     assert server.connections == 2
+
+
+async def answered_before_its_body(node: NodeAddresses, send_body: bool) -> tuple[float, int]:
+    """A POST with no route, its body held back until the 404 is in: when the stream
+    ended (seconds after the answer), and the reset that ended it (-1: none, closed clean)."""
+    client = await RawH2Client.connect(node.outbound[0])
+    stream_id = await client.request("nowhere", "/charge", end_stream=False)
+    ended = await client.receive_until(h2.events.StreamEnded, stream_id)
+    answered = trio.current_time()
+    assert ended is not None
+    if send_body:
+        client.conn.send_data(stream_id, b"x" * 1000, end_stream=True)
+        await client.flush()
+    with trio.move_on_after(2):
+        while not any(
+            isinstance(e, h2.events.StreamReset) and e.stream_id == stream_id for e in client.events
+        ):
+            await client.receive()
+    resets = [
+        e.error_code
+        for e in client.events
+        if isinstance(e, h2.events.StreamReset) and e.stream_id == stream_id
+    ]
+    await client.aclose()
+    return trio.current_time() - answered, resets[0] if resets else -1
+
+
+async def test_a_body_still_on_its_way_after_the_answer_is_read_not_cut_off(
+    tmp_path, start_node: Start, hypercorn_upstream
+) -> None:
+    """RFC 9113 8.1 lets a server that answered early ask the client to stop with
+    RST_STREAM NO_ERROR; curl takes that, mid-upload, as a failed exchange (exit 92, the
+    answer lost). The node reads a short body still on its way first; one that does not
+    come is cut off a second later."""
+    node = await start_node(
+        write_policies(tmp_path, {"api": upstream_toml("api", hypercorn_upstream)})
+    )
+    _, reset = await answered_before_its_body(node, send_body=True)
+    assert reset == -1  # the body came, the stream closed both ways: nothing to reset
+    waited, reset = await answered_before_its_body(node, send_body=False)
+    assert reset == h2.errors.ErrorCodes.NO_ERROR
+    assert 0.9 <= waited < 1.9

@@ -132,16 +132,21 @@ def write_upstream(directory: Path, name: str, endpoints: list[str], extra: str 
 
 
 def start_meshnode(
-    policies: Path, outbound_port: int, *options: str, source: Path | None = None
+    policies: Path,
+    outbound_port: int,
+    *options: str,
+    source: Path | None = None,
+    python: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """``meshnode serve``; ``source``: run the meshnode package of another checkout (an
-    older commit's worktree, for before-and-after figures from one run)."""
+    older commit's worktree, for before-and-after figures from one run); ``python``: under
+    another interpreter (a venv's, with meshnode and its dependencies installed)."""
     env = None
     if source is not None:
         env = {**os.environ, "PYTHONPATH": str(source.resolve())}
     node = subprocess.Popen(
         [
-            sys.executable,
+            str(python or sys.executable),
             "-m",
             "meshnode",
             "serve",

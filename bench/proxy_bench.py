@@ -27,12 +27,19 @@ to a local OTLP sink that answers and discards).
     ./dev bench proxy --requests 5000 # fewer requests per scenario
     ./dev bench proxy --only c10-m10,c1-m1,idle   # some scenarios only
     git worktree add /tmp/old REV && ./dev bench proxy --before /tmp/old   # before and after
+    ./dev bench proxy --interpreter .venv-3.12/bin/python --interpreter .venv-3.13/bin/python
+
+``--interpreter PYTHON`` (repeatable) runs the full stack once more under that interpreter
+(a venv with meshnode installed: ``./dev matrix`` makes ``.venv-3.12`` and ``.venv-3.13``),
+as ``meshnode+res@3.12`` and so on, alternating with the others: which CPython serves a
+request for the least CPU, in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import re
 import resource
 import shutil
@@ -198,6 +205,13 @@ def main() -> None:
         f" full stack as {BEFORE!r}, alternating with this one's",
     )
     parser.add_argument(
+        "--interpreter",
+        action="append",
+        default=[],
+        type=Path,
+        help="another interpreter (a venv's python) to run the full stack under; repeatable",
+    )
+    parser.add_argument(
         "--only",
         default="",
         help=f"comma-separated scenarios to run, of: {', '.join(EVERY_SCENARIO)} (default all)",
@@ -263,6 +277,12 @@ def main() -> None:
         write_policies(work / BEFORE, outbound_port, admin_port, endpoints, FULL_STACK)
         node = start_meshnode(work / BEFORE, outbound_port, source=args.before)
         nodes[BEFORE] = (node, outbound_port)
+    for interpreter in args.interpreter:
+        stack = f"meshnode+res@{interpreter_version(interpreter)}"
+        outbound_port, admin_port = free_port(), free_port()
+        write_policies(work / stack, outbound_port, admin_port, endpoints, FULL_STACK)
+        node = start_meshnode(work / stack, outbound_port, python=interpreter)
+        nodes[stack] = (node, outbound_port)
     only_in = {stack: ONLY_IN[stack] for stack in (BUSY_POLL_STACK, *TRACING)}
     if shutil.which("haproxy") is not None:  # ./dev bench installs it
         nodes["haproxy"] = start_haproxy(work, upstream_port, grpc_port)
@@ -345,7 +365,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     header = ("scenario", "path", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "failed")
-    print("{:10} {:15} {:>9} {:>9} {:>9} {:>11} {:>7}".format(*header))
+    print("{:10} {:20} {:>9} {:>9} {:>9} {:>11} {:>7}".format(*header))
     for name, row in results.items():
         for path in ("direct", *nodes_order(results)):
             if path not in row:
@@ -354,7 +374,7 @@ def main() -> None:
             assert isinstance(figures, dict)
             cpu = f"{figures['cpu_us_per_request']:.0f}" if "cpu_us_per_request" in figures else ""
             print(
-                f"{name:10} {path:15} {figures['req_per_s']:>9.0f} {figures['p50_us']:>9.0f} "
+                f"{name:10} {path:20} {figures['req_per_s']:>9.0f} {figures['p50_us']:>9.0f} "
                 f"{figures['p99_us']:>9.0f} {cpu:>11} {figures['failed']:>7}"
             )
         if name == "c1-m1":
@@ -378,6 +398,12 @@ def main() -> None:
         if BEFORE in row:
             before = row[BEFORE]["cpu_us_per_request"]  # type: ignore[index]
             print(f"{'':10} {BEFORE} is {before / floor:.2f}x the floor")
+        for stack in (stack for stack in nodes_order(results) if "@" in stack and stack in row):
+            other = row[stack]["cpu_us_per_request"]  # type: ignore[index]
+            print(
+                f"{'':10} {stack} takes {other / full:.2f}x the CPU of meshnode+res"
+                f" on {platform.python_version()}"
+            )
         for stack, ratio in TRACING.items():
             if stack in row:
                 traced = row[stack]["cpu_us_per_request"]  # type: ignore[index]
@@ -498,10 +524,30 @@ def idle_rss(pid: int, port: int) -> tuple[int, int]:
             connection.close()
 
 
+def interpreter_version(python: Path) -> str:
+    """``3.12.1``: what ``python`` is, as a stack's name says it."""
+    return subprocess.run(
+        [str(python), "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.strip()
+
+
 def nodes_order(results: dict[str, dict[str, object]]) -> list[str]:
     """The proxies measured in any scenario, meshnode's stacks first, in a stable order."""
     measured = {path for row in results.values() for path in row}
-    order = (*STACKS, BUSY_POLL_STACK, *TRACING, BEFORE, "haproxy", HAPROXY_BUSY_POLLING)
+    interpreters = sorted(path for path in measured if "@" in path)
+    order = (
+        *STACKS,
+        *interpreters,
+        BUSY_POLL_STACK,
+        *TRACING,
+        BEFORE,
+        "haproxy",
+        HAPROXY_BUSY_POLLING,
+    )
     return [path for path in order if path in measured]
 
 

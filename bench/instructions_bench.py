@@ -37,21 +37,23 @@ from meshnode.net.violations import ConnectionRules
 from meshnode.policy.models import (
     CircuitBreakerPolicy,
     Endpoint,
+    HedgePolicy,
     Limits,
     RetryPolicy,
     StaticDiscovery,
     UpstreamPolicy,
     UpstreamSection,
 )
-from meshnode.policy.units import Address
+from meshnode.policy.units import Address, LatencyDelay
 from meshnode.proxy.forward import Proxy
 from meshnode.proxy.routing import RouteTable
 
 WARM_UP = 100
 
 
-def requests(count: int) -> None:
-    """Serve ``count`` requests after the warm-up (what callgrind counts)."""
+def requests(count: int, *, hedged: bool = False) -> None:
+    """Serve ``count`` requests after the warm-up (what callgrind counts); ``hedged``: under
+    ``[hedge]`` too, with a delay no answer reaches (what hedging costs when none is sent)."""
     speedups.install()
     head = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"api")]
 
@@ -77,6 +79,7 @@ def requests(count: int) -> None:
                 UpstreamPolicy(UpstreamSection("api"), StaticDiscovery(endpoints=endpoints)),
                 retry=RetryPolicy(),
                 circuit_breaker=CircuitBreakerPolicy(),
+                hedge=HedgePolicy(delay=LatencyDelay(seconds=10.0)) if hedged else None,
             )
             group = UpstreamGroup(policy, EventBus())
             await nursery.start(group.run)
@@ -92,13 +95,13 @@ def requests(count: int) -> None:
     trio.run(main)
 
 
-def counted(source: Path, count: int) -> int:
+def counted(source: Path, count: int, options: tuple[str, ...] = ()) -> int:
     """Instructions of a whole run serving ``count`` requests with ``source``'s meshnode."""
     with tempfile.TemporaryDirectory() as work:
         result = subprocess.run(
             [
                 *("valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/out"),
-                *(sys.executable, __file__, "--serve", str(count)),
+                *(sys.executable, __file__, "--serve", str(count), *options),
             ],
             capture_output=True,
             text=True,
@@ -112,24 +115,30 @@ def counted(source: Path, count: int) -> int:
     return int(found.group(1))
 
 
-def per_request(source: Path, count: int) -> float:
-    return (counted(source, 2 * count) - counted(source, count)) / count
+def per_request(source: Path, count: int, options: tuple[str, ...] = ()) -> float:
+    return (counted(source, 2 * count, options) - counted(source, count, options)) / count
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--before", type=Path, help="another checkout (git worktree add DIR REV)")
+    parser.add_argument(
+        "--hedge", action="store_true", help="also count requests under [hedge] (none sent)"
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the counted run itself
     args = parser.parse_args()
     if args.serve is not None:
-        requests(args.serve)
+        requests(args.serve, hedged=args.hedge)
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is missing: apt-get install valgrind")
     here = Path(__file__).resolve().parents[1]
     now = per_request(here, args.requests)
     print(f"this checkout: {now:,.0f} instructions per request")
+    if args.hedge:
+        hedged = per_request(here, args.requests, ("--hedge",))
+        print(f"under [hedge]: {hedged:,.0f} instructions per request ({hedged / now - 1:+.2%})")
     if args.before is not None:
         before = per_request(args.before.resolve(), args.requests)
         print(f"{args.before}: {before:,.0f} instructions per request ({now / before - 1:+.2%})")

@@ -176,7 +176,10 @@ class Exchange:
 
     async def head(self, nursery: trio.Nursery | None) -> ResponseHead:
         """Open the upstream stream, start the body's upload in ``nursery``, and wait for
-        the response head; ``AttemptFailed`` when the try fails before one."""
+        the response head; ``AttemptFailed`` when the try fails before one. Called again
+        after a cancelled wait, it waits on for the head of the request already sent."""
+        if self.upstream is not None:
+            return await _receive_head(self.upstream)
         try:
             self.upstream = await self.pool.open_stream(
                 self.endpoint.address,

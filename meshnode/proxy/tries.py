@@ -229,9 +229,28 @@ class Tries:
         on another endpoint (up to ``max_hedges``): the first head the policy would relay
         wins and the others are cancelled (RST_STREAM CANCEL). A head the policy would
         refuse (a retry or a fallback would follow) waits as the spare, relayed (and so
-        judged) only if every other try fails; ``AttemptFailed`` when all fail."""
+        judged) only if every other try fails; ``AttemptFailed`` when all fail.
+
+        Until the delay passes, ``first`` runs in this task, under a deadline: most tries
+        answer in time, and a race's nursery, task and channel would cost them a fifth
+        more. Only then does it go on (the request already sent, its head awaited) beside
+        the hedges."""
         hedge = self.hedge
         assert hedge is not None
+        delay = self.group.protections.hedge_delay()
+        try_deadline = first.started + self.per_try
+        with trio.CancelScope(deadline=min(first.started + delay, try_deadline)) as waiting:
+            try:
+                head = await first.exchange.head(None)
+            except AttemptFailed as alone:
+                self._end_contender(first, alone)
+                raise
+        if not waiting.cancelled_caught:
+            return await self._settled(first, first.exchange.relay(head))
+        if trio.current_time() >= try_deadline:
+            timed_out = _per_try_timeout(self.per_try)
+            self._end_contender(first, timed_out)
+            raise timed_out
         send, results = trio.open_memory_channel[tuple[_Try, ResponseHead | AttemptFailed]](
             math.inf
         )
@@ -239,13 +258,12 @@ class Tries:
         winner: tuple[_Try, ResponseHead] | None = None
         spare: tuple[_Try, ResponseHead] | None = None
         failure: AttemptFailed | None = None
-        delay = self.group.protections.hedge_delay()
         raced = False  # the race came to an end (not an exception, nor the deadline)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._contend, first, send)
                 running = 1
-                hedge_at = first.started + delay
+                hedge_at = trio.current_time()  # the delay has passed already
                 while running:
                     with trio.move_on_at(hedge_at):
                         one, outcome = await results.receive()

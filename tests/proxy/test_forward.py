@@ -472,3 +472,17 @@ async def test_a_percentile_delay_follows_the_upstreams_recent_latencies(nursery
     assert (await mesh.call())[0] == 200
     assert trio.current_time() - started == pytest.approx(0.02)  # hedged at p90: 10 ms
     assert group.stats.hedges["won"] == 1
+
+
+async def test_a_per_try_timeout_sooner_than_the_hedge_delay_ends_the_try_first(
+    nursery, clock
+) -> None:
+    mesh = Mesh(nursery, [silence, status(200)])
+    retry = attrs.evolve(NO_JITTER, retry_on=("timeout",))
+    timeouts = TimeoutPolicy(request=Duration(5), per_try=Duration(0.03))
+    group = await mesh.add(upstream_policy(hedge=HEDGE_50MS, retry=retry, timeout=timeouts))
+    started = trio.current_time()
+    assert (await mesh.call())[0] == 200
+    assert trio.current_time() - started == pytest.approx(0.13)  # 30 ms, then 100 ms backoff
+    assert group.stats.hedges["sent"] == 0 and group.stats.retries["retried"] == 1
+    assert group.picker.in_flight == 0

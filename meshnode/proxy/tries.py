@@ -239,12 +239,16 @@ class Tries:
         assert hedge is not None
         delay = self.group.protections.hedge_delay()
         try_deadline = first.started + self.per_try
-        with trio.CancelScope(deadline=min(first.started + delay, try_deadline)) as waiting:
-            try:
+        try:
+            with trio.CancelScope(deadline=min(first.started + delay, try_deadline)) as waiting:
                 head = await first.exchange.head(None)
-            except AttemptFailed as alone:
-                self._end_contender(first, alone)
-                raise
+        except AttemptFailed as alone:
+            self._end_contender(first, alone)
+            raise
+        except BaseException:  # the request's deadline, or the caller gone
+            first.exchange.close()
+            self._end(first, 0, None, failed=True, unjudged=None)
+            raise
         if not waiting.cancelled_caught:
             return await self._settled(first, first.exchange.relay(head))
         if trio.current_time() >= try_deadline:

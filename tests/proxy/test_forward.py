@@ -46,6 +46,8 @@ from tests.support.memory_upstream import MemoryUpstream
 A = Address("10.0.0.1", 80)  # never dialled: the pool's connector hands out memory streams
 B = Address("10.0.0.2", 80)
 NO_JITTER = RetryPolicy(jitter=0.0, initial_delay=Duration(0.1))
+HEDGE_50MS = HedgePolicy(delay=LatencyDelay(seconds=0.05))
+ROUND_ROBIN = BalancerPolicy(strategy="round-robin")
 
 
 def upstream_policy(name: str = "api", *endpoints: Address, **sections: object) -> UpstreamPolicy:
@@ -256,9 +258,13 @@ async def test_an_upstream_fallback_runs_the_request_path_again_elsewhere(nurser
     assert api.stats.fallbacks["upstream"] == 1
 
 
-async def test_a_caller_reset_cancels_the_upstream_try_at_once(nursery, clock) -> None:
+@pytest.mark.parametrize("hedged", [False, True])
+async def test_a_caller_reset_cancels_the_upstream_try_at_once(nursery, clock, hedged) -> None:
     mesh = Mesh(nursery, [silence])
-    group = await mesh.add(upstream_policy(timeout=TimeoutPolicy(request=Duration(30))))
+    hedge = HEDGE_50MS if hedged else None  # reset before the hedge delay
+    group = await mesh.add(
+        upstream_policy(timeout=TimeoutPolicy(request=Duration(30)), hedge=hedge)
+    )
     exchange = LocalExchange(
         [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"api")],
         end_stream=True,
@@ -389,10 +395,6 @@ async def test_with_a_queue_timeout_a_request_waits_for_room(nursery, clock) -> 
         callers.start_soon(one)
     assert answers == [200, 200]
     assert trio.current_time() - started == pytest.approx(0.4)  # one after the other
-
-
-HEDGE_50MS = HedgePolicy(delay=LatencyDelay(seconds=0.05))
-ROUND_ROBIN = BalancerPolicy(strategy="round-robin")
 
 
 async def test_a_slow_try_is_hedged_on_another_endpoint_and_the_first_head_wins(

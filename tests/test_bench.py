@@ -35,3 +35,9 @@ def test_the_limit_bench_reads_the_tests_load_helpers() -> None:
     import limit_bench  # noqa: PLC0415  (bench/ is on the path only from here on)
 
     assert limit_bench.CAPACITY == 400
+
+
+def test_the_busy_poll_bench_paces_what_it_measures() -> None:
+    import busy_poll_bench  # noqa: PLC0415
+
+    assert busy_poll_bench.PACED / busy_poll_bench.RATE == 10  # seconds of paced requests

@@ -355,11 +355,18 @@ class Tries:
     def _refusable(self, head: ResponseHead) -> bool:
         """Whether the policy might refuse to relay ``head``: a retry or a fallback could
         follow it (``_judge`` decides, once it is the last head left)."""
-        policy, status = self.policy, head.status
-        retry = policy.retry
-        if retry is not None and head_condition(status, head.headers, retry.retry_on) is not None:
+        if self._retry_condition(head.status, head.headers) is not None:
             return True
-        return status >= 400 and fallback.on_status(policy.fallback, status)
+        return self._falls_back_on(head.status)
+
+    def _retry_condition(self, status: int, headers: HeaderList) -> str | None:
+        """The ``[retry] retry_on`` entry a response head matches, if any."""
+        retry = self.policy.retry
+        return None if retry is None else head_condition(status, headers, retry.retry_on)
+
+    def _falls_back_on(self, status: int) -> bool:
+        """Whether a status fallback takes over an answer of ``status``."""
+        return status >= 400 and fallback.on_status(self.policy.fallback, status)
 
     def _headers_for(self, address: Address) -> tuple[HeaderList, Any]:
         """The request's headers for one try, and the try's span (None when not traced):
@@ -408,15 +415,13 @@ class Tries:
         latencies = self.group.protections.head_latencies
         if latencies is not None:
             latencies.record(now - self.try_started)
-        policy = self.policy
-        condition = delay = None
-        if policy.retry is not None:
-            condition = head_condition(status, headers, policy.retry.retry_on)
-            if condition is not None:
-                delay = self._retry_delay(condition, headers)
+        plan = self.policy.fallback
+        delay = None
+        condition = self._retry_condition(status, headers)
+        if condition is not None:
+            delay = self._retry_delay(condition, headers)
         if delay is None and not (
-            (condition is not None and fallback.on_exhausted(policy.fallback))
-            or (status >= 400 and fallback.on_status(policy.fallback, status))
+            (condition is not None and fallback.on_exhausted(plan)) or self._falls_back_on(status)
         ):
             if self.skipped is not None:  # the request's own list: the answer says why
                 self.extra_headers.append((RETRY_SKIPPED, self.skipped.encode()))

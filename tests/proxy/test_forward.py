@@ -45,6 +45,7 @@ from tests.support.memory_upstream import MemoryUpstream
 
 A = Address("10.0.0.1", 80)  # never dialled: the pool's connector hands out memory streams
 B = Address("10.0.0.2", 80)
+C = Address("10.0.0.3", 80)
 NO_JITTER = RetryPolicy(jitter=0.0, initial_delay=Duration(0.1))
 HEDGE_50MS = HedgePolicy(delay=LatencyDelay(seconds=0.05))
 ROUND_ROBIN = BalancerPolicy(strategy="round-robin")
@@ -488,3 +489,28 @@ async def test_a_per_try_timeout_sooner_than_the_hedge_delay_ends_the_try_first(
     assert trio.current_time() - started == pytest.approx(0.13)  # 30 ms, then 100 ms backoff
     assert group.stats.hedges["sent"] == 0 and group.stats.retries["retried"] == 1
     assert group.picker.in_flight == 0
+
+
+async def test_with_max_hedges_two_a_second_hedge_goes_once_the_delay_passes_again(
+    nursery, clock
+) -> None:
+    mesh = Mesh(nursery, [late(200, 1.0), late(200, 1.0), late(200, 0.01)])
+    two = attrs.evolve(HEDGE_50MS, max_hedges=2)
+    group = await mesh.add(upstream_policy("api", A, B, C, hedge=two, balancer=ROUND_ROBIN))
+    started = trio.current_time()
+    assert (await mesh.call())[0] == 200
+    assert trio.current_time() - started == pytest.approx(0.11)  # hedges at 50 and 100 ms
+    assert len(set(mesh.upstream.addresses)) == 3
+    assert group.stats.hedges["sent"] == 2 and group.stats.hedges["won"] == 1
+    await trio.testing.wait_all_tasks_blocked()
+    assert [stream.error is not None for stream in mesh.upstream.requests[:2]] == [True, True]
+    assert group.picker.in_flight == 0
+
+
+async def test_a_hedge_that_finds_every_endpoint_full_is_held_back(nursery, clock) -> None:
+    mesh = Mesh(nursery, [late(200, 1.0)])
+    one_at_a_time = BalancerPolicy(max_connections_per_instance=1)
+    group = await mesh.add(upstream_policy("api", A, hedge=HEDGE_50MS, balancer=one_at_a_time))
+    assert (await mesh.call())[0] == 200
+    assert len(mesh.upstream.requests) == 1
+    assert group.stats.hedges["no-endpoint"] == 1 and group.stats.hedges["sent"] == 0

@@ -96,6 +96,15 @@ def test_gradient_probes_so_that_it_never_drifts_up() -> None:
     assert core.limit < 32 and statistics.median(rtts) <= 2 * SERVICE + 1e-9
 
 
+def test_gradient2_creeps_up_under_sustained_overload() -> None:
+    """What docs/adaptive.md warns of: its long-term RTT follows the short one on an
+    upstream that only queues, so the limit keeps rising past the capacity of 8."""
+    core = LimiterCore(LimitConfig("gradient2"), random.Random(7))
+    _, limits = simulate(core, 8, 128, 10.0)
+    at_five = [limit for at, limit in limits if at < 5.0][-1]
+    assert (at_five, limits[-1][1]) == (21, 50)  # the figures the docs give
+
+
 def test_a_drop_shrinks_the_limit() -> None:
     core = LimiterCore(LimitConfig("gradient", initial_limit=40, smoothing=1.0))
     started = core.admit()

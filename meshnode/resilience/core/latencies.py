@@ -17,7 +17,7 @@ DEFAULT_MIN_SAMPLES = 32
 
 
 class RecentLatencies:
-    __slots__ = ("_next", "_ring", "_size", "_sorted", "_stale", "min_samples", "seen")
+    __slots__ = ("_next", "_ring", "_size", "_sorted", "_stale", "min_samples")
 
     def __init__(self, size: int = DEFAULT_SIZE, min_samples: int = DEFAULT_MIN_SAMPLES) -> None:
         self._size = size
@@ -26,7 +26,6 @@ class RecentLatencies:
         self._sorted: list[float] = []
         self._stale = 0  # latencies recorded since the sorted copy was made
         self.min_samples = min_samples
-        self.seen = 0
 
     def record(self, seconds: float) -> None:
         ring = self._ring
@@ -35,7 +34,6 @@ class RecentLatencies:
         else:
             ring[self._next] = seconds
             self._next = (self._next + 1) % self._size
-        self.seen += 1
         self._stale += 1
 
     def percentile(self, percent: float) -> float | None:

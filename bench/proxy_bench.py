@@ -18,8 +18,9 @@ certificate, so the first proxy does); churn: nginx recycling each connection af
 100 requests, beside the same nginx recycling none, through meshnode and HAProxy
 (``retries 3``); RSS with 1,000 idle connections, and
 while 50 clients ask for 100 MiB each and never read. At -c1 -m1 two more
-proxies run: the full stack with ``[node] busy_poll = "50us"`` and HAProxy with
-``busy-polling``, each sparing itself a halted vCPU's wake-ups. At -c10 -m10 two more:
+proxies run: the full stack with ``[node] busy_poll = "0s"`` (busy polling is on by
+default) and HAProxy with ``busy-polling`` (off by default), which spares itself a halted
+vCPU's wake-ups as meshnode's default does. At -c10 -m10 two more:
 the full stack with ``[tracing]``, sampling none and sampling every request (spans sent
 to a local OTLP sink that answers and discards).
 
@@ -116,10 +117,11 @@ on = ["circuit-open"]
 """
 STACKS = {"meshnode": "", "meshnode+res": FULL_STACK}
 BEFORE = "before+res"  # the full stack on an earlier commit's meshnode (--before)
-# At one request at a time, also the full stack with ``[node] busy_poll``, and HAProxy with
-# its ``busy-polling``: on a VM both spare the wake-ups of a halted vCPU (README: Busy polling).
-BUSY_POLL = "50us"
-BUSY_POLL_STACK = "meshnode+res+bp"
+# At one request at a time, also the full stack with ``[node] busy_poll`` off (it is on by
+# default), and HAProxy with its ``busy-polling``: on a VM spinning spares the wake-ups of a
+# halted vCPU (docs/operations.md: Busy polling).
+BUSY_POLL_OFF = "0s"
+BUSY_POLL_STACK = "meshnode+res-bp"
 HAPROXY_BUSY_POLLING = "haproxy+bp"
 # At -c10 -m10, also the full stack with [tracing]: every request sampled out (its cost
 # when on but not sampling), and every request sampled (spans sent to a local sink).
@@ -261,7 +263,7 @@ def main() -> None:
         admin_port,
         endpoints,
         FULL_STACK,
-        node_settings=f'busy_poll = "{BUSY_POLL}"',
+        node_settings=f'busy_poll = "{BUSY_POLL_OFF}"',
     )
     nodes[BUSY_POLL_STACK] = (start_meshnode(work / BUSY_POLL_STACK, outbound_port), outbound_port)
     sink, sink_endpoint = start_trace_sink()

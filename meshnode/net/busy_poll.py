@@ -9,10 +9,15 @@ Netty's busy-wait epoll and KVM's halt polling do.
 
 meshnode's spin is bounded and adaptive, so an idle node stays idle: a wait spins
 (the poll with a zero timeout, over and over) for at most ``budget`` seconds, and
-only while traffic flows, that is when the wait before it ended in I/O. A wait
-that a timer ended (a quiet node: probes, watchers) does not spin the next time.
-The cost is therefore at most ``budget`` of CPU per sleep of the loop under
-traffic; ``hits``, ``misses`` and ``spun`` show it on ``/metrics``.
+only while traffic flows, that is when the wait before it ended in I/O after a
+short sleep (at most ``IDLE_AFTER`` budgets). A wait that a timer ended (a quiet
+node: probes, watchers) does not spin the next time, and neither does one after a
+longer sleep: requests a few milliseconds apart (a trickle, 100 a second) would
+find every spin wasted, as Go's scheduler stops spinning once its spinning finds
+nothing. The cost is therefore at most ``budget`` of CPU per short sleep under
+traffic; ``hits``, ``misses`` and ``spun`` show it on ``/metrics``. It is on by
+default (``[node] busy_poll = "50us"``), since at one request at a time it is a
+third of what the node adds to a request's latency (docs/operations.md).
 
 trio has no hook for this: the spin wraps the running loop's I/O manager (one
 private attribute, ``runner.io_manager``, read and restored here alone). It is reached
@@ -30,6 +35,7 @@ from typing import Any
 from meshnode.net.tested import untested
 
 TESTED_TRIO = ("0.27", "0.35")  # the trio minor versions whose runner this wraps
+IDLE_AFTER = 20  # budgets: a longer sleep means traffic paused, and the next wait sleeps
 log = logging.getLogger("meshnode.busy_poll")
 
 Events = list[tuple[int, int]]  # what trio's epoll manager returns: (fd, flags)
@@ -43,7 +49,7 @@ class BusyPoll:
         self.hits = 0  # spins that an event ended
         self.misses = 0  # spins that used their whole budget, then slept
         self.spun = 0.0  # seconds spent spinning
-        self._traffic = True  # the last sleep ended in I/O, not at its timeout
+        self._traffic = True  # the last sleep ended in I/O, soon, not at its timeout
         self._runner: Any = None  # the trio runner whose I/O manager is wrapped
         self._inner: Any = None
 
@@ -52,6 +58,10 @@ class BusyPoll:
         if budget > 0 and self._runner is None:
             runner = _current_runner()
             if runner is None:
+                return
+            if isinstance(runner.io_manager, _SpinningIOManager):
+                # Another node in the same run (tests, an embedding program) already spins
+                # the loop: one spin a loop, set by the node that installed it.
                 return
             self._runner, self._inner = runner, runner.io_manager
             runner.io_manager = _SpinningIOManager(self._inner, self)
@@ -84,8 +94,9 @@ class BusyPoll:
             self.misses += 1
             self.spun += now - start
             timeout = max(0.0, timeout - (now - start))
+        asleep = time.perf_counter()
         events = poll(timeout)
-        self._traffic = bool(events)
+        self._traffic = bool(events) and time.perf_counter() - asleep <= IDLE_AFTER * self.budget
         return events
 
 

@@ -22,8 +22,8 @@ class NodeSection:
     drain_timeout: Duration = Duration(30)
     access_log: bool = False  # one line per request on the "meshnode.access" logger
     # How long the event loop may spin before it sleeps, while traffic flows (net/busy_poll.py):
-    # CPU traded for latency on virtual machines, whose idle vCPUs are slow to wake. Off.
-    busy_poll: Duration = Duration(0)
+    # CPU traded for latency on virtual machines, whose idle vCPUs are slow to wake.
+    busy_poll: Duration = Duration(50e-6)
     # Upstream policies from a store the fleet shares (docs/fleet.md):
     # "etcd://host:port/prefix" or "consul://host:port/prefix". Default: the files only.
     policy_source: str | None = None

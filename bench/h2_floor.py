@@ -8,6 +8,11 @@ same h2 settings meshnode uses (header_encoding None, outbound validation
 and normalization off), so meshnode's CPU per request can be read as a multiple of this floor.
 
     .venv/bin/python bench/h2_floor.py [--requests 20000]
+    .venv/bin/python bench/h2_floor.py --meshnode   # the same steps on meshnode's h2 layer
+
+``--meshnode`` takes the same four steps on the connections a node's sessions use (h2 with
+``net/h2/speedups.py`` installed, its ``Connection``, meshnode's HPACK coders): what is
+left of h2's work in meshnode, the most an HTTP/2 codec of meshnode's own could save.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ import time
 import h2.config
 import h2.connection
 import h2.events
+
+from meshnode.net.h2 import speedups
+from meshnode.net.h2.hpack_decoder import HeaderDecoder
+from meshnode.net.h2.hpack_encoder import StaticTableEncoder
 
 BODY = b"k" * 1024
 REQUEST = [
@@ -30,25 +39,26 @@ REQUEST = [
 RESPONSE = [(b":status", b"200"), (b"content-length", b"1024"), (b"server", b"nghttpd")]
 
 
-def _pair(meshnode_side: str) -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
+def _pair(
+    meshnode_side: str, layer: bool = False
+) -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
     """A client and a server connection; the ``meshnode_side`` one configured as meshnode's
-    sessions are (no outbound validation; on the server side, no inbound either)."""
-    client = h2.connection.H2Connection(
-        h2.config.H2Configuration(
-            client_side=True,
-            header_encoding=None,
-            validate_outbound_headers=meshnode_side != "client",
-            normalize_outbound_headers=meshnode_side != "client",
-        )
+    sessions are (no outbound validation; on the server side, no inbound either), and with
+    ``layer`` made as they make it (``speedups.Connection``, meshnode's HPACK coders)."""
+    client = _connection(
+        layer and meshnode_side == "client",
+        client_side=True,
+        header_encoding=None,
+        validate_outbound_headers=meshnode_side != "client",
+        normalize_outbound_headers=meshnode_side != "client",
     )
-    server = h2.connection.H2Connection(
-        h2.config.H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            validate_outbound_headers=meshnode_side != "server",
-            normalize_outbound_headers=meshnode_side != "server",
-            validate_inbound_headers=meshnode_side != "server",
-        )
+    server = _connection(
+        layer and meshnode_side == "server",
+        client_side=False,
+        header_encoding=None,
+        validate_outbound_headers=meshnode_side != "server",
+        normalize_outbound_headers=meshnode_side != "server",
+        validate_inbound_headers=meshnode_side != "server",
     )
     client.initiate_connection()
     server.initiate_connection()
@@ -58,13 +68,23 @@ def _pair(meshnode_side: str) -> tuple[h2.connection.H2Connection, h2.connection
     return client, server
 
 
-def floor_us(requests: int = 20000) -> float:
+def _connection(layer: bool, **options: object) -> h2.connection.H2Connection:
+    if not layer:
+        return h2.connection.H2Connection(h2.config.H2Configuration(**options))
+    connection = speedups.Connection(speedups.Configuration(**options), live={})
+    connection.encoder = StaticTableEncoder()
+    connection.decoder = HeaderDecoder()
+    return connection
+
+
+def floor_us(requests: int = 20000, *, layer: bool = False) -> float:
     """Microseconds of h2 work per proxied 1 KiB GET (the cheapest of five batches, as the
-    proxy's own figure is the cheapest of its rounds)."""
+    proxy's own figure is the cheapest of its rounds); ``layer``: on meshnode's h2 layer
+    (the caller installed the speedups)."""
     batches = []
     for _ in range(5):
-        app, proxy_in = _pair("server")  # the client and meshnode's downstream side
-        proxy_out, origin = _pair("client")  # meshnode's upstream side and the origin
+        app, proxy_in = _pair("server", layer)  # the client and meshnode's downstream side
+        proxy_out, origin = _pair("client", layer)  # meshnode's upstream side and the origin
         spent = 0.0
         for _ in range(requests // 5):
             stream = app.get_next_available_stream_id()
@@ -106,8 +126,16 @@ def floor_us(requests: int = 20000) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument(
+        "--meshnode", action="store_true", help="on meshnode's h2 layer (speedups installed)"
+    )
     args = parser.parse_args()
-    print(f"h2's own work per proxied 1 KiB GET: {floor_us(args.requests):.1f} µs")
+    if args.meshnode:
+        speedups.install()
+        layer = floor_us(args.requests, layer=True)
+        print(f"meshnode's h2 layer per proxied 1 KiB GET: {layer:.1f} µs")
+    else:
+        print(f"h2's own work per proxied 1 KiB GET: {floor_us(args.requests):.1f} µs")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -293,6 +294,7 @@ def main() -> None:
     mtls_nodes, mtls_port = start_mtls_pair(work, upstream_port)
     mtls_haproxy = start_haproxy_mtls(work, upstream_port)
     floor = floor_us()
+    layer = h2_layer_us()
     results: dict[str, dict[str, object]] = {}
     try:
         for _, port in nodes.values():
@@ -397,6 +399,10 @@ def main() -> None:
             f"{'':10} resilience stack costs {(full - plain) / plain * 100:+.1f} % CPU per request;"
             f" meshnode+res is {full / floor:.2f}x h2's floor of {floor:.0f} µs"
         )
+        print(
+            f"{'':10} of which meshnode's h2 layer (the same four steps, speedups on) is"
+            f" {layer:.0f} µs ({layer / full * 100:.0f} %)"
+        )
         if BEFORE in row:
             before = row[BEFORE]["cpu_us_per_request"]  # type: ignore[index]
             print(f"{'':10} {BEFORE} is {before / floor:.2f}x the floor")
@@ -445,6 +451,7 @@ def main() -> None:
             stack: {"before": b, "stalled": d} for stack, (b, d) in stalled.items()
         },
         "h2_floor_us": floor,
+        "h2_layer_us": layer,
         "scenarios": results,
         "churn": churn,
     }
@@ -452,6 +459,23 @@ def main() -> None:
     if results:  # not when only memory was measured (--only idle,stalled)
         chart(results, target.with_suffix(".png"))
         print(f"and {target.with_suffix('.png')}")
+
+
+def h2_layer_us(requests: int = 20000) -> float:
+    """``bench/h2_floor.py --meshnode``, in its own process: it installs the speedups, which
+    would change the floor measured here."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).parent / "h2_floor.py"),
+            "--meshnode",
+            f"--requests={requests}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(out.rsplit(":", 1)[1].split()[0])
 
 
 def chart(results: dict[str, dict[str, object]], target: Path) -> None:

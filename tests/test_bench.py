@@ -12,10 +12,16 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 from common import write_report
 from h2_floor import floor_us
 from instructions_bench import requests
+from proxy_bench import h2_layer_us
 
 
 def test_the_h2_floor_is_measured() -> None:
     assert 0 < floor_us(requests=500) < 100_000
+
+
+def test_meshnode_s_h2_layer_is_measured_on_the_same_steps() -> None:
+    """In its own process (the speedups it installs would change h2 for this one)."""
+    assert 0 < h2_layer_us(requests=500) < 100_000
 
 
 def test_a_report_says_which_machine_it_ran_on(tmp_path: Path) -> None:

@@ -27,7 +27,6 @@ import trio.testing
 
 from meshnode.actors.group import UpstreamGroup
 from meshnode.events import EventBus
-from meshnode.net.h2 import speedups
 from meshnode.net.h2.session import H2Session
 from meshnode.net.listener import Peer
 from meshnode.net.local import LocalExchange
@@ -54,7 +53,6 @@ WARM_UP = 100
 def requests(count: int, *, hedged: bool = False) -> None:
     """Serve ``count`` requests after the warm-up (what callgrind counts); ``hedged``: under
     ``[hedge]`` too, with a delay no answer reaches (what hedging costs when none is sent)."""
-    speedups.install()
     head = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"api")]
 
     async def main() -> None:

@@ -400,7 +400,7 @@ def main() -> None:
             f" meshnode+res is {full / floor:.2f}x h2's floor of {floor:.0f} µs"
         )
         print(
-            f"{'':10} of which meshnode's h2 layer (the same four steps, speedups on) is"
+            f"{'':10} of which meshnode's codec (the same four steps) is"
             f" {layer:.0f} µs ({layer / full * 100:.0f} %)"
         )
         if BEFORE in row:
@@ -462,8 +462,7 @@ def main() -> None:
 
 
 def h2_layer_us(requests: int = 20000) -> float:
-    """``bench/h2_floor.py --meshnode``, in its own process: it installs the speedups, which
-    would change the floor measured here."""
+    """``bench/h2_floor.py --meshnode``, in its own process (as the floor is measured alone)."""
     out = subprocess.run(
         [
             sys.executable,

@@ -1,11 +1,10 @@
-"""Fuzz target (atheris): any bytes from a peer, through the frame gate, h2 and the
-request checks of a server session, must end in a served or refused stream, a GOAWAY
-or a closed connection, never an exception out of the session.
+"""Fuzz target (atheris): any bytes from a peer, through the frame gate, meshnode's
+HTTP/2 codec and the request checks of a server session, must end in a served or
+refused stream, a GOAWAY or a closed connection, never an exception out of the session.
 
 Run by ``./dev fuzz [seconds]`` (``.ci/run`` gives it 20 s); the inputs start from
 seeds that reach the header path (a request, a request with a body, a bad request).
 Each input runs on a fresh session under a virtual clock, so timeouts fire at once.
-h2 is patched as ``meshnode serve`` patches it; the test suite covers plain h2 too.
 """
 
 from __future__ import annotations
@@ -17,13 +16,11 @@ with atheris.instrument_imports():
     import hpack
     from hyperframe.frame import DataFrame, HeadersFrame, PingFrame, SettingsFrame
 
-    from meshnode.net.h2 import speedups as h2_speedups
     from meshnode.net.h2.framing import CLIENT_PREFACE
     from meshnode.net.h2.session import H2Session
     from meshnode.net.stream import Data, EndOfStream, Stream, StreamReset
     from meshnode.net.violations import ConnectionRules
 
-h2_speedups.install()  # h2 as the node runs it
 RULES = ConnectionRules("fuzz")
 GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"api")]
 

@@ -21,7 +21,6 @@ from meshnode.fleet.rollout import RolloutStopped, fleet_status, status_table
 from meshnode.fleet.rollout import push as fleet_push
 from meshnode.fleet.store import StoreAccess, StoreError
 from meshnode.logs import LogFormat
-from meshnode.net.h2 import speedups as h2_speedups
 from meshnode.net.listener import H2Listener
 from meshnode.node import Bindings, Node, NodeAddresses, preflight
 from meshnode.policy import Address, PolicyError, PolicySet, load_policies
@@ -101,7 +100,6 @@ def serve(
     """Run the node (SIGHUP reloads; SIGTERM or SIGINT drains, then exits)."""
     logs.configure(log_level, log_format)
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-    h2_speedups.install()  # the node's own process: h2 made faster for it (or plain h2)
     policies = _checked(directory)
     try:
         count = worker_count(workers)

@@ -22,15 +22,10 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from meshnode.net.h2 import speedups as h2_speedups
 from meshnode.node import Node, NodeAddresses
 from meshnode.policy import load_policies
 from tests.support.rawh2 import RawH2Server, respond
 from tests.support.upstream_app import app
-
-# The suite's in-process nodes run h2 as `meshnode serve` does; plain h2 (as on untested
-# versions, or in a program that embeds the mesh client) is tested in processes of its own.
-h2_speedups.install()
 
 NODE_TOML = """
 [node]

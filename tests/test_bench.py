@@ -19,8 +19,8 @@ def test_the_h2_floor_is_measured() -> None:
     assert 0 < floor_us(requests=500) < 100_000
 
 
-def test_meshnode_s_h2_layer_is_measured_on_the_same_steps() -> None:
-    """In its own process (the speedups it installs would change h2 for this one)."""
+def test_meshnode_s_codec_is_measured_on_the_same_steps() -> None:
+    """In its own process, as the bench runs it."""
     assert 0 < h2_layer_us(requests=500) < 100_000
 
 

@@ -22,7 +22,6 @@ from meshnode import __version__
 from meshnode.client.metrics import seed_metrics
 from meshnode.client.response import CallReset, MeshResponse, StreamingResponse
 from meshnode.client.transports import Embedded, Sidecar, Transport
-from meshnode.net.h2 import speedups as h2_speedups
 from meshnode.net.h2.validation import Malformed, check_request
 from meshnode.net.http1.hop_by_hop import strip_hop_by_hop
 from meshnode.net.stream import CANCEL, Headers, ResponseHead, Stream, StreamReset
@@ -223,7 +222,6 @@ async def open_mesh_client(
     sidecar: str | None = None,
     admin: str | None = None,
     watch: bool = True,
-    speedups: bool = False,
 ) -> AsyncIterator[MeshClient]:
     """A mesh client named ``name`` (the caller's service), open for the block.
 
@@ -233,15 +231,9 @@ async def open_mesh_client(
     Otherwise it is a sidecar client of the meshnode at ``sidecar`` (default
     127.0.0.1:15001, its outbound listener) whose admin API (``admin``, or
     MESHNODE_ADMIN, default http://127.0.0.1:15000) gives ``metrics()``.
-
-    ``speedups=True`` patches h2 process-wide as ``meshnode serve`` does (faster, and
-    every other user of h2 in the program gets the same h2); by default h2 is left as
-    the program has it.
     """
     if policies is not None and sidecar is not None:
         raise ValueError("give policies= (embedded) or sidecar= (the local node), not both")
-    if speedups:
-        h2_speedups.install()
     with _one_exception():  # the caller's block runs inside the client's nursery
         async with trio.open_nursery() as nursery:
             transport: Embedded | Sidecar

@@ -1,5 +1,5 @@
 """Whether an installed library is a version meshnode's code that reaches into its
-internals was tested with (h2's speedups, trio's runner for busy polling): compared by
+internals was tested with (trio's runner, for busy polling): compared by
 minor version, so patch releases pass and anything newer or older falls back."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ Span = tuple[str, str]  # the oldest and newest minor versions tested, "4.1" and
 
 
 def untested(package: str, span: Span, installed: str | None = None) -> str | None:
-    """ "h2 5.0.0 (tested 4.1 to 4.4)" when ``installed`` (default: what is installed) is
+    """ "trio 0.99.0 (tested 0.27 to 0.35)" when ``installed`` (default: what is installed) is
     outside ``span``; None when it was tested."""
     if installed is None:
         installed = version(package)

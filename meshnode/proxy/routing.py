@@ -3,7 +3,7 @@
 Explicit ``[[routes]]`` are tried first, most specific first (those naming an
 authority, then longer path prefixes, then more header conditions); a request
 that no route claims goes to the upstream whose name is its ``:authority`` host
-(port dropped). Everything is compared as bytes, as it arrives from h2.
+(port dropped). Everything is compared as bytes, as it arrives from the codec.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Hypercorn in its own process, recycling its HTTP/2 connections as in production.
 
 Run as ``python -m tests.support.recycling_upstream --max-requests 50``: it prints
-``listening 127.0.0.1:PORT`` once it serves. Its h2 is the installed, unpatched
-library (meshnode's speedups live in meshnode's process only), and Hypercorn ends a
+``listening 127.0.0.1:PORT`` once it serves. Its h2 is the installed library, apart
+from meshnode's codec, and Hypercorn ends a
 connection with GOAWAY after ``--max-requests`` requests, as its default of 1,000 does.
 
 It counts what its application processed, so that a test can tell a request that was

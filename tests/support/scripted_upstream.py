@@ -1,8 +1,8 @@
 """An upstream in its own process that recycles connections in one scripted way.
 
 Run as ``python -m tests.support.scripted_upstream MODE [--every N]``; it prints
-``listening 127.0.0.1:PORT`` once it serves. It speaks HTTP/2 with the installed,
-unpatched h2 (meshnode's speedups live in meshnode's process only), or HTTP/1.1 with
+``listening 127.0.0.1:PORT`` once it serves. It speaks HTTP/2 with the installed h2,
+an implementation apart from meshnode's codec, or HTTP/1.1 with
 plain sockets, one thread per connection. Modes:
 
 - ``refuse``: every Nth stream is answered RST_STREAM REFUSED_STREAM, unprocessed; a

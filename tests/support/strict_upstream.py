@@ -8,7 +8,7 @@ raised, and the connection ends with its GOAWAY, as any strict server would end 
 stream error (h2 reset the stream itself). ``GET /_counts`` answers the counts as JSON,
 with the reasons of the last refusals, and is not counted itself.
 
-It imports nothing of meshnode's: meshnode's h2 speedups must not reach it.
+It imports nothing of meshnode's: its judge is h2, an implementation apart from meshnode's.
 """
 
 from __future__ import annotations

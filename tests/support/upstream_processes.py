@@ -1,7 +1,7 @@
 """Upstreams in processes of their own, as the connection-lifecycle tests need them.
 
-An upstream inside the test process would share meshnode's h2 (and its speedups) and
-hide exactly the protocol bugs these tests look for, so each one here is a separate
+An upstream inside the test process would share meshnode's HTTP/2 code and HPACK coders
+and hide exactly the protocol bugs these tests look for, so each one here is a separate
 process: Debian's nginx, Hypercorn (``recycling_upstream``), or a scripted h2 or HTTP/1.1
 server (``scripted_upstream``). Each lives until the test's fixture stops it.
 """

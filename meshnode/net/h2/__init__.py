@@ -1,2 +1,2 @@
-"""HTTP/2: the session over any trio stream, the frame gate in front of h2, h2 made
-faster, HPACK coders, and request validation."""
+"""HTTP/2: the session over any trio stream, the frame gate, meshnode's own codec, HPACK
+coders, and request validation."""

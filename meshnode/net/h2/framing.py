@@ -1,25 +1,24 @@
-"""Theory of operation: a frame gate in front of h2.
+"""Theory of operation: a frame gate in front of the HTTP/2 codec.
 
-h2 leaves gaps that a proxy cannot live with, and all of them are closed by
-looking at 9-byte frame headers before h2 sees the bytes:
+What a proxy must refuse before any frame is parsed is refused here, by looking
+at 9-byte frame headers before the codec (``codec.py``) sees the bytes; the gate
+was first written for the gaps h2 left, and the codec relies on it for them:
 
-* h2 moves the whole connection to CLOSED on any GOAWAY, sent or received
-  (python-hyper/h2#1181), so streams in flight could not finish. The gate takes
-  GOAWAY frames out of the byte stream and reports them; the session applies
-  RFC 9113 section 6.8 itself (no new streams, streams above ``last_stream_id``
-  refused, the rest carry on), and writes its own GOAWAY frames raw.
-* h2 buffers a whole declared frame before checking its length, so a 9-byte
-  header announcing 16 MiB makes it hold 16 MiB. The gate refuses a frame
-  larger than the advertised maximum as soon as its header arrives.
-* h2 answers PING, SETTINGS, PRIORITY, RST_STREAM and WINDOW_UPDATE frames
-  without limit (the floods of SECURITY-NOTES, Rapid Reset among them). The
-  gate charges each to a per-connection budget (``FrameRates``) and counts
-  consecutive empty DATA/HEADERS/CONTINUATION frames; past a budget it raises
-  ``FrameError`` with ENHANCE_YOUR_CALM.
-* h2 collects up to 64 CONTINUATION frames (1 MiB) of one header block before
-  it decodes any of it; the gate refuses a block whose encoded size is already
-  over ``max_header_list_size`` (HPACK never encodes a field list larger than
-  that list's decoded size), with ENHANCE_YOUR_CALM.
+* GOAWAY frames are taken out of the byte stream and reported; the session
+  applies RFC 9113 section 6.8 itself (no new streams, streams above
+  ``last_stream_id`` refused, the rest carry on), and writes its own GOAWAY
+  frames raw (h2 moved the whole connection to CLOSED on any GOAWAY,
+  python-hyper/h2#1181, so streams in flight could not finish).
+* A frame larger than the advertised maximum is refused as soon as its header
+  arrives, not buffered whole first (a 9-byte header announcing 16 MiB).
+* PING, SETTINGS, PRIORITY, RST_STREAM and WINDOW_UPDATE frames are charged to
+  a per-connection budget (``FrameRates``), and consecutive empty
+  DATA/HEADERS/CONTINUATION frames counted: the floods of SECURITY-NOTES, Rapid
+  Reset among them. Past a budget it raises ``FrameError`` with
+  ENHANCE_YOUR_CALM.
+* A header block whose encoded size is already over ``max_header_list_size``
+  (HPACK never encodes a field list larger than that list's decoded size) is
+  refused with ENHANCE_YOUR_CALM before it is collected, let alone decoded.
 * A peer that starts a frame or a header block and then goes quiet (HTTP/2
   slowloris) holds a stream slot and a buffer: ``stalled_since`` tells the
   session since when, so its header timeout can end the connection.
@@ -32,7 +31,6 @@ and padding bytes it must read).
 from __future__ import annotations
 
 import attrs
-from hyperframe.frame import GoAwayFrame
 
 from meshnode.policy.models import FrameRates, Limits
 from meshnode.resilience.core.token_bucket import TokenBucket
@@ -118,7 +116,7 @@ class FrameGate:
         self.stalled_since: float | None = now if expect_preface else None
 
     def feed(self, data: bytes, now: float) -> tuple[bytes, list[GoAwayReceived]]:
-        """Take received bytes; return what h2 should parse and the GOAWAYs taken out."""
+        """Take received bytes; return what the codec should parse and the GOAWAYs taken out."""
         buffer = self._buffer
         buffer += data
         start = position = 0
@@ -209,7 +207,6 @@ def _parse_goaway(frame: bytearray) -> GoAwayReceived:
 
 
 def goaway_frame(last_stream_id: int, error_code: int = 0, debug_data: bytes = b"") -> bytes:
-    """A serialized GOAWAY, written past h2 so that h2 keeps the connection open."""
-    frame = GoAwayFrame(0, last_stream_id=last_stream_id, error_code=error_code)
-    frame.additional_data = debug_data
-    return bytes(frame.serialize())
+    """A serialized GOAWAY, written by the session itself (the codec never sees one)."""
+    payload = last_stream_id.to_bytes(4, "big") + error_code.to_bytes(4, "big") + debug_data
+    return len(payload).to_bytes(3, "big") + bytes((GOAWAY, 0)) + bytes(4) + payload

@@ -1,8 +1,8 @@
 """Theory of operation: one HTTP/2 connection over any trio stream, either side.
 
-One reader task feeds received bytes through the frame gate into h2 and turns
-h2's events into per-stream items; one writer task flushes whatever h2 has
-queued in a single ``send_all`` (so replies to many streams batch naturally).
+One reader task feeds received bytes through the frame gate into the codec
+(``codec.py``) and turns its events into per-stream items; one writer task flushes
+whatever the codec has queued in a single ``send_all`` (so replies to many streams batch naturally).
 The one exception is latency's: a stream alone on an idle plain TCP connection
 writes its last frames itself, at once (``_send_queued``), and the reader reads
 such a socket in place (``net/socket_io.py``). Nothing else touches the
@@ -16,7 +16,7 @@ on, so a slow reader on one side slows the writer on the other. Senders wait
 for window, and for the writer to drain once more than ``write_buffer`` bytes are
 queued, so a peer that does not read costs bounded memory.
 
-h2 exceptions never leave this module: a send on a stream the peer already
+Codec errors never leave this module: a send on a stream the peer already
 reset raises ``StreamReset``, and anything that breaks the connection ends this
 session alone (its streams see ``StreamReset(connection_lost=True)``).
 
@@ -34,12 +34,23 @@ import math
 from collections.abc import Callable
 from typing import Final
 
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
 import trio
 
+from meshnode.net.h2.codec import (
+    Codec,
+    DataReceived,
+    Event,
+    ProtocolViolation,
+    RemoteSettingsChanged,
+    RequestReceived,
+    ResponseReceived,
+    SettingsAcknowledged,
+    StreamEnded,
+    StreamUnusable,
+    TrailersReceived,
+    WindowUpdated,
+)
+from meshnode.net.h2.codec import StreamReset as CodecStreamReset
 from meshnode.net.h2.framing import (
     ENHANCE_YOUR_CALM,
     WINDOW_UPDATES_PER_DATA_FRAME,
@@ -48,9 +59,6 @@ from meshnode.net.h2.framing import (
     GoAwayReceived,
     goaway_frame,
 )
-from meshnode.net.h2.hpack_decoder import HeaderDecoder
-from meshnode.net.h2.hpack_encoder import StaticTableEncoder
-from meshnode.net.h2.speedups import Configuration, Connection
 from meshnode.net.h2.validation import (
     WEBSOCKET,
     Malformed,
@@ -87,8 +95,6 @@ LAST_USABLE_STREAM_ID: Final = 2**31 - 1000
 GOAWAY_PING: Final = b"goaway\x00\x00"  # the opaque data of the PING that follows a GOAWAY
 FLUSH_GRACE: Final = 2.0  # seconds to write the last frames once reading has ended
 
-_h2_errors = (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError)
-
 
 class H2Session:
     def __init__(
@@ -111,42 +117,19 @@ class H2Session:
         self.on_goaway: Callable[[GoAwayReceived], None] | None = None
         limits = self._limits = self.rules.limits
         self.streams: dict[int, Stream] = {}
-        self.conn = Connection(
-            Configuration(
-                client_side=client_side,
-                header_encoding=None,
-                # Everything sent was either validated when it arrived from a peer or made
-                # by meshnode itself; validating again cost a fifth of the CPU of a proxied
-                # request.
-                validate_outbound_headers=False,
-                # Normalizing is redundant for the same reason (names arrive lowercase, values
-                # trimmed, connection fields stripped) and cost as much again; the one part
-                # that matters, keeping secrets out of HPACK's tables, is the encoder's.
-                normalize_outbound_headers=False,
-                # Requests are checked by ``check_request`` instead, so that a malformed
-                # one fails its stream rather than every stream of the connection; responses
-                # and trailers in one pass each (``check_response``, ``check_trailers``).
-                validate_inbound_headers=False,
-            ),
-            live=self.streams,
+        # Headers are not validated here: requests are checked by ``check_request``, so
+        # that a malformed one fails its stream rather than every stream of the connection,
+        # responses and trailers in one pass each (``check_response``, ``check_trailers``);
+        # what is sent was checked when it arrived, or made by meshnode itself.
+        self.conn = Codec(
+            client_side=client_side,
+            max_concurrent_streams=limits.max_concurrent_streams,
+            initial_window_size=limits.stream_window,
+            max_header_list_size=limits.max_header_list_size,
+            max_frame_size=limits.max_frame_size,
+            # WebSocket tunnels by extended CONNECT (RFC 8441), on the serving side.
+            enable_connect_protocol=not client_side,
         )
-        self.conn.local_settings = h2.settings.Settings(
-            client=client_side,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-                h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.max_frame_size,
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-                # WebSocket tunnels by extended CONNECT (RFC 8441), on the serving side.
-                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0 if client_side else 1,
-            },
-        )
-        self.conn.encoder = StaticTableEncoder()
-        self.conn.decoder = HeaderDecoder()
-        # h2 applies our SETTINGS only once the peer acknowledges them; the limits hold now.
-        self.conn.decoder.max_header_list_size = limits.max_header_list_size
-        self.conn.max_inbound_frame_size = limits.max_frame_size
         self._high_water = limits.write_buffer
         self.started = trio.current_time()
         self._gate = FrameGate(limits, expect_preface=not client_side, now=self.started)
@@ -202,7 +185,6 @@ class H2Session:
         finally:
             self.peer_settings.set()
             self._lose_all_streams()
-            self.conn.discard()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.transport)
 
@@ -237,7 +219,7 @@ class H2Session:
             and not self.dead
             and not self.closing
             and self.goaway_received is None
-            and len(self.streams) < self.conn.remote_settings.max_concurrent_streams
+            and len(self.streams) < self.conn.remote_max_concurrent_streams
             and self.conn.highest_outbound_stream_id < self.last_stream_id
         )
 
@@ -269,12 +251,8 @@ class H2Session:
             try:
                 passed, goaways = self._gate.feed(data, trio.current_time())
                 events = self.conn.receive_data(passed) if passed else []
-            except FrameError as exc:
+            except (FrameError, ProtocolViolation) as exc:
                 self._fatal(exc.error_code, exc.kind, str(exc))
-                return
-            except h2.exceptions.ProtocolError as exc:
-                # h2 has queued its own GOAWAY; let the writer send it, then stop.
-                self._fatal(None, _protocol_error_kind(exc), str(exc))
                 return
             for event in events:
                 self._dispatch(event)
@@ -286,50 +264,50 @@ class H2Session:
             if self.dead or self._fatal_sent:
                 return
 
-    def _dispatch(self, event: h2.events.Event) -> None:
+    def _dispatch(self, event: Event) -> None:
         # In the order of how often they come: a request brings two stream ends.
-        if isinstance(event, h2.events.StreamEnded):
+        if isinstance(event, StreamEnded):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.remote_closed = True
                 stream._push(END_OF_STREAM)
                 self._forget_if_finished(stream)
-        elif isinstance(event, h2.events.DataReceived):
+        elif isinstance(event, DataReceived):
             stream = self.streams.get(event.stream_id)
             if stream is None:
                 self._ack_connection(event.stream_id, event.flow_controlled_length)
             else:
                 stream.owed += event.flow_controlled_length
                 stream._push(Data(event.data, event.flow_controlled_length))
-        elif isinstance(event, h2.events.RequestReceived):
+        elif isinstance(event, RequestReceived):
             self._on_request_received(event)
-        elif isinstance(event, h2.events.ResponseReceived):
+        elif isinstance(event, ResponseReceived):
             head = event.headers
             self._push_checked(event.stream_id, ResponseHead(head), check_response(head))
-        elif isinstance(event, h2.events.WindowUpdated):
+        elif isinstance(event, WindowUpdated):
             self._window_opened.fire()
-        elif isinstance(event, h2.events.TrailersReceived):
+        elif isinstance(event, TrailersReceived):
             trailers = event.headers
             self._push_checked(event.stream_id, Trailers(trailers), check_trailers(trailers))
-        elif isinstance(event, h2.events.StreamReset):
+        elif isinstance(event, CodecStreamReset):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 code = int(event.error_code)
                 reset = (
                     self._reset_by_peer(stream, code)
                     if event.remote_reset
-                    else StreamReset(stream, code)  # h2's own, for a frame it refused
+                    else StreamReset(stream, code)  # the codec's, for a frame it refused
                 )
                 self._forget(stream, reset)
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
+        elif isinstance(event, RemoteSettingsChanged):
             if not self._peer_settings_seen:
                 self._peer_settings_seen = True
                 self.peer_settings.set()
             self._window_opened.fire()
-        elif isinstance(event, h2.events.SettingsAcknowledged):
+        elif isinstance(event, SettingsAcknowledged):
             self._settings_acked = True
 
-    def _on_request_received(self, event: h2.events.RequestReceived) -> None:
+    def _on_request_received(self, event: RequestReceived) -> None:
         limits = self._limits
         checked = check_request_within(event.headers, limits)
         stream = Stream(self, event.stream_id, checked if isinstance(checked, list) else None)
@@ -379,12 +357,12 @@ class H2Session:
             self._fatal(exc.error_code, exc.kind, str(exc))
 
     def _provoked_reset(self, stream_id: int, code: int) -> None:
-        """A reset h2 sent for the peer's frames: a violation, charged like any other the
-        peer provokes, so that a MadeYouReset flood ends in GOAWAY ENHANCE_YOUR_CALM."""
+        """A reset the codec sent for the peer's frames: a violation, charged like any other
+        the peer provokes, so that a MadeYouReset flood ends in GOAWAY ENHANCE_YOUR_CALM."""
         if self._fatal_sent:
             return
         if code == REFUSED_STREAM:
-            limit = self.conn.local_settings.max_concurrent_streams
+            limit = self.conn.local_max_concurrent_streams
             self.violation("stream-limit", f"stream {stream_id} refused: over {limit} open")
         else:
             self.violation("stream-error", f"stream {stream_id} reset (code {code})")
@@ -591,7 +569,7 @@ class H2Session:
         self._check_open(stream)
         try:
             self.conn.send_headers(stream.id, headers, end_stream=end_stream)
-        except _h2_errors as exc:
+        except StreamUnusable as exc:
             self._forget(stream, StreamReset(stream, CANCEL))
             raise stream.error from exc  # type: ignore[misc]
         if not stream.headers_sent and headers and headers[0][0] == b":status":
@@ -617,7 +595,7 @@ class H2Session:
             self._check_open(stream)
             try:
                 window = conn.local_flow_control_window(stream.id)
-            except _h2_errors as exc:
+            except StreamUnusable as exc:
                 self._forget(stream, StreamReset(stream, CANCEL))
                 raise stream.error from exc  # type: ignore[misc]
             size = min(window, conn.max_outbound_frame_size, remaining)
@@ -627,7 +605,7 @@ class H2Session:
             last = end_stream and size == remaining
             try:
                 conn.send_data(stream.id, data[offset : offset + size], end_stream=last)
-            except _h2_errors as exc:
+            except StreamUnusable as exc:
                 self._forget(stream, StreamReset(stream, CANCEL))
                 raise stream.error from exc  # type: ignore[misc]
             offset += size
@@ -649,10 +627,7 @@ class H2Session:
     def reset_stream(self, stream: Stream, code: int) -> None:
         if stream.finished or self.dead:
             return
-        try:
-            self.conn.reset_stream(stream.id, code)
-        except _h2_errors:
-            pass
+        self.conn.reset_stream(stream.id, code)
         self._forget(stream, StreamReset(stream, code))
         self._wake_writer()
 
@@ -663,10 +638,7 @@ class H2Session:
             self._wake_writer()
 
     def _ack_connection(self, stream_id: int, flow_length: int) -> None:
-        try:
-            self.conn.acknowledge_received_data(flow_length, stream_id)
-        except _h2_errors:
-            pass
+        self.conn.acknowledge_received_data(flow_length, stream_id)
 
     # -- bookkeeping -------------------------------------------------------
 
@@ -684,7 +656,6 @@ class H2Session:
                 self._ack_connection(stream.id, stream.owed)
                 stream.owed = 0
                 self._wake_writer()
-            self.conn.release(stream.id)
             if not self.streams:  # idle from now: the idle timeouts count only then
                 self.last_active = trio.current_time()
                 if self.client_side and self.conn.highest_outbound_stream_id >= self.last_stream_id:
@@ -726,14 +697,3 @@ def _method(headers: Headers) -> bytes | None:
         if name == b":method":
             return value
     return None
-
-
-def _protocol_error_kind(exc: h2.exceptions.ProtocolError) -> str:
-    """A metric label for what h2 refused: ``header-list-size``, ``flow-control``..."""
-    if isinstance(exc, h2.exceptions.DenialOfServiceError):
-        return "header-flood"
-    if isinstance(exc, h2.exceptions.FlowControlError):
-        return "flow-control"
-    if isinstance(exc, h2.exceptions.FrameTooLargeError):
-        return "frame-size"
-    return "protocol-error"

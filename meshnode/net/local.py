@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 WINDOW: Final = 256 * 1024  # bytes in flight each way, as an HTTP/2 stream window
 LOCAL_STREAM_ID: Final = 1
+DEFAULT_LIMITS: Final = Limits()  # frozen: one serves every exchange given none
 
 
 class LocalExchange:
@@ -54,7 +55,7 @@ class LocalExchange:
     ) -> None:
         """``headers`` are checked as a listener checks a request from the network: if they
         are malformed, the request path answers 400 without forwarding anything."""
-        limits = limits if limits is not None else Limits()
+        limits = limits if limits is not None else DEFAULT_LIMITS
         checked = check_request_within(headers, limits)
         self.client = Stream(self, LOCAL_STREAM_ID, None)
         self.server = Stream(

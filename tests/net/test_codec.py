@@ -395,6 +395,102 @@ def test_any_valid_conversation_is_seen_and_answered_as_h2_does(actions) -> None
         pair.flush()
 
 
+CLIENT_ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "request",
+                "request-ended",
+                "body",
+                "body-end",
+                "trailers",
+                "reset",
+                "ack",
+                "informational",
+                "answer",
+                "answer-data",
+                "answer-end",
+                "answer-trailers",
+                "peer-reset",
+                "ping",
+                "settings",
+            ]
+        ),
+        st.integers(0, 7),
+        st.integers(0, 40000),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(CLIENT_ACTIONS)
+def test_any_valid_exchange_as_a_client_is_seen_and_sent_as_h2_does(actions) -> None:
+    """The upstream side: requests, bodies and trailers sent in any order, and a valid
+    server's informational and final answers, bodies, trailers, resets, pings and
+    settings, as a connection to an upstream sees them."""
+    pair = Pair(client_side=True)
+    server = pair.peer
+    streams: dict[int, Conversation] = {}
+    for action, pick, size in actions:
+        if action in ("request", "request-ended"):
+            stream_id = pair.ours.get_next_available_stream_id()
+            if len(pair.ours.streams) >= 6 or not pair.act(
+                "send_headers", stream_id, POST, end_stream=action == "request-ended"
+            ):
+                continue
+            streams[stream_id] = Conversation(peer_sending=True)
+            streams[stream_id].ours_sending = action == "request"
+            continue
+        if action in ("ping", "settings"):
+            if action == "ping":
+                server.ping(size.to_bytes(8, "big"))
+            else:
+                server.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: size})
+            pair.deliver()
+            pair.flush()
+            continue
+        live = sorted(stream_id for stream_id, state in streams.items() if state.alive)
+        if not live:
+            continue
+        stream_id = live[pick % len(live)]
+        state = streams[stream_id]
+        if action in ("body", "body-end") and state.ours_sending:
+            window = pair.ours.local_flow_control_window(stream_id)
+            body = b"b" * min(size, window, pair.ours.max_outbound_frame_size)
+            pair.act("send_data", stream_id, body, end_stream=action == "body-end")
+            state.ours_sending = action == "body"
+        elif action == "trailers" and state.ours_sending:
+            pair.act("send_headers", stream_id, TRAILERS, end_stream=True)
+            state.ours_sending = False
+        elif action == "reset":
+            pair.act("reset_stream", stream_id, 8)
+            state.reset = True
+        elif action == "ack" and state.received:
+            pair.act("acknowledge_received_data", state.received, stream_id)
+            state.received = 0
+        elif action == "informational" and state.peer_sending and not state.answered:
+            server.send_headers(stream_id, [(b":status", b"100")])
+        elif action == "answer" and state.peer_sending and not state.answered:
+            server.send_headers(stream_id, RESPONSE)
+            state.answered = True
+        elif action in ("answer-data", "answer-end") and state.peer_sending and state.answered:
+            window = server.local_flow_control_window(stream_id)
+            body = b"r" * min(size, window, server.max_outbound_frame_size)
+            server.send_data(stream_id, body, end_stream=action == "answer-end")
+            state.peer_sending = action == "answer-data"
+        elif action == "answer-trailers" and state.peer_sending and state.answered:
+            server.send_headers(stream_id, TRAILERS, end_stream=True)
+            state.peer_sending = False
+        elif action == "peer-reset":
+            server.reset_stream(stream_id, size % 14)
+            state.reset = True
+        for event in pair.deliver():
+            if event[0] == "DataReceived":
+                streams[event[1]].received += event[3]
+        pair.flush()
+
+
 class Conversation:
     """One stream as the conversation test sees it: who may still send, and what the
     server side has received and not yet acknowledged."""

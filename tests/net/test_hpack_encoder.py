@@ -106,3 +106,14 @@ def test_the_cache_stays_bounded() -> None:
 def test_huffman_coding_matches_hpacks(data: bytes) -> None:
     reference = hpack.hpack.HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
     assert huffman(data) == reference.encode(data)
+
+
+@given(st.integers(1, 8), st.integers(0, 2**32), st.sampled_from([0x00, 0x10, 0x40, 0x80]))
+def test_an_integer_is_written_as_hpack_writes_it(
+    prefix_bits: int, integer: int, flag: int
+) -> None:
+    """RFC 7541 5.1, against hpack's own encoder (whose debug log per call it avoids)."""
+    flag &= ~((1 << prefix_bits) - 1) & 0xFF
+    expected = hpack.hpack.encode_integer(integer, prefix_bits)
+    expected[0] |= flag
+    assert hpack_encoder._prefixed(flag, integer, prefix_bits) == bytes(expected)

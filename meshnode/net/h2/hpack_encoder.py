@@ -33,7 +33,6 @@ from typing import Final
 
 import hpack
 from hpack import NeverIndexedHeaderTuple
-from hpack.hpack import encode_integer
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.table import HeaderTable
 
@@ -92,8 +91,18 @@ def encode_field(
 
 
 def _prefixed(flag: int, integer: int, prefix_bits: int) -> bytes:
-    encoded = encode_integer(integer, prefix_bits)
-    encoded[0] |= flag
+    """An integer with an N-bit prefix (RFC 7541 5.1), ``flag`` in the first byte's high
+    bits. hpack's ``encode_integer`` formats a debug log line per call: a message's unique
+    fields (request ids) would pay it on every request."""
+    limit = (1 << prefix_bits) - 1
+    if integer < limit:
+        return bytes((flag | integer,))
+    encoded = bytearray((flag | limit,))
+    integer -= limit
+    while integer >= 128:
+        encoded.append((integer & 0x7F) | 0x80)
+        integer >>= 7
+    encoded.append(integer)
     return bytes(encoded)
 
 

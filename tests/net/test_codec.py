@@ -284,6 +284,24 @@ def test_the_peer_s_settings_resize_windows_and_frames_as_h2_does() -> None:
     assert pair.ours.local_flow_control_window(1) == pair.theirs.local_flow_control_window(1)
 
 
+def test_no_data_goes_while_the_peer_has_a_window_below_zero() -> None:
+    """RFC 9113 6.9.2: a smaller SETTINGS_INITIAL_WINDOW_SIZE can leave a stream's window
+    negative, and no DATA may go until a WINDOW_UPDATE brings it back, not even an empty
+    frame ending the body (h2 as a receiver refuses one as a flow-control error)."""
+    pair = Pair(client_side=True)
+    pair.act("send_headers", 1, POST, end_stream=False)
+    pair.act("send_data", 1, b"z" * 100, end_stream=False)
+    pair.peer.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 10})
+    pair.deliver()
+    pair.flush()
+    assert pair.ours.local_flow_control_window(1) == -90
+    with pytest.raises(StreamUnusable):
+        pair.ours.send_data(1, b"", end_stream=True)
+    pair.peer.increment_flow_control_window(90, stream_id=1)
+    pair.deliver()
+    assert pair.act("send_data", 1, b"", end_stream=True)
+
+
 def test_resets_both_ways_and_frames_that_cross_them() -> None:
     pair = Pair(client_side=False)
     pair.peer.send_headers(1, POST, end_stream=False)
@@ -305,40 +323,94 @@ def test_pings_are_answered_as_h2_answers_them() -> None:
     pair.flush()
 
 
-ACTIONS = st.lists(
-    st.tuples(
-        st.sampled_from(
-            [
-                "open",
-                "open-ended",
-                "data",
-                "data-end",
-                "trailers",
-                "peer-reset",
-                "ping",
-                "settings",
-                "answer",
-                "answer-data",
-                "answer-end",
-                "reset",
-                "ack",
-            ]
-        ),
-        st.integers(0, 7),
-        st.integers(0, 40000),
-    ),
-    max_size=40,
+def _steps(*names: str) -> st.SearchStrategy[list[tuple[str, int, int]]]:
+    """Conversations: a step's name, which live stream it takes, and a size or a code."""
+    return st.lists(
+        st.tuples(st.sampled_from(names), st.integers(0, 7), st.integers(0, 40000)), max_size=40
+    )
+
+
+CONVERSATIONS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ACTIONS)
+class Conversation:
+    """One stream as a conversation test sees it: who may still send, and what this side
+    has received and not yet acknowledged. The tests keep each stream's state themselves
+    and take only the steps valid in it: h2 closes a stream on a step it refuses, and its
+    encoder keeps a header block it refused, so a refused step would make the peer itself
+    invalid."""
+
+    def __init__(self, *, peer_sending: bool, ours_sending: bool) -> None:
+        self.peer_sending = peer_sending
+        self.ours_sending = ours_sending
+        self.answered = False
+        self.reset = False
+        self.received = 0
+
+    @property
+    def alive(self) -> bool:
+        return not self.reset and (self.peer_sending or self.ours_sending)
+
+
+def _connection_step(pair: Pair, action: str, size: int) -> bool:
+    """A step of the peer's on the connection (a ping, new settings), if ``action`` is one."""
+    if action == "ping":
+        pair.peer.ping(size.to_bytes(8, "big"))
+    elif action == "settings":
+        pair.peer.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: size})
+    else:
+        return False
+    pair.deliver()
+    pair.flush()
+    return True
+
+
+def _live(streams: dict[int, Conversation], pick: int) -> int | None:
+    live = sorted(stream_id for stream_id, state in streams.items() if state.alive)
+    return live[pick % len(live)] if live else None
+
+
+def _our_step(pair: Pair, action: str, stream_id: int, state: Conversation) -> None:
+    """This side's reset or acknowledgement, the same steps on either side."""
+    if action == "reset":
+        pair.act("reset_stream", stream_id, 8)
+        state.reset = True
+    elif action == "ack" and state.received:
+        pair.act("acknowledge_received_data", state.received, stream_id)
+        state.received = 0
+
+
+def _settle(pair: Pair, streams: dict[int, Conversation]) -> None:
+    """What the peer sent, delivered (its DATA counted, to acknowledge), and the replies."""
+    for event in pair.deliver():
+        if event[0] == "DataReceived":
+            streams[event[1]].received += event[3]
+    pair.flush()
+
+
+@CONVERSATIONS
+@given(
+    _steps(
+        "open",
+        "open-ended",
+        "data",
+        "data-end",
+        "trailers",
+        "peer-reset",
+        "ping",
+        "settings",
+        "answer",
+        "answer-data",
+        "answer-end",
+        "reset",
+        "ack",
+    )
+)
 def test_any_valid_conversation_is_seen_and_answered_as_h2_does(actions) -> None:
     """A server side taking requests, bodies, trailers, resets, pings and settings from a
-    valid peer in any order, and answering, resetting and acknowledging in any order.
-    The test keeps each stream's state itself and takes only the steps valid in it: h2
-    closes a stream on a step it refuses, and its encoder keeps a header block it
-    refused, so a refused step would make the peer itself invalid."""
+    valid peer in any order, and answering, resetting and acknowledging in any order."""
     pair = Pair(client_side=False)
     client = pair.peer
     streams: dict[int, Conversation] = {}
@@ -348,83 +420,60 @@ def test_any_valid_conversation_is_seen_and_answered_as_h2_does(actions) -> None
                 continue  # over the limit: refused streams have tests of their own
             stream_id = client.get_next_available_stream_id()
             client.send_headers(stream_id, POST, end_stream=action == "open-ended")
-            streams[stream_id] = Conversation(peer_sending=action == "open")
+            streams[stream_id] = Conversation(peer_sending=action == "open", ours_sending=True)
             pair.deliver()
             continue
-        live = sorted(stream_id for stream_id, state in streams.items() if state.alive)
-        if action in ("ping", "settings"):
-            if action == "ping":
-                client.ping(size.to_bytes(8, "big"))
-            else:
-                client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: size})
-            pair.deliver()
-            pair.flush()
+        if _connection_step(pair, action, size):
             continue
-        if not live:
+        chosen = _live(streams, pick)
+        if chosen is None:
             continue
-        stream_id = live[pick % len(live)]
-        state = streams[stream_id]
+        state = streams[chosen]
         if action in ("data", "data-end") and state.peer_sending:
-            window = client.local_flow_control_window(stream_id)
+            window = client.local_flow_control_window(chosen)
             body = b"d" * min(size, window, client.max_outbound_frame_size)
-            client.send_data(stream_id, body, end_stream=action == "data-end")
+            client.send_data(chosen, body, end_stream=action == "data-end")
             state.peer_sending = action == "data"
         elif action == "trailers" and state.peer_sending:
-            client.send_headers(stream_id, TRAILERS, end_stream=True)
+            client.send_headers(chosen, TRAILERS, end_stream=True)
             state.peer_sending = False
         elif action == "peer-reset":
-            client.reset_stream(stream_id, size % 14)
+            client.reset_stream(chosen, size % 14)
             state.reset = True
         elif action == "answer" and state.ours_sending and not state.answered:
-            pair.act("send_headers", stream_id, RESPONSE, end_stream=False)
+            pair.act("send_headers", chosen, RESPONSE, end_stream=False)
             state.answered = True
         elif action in ("answer-data", "answer-end") and state.ours_sending and state.answered:
-            window = pair.ours.local_flow_control_window(stream_id)
-            body = b"a" * min(size, window, pair.ours.max_outbound_frame_size)
-            pair.act("send_data", stream_id, body, end_stream=action == "answer-end")
-            state.ours_sending = action == "answer-data"
-        elif action == "reset":
-            pair.act("reset_stream", stream_id, 8)
-            state.reset = True
-        elif action == "ack" and state.received:
-            pair.act("acknowledge_received_data", state.received, stream_id)
-            state.received = 0
-        for event in pair.deliver():
-            if event[0] == "DataReceived":
-                streams[event[1]].received += event[3]
-        pair.flush()
+            window = pair.ours.local_flow_control_window(chosen)
+            if window >= 0:  # below zero, no DATA at all (RFC 9113 6.9.2)
+                body = b"a" * min(size, window, pair.ours.max_outbound_frame_size)
+                pair.act("send_data", chosen, body, end_stream=action == "answer-end")
+                state.ours_sending = action == "answer-data"
+        else:
+            _our_step(pair, action, chosen, state)
+        _settle(pair, streams)
 
 
-CLIENT_ACTIONS = st.lists(
-    st.tuples(
-        st.sampled_from(
-            [
-                "request",
-                "request-ended",
-                "body",
-                "body-end",
-                "trailers",
-                "reset",
-                "ack",
-                "informational",
-                "answer",
-                "answer-data",
-                "answer-end",
-                "answer-trailers",
-                "peer-reset",
-                "ping",
-                "settings",
-            ]
-        ),
-        st.integers(0, 7),
-        st.integers(0, 40000),
-    ),
-    max_size=40,
+@CONVERSATIONS
+@given(
+    _steps(
+        "request",
+        "request-ended",
+        "body",
+        "body-end",
+        "trailers",
+        "reset",
+        "ack",
+        "informational",
+        "answer",
+        "answer-data",
+        "answer-end",
+        "answer-trailers",
+        "peer-reset",
+        "ping",
+        "settings",
+    )
 )
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(CLIENT_ACTIONS)
 def test_any_valid_exchange_as_a_client_is_seen_and_sent_as_h2_does(actions) -> None:
     """The upstream side: requests, bodies and trailers sent in any order, and a valid
     server's informational and final answers, bodies, trailers, resets, pings and
@@ -439,72 +488,42 @@ def test_any_valid_exchange_as_a_client_is_seen_and_sent_as_h2_does(actions) -> 
                 "send_headers", stream_id, POST, end_stream=action == "request-ended"
             ):
                 continue
-            streams[stream_id] = Conversation(peer_sending=True)
-            streams[stream_id].ours_sending = action == "request"
+            streams[stream_id] = Conversation(peer_sending=True, ours_sending=action == "request")
             continue
-        if action in ("ping", "settings"):
-            if action == "ping":
-                server.ping(size.to_bytes(8, "big"))
-            else:
-                server.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: size})
-            pair.deliver()
-            pair.flush()
+        if _connection_step(pair, action, size):
             continue
-        live = sorted(stream_id for stream_id, state in streams.items() if state.alive)
-        if not live:
+        chosen = _live(streams, pick)
+        if chosen is None:
             continue
-        stream_id = live[pick % len(live)]
-        state = streams[stream_id]
+        state = streams[chosen]
         if action in ("body", "body-end") and state.ours_sending:
-            window = pair.ours.local_flow_control_window(stream_id)
-            body = b"b" * min(size, window, pair.ours.max_outbound_frame_size)
-            pair.act("send_data", stream_id, body, end_stream=action == "body-end")
-            state.ours_sending = action == "body"
+            window = pair.ours.local_flow_control_window(chosen)
+            if window >= 0:  # below zero, no DATA at all (RFC 9113 6.9.2)
+                body = b"b" * min(size, window, pair.ours.max_outbound_frame_size)
+                pair.act("send_data", chosen, body, end_stream=action == "body-end")
+                state.ours_sending = action == "body"
         elif action == "trailers" and state.ours_sending:
-            pair.act("send_headers", stream_id, TRAILERS, end_stream=True)
+            pair.act("send_headers", chosen, TRAILERS, end_stream=True)
             state.ours_sending = False
-        elif action == "reset":
-            pair.act("reset_stream", stream_id, 8)
-            state.reset = True
-        elif action == "ack" and state.received:
-            pair.act("acknowledge_received_data", state.received, stream_id)
-            state.received = 0
         elif action == "informational" and state.peer_sending and not state.answered:
-            server.send_headers(stream_id, [(b":status", b"100")])
+            server.send_headers(chosen, [(b":status", b"100")])
         elif action == "answer" and state.peer_sending and not state.answered:
-            server.send_headers(stream_id, RESPONSE)
+            server.send_headers(chosen, RESPONSE)
             state.answered = True
         elif action in ("answer-data", "answer-end") and state.peer_sending and state.answered:
-            window = server.local_flow_control_window(stream_id)
+            window = server.local_flow_control_window(chosen)
             body = b"r" * min(size, window, server.max_outbound_frame_size)
-            server.send_data(stream_id, body, end_stream=action == "answer-end")
+            server.send_data(chosen, body, end_stream=action == "answer-end")
             state.peer_sending = action == "answer-data"
         elif action == "answer-trailers" and state.peer_sending and state.answered:
-            server.send_headers(stream_id, TRAILERS, end_stream=True)
+            server.send_headers(chosen, TRAILERS, end_stream=True)
             state.peer_sending = False
         elif action == "peer-reset":
-            server.reset_stream(stream_id, size % 14)
+            server.reset_stream(chosen, size % 14)
             state.reset = True
-        for event in pair.deliver():
-            if event[0] == "DataReceived":
-                streams[event[1]].received += event[3]
-        pair.flush()
-
-
-class Conversation:
-    """One stream as the conversation test sees it: who may still send, and what the
-    server side has received and not yet acknowledged."""
-
-    def __init__(self, *, peer_sending: bool) -> None:
-        self.peer_sending = peer_sending
-        self.ours_sending = True
-        self.answered = False
-        self.reset = False
-        self.received = 0
-
-    @property
-    def alive(self) -> bool:
-        return not self.reset and (self.peer_sending or self.ours_sending)
+        else:
+            _our_step(pair, action, chosen, state)
+        _settle(pair, streams)
 
 
 # -- invalid input: what RFC 9113 names ------------------------------------------------

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import hpack
 import pytest
 import trio
@@ -396,3 +397,26 @@ async def test_an_ended_session_is_freed_without_the_cyclic_collector() -> None:
         assert h2_connection() is None  # freed by reference counting alone
     finally:
         gc.enable()
+
+
+async def test_a_body_s_end_waits_while_the_peer_holds_the_window_below_zero(
+    socket_peer, nursery: trio.Nursery
+) -> None:
+    """RFC 9113 6.9.2: the peer's smaller SETTINGS_INITIAL_WINDOW_SIZE can leave a stream's
+    window below zero; even the empty DATA frame that ends the body waits for a
+    WINDOW_UPDATE (h2, as this peer, treats one sent earlier as a flow-control error)."""
+    peer = socket_peer
+    stream = peer.session.open_stream(REQUEST, end_stream=False)
+    await stream.send_data(b"z" * 100, end_stream=False)
+    peer.parser.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 10})
+    peer.far.send(peer.parser.data_to_send())
+    await trio.testing.wait_all_tasks_blocked()
+    nursery.start_soon(stream.end)
+    await trio.testing.wait_all_tasks_blocked()
+    peer.read_now()
+    assert "StreamEnded" not in [type(e).__name__ for e in peer.events]
+    peer.parser.increment_flow_control_window(90, stream_id=stream.id)
+    peer.far.send(peer.parser.data_to_send())
+    await trio.testing.wait_all_tasks_blocked()
+    peer.read_now()
+    assert [type(e).__name__ for e in peer.events][-1] == "StreamEnded"

@@ -396,6 +396,7 @@ class Codec:
             raise StreamUnusable(f"stream {stream_id} is closed for sending")
         size = len(data)
         if size > min(self.outbound_window, stream.outbound_window, self.max_outbound_frame_size):
+            # Even an empty frame waits while a window is below zero (RFC 9113 6.9.2).
             raise StreamUnusable(f"{size} bytes do not fit the window or frame size")
         self.outbound_window -= size
         stream.outbound_window -= size

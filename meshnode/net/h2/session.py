@@ -599,7 +599,9 @@ class H2Session:
                 self._forget(stream, StreamReset(stream, CANCEL))
                 raise stream.error from exc  # type: ignore[misc]
             size = min(window, conn.max_outbound_frame_size, remaining)
-            if size <= 0 < remaining:
+            if size < 0 or size == 0 < remaining:
+                # No room; or a window the peer's SETTINGS took below zero, where even an
+                # empty frame ending the body must wait (RFC 9113 6.9.2).
                 await self._wait_for(stream, self._window_opened)
                 continue
             last = end_stream and size == remaining

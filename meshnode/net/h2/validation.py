@@ -1,7 +1,7 @@
 """Request header validation (pure): one pass, done once, where the request arrives.
 
-h2's own inbound validation is switched off on server sessions because it
-makes every malformed request a connection error (GOAWAY), and a mesh
+h2's inbound validation (the library meshnode used before its own codec) makes
+every malformed request a connection error (GOAWAY), and a mesh
 connection carries many callers' streams: RFC 9113 section 8.1.1 lets a
 malformed request be a stream error, so this module finds everything h2 would
 have found, plus what SECURITY-NOTES lists that h2 never checks, and the

@@ -367,9 +367,18 @@ def _connection_step(pair: Pair, action: str, size: int) -> bool:
     return True
 
 
-def _live(streams: dict[int, Conversation], pick: int) -> int | None:
+def _stream_step(
+    pair: Pair, streams: dict[int, Conversation], action: str, pick: int, size: int
+) -> tuple[int, Conversation] | None:
+    """The live stream a step on a stream takes; None when the step was the connection's
+    (a ping, settings, taken here) or no stream is live."""
+    if _connection_step(pair, action, size):
+        return None
     live = sorted(stream_id for stream_id, state in streams.items() if state.alive)
-    return live[pick % len(live)] if live else None
+    if not live:
+        return None
+    chosen = live[pick % len(live)]
+    return chosen, streams[chosen]
 
 
 def _our_step(pair: Pair, action: str, stream_id: int, state: Conversation) -> None:
@@ -423,12 +432,10 @@ def test_any_valid_conversation_is_seen_and_answered_as_h2_does(actions) -> None
             streams[stream_id] = Conversation(peer_sending=action == "open", ours_sending=True)
             pair.deliver()
             continue
-        if _connection_step(pair, action, size):
+        step = _stream_step(pair, streams, action, pick, size)
+        if step is None:
             continue
-        chosen = _live(streams, pick)
-        if chosen is None:
-            continue
-        state = streams[chosen]
+        chosen, state = step
         if action in ("data", "data-end") and state.peer_sending:
             window = client.local_flow_control_window(chosen)
             body = b"d" * min(size, window, client.max_outbound_frame_size)
@@ -490,12 +497,10 @@ def test_any_valid_exchange_as_a_client_is_seen_and_sent_as_h2_does(actions) -> 
                 continue
             streams[stream_id] = Conversation(peer_sending=True, ours_sending=action == "request")
             continue
-        if _connection_step(pair, action, size):
+        step = _stream_step(pair, streams, action, pick, size)
+        if step is None:
             continue
-        chosen = _live(streams, pick)
-        if chosen is None:
-            continue
-        state = streams[chosen]
+        chosen, state = step
         if action in ("body", "body-end") and state.ours_sending:
             window = pair.ours.local_flow_control_window(chosen)
             if window >= 0:  # below zero, no DATA at all (RFC 9113 6.9.2)

@@ -301,8 +301,8 @@ class Codec:
         self._out: list[bytes] = []
         self._preface_left = 0 if client_side else len(CLIENT_PREFACE)
         self._preface_seen = b""
-        # The header block being received: (stream id, fragments, END_STREAM, opens a
-        # stream over the limit), until its END_HEADERS.
+        # The header block being received: (stream id, fragments, END_STREAM), until its
+        # END_HEADERS; any other frame before that is a connection error.
         self._block: tuple[int, list[bytes], bool] | None = None
 
     # -- sending -----------------------------------------------------------
@@ -728,8 +728,6 @@ class Codec:
         if stream is None:
             return
         self._close(stream)
-        if self._block is not None and self._block[0] == stream_id:
-            self._block = None
         events.append(StreamReset(stream_id, int.from_bytes(payload, "big"), True))
 
     def _on_settings(self, stream_id: int, flags: int, payload: bytes, events: list[Event]) -> None:

@@ -34,6 +34,7 @@ from meshnode.net.h2.framing import (
     ENHANCE_YOUR_CALM,
     FRAME_SIZE_ERROR,
     PROTOCOL_ERROR,
+    frame_bytes,
 )
 from meshnode.net.h2.hpack_decoder import HeaderDecoder
 from meshnode.net.h2.hpack_encoder import StaticTableEncoder
@@ -535,12 +536,7 @@ def test_any_valid_exchange_as_a_client_is_seen_and_sent_as_h2_does(actions) -> 
 
 
 def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return (
-        len(payload).to_bytes(3, "big")
-        + bytes((kind, flags))
-        + stream_id.to_bytes(4, "big")
-        + payload
-    )
+    return frame_bytes(kind, flags, stream_id, payload)
 
 
 def _server() -> tuple[Codec, h2.connection.H2Connection]:

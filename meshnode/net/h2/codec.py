@@ -67,6 +67,7 @@ from meshnode.net.h2.framing import (
     RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
+    frame_bytes,
 )
 from meshnode.net.h2.hpack_decoder import HeaderDecoder
 from meshnode.net.h2.hpack_encoder import StaticTableEncoder
@@ -317,7 +318,7 @@ class Codec:
     def increment_flow_control_window(self, increment: int) -> None:
         """Let the peer send ``increment`` more bytes on the connection."""
         self._inbound.opened(increment)
-        self._frame(WINDOW_UPDATE, 0, 0, increment.to_bytes(4, "big"))
+        self._window_update(0, increment)
 
     def ping(self, opaque: bytes) -> None:
         self._frame(PING, 0, 0, opaque)
@@ -357,15 +358,9 @@ class Codec:
             stream.bodiless = (b":method", b"HEAD") in headers
         elif not stream.sending:
             raise StreamUnusable(f"stream {stream_id} is closed for sending")
-        informational = (
-            not self.client_side
-            and headers
-            and headers[0][0] == b":status"
-            and headers[0][1][:1] == b"1"
-        )
         if stream.headers_sent and not end_stream:
             raise StreamUnusable("trailers must end the stream")
-        if not informational:
+        if self.client_side or _status(headers)[:1] != b"1":  # 1xx: a final head follows
             stream.headers_sent = True
         block = self.encoder.encode(headers)
         size = self.max_outbound_frame_size
@@ -406,31 +401,23 @@ class Codec:
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
         """RST_STREAM from this side; the stream's late frames are ignored from now."""
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            return
-        self._frame(RST_STREAM, 0, stream_id, error_code.to_bytes(4, "big"))
-        self._remember_reset(stream_id)
-        self._close(stream)
+        if stream_id in self.streams:
+            self._reset(stream_id, error_code)
 
     def acknowledge_received_data(self, length: int, stream_id: int) -> None:
         """The session passed ``length`` bytes of the stream's DATA on: hand window back."""
-        increment = self._inbound.process(length)
-        if increment:
-            self._frame(WINDOW_UPDATE, 0, 0, increment.to_bytes(4, "big"))
+        self._hand_back(length)
         stream = self.streams.get(stream_id)
         if stream is not None and stream.receiving:
             increment = stream.inbound.process(length)
             if increment:
-                self._frame(WINDOW_UPDATE, 0, stream_id, increment.to_bytes(4, "big"))
+                self._window_update(stream_id, increment)
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
-        self._out.append(
-            len(payload).to_bytes(3, "big")
-            + bytes((kind, flags))
-            + stream_id.to_bytes(4, "big")
-            + payload
-        )
+        self._out.append(frame_bytes(kind, flags, stream_id, payload))
+
+    def _window_update(self, stream_id: int, increment: int) -> None:
+        self._frame(WINDOW_UPDATE, 0, stream_id, increment.to_bytes(4, "big"))
 
     def _end_sending(self, stream: StreamState) -> None:
         stream.sending = False
@@ -448,14 +435,18 @@ class Codec:
         if len(reset_here) > RESETS_KEPT:
             del reset_here[next(iter(reset_here))]
 
-    def _stream_error(self, stream_id: int, error_code: int) -> StreamReset:
-        """Reset a stream for the peer's frame: counted as provoked."""
+    def _reset(self, stream_id: int, error_code: int) -> None:
+        """RST_STREAM; the stream is forgotten, and remembered as reset here."""
         self._frame(RST_STREAM, 0, stream_id, error_code.to_bytes(4, "big"))
-        self._provoked.append((stream_id, error_code))
         self._remember_reset(stream_id)
         stream = self.streams.get(stream_id)
         if stream is not None:
             self._close(stream)
+
+    def _stream_error(self, stream_id: int, error_code: int) -> StreamReset:
+        """Reset a stream for the peer's frame (one never opened, too): counted as provoked."""
+        self._reset(stream_id, error_code)
+        self._provoked.append((stream_id, error_code))
         return StreamReset(stream_id, error_code, False)
 
     # -- receiving ---------------------------------------------------------
@@ -542,10 +533,10 @@ class Codec:
             self._end_receiving(stream, events)
 
     def _hand_back(self, length: int) -> None:
-        """Credit the connection window for DATA nobody will pass on."""
+        """Credit the connection window for DATA passed on, or that nobody will pass on."""
         increment = self._inbound.process(length)
         if increment:
-            self._frame(WINDOW_UPDATE, 0, 0, increment.to_bytes(4, "big"))
+            self._window_update(0, increment)
 
     def _on_headers(self, stream_id: int, flags: int, payload: bytes, events: list[Event]) -> None:
         if not stream_id:
@@ -603,7 +594,7 @@ class Codec:
         else:
             bodiless = False
             if self.client_side:
-                status = headers[0][1] if headers and headers[0][0] == b":status" else b""
+                status = _status(headers)
                 if status[:1] == b"1":
                     if end_stream:  # an informational response cannot end the stream
                         events.append(self._stream_error(stream_id, PROTOCOL_ERROR))
@@ -803,6 +794,11 @@ class Codec:
             raise ProtocolViolation(FRAME_SIZE_ERROR, "frame-size", "PRIORITY not 5 bytes")
         if int.from_bytes(payload[:4], "big") & STREAM_ID_MASK == stream_id:
             events.append(self._stream_error(stream_id, PROTOCOL_ERROR))  # depends on itself
+
+
+def _status(headers: Headers) -> bytes:
+    """A response's ``:status`` (its first field, as RFC 9113 8.3 puts it), or b""."""
+    return headers[0][1] if headers and headers[0][0] == b":status" else b""
 
 
 def _unpadded(payload: bytes, flags: int) -> bytes:

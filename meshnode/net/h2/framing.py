@@ -206,7 +206,13 @@ def _parse_goaway(frame: bytearray) -> GoAwayReceived:
     )
 
 
+def frame_bytes(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    """A frame as it goes on the wire (RFC 9113 4.1)."""
+    header = len(payload).to_bytes(3, "big") + bytes((kind, flags))
+    return header + stream_id.to_bytes(4, "big") + payload
+
+
 def goaway_frame(last_stream_id: int, error_code: int = 0, debug_data: bytes = b"") -> bytes:
     """A serialized GOAWAY, written by the session itself (the codec never sees one)."""
     payload = last_stream_id.to_bytes(4, "big") + error_code.to_bytes(4, "big") + debug_data
-    return len(payload).to_bytes(3, "big") + bytes((GOAWAY, 0)) + bytes(4) + payload
+    return frame_bytes(GOAWAY, 0, 0, payload)

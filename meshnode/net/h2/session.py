@@ -292,7 +292,7 @@ class H2Session:
         elif isinstance(event, CodecStreamReset):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
-                code = int(event.error_code)
+                code = event.error_code
                 reset = (
                     self._reset_by_peer(stream, code)
                     if event.remote_reset
@@ -421,16 +421,13 @@ class H2Session:
                 self.conn.ping(GOAWAY_PING)
         self._finish_if_idle()
 
-    def _fatal(self, error_code: int | None, kind: str, reason: str) -> None:
-        """End the connection for a violation: GOAWAY with ``error_code`` (h2 queued its own
-        when it is None), streams lost, reading stops."""
+    def _fatal(self, error_code: int, kind: str, reason: str) -> None:
+        """End the connection for a violation: GOAWAY with ``error_code``, streams lost,
+        reading stops."""
         self.violation(kind, reason)
         self._fatal_sent = True
-        if error_code is not None:
-            self.goaway_sent_last_id = self.conn.highest_inbound_stream_id
-            self._raw_out.append(
-                goaway_frame(self.goaway_sent_last_id, error_code, reason.encode())
-            )
+        self.goaway_sent_last_id = self.conn.highest_inbound_stream_id
+        self._raw_out.append(goaway_frame(self.goaway_sent_last_id, error_code, reason.encode()))
         self.closing = True
         self._lose_all_streams()
         self._wake_writer()

@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import h2.events
 import hpack
 import pytest
 import trio
@@ -25,6 +26,7 @@ from meshnode.policy.units import Address
 from tests.conftest import NodeProcess, require, upstream_toml, write_policies
 from tests.support.attacker import attack, request_frame
 from tests.support.client import sample
+from tests.support.rawclient import RawH2Client
 from tests.support.upstream_processes import (
     Load,
     Nginx,
@@ -398,3 +400,47 @@ def test_a_repeated_host_is_refused_and_costs_other_callers_nothing(
     assert hpack.Decoder().decode(heads[0].payload, raw=True)[0] == (b":status", b"400")
     assert exchange.goaway() is None
     assert server.counts() == {"GET": 3000}
+
+
+def test_a_body_s_end_waits_for_an_upstream_that_took_the_window_below_zero(
+    tmp_path: Path, node_process, upstreams
+) -> None:
+    """RFC 9113 6.9.2, against h2 in its own process: the upstream's smaller initial window
+    takes the stream's send window below zero while the body is on its way; the body's
+    end (an empty DATA frame) must wait for the WINDOW_UPDATE, which h2 would otherwise
+    treat as a flow-control error and end the connection over."""
+    server = scripted("shrink-window", 1)
+    upstreams.append(server)
+    node = node_for(node_process, tmp_path / "p", [server.address])
+    body = b"x" * 1000
+
+    async def exchange() -> tuple[int, bytes]:
+        client = await RawH2Client.connect(Address.parse(node.outbound))
+        stream_id = await client.request("web", "/digest", end_stream=False)
+        client.conn.send_data(stream_id, body)
+        await client.flush()
+        with trio.fail_after(10):
+            while server.counts().get("shrink-acked", 0) < 1:
+                await trio.sleep(0.01)  # another process: polled
+        client.conn.end_stream(stream_id)
+        await client.flush()
+        # Time for an end sent too early to reach the upstream, which would count it.
+        await trio.sleep(0.3)
+        await client.request("web", "/_reopen")
+        answer = b""
+        with trio.fail_after(10):
+            while True:
+                for event in await client.receive():
+                    if getattr(event, "stream_id", None) != stream_id:
+                        continue
+                    if isinstance(event, h2.events.ResponseReceived):
+                        status = int(dict(event.headers)[b":status"])
+                    elif isinstance(event, h2.events.DataReceived):
+                        answer += event.data
+                    elif isinstance(event, h2.events.StreamEnded):
+                        await client.aclose()
+                        return status, answer
+
+    result = trio.run(exchange)
+    assert result == (200, hashlib.sha256(body).hexdigest().encode())
+    assert server.counts().get("flow-control-errors", 0) == 0

@@ -22,6 +22,12 @@ plain sockets, one thread per connection. Modes:
   and then answered all the same (HEADERS and DATA written past h2, which knows the stream
   is closed): an answer that crossed the client's RST_STREAM on the wire, made to happen
   every time. Counted as ``answered-after-reset``.
+- ``shrink-window``: as soon as a request body's first bytes arrive, it lowers
+  SETTINGS_INITIAL_WINDOW_SIZE to 1, which takes that stream's send window below zero
+  (RFC 9113 6.9.2; counted ``shrink-acked`` once the client acknowledged it), and opens it
+  again only when a ``/_reopen`` request comes on the same connection. A DATA frame sent
+  meanwhile, even an empty one, is h2's flow-control error: counted
+  ``flow-control-errors``, and the connection ends.
 - ``stale-http1``: HTTP/1.1 keep-alive; a connection answers its first request and
   closes when the next one arrives, unanswered: the race of a server closing an idle
   connection as a request is on its way, made to happen every time.
@@ -45,6 +51,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.exceptions
 import h2.settings
 from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame
 
@@ -94,6 +101,7 @@ def serve_h2(client: socket.socket, mode: str, every: int) -> None:
     held: set[int] = set()  # answer-after-reset: streams answered once the client resets them
     seen = 0
     last_taken: int | None = None  # double-goaway: the last stream its second GOAWAY names
+    shrunk: int | None = None  # shrink-window: the stream whose window went below zero
     while True:
         data = client.recv(65536)
         if not data:
@@ -101,7 +109,14 @@ def serve_h2(client: socket.socket, mode: str, every: int) -> None:
         ended: list[tuple[int, dict[bytes, bytes], bytearray]] = []  # answered after the read
         goaways = b""
         late = b""  # answer-after-reset: frames written past h2
-        for event in conn.receive_data(data):
+        try:
+            events = conn.receive_data(data)
+        except h2.exceptions.FlowControlError:
+            with counts_lock:
+                counts["flow-control-errors"] += 1
+            client.sendall(conn.data_to_send())
+            return
+        for event in events:
             if isinstance(event, h2.events.RequestReceived):
                 if last_taken is not None and event.stream_id > last_taken:
                     continue  # past the GOAWAY: never processed
@@ -123,14 +138,22 @@ def serve_h2(client: socket.socket, mode: str, every: int) -> None:
                     held.add(event.stream_id)
                 if mode == "double-goaway" and seen == every:
                     goaways = goaway_frame(2**31 - 1)
+                if mode == "shrink-window" and head.get(b":path") == b"/_reopen":
+                    conn.increment_flow_control_window(65536, stream_id=shrunk)
                 if mode == "lower-streams" and seen == every:
                     lowered.set()
                     limit = 1
                     conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1})
             elif isinstance(event, h2.events.DataReceived):
                 conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if mode == "shrink-window" and shrunk is None:
+                    shrunk = event.stream_id
+                    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1})
                 if event.stream_id in requests:
                     requests[event.stream_id][1].extend(event.data)
+            elif isinstance(event, h2.events.SettingsAcknowledged) and shrunk is not None:
+                with counts_lock:
+                    counts["shrink-acked"] += 1
             elif isinstance(event, h2.events.StreamEnded) and event.stream_id in requests:
                 head, received = requests.pop(event.stream_id)
                 if event.stream_id in held:
@@ -232,6 +255,7 @@ def main() -> None:
             "stale-h2",
             "double-goaway",
             "answer-after-reset",
+            "shrink-window",
             "stale-http1",
         ],
     )

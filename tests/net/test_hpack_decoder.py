@@ -92,3 +92,55 @@ def test_credentials_are_decoded_but_never_cached() -> None:
     decoded = HeaderDecoder().decode(encoder.encode(fields, huffman=True), raw=True)
     assert [tuple(field) for field in decoded] == fields
     assert not set(hpack_decoder._decoded.values()) & {value for _, value in fields}
+
+
+@given(
+    st.lists(st.lists(fields, max_size=6), min_size=1, max_size=3),
+    st.lists(st.tuples(st.integers(0, 2), st.sampled_from([100, 400, 65536])), max_size=12),
+    st.booleans(),
+)
+def test_repeated_blocks_decode_as_hpack_decodes_them(
+    pool: list[list[tuple[bytes, bytes, bool]]],
+    picks: list[tuple[int, int]],
+    huffman: bool,
+) -> None:
+    """A few field lists sent over and over, as clients send requests (once indexed, the
+    same bytes each time), under a header list limit that changes between blocks."""
+    encoder = hpack.Encoder()
+    ours, reference = HeaderDecoder(), hpack.Decoder()
+    for pick, limit in picks:
+        ours.max_header_list_size = reference.max_header_list_size = limit
+        block = encoder.encode(pool[pick % len(pool)], huffman=huffman)
+        assert outcome(ours, block) == outcome(reference, block)
+        assert ours.header_table.dynamic_entries == reference.header_table.dynamic_entries
+
+
+@given(st.lists(st.binary(max_size=24), min_size=1, max_size=3), st.lists(st.integers(0, 2)))
+def test_repeated_arbitrary_bytes_get_the_same_answer(pool: list[bytes], picks: list[int]) -> None:
+    ours, reference = HeaderDecoder(), hpack.Decoder()
+    for decoder in (ours, reference):
+        decoder.max_allowed_table_size = 256
+    for pick in picks:
+        block = pool[pick % len(pool)]
+        assert outcome(ours, block) == outcome(reference, block)
+
+
+def test_a_repeated_block_reads_the_table_as_it_is_now() -> None:
+    """The same bytes name another field once the table has changed in between."""
+    decoder = HeaderDecoder()
+    first_dynamic = b"\xbe"  # index 62: the newest entry of the dynamic table
+    decoder.decode(b"\x40\x03x-a\x011", raw=True)  # literal, indexed: x-a: 1
+    assert decoder.decode(first_dynamic, raw=True) == [(b"x-a", b"1")]
+    assert decoder.decode(first_dynamic, raw=True) == [(b"x-a", b"1")]
+    decoder.decode(b"\x40\x03x-b\x012", raw=True)
+    assert decoder.decode(first_dynamic, raw=True) == [(b"x-b", b"2")]
+
+
+def test_a_repeated_block_is_held_to_todays_limit_and_handed_out_afresh() -> None:
+    decoder = HeaderDecoder()
+    block = b"\x84\x00\x04x-id\x28" + b"v" * 40  # :path / (static), x-id not indexed
+    decoder.decode(block, raw=True).clear()  # a caller's changes stay its own
+    assert decoder.decode(block, raw=True) == [(b":path", b"/"), (b"x-id", b"v" * 40)]
+    decoder.max_header_list_size = 100  # the two fields count 114 bytes
+    with pytest.raises(hpack.OversizedHeaderListError):
+        decoder.decode(block, raw=True)

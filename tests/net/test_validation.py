@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import h2.exceptions
 import h2.utilities
+import hpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from meshnode.net.h2 import validation
-from meshnode.net.h2.validation import Malformed, check_request, check_response, check_trailers
+from meshnode.net.h2.validation import (
+    Malformed,
+    RequestChecks,
+    check_request,
+    check_request_within,
+    check_response,
+    check_trailers,
+)
+from meshnode.policy.models import Limits
 
 REQUEST_FLAGS = h2.utilities.HeaderValidationFlags(
     is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
@@ -250,3 +259,29 @@ def test_requests_responses_and_trailers_share_the_field_rules(
     assert isinstance(refused, Malformed) and refused.reason == reason
     assert check_response([(b":status", b"200"), field]) == reason
     assert check_trailers([field]) == reason
+
+
+@given(st.lists(header_lists, min_size=1, max_size=3), st.lists(st.integers(0, 2), max_size=10))
+def test_a_repeated_request_gets_the_verdict_a_full_check_gives(
+    pool: list[list[tuple[bytes, bytes]]], picks: list[int]
+) -> None:
+    checks = RequestChecks(Limits())
+    for pick in picks:
+        headers = list(pool[pick % len(pool)])  # a new list each time, as decoded
+        verdict = checks.check(headers)
+        assert verdict == check_request_within(headers, Limits())
+        if verdict == headers:
+            assert verdict is headers  # the request's own fields, never the last one's
+
+
+def test_a_repeat_is_judged_on_its_own_fields_not_what_a_stream_did_with_the_last() -> None:
+    checks = RequestChecks(Limits())
+    first = list(GOOD)
+    assert checks.check(first) is first
+    first.append((b"x_changed", b"by a stream"))  # the checked list went on and changed
+    changed = [*GOOD, (b"x_changed", b"by a stream")]
+    assert checks.check(changed) == check_request_within(changed, Limits()) != changed
+    with_host = [*GOOD[:3], (b"host", b"api.example:8443")]
+    checks.check([*with_host, (b"authorization", b"Bearer b")])  # rewritten: host to :authority
+    secret = hpack.NeverIndexedHeaderTuple(b"authorization", b"Bearer b")
+    assert checks.check([*with_host, secret])[-1] is secret  # equal, but this request's own

@@ -12,6 +12,12 @@ when we lowered it, indexes inside the table, integers of at most five bytes,
 truncation, bad Huffman codes; tests compare the two decoders on the same
 input, arbitrary bytes included.
 
+A block identical to the last one decoded, when that one left the table as it was
+(nothing indexed, no size update), decodes to the same fields: the table is the same,
+so they are handed out again, checked against today's limits, without a pass. A client
+repeating a request, or an upstream its answer, sends the same bytes every time once its
+fields are indexed. The block is kept per connection, as the table already holds it.
+
 Huffman-coded strings are cached by their coded bytes (a pure function, so
 one bounded cache serves every connection), since a peer that does not index
 a field sends the same coded value on every request; credentials' values are
@@ -30,6 +36,7 @@ from hpack.exceptions import (
     InvalidTableSizeError,
     OversizedHeaderListError,
 )
+from hpack.hpack import DEFAULT_MAX_HEADER_LIST_SIZE
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
@@ -52,11 +59,23 @@ _decoded: ProcessCache[bytes, bytes] = ProcessCache(CACHED_STRINGS)
 
 
 class HeaderDecoder(hpack.Decoder):
+    def __init__(self, max_header_list_size: int = DEFAULT_MAX_HEADER_LIST_SIZE) -> None:
+        super().__init__(max_header_list_size)
+        # The last block that left the table unchanged, its fields, and their inflated size.
+        self._last_block: bytes | None = None
+        self._last_fields: tuple[HeaderTuple, ...] = ()
+        self._last_inflated = 0
+
     def decode(self, data: bytes, raw: bool = False) -> list[HeaderTuple]:
         """The header block's fields, as ``hpack.Decoder.decode(data, raw=True)`` gives them
         (h2 always asks for raw bytes; anything else is left to hpack)."""
         if not raw:
+            self._last_block = None  # hpack's own pass may change the table
             return list(super().decode(data, raw))
+        if data == self._last_block:
+            return self._repeated()
+        self._last_block = None  # until this block is known to leave the table alone
+        unchanged = True
         table = self.header_table
         dynamic = table.dynamic_entries
         limit = self.max_header_list_size
@@ -81,6 +100,7 @@ class HeaderDecoder(hpack.Decoder):
             elif first & 0x40:  # 6.2.1: literal, added to the table
                 header, position = self._literal(data, position, 6, never_indexed=False)
                 table.add(header[0], header[1])
+                unchanged = False
             elif first & 0x20:  # 6.3: table size update, before any field
                 if headers:
                     raise HPACKDecodingError("Table size update not at the start of the block")
@@ -88,18 +108,32 @@ class HeaderDecoder(hpack.Decoder):
                 if size > self.max_allowed_table_size:
                     raise InvalidTableSizeError("Encoder exceeded max allowable table size")
                 self.header_table_size = size
+                unchanged = False
                 continue
             else:  # 6.2.2 and 6.2.3: literal, not added
                 header, position = self._literal(data, position, 4, never_indexed=first & 0x10)
             headers.append(header)
             inflated += _ENTRY_OVERHEAD + len(header[0]) + len(header[1])
             if inflated > limit:
-                raise OversizedHeaderListError(
-                    f"A header list larger than {limit} has been received"
-                )
+                raise _oversized(limit)
+        self._check_table_size()
+        if unchanged:
+            self._last_block = data
+            self._last_fields = tuple(headers)
+            self._last_inflated = inflated
+        return headers
+
+    def _repeated(self) -> list[HeaderTuple]:
+        """The last block's fields again, held to the limits as they are now."""
+        limit = self.max_header_list_size
+        if self._last_inflated > limit:
+            raise _oversized(limit)
+        self._check_table_size()
+        return list(self._last_fields)
+
+    def _check_table_size(self) -> None:
         if self.header_table_size > self.max_allowed_table_size:
             raise InvalidTableSizeError("Encoder did not shrink table size to within the max")
-        return headers
 
     def _literal(
         self, data: bytes, position: int, prefix_bits: int, *, never_indexed: int | bool
@@ -142,6 +176,10 @@ class HeaderDecoder(hpack.Decoder):
             if length <= CACHED_STRING_SIZE:
                 _decoded.remember(string, plain)
         return plain, after
+
+
+def _oversized(limit: int) -> OversizedHeaderListError:
+    return OversizedHeaderListError(f"A header list larger than {limit} has been received")
 
 
 def _integer(data: bytes, position: int, prefix_bits: int) -> tuple[int, int]:

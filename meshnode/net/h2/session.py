@@ -62,7 +62,7 @@ from meshnode.net.h2.framing import (
 from meshnode.net.h2.validation import (
     WEBSOCKET,
     Malformed,
-    check_request_within,
+    RequestChecks,
     check_response,
     check_trailers,
 )
@@ -116,6 +116,7 @@ class H2Session:
         # Told of each GOAWAY the peer sends (an upstream's pool: its metrics, its limits).
         self.on_goaway: Callable[[GoAwayReceived], None] | None = None
         limits = self._limits = self.rules.limits
+        self._request_checks = RequestChecks(limits)
         self.streams: dict[int, Stream] = {}
         # Headers are not validated here: requests are checked by ``check_request``, so
         # that a malformed one fails its stream rather than every stream of the connection,
@@ -309,7 +310,7 @@ class H2Session:
 
     def _on_request_received(self, event: RequestReceived) -> None:
         limits = self._limits
-        checked = check_request_within(event.headers, limits)
+        checked = self._request_checks.check(event.headers)
         stream = Stream(self, event.stream_id, checked if isinstance(checked, list) else None)
         stream.answers_head = _method(event.headers) == b"HEAD"
         if self._on_request is None or self.closing:

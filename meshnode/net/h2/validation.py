@@ -17,7 +17,9 @@ other caller's streams on it included.
 
 A proxy sees the same few fields all day (user-agent, content-type, server):
 an ordinary field found valid is remembered (a bounded set), and next time
-costs one lookup instead of two regular expressions.
+costs one lookup instead of two regular expressions. A connection's callers often
+repeat a whole request (the same fields in the same order): ``RequestChecks`` keeps
+the last one's verdict, and a repeat costs one comparison.
 """
 
 from __future__ import annotations
@@ -58,6 +60,31 @@ class Malformed:
 
     status: int
     reason: str
+
+
+class RequestChecks:
+    """``check_request_within`` for one connection's requests under its fixed ``[limits]``:
+    a request whose fields equal the last one's gets the same verdict without the pass
+    (the check is a pure function of the fields and the limits). Only a verdict that holds
+    none of the last request's fields is kept (the fields as they came, or why not): a
+    rewritten list (host, underscores) carries each field's own never-indexed mark."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._fields: Headers | None = None  # a copy: the checked list goes on to a stream
+        self._refusal: Malformed | None = None  # the verdict on them, when not the fields
+
+    def check(self, headers: Headers) -> Headers | Malformed:
+        if headers == self._fields:
+            return headers if self._refusal is None else self._refusal
+        checked = check_request_within(headers, self.limits)
+        if isinstance(checked, Malformed):
+            self._fields, self._refusal = headers.copy(), checked
+        elif checked is headers:
+            self._fields, self._refusal = headers.copy(), None
+        else:
+            self._fields = None
+        return checked
 
 
 def check_request_within(headers: Headers, limits: Limits) -> Headers | Malformed:

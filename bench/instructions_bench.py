@@ -3,11 +3,15 @@ the machine, for comparing two commits on the request path.
 
 The request goes through ``Proxy`` (full resilience stack: retry, breaker) over
 ``LocalExchange``, the real upstream pool and an in-memory HTTP/2 upstream, all in one
-process. Two runs under ``valgrind --tool=callgrind``, of N and 2N requests after the same
+process; with ``--h2-inbound`` it comes in as a caller's does instead, on an HTTP/2
+connection (a client session over a memory stream, the same request each time: the
+inbound header block's decoding and check are counted too).
+Two runs under ``valgrind --tool=callgrind``, of N and 2N requests after the same
 warm-up, differ by the cost of N requests alone.
 
     ./dev bench instructions                       # this checkout
     ./dev bench instructions --before /tmp/old     # and another (git worktree add /tmp/old REV)
+    ./dev bench instructions --h2-inbound          # requests on an inbound HTTP/2 connection
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from meshnode.net.h2.session import H2Session
 from meshnode.net.listener import Peer
 from meshnode.net.local import LocalExchange
 from meshnode.net.pool import UpstreamPool
+from meshnode.net.request_tasks import RequestTasks
 from meshnode.net.stream import Stream
 from meshnode.net.violations import ConnectionRules
 from meshnode.policy.models import (
@@ -50,9 +55,10 @@ from meshnode.proxy.routing import RouteTable
 WARM_UP = 100
 
 
-def requests(count: int, *, hedged: bool = False) -> None:
+def requests(count: int, *, hedged: bool = False, h2_inbound: bool = False) -> None:
     """Serve ``count`` requests after the warm-up (what callgrind counts); ``hedged``: under
-    ``[hedge]`` too, with a delay no answer reaches (what hedging costs when none is sent)."""
+    ``[hedge]`` too, with a delay no answer reaches (what hedging costs when none is sent);
+    ``h2_inbound``: sent on an HTTP/2 connection to the proxy, not by ``LocalExchange``."""
     head = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"api")]
 
     async def main() -> None:
@@ -83,14 +89,36 @@ def requests(count: int, *, hedged: bool = False) -> None:
             await nursery.start(group.run)
             pool = UpstreamPool(nursery, connector=connect)
             proxy = Proxy(RouteTable.build({"api": policy}), {"api": group}, pool)
+            caller = await inbound(nursery, proxy) if h2_inbound else None
             for _ in range(WARM_UP + count):
-                exchange = LocalExchange(head, end_stream=True)
-                nursery.start_soon(proxy.handle, exchange.server, Peer(b"127.0.0.1"))
-                await exchange.client.receive()  # the head
-                await exchange.client.read_rest(keep=0)
+                if caller is None:
+                    exchange = LocalExchange(head, end_stream=True)
+                    nursery.start_soon(proxy.handle, exchange.server, Peer(b"127.0.0.1"))
+                    stream = exchange.client
+                else:
+                    stream = caller.open_stream(head, end_stream=True)
+                await stream.receive()  # the head
+                await stream.read_rest(keep=0)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+async def inbound(nursery: trio.Nursery, proxy: Proxy) -> H2Session:
+    """A caller's HTTP/2 connection to ``proxy`` (served as a listener serves one): the
+    caller's end."""
+    client_end, server_end = trio.testing.memory_stream_pair()
+    tasks = RequestTasks(nursery, proxy.handle, Peer(b"127.0.0.1"))
+    served = H2Session(
+        server_end,
+        client_side=False,
+        on_request=tasks.submit,
+        rules=ConnectionRules("outbound", Limits()),
+    )
+    await nursery.start(served.run)
+    caller = H2Session(client_end, client_side=True)
+    await nursery.start(caller.run)
+    return caller
 
 
 def counted(source: Path, count: int, options: tuple[str, ...] = ()) -> int:
@@ -124,21 +152,27 @@ def main() -> None:
     parser.add_argument(
         "--hedge", action="store_true", help="also count requests under [hedge] (none sent)"
     )
+    parser.add_argument(
+        "--h2-inbound",
+        action="store_true",
+        help="requests on an inbound HTTP/2 connection, not through LocalExchange",
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the counted run itself
     args = parser.parse_args()
     if args.serve is not None:
-        requests(args.serve, hedged=args.hedge)
+        requests(args.serve, hedged=args.hedge, h2_inbound=args.h2_inbound)
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is missing: apt-get install valgrind")
     here = Path(__file__).resolve().parents[1]
-    now = per_request(here, args.requests)
+    inbound_option = ("--h2-inbound",) if args.h2_inbound else ()
+    now = per_request(here, args.requests, inbound_option)
     print(f"this checkout: {now:,.0f} instructions per request")
     if args.hedge:
-        hedged = per_request(here, args.requests, ("--hedge",))
+        hedged = per_request(here, args.requests, ("--hedge", *inbound_option))
         print(f"under [hedge]: {hedged:,.0f} instructions per request ({hedged / now - 1:+.2%})")
     if args.before is not None:
-        before = per_request(args.before.resolve(), args.requests)
+        before = per_request(args.before.resolve(), args.requests, inbound_option)
         print(f"{args.before}: {before:,.0f} instructions per request ({now / before - 1:+.2%})")
 
 

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 
 from common import write_report
@@ -33,8 +35,9 @@ def test_a_report_says_which_machine_it_ran_on(tmp_path: Path) -> None:
     assert report["args"] == {"out": str(tmp_path)}
 
 
-def test_the_counted_request_path_runs() -> None:
-    requests(20)  # what callgrind counts, without callgrind: it must not rot
+@pytest.mark.parametrize("h2_inbound", [False, True])
+def test_the_counted_request_path_runs(h2_inbound: bool) -> None:
+    requests(20, h2_inbound=h2_inbound)  # what callgrind counts, without callgrind: it must not rot
 
 
 def test_the_limit_bench_reads_the_tests_load_helpers() -> None:

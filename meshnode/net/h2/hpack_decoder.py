@@ -16,7 +16,8 @@ A block identical to the last one decoded, when that one left the table as it wa
 (nothing indexed, no size update), decodes to the same fields: the table is the same,
 so they are handed out again, checked against today's limits, without a pass. A client
 repeating a request, or an upstream its answer, sends the same bytes every time once its
-fields are indexed. The block is kept per connection, as the table already holds it.
+fields are indexed. The block stays with its connection's decoder until the next one, so
+what it holds (a credential too) is never seen by another connection.
 
 Huffman-coded strings are cached by their coded bytes (a pure function, so
 one bounded cache serves every connection), since a peer that does not index

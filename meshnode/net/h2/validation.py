@@ -1,4 +1,4 @@
-"""Request header validation (pure): one pass, done once, where the request arrives.
+"""Request header validation: one pass, done once, where the request arrives.
 
 h2's inbound validation (the library meshnode used before its own codec) makes
 every malformed request a connection error (GOAWAY), and a mesh
@@ -19,7 +19,7 @@ A proxy sees the same few fields all day (user-agent, content-type, server):
 an ordinary field found valid is remembered (a bounded set), and next time
 costs one lookup instead of two regular expressions. A connection's callers often
 repeat a whole request (the same fields in the same order): ``RequestChecks`` keeps
-the last one's verdict, and a repeat costs one comparison.
+the last one's verdict, and a repeat costs one comparison; every check itself is pure.
 """
 
 from __future__ import annotations

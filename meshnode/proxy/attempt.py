@@ -15,7 +15,8 @@ decides which one cancelled it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import trio
 
@@ -55,27 +56,31 @@ class AttemptFailed(Exception):
         self.resend: str | None = None
 
 
-async def attempt(exchange: Exchange) -> tuple[int, HeaderList]:
+def attempt(exchange: Exchange) -> Coroutine[Any, Any, tuple[int, HeaderList]]:
     """Run ``exchange``: send the request and relay the answer; return its status and head.
+    The caller closes the exchange once it is done (``Exchange.close``).
 
-    A request without a body needs no upload task, hence no nursery: that is
-    most requests, and a nursery per try is a visible share of their cost.
+    A request without a body needs no upload task, hence no nursery: that is most
+    requests, and a nursery per try is a visible share of their cost; their try is the
+    exchange's own coroutine, with no other in between.
     """
-    try:
-        if exchange.body is None:
-            return await exchange.run(None)
-        failure: BaseException | None = None
-        async with trio.open_nursery() as nursery:
-            try:
-                result = await exchange.run(nursery)
-            except (AttemptFailed, StreamReset, MeshError) as exc:
-                failure = exc
-            nursery.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
-        return result
-    finally:
-        exchange.close()
+    if exchange.body is None:
+        return exchange.run(None)
+    return _with_upload(exchange)
+
+
+async def _with_upload(exchange: Exchange) -> tuple[int, HeaderList]:
+    """The try of a request with a body: its upload runs beside the wait for the answer."""
+    failure: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        try:
+            result = await exchange.run(nursery)
+        except (AttemptFailed, StreamReset, MeshError) as exc:
+            failure = exc
+        nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return result
 
 
 class Exchange:
@@ -135,7 +140,20 @@ class Exchange:
         self.upstream: Stream | None = None
 
     async def run(self, nursery: trio.Nursery | None) -> tuple[int, HeaderList]:
-        return await self.relay(await self._head_in_time(nursery))
+        """The whole try: ``head`` under the per-try deadline (the scope's moved to it when
+        that is sooner, and back), then ``relay``. Written out here rather than in a helper:
+        the request's task passes through every coroutine of this chain each time it waits."""
+        scope = self.scope
+        request_deadline = scope.deadline
+        try_deadline = trio.current_time() + self.per_try
+        if try_deadline >= request_deadline:
+            return await self.relay(await self.head(nursery))
+        scope.deadline = try_deadline
+        head = await self.head(nursery)
+        if scope.cancel_called:  # the deadline passed as the head arrived: too late to relay
+            await trio.lowlevel.checkpoint()  # raises the cancellation, nothing relayed
+        scope.deadline = request_deadline
+        return await self.relay(head)
 
     async def relay(self, head: ResponseHead) -> tuple[int, HeaderList]:
         """Judge ``head`` (the judge raises ``AttemptFailed`` to refuse it), then relay it
@@ -160,28 +178,25 @@ class Exchange:
         if self.upstream is not None:
             self.upstream.reset(CANCEL)
 
-    async def _head_in_time(self, nursery: trio.Nursery | None) -> ResponseHead:
-        """``head`` with the scope's deadline moved to the per-try one, and back."""
-        scope = self.scope
-        request_deadline = scope.deadline
-        try_deadline = trio.current_time() + self.per_try
-        if try_deadline >= request_deadline:
-            return await self.head(nursery)
-        scope.deadline = try_deadline
-        head = await self.head(nursery)
-        if scope.cancel_called:  # the deadline passed as the head arrived: too late to relay
-            await trio.lowlevel.checkpoint()  # raises the cancellation, nothing relayed
-        scope.deadline = request_deadline
-        return head
-
     async def head(self, nursery: trio.Nursery | None) -> ResponseHead:
         """Open the upstream stream, start the body's upload in ``nursery``, and wait for
         the response head; ``AttemptFailed`` when the try fails before one. Called again
         after a cancelled wait, it waits on for the head of the request already sent."""
-        if self.upstream is not None:
-            return await _receive_head(self.upstream)
+        upstream = self.upstream
+        if upstream is None:
+            upstream = self.upstream = await self._open(nursery)
         try:
-            self.upstream = await self.pool.open_stream(
+            head = await upstream.receive()
+        except StreamReset as reset:
+            raise _failed_by(reset) from reset
+        if not isinstance(head, ResponseHead):
+            raise AttemptFailed("reset", UpstreamReset("the upstream sent no response head"))
+        return head
+
+    async def _open(self, nursery: trio.Nursery | None) -> Stream:
+        """The upstream stream, its request sent (the body's upload started in ``nursery``)."""
+        try:
+            upstream = await self.pool.open_stream(
                 self.endpoint.address,
                 self.headers,
                 end_stream=self.body is None,
@@ -192,18 +207,8 @@ class Exchange:
         except StreamReset as reset:  # the connection failed as the stream opened
             raise _failed_by(reset) from reset
         if nursery is not None and self.body is not None and self.tunnel is None:
-            nursery.start_soon(_upload, self.body, self.upstream)
-        return await _receive_head(self.upstream)
-
-
-async def _receive_head(upstream: Stream) -> ResponseHead:
-    try:
-        head = await upstream.receive()
-    except StreamReset as reset:
-        raise _failed_by(reset) from reset
-    if not isinstance(head, ResponseHead):
-        raise AttemptFailed("reset", UpstreamReset("the upstream sent no response head"))
-    return head
+            nursery.start_soon(_upload, self.body, upstream)
+        return upstream
 
 
 async def _upload(body: RequestBody, upstream: Stream) -> None:

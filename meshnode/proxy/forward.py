@@ -55,7 +55,7 @@ from meshnode.policy.models import Limits, UpstreamPolicy
 from meshnode.proxy import fallback
 from meshnode.proxy.body import RequestBody
 from meshnode.proxy.chaos import fault_for
-from meshnode.proxy.headers import HeaderList, forwarded_request_headers
+from meshnode.proxy.headers import ForwardedHeaders, HeaderList
 from meshnode.proxy.request import Request, RequestObserver
 from meshnode.proxy.retry import is_breaker_failure
 from meshnode.proxy.routing import RouteTable, authority_host
@@ -103,6 +103,7 @@ class Proxy:
         # Told about every finished request (the access log); must not block.
         self.observers = observers if observers is not None else []
         self.unrouted = UpstreamStats()  # requests that reached no upstream
+        self.forwarded = ForwardedHeaders()
         self.limits = Limits()  # the node's [limits], swapped on reload
         self.overload = Overload()  # the node's, shared with its listeners
         self.tunnels: set[Tunnel] = set()  # WebSocket tunnels open now
@@ -171,7 +172,7 @@ class Proxy:
             raise BadRequest("the request names no :authority or host")
         group = request.group = self._route(request)
         policy = group.policy
-        request.out_headers, request.request_id = forwarded_request_headers(
+        request.out_headers, request.request_id = self.forwarded(
             request.headers, request.client_ip, request.peer.identity
         )
         if self.tracer is not None:

@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 from meshnode.net.h2 import validation
 from meshnode.net.h2.validation import (
     Malformed,
-    RequestChecks,
     check_request,
     check_request_within,
     check_response,
     check_trailers,
+    request_checks,
+    response_checks,
 )
 from meshnode.policy.models import Limits
 
@@ -265,23 +266,33 @@ def test_requests_responses_and_trailers_share_the_field_rules(
 def test_a_repeated_request_gets_the_verdict_a_full_check_gives(
     pool: list[list[tuple[bytes, bytes]]], picks: list[int]
 ) -> None:
-    checks = RequestChecks(Limits())
+    checks = request_checks(Limits())
     for pick in picks:
         headers = list(pool[pick % len(pool)])  # a new list each time, as decoded
-        verdict = checks.check(headers)
+        verdict = checks(headers)
         assert verdict == check_request_within(headers, Limits())
         if verdict == headers:
             assert verdict is headers  # the request's own fields, never the last one's
 
 
 def test_a_repeat_is_judged_on_its_own_fields_not_what_a_stream_did_with_the_last() -> None:
-    checks = RequestChecks(Limits())
+    checks = request_checks(Limits())
     first = list(GOOD)
-    assert checks.check(first) is first
+    assert checks(first) is first
     first.append((b"x_changed", b"by a stream"))  # the checked list went on and changed
     changed = [*GOOD, (b"x_changed", b"by a stream")]
-    assert checks.check(changed) == check_request_within(changed, Limits()) != changed
+    assert checks(changed) == check_request_within(changed, Limits()) != changed
     with_host = [*GOOD[:3], (b"host", b"api.example:8443")]
-    checks.check([*with_host, (b"authorization", b"Bearer b")])  # rewritten: host to :authority
+    checks([*with_host, (b"authorization", b"Bearer b")])  # rewritten: host to :authority
     secret = hpack.NeverIndexedHeaderTuple(b"authorization", b"Bearer b")
-    assert checks.check([*with_host, secret])[-1] is secret  # equal, but this request's own
+    assert checks([*with_host, secret])[-1] is secret  # equal, but this request's own
+
+
+@given(st.lists(header_lists, min_size=1, max_size=3), st.lists(st.integers(0, 2), max_size=10))
+def test_a_repeated_answer_gets_the_verdict_a_full_check_gives(
+    pool: list[list[tuple[bytes, bytes]]], picks: list[int]
+) -> None:
+    checks = response_checks()
+    for pick in picks:
+        head = [(b":status", b"200"), *pool[pick % len(pool)][1:]]
+        assert checks(list(head)) == check_response(head)

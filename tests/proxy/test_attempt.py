@@ -74,7 +74,10 @@ async def try_with_head_after(
             scope,
             per_try=0.5,
         )
-        status, _ = await attempt(exchange)
+        try:
+            status, _ = await attempt(exchange)
+        finally:
+            exchange.close()  # as the retry loop does once a try is done
     return scope, upstream, client, status
 
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from meshnode.errors import Timeout
 from meshnode.net.http1.hop_by_hop import HOP_BY_HOP, connection_named, keeps, strip_hop_by_hop
-from meshnode.proxy.headers import forwarded_request_headers, new_request_id
+from meshnode.proxy.headers import ForwardedHeaders, forwarded_request_headers, new_request_id
 
 REQUEST = [(b":method", b"GET"), (b":path", b"/"), (b":authority", b"api")]
 
@@ -125,3 +125,46 @@ def test_a_field_that_came_never_indexed_is_passed_on_as_it_came() -> None:
         hpack.NeverIndexedHeaderTuple
     ]
     assert type(strip_hop_by_hop([secret])[0]) is hpack.NeverIndexedHeaderTuple
+
+
+def test_a_repeated_request_keeps_its_own_never_indexed_marks() -> None:
+    """The second of two equal requests is passed on from the first's verdict, with its own
+    fields: one the caller now sent never-indexed stays so."""
+    forwarded = ForwardedHeaders()
+    forwarded([*REQUEST, (b"x-api-key", b"k-1")], b"10.0.0.1")
+    secret = hpack.NeverIndexedHeaderTuple(b"x-api-key", b"k-1")
+    out, _ = forwarded([*REQUEST, secret], b"10.0.0.1")
+    assert [type(field) for field in out if field[0] == b"x-api-key"] == [
+        hpack.NeverIndexedHeaderTuple
+    ]
+
+
+# The fields the forwarding rules touch, and others.
+_request_names = st.sampled_from(
+    [
+        *(b"x-forwarded-for", b"forwarded", b"x-request-id", b"x-meshnode-fault", b"connection"),
+        *(b"x-kept", b"accept", b"te"),
+    ]
+)
+
+
+@given(
+    st.lists(st.tuples(_request_names, _values), max_size=6),
+    st.sampled_from([b"10.0.0.1", b"::1"]),
+    st.sampled_from([None, "spiffe://mesh.local/a"]),
+)
+def test_a_repeated_request_is_forwarded_as_the_first_was(
+    fields: list[tuple[bytes, bytes]], client_ip: bytes, identity: str | None
+) -> None:
+    """Remembered or not, a request's fields go on as ``forwarded_request_headers`` has them."""
+    headers = [*REQUEST, *fields]
+    forwarded = ForwardedHeaders()
+    expected, expected_id = forwarded_request_headers(headers, client_ip, identity)
+    first, first_id = forwarded(headers.copy(), client_ip, identity)
+    second, second_id = forwarded(headers.copy(), client_ip, identity)
+    given_id = next((value for name, value in headers if name == b"x-request-id"), b"")
+    assert (first_id == second_id == expected_id) == bool(given_id)
+    for out, request_id in ((first, first_id), (second, second_id)):
+        assert [f if f != (b"x-request-id", request_id) else None for f in out] == [
+            f if f != (b"x-request-id", expected_id) else None for f in expected
+        ]

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from meshnode.resilience.core.backoff import RestartBackoff, base_delay, delay
 from meshnode.resilience.core.breaker import (
+    BUCKETS,
     BreakerConfig,
     BreakerCore,
     BreakerState,
@@ -119,6 +120,38 @@ def test_old_calls_leave_the_window() -> None:
     for n in range(10):
         call(core, 20 + n * 0.1, failed=False)  # the failures are 20 s old
     assert core.state is BreakerState.CLOSED
+
+
+@given(
+    st.sampled_from([2.5, 10.0, 40.0]),  # bucket widths that are exact in binary
+    st.lists(st.tuples(st.integers(0, 400), st.booleans(), st.booleans()), max_size=150),
+)
+def test_the_window_counts_the_calls_of_its_last_buckets(window, calls) -> None:
+    """The window's totals, kept between bucket boundaries instead of summed per call,
+    are always those of the calls in the last ``BUCKETS`` buckets' time."""
+    core, _ = breaker(
+        failure_threshold=10**9, volume_threshold=10**9, window=window, slow_call_duration=1.0
+    )
+    width = window / BUCKETS
+    log: list[tuple[float, bool, bool]] = []
+    now = 0.0
+    for gap, failed, slow in calls:
+        now += gap / 64
+        assert call(core, now, failed=failed, duration=2.0 if slow else 0.0)
+        log.append((now, failed, slow))
+        for at in (now, now + gap / 32):  # a call's own time, and a read later on
+            held = [entry for entry in log if int(at // width) - BUCKETS < int(entry[0] // width)]
+            expected = (len(held), sum(e[1] for e in held), sum(e[2] for e in held))
+            assert core.window_counts(at) == expected
+
+
+def test_a_new_window_width_counts_the_buckets_again() -> None:
+    core, _ = breaker(failure_threshold=100, volume_threshold=100, window=10)
+    for n in range(10):
+        call(core, n, failed=True)
+    assert core.window_counts(9.5) == (10, 10, 0)
+    core.reconfigure(BreakerConfig(failure_threshold=100, volume_threshold=100, window=2.5))
+    assert core.window_counts(9.5) == (2, 2, 0)  # the calls at 8 s and 9 s
 
 
 def test_slow_calls_trip_when_asked() -> None:

@@ -62,9 +62,9 @@ from meshnode.net.h2.framing import (
 from meshnode.net.h2.validation import (
     WEBSOCKET,
     Malformed,
-    RequestChecks,
-    check_response,
     check_trailers,
+    request_checks,
+    response_checks,
 )
 from meshnode.net.pulse import Pulse
 from meshnode.net.socket_io import RECEIVE_SIZE, TransportIO
@@ -116,7 +116,8 @@ class H2Session:
         # Told of each GOAWAY the peer sends (an upstream's pool: its metrics, its limits).
         self.on_goaway: Callable[[GoAwayReceived], None] | None = None
         limits = self._limits = self.rules.limits
-        self._request_checks = RequestChecks(limits)
+        self._request_checks = request_checks(limits)
+        self._response_checks = response_checks()
         self.streams: dict[int, Stream] = {}
         # Headers are not validated here: requests are checked by ``check_request``, so
         # that a malformed one fails its stream rather than every stream of the connection,
@@ -284,7 +285,7 @@ class H2Session:
             self._on_request_received(event)
         elif isinstance(event, ResponseReceived):
             head = event.headers
-            self._push_checked(event.stream_id, ResponseHead(head), check_response(head))
+            self._push_checked(event.stream_id, ResponseHead(head), self._response_checks(head))
         elif isinstance(event, WindowUpdated):
             self._window_opened.fire()
         elif isinstance(event, TrailersReceived):
@@ -310,7 +311,7 @@ class H2Session:
 
     def _on_request_received(self, event: RequestReceived) -> None:
         limits = self._limits
-        checked = self._request_checks.check(event.headers)
+        checked = self._request_checks(event.headers)
         stream = Stream(self, event.stream_id, checked if isinstance(checked, list) else None)
         stream.answers_head = _method(event.headers) == b"HEAD"
         if self._on_request is None or self.closing:

@@ -18,15 +18,18 @@ other caller's streams on it included.
 A proxy sees the same few fields all day (user-agent, content-type, server):
 an ordinary field found valid is remembered (a bounded set), and next time
 costs one lookup instead of two regular expressions. A connection's callers often
-repeat a whole request (the same fields in the same order): ``RequestChecks`` keeps
-the last one's verdict, and a repeat costs one comparison; every check itself is pure.
+repeat a whole request (the same fields in the same order), and an upstream its
+answers: ``LastChecked`` keeps the last one's verdict, and a repeat costs one
+comparison; every check itself is pure.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Literal
+from collections.abc import Callable
+from functools import partial
+from typing import Generic, Literal, TypeVar, cast
 
 import attrs
 
@@ -35,6 +38,7 @@ from meshnode.net.process_cache import ProcessCache
 from meshnode.policy.models import Limits
 
 Headers = list[tuple[bytes, bytes]]
+Verdict = TypeVar("Verdict")
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+\Z")
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")  # a token, lowercase (RFC 9113 8.2.1)
@@ -62,29 +66,42 @@ class Malformed:
     reason: str
 
 
-class RequestChecks:
-    """``check_request_within`` for one connection's requests under its fixed ``[limits]``:
-    a request whose fields equal the last one's gets the same verdict without the pass
-    (the check is a pure function of the fields and the limits). Only a verdict that holds
-    none of the last request's fields is kept (the fields as they came, or why not): a
-    rewritten list (host, underscores) carries each field's own never-indexed mark."""
+class LastChecked(Generic[Verdict]):
+    """A pure ``check`` of header lists, for one connection's lists: a list equal to the
+    last one checked gets the same verdict without the pass. Only a verdict that holds
+    none of the last list's fields is kept (the fields as they came, or why not, or a
+    response's problem): a rewritten list (host, underscores) carries each field's own
+    never-indexed mark."""
 
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
+    def __init__(self, check: Callable[[Headers], Verdict]) -> None:
+        self._check = check
         self._fields: Headers | None = None  # a copy: the checked list goes on to a stream
-        self._refusal: Malformed | None = None  # the verdict on them, when not the fields
+        self._as_they_came = False  # the verdict was the fields themselves
+        self._verdict: Verdict | None = None
 
-    def check(self, headers: Headers) -> Headers | Malformed:
+    def __call__(self, headers: Headers) -> Verdict:
         if headers == self._fields:
-            return headers if self._refusal is None else self._refusal
-        checked = check_request_within(headers, self.limits)
-        if isinstance(checked, Malformed):
-            self._fields, self._refusal = headers.copy(), checked
-        elif checked is headers:
-            self._fields, self._refusal = headers.copy(), None
-        else:
+            if self._as_they_came:  # this list, not the last one: its fields' own marks
+                return cast(Verdict, headers)
+            return cast(Verdict, self._verdict)
+        verdict = self._check(headers)
+        if isinstance(verdict, list) and verdict is not headers:
             self._fields = None
-        return checked
+        else:
+            self._fields, self._as_they_came = headers.copy(), verdict is headers
+            self._verdict = None if self._as_they_came else verdict
+        return verdict
+
+
+def request_checks(limits: Limits) -> LastChecked[Headers | Malformed]:
+    """``check_request_within`` for one connection's requests under its fixed ``[limits]``."""
+    return LastChecked(partial(check_request_within, limits=limits))
+
+
+def response_checks() -> LastChecked[str | None]:
+    """``check_response`` for one connection's answers: an upstream repeats its heads too
+    (``date`` moves once a second)."""
+    return LastChecked(check_response)
 
 
 def check_request_within(headers: Headers, limits: Limits) -> Headers | Malformed:

@@ -15,7 +15,9 @@ before the last transition cannot move the new state. An operator override
 (forced open or closed) wins over everything until set back to auto.
 
 The rolling window is ``BUCKETS`` time buckets, so its cost is constant
-whatever the request rate.
+whatever the request rate. Which buckets the window holds changes only as the clock
+enters the next bucket's time: the window's totals are summed from the buckets once
+then, and kept up to date with each call in between (every call is judged against them).
 """
 
 from __future__ import annotations
@@ -98,6 +100,10 @@ class BreakerCore:
         self.rejected = 0
         self._on_transition = on_transition
         self._buckets = [_Bucket() for _ in range(BUCKETS)]
+        # The window's calls, failures and slow calls, as summed for the bucket time
+        # ``_summed_at`` (None: to be summed again).
+        self._summed_at: int | None = None
+        self._sums = [0, 0, 0]
 
     # -- admission ----------------------------------------------------------
 
@@ -153,11 +159,15 @@ class BreakerCore:
             and duration >= self.config.slow_call_duration
         )
         bucket = self._bucket(now)
+        sums = self._window_sums(now)
         bucket.calls += 1
         bucket.failures += failed
         bucket.slow += slow
+        sums[0] += 1
+        sums[1] += failed
+        sums[2] += slow
         self.consecutive_failures = self.consecutive_failures + 1 if failed else 0
-        reason = self._trip_reason(now)
+        reason = self._trip_reason(sums)
         if reason is not None:
             self._move(BreakerState.OPEN, now, reason)
 
@@ -166,11 +176,11 @@ class BreakerCore:
         if permit.trial and permit.generation == self.generation:
             self.trials_in_flight -= 1
 
-    def _trip_reason(self, now: float) -> str | None:
+    def _trip_reason(self, sums: list[int]) -> str | None:
         config = self.config
         if self.consecutive_failures >= config.failure_threshold:
             return f"{self.consecutive_failures} consecutive failures"
-        calls, failures, slow = self.window_counts(now)
+        calls, failures, slow = sums
         if calls < config.volume_threshold:
             return None
         if failures * 100 >= config.failure_threshold_percentage * calls:
@@ -182,6 +192,18 @@ class BreakerCore:
         return None
 
     def window_counts(self, now: float) -> tuple[int, int, int]:
+        """Calls, failures and slow calls in the window that ends at ``now``."""
+        calls, failures, slow = self._window_sums(now)
+        return calls, failures, slow
+
+    def _window_sums(self, now: float) -> list[int]:
+        """The window's totals at ``now``, summed from the buckets when ``now`` is in another
+        bucket's time than when they were last summed (the buckets it holds are the same
+        throughout one bucket's time)."""
+        width = self.config.window / BUCKETS
+        at = int(now // width)
+        if at == self._summed_at:
+            return self._sums
         horizon = now - self.config.window
         calls = failures = slow = 0
         for bucket in self._buckets:
@@ -189,7 +211,8 @@ class BreakerCore:
                 calls += bucket.calls
                 failures += bucket.failures
                 slow += bucket.slow
-        return calls, failures, slow
+        self._summed_at, self._sums = at, [calls, failures, slow]
+        return self._sums
 
     def _bucket(self, now: float) -> _Bucket:
         width = self.config.window / BUCKETS
@@ -216,6 +239,7 @@ class BreakerCore:
     def reconfigure(self, config: BreakerConfig) -> None:
         """New thresholds apply from now on; state and counts are kept."""
         self.config = config
+        self._summed_at = None  # the window's buckets may be of another width now
 
     def error_rate(self, now: float) -> float:
         calls, failures, _ = self.window_counts(now)
@@ -232,5 +256,6 @@ class BreakerCore:
         if state is BreakerState.CLOSED:
             for bucket in self._buckets:
                 bucket.calls = bucket.failures = bucket.slow = 0
+            self._sums = [0, 0, 0]
         if previous is not state and self._on_transition is not None:
             self._on_transition(Transition(previous, state, reason))

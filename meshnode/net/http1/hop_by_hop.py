@@ -10,9 +10,11 @@ section 8.2.2, and leaves an answer whatever its value).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import itemgetter
 
 Headers = list[tuple[bytes, bytes]]
 
+_name = itemgetter(0)  # a field's name: the set test then runs without a list or a loop
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
 )
@@ -21,7 +23,7 @@ HOP_BY_HOP = frozenset(
 def any_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     """Whether a field is hop-by-hop (``Connection``, which names others, is one): HTTP/2
     peers send none, so most header lists are passed whole after this one set test."""
-    return not HOP_BY_HOP.isdisjoint([field[0] for field in headers])
+    return not HOP_BY_HOP.isdisjoint(map(_name, headers))
 
 
 def connection_named(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:

@@ -163,6 +163,14 @@ def start_meshnode(
     return node
 
 
+def start_bare_relay(port: int, upstream_port: int) -> subprocess.Popen[bytes]:
+    """bench/bare_relay.py on ``port``, relaying every request to ``upstream_port``."""
+    script = Path(__file__).parent / "bare_relay.py"
+    relay = subprocess.Popen([sys.executable, str(script), str(port), str(upstream_port)])
+    wait_for_port(port)
+    return relay
+
+
 def start_trace_sink() -> tuple[ThreadingHTTPServer, str]:
     """An OTLP/HTTP endpoint that accepts every export and keeps nothing: what a node
     spends on spans, without a collector's own cost in the figures. Returns the server

@@ -22,7 +22,9 @@ proxies run: the full stack with ``[node] busy_poll = "0s"`` (busy polling is on
 default) and HAProxy with ``busy-polling`` (off by default), which spares itself a halted
 vCPU's wake-ups as meshnode's default does. At -c10 -m10 two more:
 the full stack with ``[tracing]``, sampling none and sampling every request (spans sent
-to a local OTLP sink that answers and discards).
+to a local OTLP sink that answers and discards). At the 1 KiB GETs, also ``bare-relay``
+(bench/bare_relay.py): meshnode's connections with none of its request path, the
+reference for what the request path and the resilience stack cost.
 
     ./dev bench proxy                 # default scenarios
     ./dev bench proxy --requests 5000 # fewer requests per scenario
@@ -56,6 +58,7 @@ from churn import churn_row
 from common import (
     cheapest,
     free_port,
+    start_bare_relay,
     start_haproxy,
     start_meshnode,
     start_nghttpd,
@@ -128,8 +131,12 @@ HAPROXY_BUSY_POLLING = "haproxy+bp"
 # when on but not sampling), and every request sampled (spans sent to a local sink).
 TRACED_OUT, TRACED_ALL = "meshnode+res+t0", "meshnode+res+t1"
 TRACING = {TRACED_OUT: 0.0, TRACED_ALL: 1.0}
+# The least a proxy on meshnode's connections does (bench/bare_relay.py), at the 1 KiB GETs:
+# the node less this is the request path's and the resilience stack's cost.
+BARE_RELAY = "bare-relay"
 # The stacks that run in some scenarios only.
 ONLY_IN = {
+    BARE_RELAY: {"c10-m10", "c50-m1", "c1-m1"},
     BUSY_POLL_STACK: {"c1-m1"},
     HAPROXY_BUSY_POLLING: {"c1-m1"},
     TRACED_OUT: {"c10-m10"},
@@ -286,7 +293,9 @@ def main() -> None:
         write_policies(work / stack, outbound_port, admin_port, endpoints, FULL_STACK)
         node = start_meshnode(work / stack, outbound_port, python=interpreter)
         nodes[stack] = (node, outbound_port)
-    only_in = {stack: ONLY_IN[stack] for stack in (BUSY_POLL_STACK, *TRACING)}
+    bare_port = free_port()
+    nodes[BARE_RELAY] = (start_bare_relay(bare_port, upstream_port), bare_port)
+    only_in = {stack: ONLY_IN[stack] for stack in (BUSY_POLL_STACK, *TRACING, BARE_RELAY)}
     if shutil.which("haproxy") is not None:  # ./dev bench installs it
         nodes["haproxy"] = start_haproxy(work, upstream_port, grpc_port)
         # Started for its own runs only: it always spins.
@@ -403,6 +412,13 @@ def main() -> None:
             f"{'':10} of which meshnode's codec (the same four steps) is"
             f" {layer:.0f} µs ({layer / full * 100:.0f} %)"
         )
+        if BARE_RELAY in row:
+            bare = row[BARE_RELAY]["cpu_us_per_request"]  # type: ignore[index]
+            path_cost = full - bare
+            print(
+                f"{'':10} {BARE_RELAY} is {bare / floor:.2f}x the floor: the request path and"
+                f" the resilience stack take {path_cost:.0f} µs ({path_cost / full * 100:.0f} %)"
+            )
         if BEFORE in row:
             before = row[BEFORE]["cpu_us_per_request"]  # type: ignore[index]
             print(f"{'':10} {BEFORE} is {before / floor:.2f}x the floor")
@@ -570,6 +586,7 @@ def nodes_order(results: dict[str, dict[str, object]]) -> list[str]:
         BUSY_POLL_STACK,
         *TRACING,
         BEFORE,
+        BARE_RELAY,
         "haproxy",
         HAPROXY_BUSY_POLLING,
     )

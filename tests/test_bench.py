@@ -4,10 +4,14 @@ as h2 moves on (a bench that breaks is found by whoever runs it next, too late).
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import free_port, require
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 
@@ -50,3 +54,27 @@ def test_the_busy_poll_bench_paces_what_it_measures() -> None:
     import busy_poll_bench  # noqa: PLC0415
 
     assert busy_poll_bench.PACED / busy_poll_bench.RATE == 10  # seconds of paced requests
+
+
+def test_the_bare_relay_relays_what_the_upstream_answers(
+    start_nghttpd: Callable[[], str],
+) -> None:
+    """bench/bare_relay.py, the reference the proxy bench measures the node against, in
+    its own process between curl and nghttpd."""
+    from common import start_bare_relay  # noqa: PLC0415
+
+    upstream_port = int(start_nghttpd().rsplit(":", 1)[1])
+    port = free_port()
+    relay = start_bare_relay(port, upstream_port)
+    try:
+        for _ in range(3):  # callers one after another, each on its own connection
+            answer = subprocess.run(
+                [require("curl"), "-s", "--http2-prior-knowledge", f"http://127.0.0.1:{port}/"],
+                capture_output=True,
+                check=True,
+                timeout=30,
+            )
+            assert answer.stdout == b"k" * 1024
+    finally:
+        relay.kill()
+        relay.wait()

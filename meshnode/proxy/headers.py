@@ -1,5 +1,7 @@
-"""Header rules for forwarding (pure): the headers a proxy adds (hop-by-hop removal is
-``meshnode.net.http1.hop_by_hop``, shared with the HTTP/1.1 translation)."""
+"""Header rules for forwarding: the headers a proxy adds (hop-by-hop removal is
+``meshnode.net.http1.hop_by_hop``, shared with the HTTP/1.1 translation). The rules are
+pure; ``ForwardedHeaders`` remembers a proxy's last plain request, to pass a repeat on
+after one comparison."""
 
 from __future__ import annotations
 

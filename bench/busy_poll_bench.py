@@ -21,8 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import free_port, start_meshnode, start_nghttpd, write_policies, write_report
-from proxy_bench import FULL_STACK, cpu_seconds
+from common import (
+    FULL_STACK,
+    free_port,
+    start_meshnode,
+    start_nghttpd,
+    write_policies,
+    write_report,
+)
+from proxy_bench import cpu_seconds
 
 PACED = 1000  # requests, at RATE a second
 RATE = 100

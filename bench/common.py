@@ -13,6 +13,31 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+# Every resilience section on, none of them ever deciding anything: the pure cost of checking.
+FULL_STACK = """
+[timeout]
+request = "10s"
+per_try = "5s"
+[circuit_breaker]
+failure_threshold = 1000000
+volume_threshold = 1000000
+[retry]
+max_retries = 2
+retry_on = ["connect-failure", "refused-stream", "reset", "503"]
+[rate_limit]
+requests_per_second = 1000000
+burst = 1000000
+[balancer]
+max_connections_per_instance = 100000
+[chaos]
+abort_percent = 0
+delay_percent = 0
+[fallback]
+kind = "static"
+status = 503
+on = ["circuit-open"]
+"""
+
 
 def write_report(directory: Path, suite: str, report: dict[str, object]) -> Path:
     """``report`` as ``<directory>/<suite>-<time>.json``, with the machine it ran on."""

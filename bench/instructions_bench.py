@@ -1,7 +1,7 @@
 """Instructions per proxied request, counted by callgrind: a figure that does not move with
 the machine, for comparing two commits on the request path.
 
-The request goes through ``Proxy`` (full resilience stack: retry, breaker) over
+The request goes through ``Proxy`` (the proxy bench's full stack: ``FULL_STACK``) over
 ``LocalExchange``, the real upstream pool and an in-memory HTTP/2 upstream, all in one
 process; with ``--h2-inbound`` it comes in as a caller's does instead, on an HTTP/2
 connection (a client session over a memory stream, the same request each time: the
@@ -28,6 +28,7 @@ from pathlib import Path
 import attrs
 import trio
 import trio.testing
+from common import FULL_STACK, write_policies
 
 from meshnode.actors.group import UpstreamGroup
 from meshnode.events import EventBus
@@ -38,16 +39,8 @@ from meshnode.net.pool import UpstreamPool
 from meshnode.net.request_tasks import RequestTasks
 from meshnode.net.stream import Stream
 from meshnode.net.violations import ConnectionRules
-from meshnode.policy.models import (
-    CircuitBreakerPolicy,
-    Endpoint,
-    HedgePolicy,
-    Limits,
-    RetryPolicy,
-    StaticDiscovery,
-    UpstreamPolicy,
-    UpstreamSection,
-)
+from meshnode.policy.load import load_policies
+from meshnode.policy.models import HedgePolicy, Limits, UpstreamPolicy
 from meshnode.policy.units import Address, LatencyDelay
 from meshnode.proxy.forward import Proxy
 from meshnode.proxy.routing import RouteTable
@@ -78,13 +71,9 @@ def requests(count: int, *, hedged: bool = False, h2_inbound: bool = False) -> N
                 await nursery.start(session.run)
                 return client_end
 
-            endpoints = (Endpoint(Address("10.0.0.1", 80)),)
-            policy = attrs.evolve(
-                UpstreamPolicy(UpstreamSection("api"), StaticDiscovery(endpoints=endpoints)),
-                retry=RetryPolicy(),
-                circuit_breaker=CircuitBreakerPolicy(),
-                hedge=HedgePolicy(delay=LatencyDelay(seconds=10.0)) if hedged else None,
-            )
+            policy = full_stack_policy()
+            if hedged:
+                policy = attrs.evolve(policy, hedge=HedgePolicy(delay=LatencyDelay(seconds=10.0)))
             group = UpstreamGroup(policy, EventBus())
             await nursery.start(group.run)
             pool = UpstreamPool(nursery, connector=connect)
@@ -102,6 +91,14 @@ def requests(count: int, *, hedged: bool = False, h2_inbound: bool = False) -> N
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def full_stack_policy() -> UpstreamPolicy:
+    """The upstream ``api`` under the proxy bench's full stack (``FULL_STACK``), read from
+    its file as a node reads it: every section the CPU figures are measured under."""
+    with tempfile.TemporaryDirectory() as work:
+        write_policies(Path(work), 1, 2, {"api": ["10.0.0.1:80"]}, FULL_STACK)
+        return load_policies(work).upstreams["api"]
 
 
 async def inbound(nursery: trio.Nursery, proxy: Proxy) -> H2Session:

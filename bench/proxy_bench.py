@@ -56,6 +56,7 @@ from pathlib import Path
 
 from churn import churn_row
 from common import (
+    FULL_STACK,
     cheapest,
     free_port,
     start_bare_relay,
@@ -95,30 +96,6 @@ IDLE_HELLO = (
     + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # SETTINGS
     + b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"  # SETTINGS ACK
 )
-# Every resilience section on, none of them ever deciding anything: the pure cost of checking.
-FULL_STACK = """
-[timeout]
-request = "10s"
-per_try = "5s"
-[circuit_breaker]
-failure_threshold = 1000000
-volume_threshold = 1000000
-[retry]
-max_retries = 2
-retry_on = ["connect-failure", "refused-stream", "reset", "503"]
-[rate_limit]
-requests_per_second = 1000000
-burst = 1000000
-[balancer]
-max_connections_per_instance = 100000
-[chaos]
-abort_percent = 0
-delay_percent = 0
-[fallback]
-kind = "static"
-status = 503
-on = ["circuit-open"]
-"""
 STACKS = {"meshnode": "", "meshnode+res": FULL_STACK}
 BEFORE = "before+res"  # the full stack on an earlier commit's meshnode (--before)
 # At one request at a time, also the full stack with ``[node] busy_poll`` off (it is on by

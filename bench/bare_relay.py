@@ -2,8 +2,9 @@
 request path's cost.
 
 A listener whose every request goes, as it came, to one upstream: meshnode's own
-sessions (``net/h2/session.py``), upstream pool, streams and body relay, and a task per
-request (``RequestTasks``), as the node has them; none of the request path (no routing, no
+sessions (``net/h2/session.py``), upstream pool, streams and body relay, a task per
+request (``RequestTasks``) and busy polling at its default budget, as the node has them;
+none of the request path (no routing, no
 request record, no forwarding headers, no tries, no resilience, no statistics, no access
 log). ``./dev bench proxy`` runs it beside the node at ``-c 10 -m 10`` (``bare-relay``):
 the node's CPU per request less this one's is what the request path and the resilience
@@ -18,15 +19,18 @@ import sys
 
 import trio
 
+from meshnode.net.busy_poll import BusyPoll
 from meshnode.net.h2.session import H2Session
 from meshnode.net.pool import UpstreamPool
 from meshnode.net.request_tasks import RequestTasks
 from meshnode.net.stream import ResponseHead, Stream
+from meshnode.policy.models import NodeSection
 from meshnode.policy.units import Address
 from meshnode.proxy.relay import relay_body
 
 
 async def main(port: int, upstream: Address) -> None:
+    BusyPoll().configure(NodeSection(name="bare-relay").busy_poll)  # the node's default
     async with trio.open_nursery() as nursery:
         pool = UpstreamPool(nursery)
 

@@ -4,11 +4,11 @@ request path's cost.
 A listener whose every request goes, as it came, to one upstream: meshnode's own
 sessions (``net/h2/session.py``), upstream pool, streams and body relay, a task per
 request (``RequestTasks``) and busy polling at its default budget, as the node has them;
-none of the request path (no routing, no
-request record, no forwarding headers, no tries, no resilience, no statistics, no access
-log). ``./dev bench proxy`` runs it beside the node at ``-c 10 -m 10`` (``bare-relay``):
-the node's CPU per request less this one's is what the request path and the resilience
-stack cost, the rest is HTTP/2, trio and the kernel.
+none of the request path (no routing, request record, forwarded headers, tries,
+resilience, statistics or access log), and no error handling: a bench tool, not a proxy.
+``./dev bench proxy`` runs it beside the node at the 1 KiB GETs (``bare-relay``): the
+node's CPU per request less this one's is what the request path and the resilience stack
+cost; the rest is HTTP/2, trio and the kernel.
 
     .venv/bin/python bench/bare_relay.py PORT UPSTREAM_PORT
 """

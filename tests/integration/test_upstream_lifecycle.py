@@ -444,3 +444,19 @@ def test_a_body_s_end_waits_for_an_upstream_that_took_the_window_below_zero(
     result = trio.run(exchange)
     assert result == (200, hashlib.sha256(body).hexdigest().encode())
     assert server.counts().get("flow-control-errors", 0) == 0
+
+
+def test_a_malformed_answer_repeated_is_refused_each_time_and_a_good_one_still_relayed(
+    tmp_path: Path, node_process, upstreams
+) -> None:
+    """An upstream (h2 in its own process) that sends the same malformed head over and
+    over, on one connection: the node remembers its last verdict on a repeated answer, so
+    the repeats must be refused as the first was (502, nothing of the head relayed), and
+    a valid answer between them relayed."""
+    server = scripted("bad-head", 1)
+    upstreams.append(server)
+    node = node_for(node_process, tmp_path / "p", [server.address])
+    paths = ["/bad", "/bad", "/bad", "/ok", "/bad", "/bad"]
+    statuses = [curl(node, path).stdout.rsplit(b"\n", 1)[1] for path in paths]
+    assert statuses == [b"502", b"502", b"502", b"200", b"502", b"502"]
+    assert server.counts()["bad-heads"] == 5

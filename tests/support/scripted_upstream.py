@@ -28,6 +28,10 @@ plain sockets, one thread per connection. Modes:
   again only when a ``/_reopen`` request comes on the same connection. A DATA frame sent
   meanwhile, even an empty one, is h2's flow-control error: counted
   ``flow-control-errors``, and the connection ends.
+- ``bad-head``: a request for ``/bad`` is answered with a head HTTP/2 calls malformed (a
+  connection-specific ``connection: keep-alive`` field, written with h2's outbound checks
+  off), counted ``bad-heads``: the same head every time, so the same header block once
+  h2's encoder has indexed its fields. Other paths are answered as usual.
 - ``stale-http1``: HTTP/1.1 keep-alive; a connection answers its first request and
   closes when the next one arrives, unanswered: the race of a server closing an idle
   connection as a request is on its way, made to happen every time.
@@ -88,7 +92,11 @@ def answer_of(method: str, path: str, body: bytes = b"") -> bytes:
 
 
 def serve_h2(client: socket.socket, mode: str, every: int) -> None:
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    checked = mode != "bad-head"  # h2 would refuse to send the malformed head
+    config = h2.config.H2Configuration(
+        client_side=False, validate_outbound_headers=checked, normalize_outbound_headers=checked
+    )
+    conn = h2.connection.H2Connection(config)
     limit: int | None = None  # streams allowed at once, once lowered
     if lowered.is_set():
         limit = 1
@@ -178,9 +186,12 @@ def serve_h2(client: socket.socket, mode: str, every: int) -> None:
         for stream_id, head, received in ended:
             method, path = head[b":method"].decode(), head[b":path"].decode()
             body = answer_of(method, path, bytes(received))
-            conn.send_headers(
-                stream_id, [(b":status", b"200"), (b"content-length", str(len(body)).encode())]
-            )
+            answer = [(b":status", b"200"), (b"content-length", str(len(body)).encode())]
+            if mode == "bad-head" and path == "/bad":
+                answer.append((b"connection", b"keep-alive"))
+                with counts_lock:
+                    counts["bad-heads"] += 1
+            conn.send_headers(stream_id, answer)
             conn.send_data(stream_id, body, end_stream=True)
         client.sendall(conn.data_to_send())
         if last_taken is not None and not requests:
@@ -256,6 +267,7 @@ def main() -> None:
             "double-goaway",
             "answer-after-reset",
             "shrink-window",
+            "bad-head",
             "stale-http1",
         ],
     )

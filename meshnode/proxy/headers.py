@@ -1,7 +1,7 @@
 """Header rules for forwarding: the headers a proxy adds (hop-by-hop removal is
 ``meshnode.net.http1.hop_by_hop``, shared with the HTTP/1.1 translation). The rules are
-pure; ``ForwardedHeaders`` remembers a proxy's last plain request, to pass a repeat on
-after one comparison."""
+pure; ``ForwardedHeaders`` applies them, and remembers a proxy's last plain request to
+pass a repeat on after one comparison."""
 
 from __future__ import annotations
 
@@ -23,25 +23,17 @@ def new_request_id() -> bytes:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}".encode()
 
 
-def forwarded_request_headers(
-    headers: HeaderList, client_ip: bytes, peer_identity: str | None = None
-) -> tuple[HeaderList, bytes]:
-    """Headers to send upstream, and the request id (the caller's, or a new one).
+class ForwardedHeaders:
+    """The headers a proxy sends upstream, and the request id (the caller's, or a new one).
 
     Appends the client to ``x-forwarded-for`` and ``forwarded`` (RFC 7239).
     ``x-meshnode-peer-identity`` is never taken from the caller: it is dropped,
     and set to ``peer_identity`` (verified by mTLS) when there is one.
-    """
-    out, forwarded_for, forwarded, request_id = _passed_on(headers)
-    return _forwarding(out, client_ip, peer_identity, forwarded_for, forwarded, request_id)
 
-
-class ForwardedHeaders:
-    """``forwarded_request_headers`` for one proxy's requests: callers repeat their
-    requests' fields, and most are plain (nothing in them to drop, merge, or keep as the
-    id). A request whose fields equal the last plain one's is passed on whole after one
-    comparison instead of a test of each field: its own fields, each with its own
-    never-indexed mark."""
+    One per proxy, since callers repeat their requests' fields and most are plain
+    (nothing in them to drop, merge, or keep as the id): a request whose fields equal the
+    last plain one's is passed on whole after one comparison instead of a test of each
+    field, its own fields, each with its own never-indexed mark."""
 
     def __init__(self) -> None:
         self._plain: HeaderList | None = None  # a copy of the last plain request's fields

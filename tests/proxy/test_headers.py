@@ -3,14 +3,22 @@ from __future__ import annotations
 import uuid
 
 import hpack
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from meshnode.errors import Timeout
 from meshnode.net.http1.hop_by_hop import HOP_BY_HOP, connection_named, keeps, strip_hop_by_hop
-from meshnode.proxy.headers import ForwardedHeaders, forwarded_request_headers, new_request_id
+from meshnode.proxy.headers import ForwardedHeaders, new_request_id
 
 REQUEST = [(b":method", b"GET"), (b":path", b"/"), (b":authority", b"api")]
+
+
+def forwarded_request_headers(
+    headers: list[tuple[bytes, bytes]], client_ip: bytes, peer_identity: str | None = None
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The forwarding rules as a proxy applies them to its first request (nothing
+    remembered yet): each field tested."""
+    return ForwardedHeaders()(headers, client_ip, peer_identity)
 
 
 def test_hop_by_hop_headers_and_those_connection_names_are_removed() -> None:
@@ -153,10 +161,11 @@ _request_names = st.sampled_from(
     st.sampled_from([b"10.0.0.1", b"::1"]),
     st.sampled_from([None, "spiffe://mesh.local/a"]),
 )
+@example([(b"x-request-id", b"1")], b"10.0.0.1", None)  # not plain: the caller's id stays
 def test_a_repeated_request_is_forwarded_as_the_first_was(
     fields: list[tuple[bytes, bytes]], client_ip: bytes, identity: str | None
 ) -> None:
-    """Remembered or not, a request's fields go on as ``forwarded_request_headers`` has them."""
+    """Remembered or not, a request's fields go on as a first request's would."""
     headers = [*REQUEST, *fields]
     forwarded = ForwardedHeaders()
     expected, expected_id = forwarded_request_headers(headers, client_ip, identity)

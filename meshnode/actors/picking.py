@@ -195,44 +195,58 @@ class EndpointPicker:
 
     # -- the request path: endpoints and the bulkhead ----------------------------
 
+    def take(
+        self,
+        avoid: Address | None = None,
+        client: bytes | None = None,
+        session: bytes | None = None,
+        now: float | None = None,
+    ) -> tuple[Endpoint, EndpointLoad] | None:
+        """An endpoint for one try and its slot, if one is free now (None when every
+        usable endpoint is at ``max_connections_per_instance``): the common case, with no
+        coroutine and no wait. ``now``: the time the caller has read already.
+
+        ``avoid`` is the endpoint a retry should not go back to if it can help
+        it; ``client`` feeds ip-hash; ``session`` is the affinity key.
+        """
+        endpoint = self._choose(avoid, client, session, now)
+        return None if endpoint is None else (endpoint, self._take(endpoint))
+
     async def acquire(
         self,
         avoid: Address | None = None,
         client: bytes | None = None,
         session: bytes | None = None,
     ) -> tuple[Endpoint, EndpointLoad]:
-        """An endpoint for one try: usable, with a free slot, chosen by the strategy.
-
-        ``avoid`` is the endpoint a retry should not go back to if it can help
-        it; ``client`` feeds ip-hash; ``session`` is the affinity key. When every
-        usable endpoint is at ``max_connections_per_instance`` (the bulkhead),
-        up to ``max_pending`` requests wait ``queue_timeout`` for a slot; others
-        get ``bulkhead-full`` at once.
+        """An endpoint for one try, as ``take`` finds one, waiting for a slot when there
+        is none: when every usable endpoint is full (the bulkhead), up to ``max_pending``
+        requests wait ``queue_timeout`` for a slot; others get ``bulkhead-full`` at once.
         """
-        endpoint = self._choose(avoid, client, session)
-        if endpoint is None:
-            balancer = self.policy.balancer
-            if self.pending >= balancer.max_pending:
-                self._stats.rejected["bulkhead-full"] += 1
-                raise BulkheadFull(
-                    f"every endpoint is at {balancer.max_connections_per_instance} requests "
-                    f"and {self.pending} are waiting",
-                    self.name,
-                )
-            self.pending += 1
-            try:
-                with trio.move_on_after(balancer.queue_timeout):
-                    while endpoint is None:
-                        await self._slot_freed.wait()
-                        endpoint = self._choose(avoid, client, session)
-            finally:
-                self.pending -= 1
-            if endpoint is None:
-                self._stats.rejected["bulkhead-full"] += 1
-                raise BulkheadFull(
-                    f"no endpoint slot came free within {balancer.queue_timeout:g}s", self.name
-                )
-        return endpoint, self._take(endpoint)
+        taken = self.take(avoid, client, session)
+        if taken is not None:
+            return taken
+        balancer = self.policy.balancer
+        if self.pending >= balancer.max_pending:
+            self._stats.rejected["bulkhead-full"] += 1
+            raise BulkheadFull(
+                f"every endpoint is at {balancer.max_connections_per_instance} requests "
+                f"and {self.pending} are waiting",
+                self.name,
+            )
+        self.pending += 1
+        try:
+            with trio.move_on_after(balancer.queue_timeout):
+                while taken is None:
+                    await self._slot_freed.wait()
+                    taken = self.take(avoid, client, session)
+        finally:
+            self.pending -= 1
+        if taken is None:
+            self._stats.rejected["bulkhead-full"] += 1
+            raise BulkheadFull(
+                f"no endpoint slot came free within {balancer.queue_timeout:g}s", self.name
+            )
+        return taken
 
     def acquire_now(
         self, avoid: Address | None = None, client: bytes | None = None
@@ -241,10 +255,9 @@ class EndpointPicker:
         than a wait when every usable endpoint is full or none is usable. No session
         affinity: a hedge goes elsewhere on purpose."""
         try:
-            endpoint = self._choose(avoid, client, None)
+            return self.take(avoid, client)
         except NoHealthyEndpoints:
             return None
-        return None if endpoint is None else (endpoint, self._take(endpoint))
 
     def _take(self, endpoint: Endpoint) -> EndpointLoad:
         """A slot on ``endpoint``: counted in flight until released."""
@@ -274,11 +287,16 @@ class EndpointPicker:
         return usable
 
     def _choose(
-        self, avoid: Address | None, client: bytes | None, session: bytes | None
+        self,
+        avoid: Address | None,
+        client: bytes | None,
+        session: bytes | None,
+        now: float | None = None,
     ) -> Endpoint | None:
         if not self.endpoints.endpoints:
             raise NoHealthyEndpoints("no endpoint is available", self.name)
-        now = trio.current_time()
+        if now is None:
+            now = trio.current_time()
         usable = self.usable(now)
         if not usable:
             raise NoHealthyEndpoints("every endpoint is unhealthy or ejected", self.name)
@@ -296,9 +314,13 @@ class EndpointPicker:
             avoid=avoid,
         )
 
-    def release(self, load: EndpointLoad, latency: float, *, failed: bool = False) -> None:
-        """The try on ``load``'s endpoint ended; its outcome feeds latency and ejection."""
-        now = trio.current_time()
+    def release(
+        self, load: EndpointLoad, latency: float, *, failed: bool = False, now: float | None = None
+    ) -> None:
+        """The try on ``load``'s endpoint ended; its outcome feeds latency and ejection.
+        ``now``: the time the caller read as the try ended."""
+        if now is None:
+            now = trio.current_time()
         self.release_unjudged(load)
         load.tries += 1
         load.failures += failed

@@ -226,8 +226,10 @@ class Stream:
         await self.session.send_stream_data(self, b"", True)
 
     def reset(self, code: int = CANCEL) -> None:
-        """Abandon the stream (a no-op once it is closed both ways or already reset)."""
-        self.session.reset_stream(self, code)
+        """Abandon the stream (a no-op once it is closed both ways or already reset: the
+        request path's last word on every stream, most of them finished)."""
+        if self.error is None and not (self.local_closed and self.remote_closed):
+            self.session.reset_stream(self, code)
 
     def refuse(self, code: int, kind: str, detail: str) -> None:
         """Reset the stream because the peer broke a rule: counted, logged, and charged to

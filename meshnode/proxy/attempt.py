@@ -93,6 +93,7 @@ class Exchange:
         "body",
         "client",
         "connections",
+        "deadline",
         "endpoint",
         "extra_headers",
         "headers",
@@ -100,6 +101,7 @@ class Exchange:
         "per_try",
         "pool",
         "scope",
+        "started",
         "tap",
         "tunnel",
         "upstream",
@@ -114,6 +116,8 @@ class Exchange:
         client: Stream,
         scope: trio.CancelScope,
         *,
+        started: float,
+        deadline: float,
         per_try: float = math.inf,
         judge: Judge | None = None,
         extra_headers: Sequence[tuple[bytes, bytes]] = (),
@@ -121,10 +125,11 @@ class Exchange:
         connections: UpstreamConnections = PLAIN_H2,
         tunnel: Tunnel | None = None,
     ) -> None:
-        """``scope`` is the try's cancel scope, its deadline the request's: until the
-        response head arrives ``run`` moves it ``per_try`` seconds ahead of now, when that
-        is sooner. ``tunnel``: the request is a WebSocket; once the upstream accepted it,
-        the tunnel carries its bytes both ways."""
+        """``scope`` is the try's cancel scope, ``deadline`` the request's: until the
+        response head arrives the scope's deadline is the try's, ``per_try`` seconds after
+        it ``started``, when that is sooner (``run`` moves it there, unless the scope was
+        opened with it), and the request's after. ``tunnel``: the request is a WebSocket;
+        once the upstream accepted it, the tunnel carries its bytes both ways."""
         self.connections = connections
         self.tunnel = tunnel
         self.pool = pool
@@ -133,6 +138,8 @@ class Exchange:
         self.body = body
         self.client = client
         self.scope = scope
+        self.started = started
+        self.deadline = deadline
         self.per_try = per_try
         self.judge = judge
         self.extra_headers = extra_headers
@@ -140,15 +147,17 @@ class Exchange:
         self.upstream: Stream | None = None
 
     async def run(self, nursery: trio.Nursery | None) -> tuple[int, HeaderList]:
-        """The whole try: ``head`` under the per-try deadline (the scope's moved to it when
-        that is sooner, and back), then ``relay``. Written out here rather than in a helper:
-        the request's task passes through every coroutine of this chain each time it waits."""
+        """The whole try: ``head`` under the per-try deadline (when that is sooner than the
+        request's), then ``relay`` under the request's. Written out here rather than in a
+        helper: the request's task passes through every coroutine of this chain each time
+        it waits."""
         scope = self.scope
-        request_deadline = scope.deadline
-        try_deadline = trio.current_time() + self.per_try
+        request_deadline = self.deadline
+        try_deadline = self.started + self.per_try
         if try_deadline >= request_deadline:
             return await self.relay(await self.head(nursery))
-        scope.deadline = try_deadline
+        if scope.deadline != try_deadline:  # opened with the request's: it waited for a slot
+            scope.deadline = try_deadline
         head = await self.head(nursery)
         if scope.cancel_called:  # the deadline passed as the head arrived: too late to relay
             await trio.lowlevel.checkpoint()  # raises the cancellation, nothing relayed

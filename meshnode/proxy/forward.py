@@ -142,7 +142,8 @@ class Proxy:
         except Exception:
             log.exception("request on stream %d failed", stream.id)
             stream.reset(INTERNAL_ERROR)
-        await _linger(request)
+        if _still_sending(stream):
+            await _linger(request)
         # Answered while the client was still sending: RFC 9113 section 8.1 asks it to stop.
         stream.reset(NO_ERROR)
         group = request.group
@@ -184,7 +185,7 @@ class Proxy:
             replay = 0  # a tunnel's bytes are not a body to send again
         request.body = None if stream.consume_end() else self._body(request, replay)
         try:
-            await self._serve(request, group, policy)
+            await self._serve(request, group, policy, request.started)
         except MeshError as error:
             error.upstream = error.upstream or group.name
             error.request_id = request.request_id
@@ -214,7 +215,8 @@ class Proxy:
         body = request.body
         if target is None or (body is not None and not body.replayable):
             return False
-        await self._serve(request, target, target.policy, [fallback.fallback_header("upstream")])
+        marked = [fallback.fallback_header("upstream")]
+        await self._serve(request, target, target.policy, trio.current_time(), marked)
         return True
 
     def _body(self, request: Request, replay: int) -> RequestBody:
@@ -239,11 +241,12 @@ class Proxy:
         request: Request,
         group: UpstreamGroup,
         policy: UpstreamPolicy,
+        now: float,
         extra_headers: HeaderList | None = None,
     ) -> None:
-        """Everything after routing: the protections, then the tries."""
+        """Everything after routing, from ``now`` on: the protections, then the tries."""
         protections = group.protections
-        now = trio.current_time()
+        tries_from = now  # when the tries start: later when a fault or the limit delayed them
         limiter = protections.rate_limiter
         if limiter is not None:
             key = request.client_ip
@@ -273,6 +276,7 @@ class Proxy:
                     request.stream.cancel_scope = delaying
                     await trio.sleep(fault.delay)
                 ensure_open(request.stream, connection_dead=False)
+                tries_from = trio.current_time()
             if fault.abort_status is not None:
                 raise ChaosAbort("injected by [chaos]", group.name, fault.abort_status)
 
@@ -293,6 +297,7 @@ class Proxy:
         try:
             if protections.concurrency is not None:  # no coroutine to await without one
                 admitted = await self._under_the_limit(request, group, policy, protections)
+                tries_from = trio.current_time()
             limit = policy.timeout.request or math.inf
             if request.tunnel:
                 limit = policy.timeout.tunnel_lifetime
@@ -307,6 +312,7 @@ class Proxy:
                 limit=limit,
                 tunnels=self.tunnels,
                 extra_headers=extra_headers or [],
+                now=tries_from,
             )
             status = await tries.run()
             finished = True
@@ -323,20 +329,19 @@ class Proxy:
                 condition, finished = "reset", True
             raise
         finally:
+            end = trio.current_time()
+            duration = request.outcome_time(end) - now
             concurrency = protections.concurrency
             if admitted is not None and concurrency is not None:
                 if finished:
-                    rtt = request.outcome_time(trio.current_time()) - now
                     dropped = condition == "timeout" or status in (429, 503)
-                    concurrency.finish(admitted, rtt, dropped=dropped)
+                    concurrency.finish(admitted, duration, dropped=dropped)
                 else:
                     concurrency.release()
                 protections.limit_freed.fire()
             if permit is not None and core is not None:
                 if finished and policy.circuit_breaker is not None:
                     failed = is_breaker_failure(policy.circuit_breaker, status, condition)
-                    end = trio.current_time()
-                    duration = request.outcome_time(end) - now
                     core.record(permit, failed=failed, duration=duration, now=end)
                 else:
                     core.release(permit)
@@ -387,16 +392,19 @@ class InboundProxy(Proxy):
         return self.local
 
 
+def _still_sending(stream: Stream) -> bool:
+    """Answered (the response ended) while the client's body is still on its way."""
+    return stream.local_closed and not stream.remote_closed and stream.error is None
+
+
 async def _linger(request: Request) -> None:
-    """Answered while the client still sends its body: read and drop the rest for a
-    moment (up to ``LINGER_BYTES`` within ``LINGER`` seconds) before the RST_STREAM NO_ERROR
-    of RFC 9113 8.1. Some clients take that reset, arriving while they upload, as a failure
-    of the whole exchange (curl exits 92 and prints nothing, the answer lost): a short body
-    already on its way finishes and the stream closes cleanly. A long one is still cut
-    short, as nginx's lingering close cuts an HTTP/1.1 body."""
+    """Answered while the client still sends its body (``_still_sending``): read and drop
+    the rest for a moment (up to ``LINGER_BYTES`` within ``LINGER`` seconds) before the
+    RST_STREAM NO_ERROR of RFC 9113 8.1. Some clients take that reset, arriving while they
+    upload, as a failure of the whole exchange (curl exits 92 and prints nothing, the answer
+    lost): a short body already on its way finishes and the stream closes cleanly. A long
+    one is still cut short, as nginx's lingering close cuts an HTTP/1.1 body."""
     stream = request.stream
-    if stream.remote_closed or stream.error is not None or not stream.local_closed:
-        return
     body = request.body or RequestBody(stream, 0)  # refused before its body was looked at
     with trio.move_on_after(LINGER):
         try:

@@ -63,7 +63,7 @@ class _Try:
     load: EndpointLoad
     span: Any
     exchange: Exchange
-    started: float = attrs.field(factory=trio.current_time)
+    started: float
     ended: bool = False
 
 
@@ -82,9 +82,10 @@ class Tries:
         limit: float,
         tunnels: set[Tunnel],
         extra_headers: HeaderList,
+        now: float,
     ) -> None:
-        """``limit``: seconds the whole loop may take (the request timeout, or a tunnel's
-        lifetime); ``tunnels``: where a WebSocket tunnel registers while it is open;
+        """``limit``: seconds the whole loop may take from ``now`` (the request timeout, or
+        a tunnel's lifetime); ``tunnels``: where a WebSocket tunnel registers while it is open;
         ``extra_headers``: added to the response relayed (a fallback's mark, a skipped
         retry's reason); this request's own list."""
         self.request = request
@@ -94,7 +95,8 @@ class Tries:
         self.connections = connections
         self.limit = limit
         self.extra_headers = extra_headers
-        self.deadline = trio.current_time() + limit
+        self.started = now
+        self.deadline = now + limit
         self.per_try = policy.timeout.per_try or math.inf
         self.tunnel = None
         if request.tunnel:  # the request timeout bounds its opening, the idle limit the rest
@@ -110,32 +112,45 @@ class Tries:
 
     async def run(self) -> int:
         """Try until a try relays an answer (its status is returned); raise the error of
-        the last try when no other may follow."""
+        the last try when no other may follow.
+
+        A try that needs no wait (no backoff, a free endpoint slot, no hedge to race) opens
+        its scope with its own deadline already, the common case; one that waits opens it
+        with the request's, and its exchange moves it to the try's once the wait is over."""
         request, group = self.request, self.group
+        stream, picker = request.stream, group.picker
         budget = group.protections.retry_budget
         if budget is not None:
-            budget.record_request(trio.current_time())
+            budget.record_request(self.started)
         session = request.session_key(self.policy)
         counts = group.stats.tries
         avoid = None
         delay = 0.0
+        now = self.started
         resend: str | None = None  # why the last try is sent again, free of charge
         while True:
             failed: AttemptFailed | None = None
-            with trio.CancelScope(deadline=self.deadline) as scope:
-                request.stream.cancel_scope = scope
-                ensure_open(request.stream, connection_dead=False)
-                if delay:
-                    await trio.sleep(delay)
+            ensure_open(stream, connection_dead=False)
+            taken = None if delay else picker.take(avoid, request.client_ip, session, now)
+            deadline = self.deadline
+            if taken is not None and self.hedge is None:
+                deadline = min(deadline, now + self.per_try)
+            with trio.CancelScope(deadline=deadline) as scope:
+                stream.cancel_scope = scope
+                if taken is None:
+                    if delay:
+                        await trio.sleep(delay)
+                    taken = await picker.acquire(avoid, request.client_ip, session)
+                    now = trio.current_time()
                 if resend is None:
                     self.tries += 1
                     counts["total"] += 1
                     if self.tries == 2:
                         counts["retried_requests"] += 1
                 resend = None
-                endpoint, load = await group.picker.acquire(avoid, request.client_ip, session)
-                first = self._begin(endpoint, load, scope)
-                self.try_started = first.started
+                endpoint, load = taken
+                first = self._begin(endpoint, load, scope, now)
+                self.try_started = now
                 try:
                     if self.hedge is not None:
                         return await self._race(first)
@@ -143,6 +158,7 @@ class Tries:
                 except AttemptFailed as failure:
                     failed, resend = failure, failure.resend
             avoid = endpoint.address
+            now = trio.current_time()
             if resend is not None:
                 self.resends += 1
                 group.stats.resent[resend] += 1
@@ -154,8 +170,11 @@ class Tries:
                 failed = self._cancelled(scope)
             delay = self._delay_after(failed)
 
-    def _begin(self, endpoint: Endpoint, load: EndpointLoad, scope: trio.CancelScope) -> _Try:
-        """A try on ``endpoint``, whose slot ``load`` holds: its exchange and its span."""
+    def _begin(
+        self, endpoint: Endpoint, load: EndpointLoad, scope: trio.CancelScope, now: float
+    ) -> _Try:
+        """A try on ``endpoint``, whose slot ``load`` holds, starting ``now``: its exchange
+        and its span."""
         request = self.request
         request.tries += 1
         request.endpoint = endpoint.address
@@ -167,6 +186,8 @@ class Tries:
             request.body,
             request.stream,
             scope,
+            started=now,
+            deadline=self.deadline,
             per_try=self.per_try,
             judge=self._judge,
             extra_headers=self.extra_headers,
@@ -174,7 +195,7 @@ class Tries:
             connections=self.connections,
             tunnel=self.tunnel,
         )
-        return _Try(endpoint, load, span, exchange)
+        return _Try(endpoint, load, span, exchange, now)
 
     async def _settled(self, one: _Try, answer: Coroutine[Any, Any, tuple[int, HeaderList]]) -> int:
         """Await the answer ``one`` relays (``answer``) and settle the try: its slot, its
@@ -186,7 +207,7 @@ class Tries:
             failed = status >= 500
             if self.tries > 1 and not failed:
                 self.group.stats.tries["recovered"] += 1
-            if status == 200:
+            if status == 200 and self.capture is not None:
                 self._remember(head)
             return status
         except AttemptFailed as failure:
@@ -206,7 +227,8 @@ class Tries:
         if unjudged is not None:
             picker.release_unjudged(one.load)
         else:
-            picker.release(one.load, trio.current_time() - one.started, failed=failed)
+            now = trio.current_time()
+            picker.release(one.load, now - one.started, failed=failed, now=now)
         trace = self.request.trace
         if trace is None or one.span is None:
             return
@@ -350,7 +372,7 @@ class Tries:
         trace = self.request.trace
         if trace is not None:
             trace.event("hedge", {"meshnode.hedge.endpoint": str(endpoint.address)})
-        return self._begin(endpoint, load, last.exchange.scope)
+        return self._begin(endpoint, load, last.exchange.scope, trio.current_time())
 
     def _refusable(self, head: ResponseHead) -> bool:
         """Whether the policy might refuse to relay ``head``: a retry or a fallback could
@@ -533,7 +555,7 @@ class Tries:
         return True
 
     def _remember(self, head: HeaderList) -> None:
-        """Keep a successful GET answer for the stale-cache fallback."""
+        """Keep a successful GET answer for the stale-cache fallback (its body captured)."""
         capture = self.capture
         cache = self.group.protections.stale_cache
         if capture is None or capture.overflow or cache is None:

@@ -9,6 +9,7 @@ head back, so the try resumes with its head and its scope already cancelled.
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.lowlevel
 import trio.testing
@@ -56,15 +57,20 @@ class Client:
 
 
 REQUEST_DEADLINE = 10.0
+PER_TRY = 0.5
 
 
 async def try_with_head_after(
-    clock: trio.testing.MockClock, late_by: float
+    clock: trio.testing.MockClock, late_by: float, *, opened_with_try_deadline: bool = False
 ) -> tuple[trio.CancelScope, LateUpstream, Client, int | None]:
     """One try with a per-try timeout of 0.5 s, its head arriving ``late_by`` seconds in:
-    the try's scope, the upstream, the client, and the status relayed (None if none)."""
+    the try's scope, the upstream, the client, and the status relayed (None if none).
+    ``opened_with_try_deadline``: the scope starts with the per-try deadline, as the retry
+    loop opens it for a try that waited for nothing; else with the request's."""
     upstream, client, status = LateUpstream(clock, late_by), Client(), None
-    with trio.CancelScope(deadline=trio.current_time() + REQUEST_DEADLINE) as scope:
+    started = trio.current_time()
+    opening = started + (PER_TRY if opened_with_try_deadline else REQUEST_DEADLINE)
+    with trio.CancelScope(deadline=opening) as scope:
         exchange = Exchange(
             Pool(upstream),  # type: ignore[arg-type]
             Endpoint(Address("127.0.0.1", 1)),
@@ -72,7 +78,9 @@ async def try_with_head_after(
             None,
             client,  # type: ignore[arg-type]
             scope,
-            per_try=0.5,
+            started=started,
+            deadline=started + REQUEST_DEADLINE,
+            per_try=PER_TRY,
         )
         try:
             status, _ = await attempt(exchange)
@@ -81,19 +89,25 @@ async def try_with_head_after(
     return scope, upstream, client, status
 
 
+@pytest.mark.parametrize("opened_with_try_deadline", [False, True])
 async def test_a_head_arriving_as_the_per_try_deadline_passes_is_not_relayed(
-    mock_clock: trio.testing.MockClock,
+    mock_clock: trio.testing.MockClock, opened_with_try_deadline: bool
 ) -> None:
-    scope, upstream, client, status = await try_with_head_after(mock_clock, 1.0)
+    scope, upstream, client, status = await try_with_head_after(
+        mock_clock, 1.0, opened_with_try_deadline=opened_with_try_deadline
+    )
     assert scope.cancelled_caught and status is None
     assert client.heads_sent == []  # a retry may still follow: nothing reached the client
     assert upstream.reset_with == CANCEL
     assert scope.deadline < REQUEST_DEADLINE  # still the per-try one: read as a try timeout
 
 
+@pytest.mark.parametrize("opened_with_try_deadline", [False, True])
 async def test_a_head_in_time_gives_the_body_the_request_deadline(
-    mock_clock: trio.testing.MockClock,
+    mock_clock: trio.testing.MockClock, opened_with_try_deadline: bool
 ) -> None:
-    scope, _, client, status = await try_with_head_after(mock_clock, 0.1)
+    scope, _, client, status = await try_with_head_after(
+        mock_clock, 0.1, opened_with_try_deadline=opened_with_try_deadline
+    )
     assert (status, len(client.heads_sent)) == (200, 1)
     assert scope.deadline == REQUEST_DEADLINE

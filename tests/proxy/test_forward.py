@@ -398,6 +398,42 @@ async def test_with_a_queue_timeout_a_request_waits_for_room(nursery, clock) -> 
     assert trio.current_time() - started == pytest.approx(0.4)  # one after the other
 
 
+WAITS_FOR_AN_ENDPOINT_SLOT = {
+    "balancer": BalancerPolicy(max_connections_per_instance=1, queue_timeout=Duration(2))
+}
+WAITS_UNDER_THE_CONCURRENCY_LIMIT = {
+    "concurrency_limit": ConcurrencyLimitPolicy(
+        algorithm="fixed", initial_limit=1, queue_timeout=Duration(2)
+    )
+}
+
+
+@pytest.mark.parametrize(
+    "waiting",
+    [WAITS_FOR_AN_ENDPOINT_SLOT, WAITS_UNDER_THE_CONCURRENCY_LIMIT],
+    ids=["slot", "limit"],
+)
+async def test_the_per_try_timeout_counts_from_when_the_try_goes_not_from_the_wait(
+    nursery, clock, waiting
+) -> None:
+    """The second request waits 0.4 s for the first to finish, then its own try takes
+    0.4 s: within its per-try 0.5 s, though 0.8 s after it came."""
+    mesh = Mesh(nursery, [late(200, 0.4)])
+    timeouts = TimeoutPolicy(per_try=Duration(0.5), request=Duration(5))
+    await mesh.add(upstream_policy("api", A, timeout=timeouts, **waiting))
+    answered: list[tuple[int, float]] = []
+    started = trio.current_time()
+
+    async def one() -> None:
+        answer = (await mesh.call())[0]
+        answered.append((answer, trio.current_time() - started))
+
+    async with trio.open_nursery() as callers:
+        callers.start_soon(one)
+        callers.start_soon(one)
+    assert answered == [(200, pytest.approx(0.4)), (200, pytest.approx(0.8))]
+
+
 async def test_a_slow_try_is_hedged_on_another_endpoint_and_the_first_head_wins(
     nursery, clock
 ) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from meshnode.actors.picking import EndpointLoad
 from meshnode.errors import MeshError, UpstreamConnectFailure, UpstreamReset
 from meshnode.net.http1.hop_by_hop import strip_hop_by_hop
 from meshnode.net.pool import PLAIN_H2, UpstreamConnections, UpstreamPool
@@ -84,23 +85,26 @@ async def _with_upload(exchange: Exchange) -> tuple[int, HeaderList]:
 
 
 class Exchange:
-    """One try's exchange with its endpoint, in two steps: the request out and the
-    response head back (``head``), then that head judged and relayed with its body
-    (``relay``). A hedged request runs the first step of several at once and the second
-    of the one whose head came first."""
+    """One try: its endpoint's slot, its span, and its exchange with the endpoint, in two
+    steps: the request out and the response head back (``head``), then that head judged
+    and relayed with its body (``relay``). A hedged request runs the first step of several
+    at once and the second of the one whose head came first."""
 
     __slots__ = (
         "body",
         "client",
         "connections",
         "deadline",
+        "ended",
         "endpoint",
         "extra_headers",
         "headers",
         "judge",
+        "load",
         "per_try",
         "pool",
         "scope",
+        "span",
         "started",
         "tap",
         "tunnel",
@@ -118,6 +122,8 @@ class Exchange:
         *,
         started: float,
         deadline: float,
+        load: EndpointLoad,
+        span: Any = None,
         per_try: float = math.inf,
         judge: Judge | None = None,
         extra_headers: Sequence[tuple[bytes, bytes]] = (),
@@ -129,7 +135,8 @@ class Exchange:
         response head arrives the scope's deadline is the try's, ``per_try`` seconds after
         it ``started``, when that is sooner (``run`` moves it there, unless the scope was
         opened with it), and the request's after. ``tunnel``: the request is a WebSocket;
-        once the upstream accepted it, the tunnel carries its bytes both ways."""
+        once the upstream accepted it, the tunnel carries its bytes both ways. ``load``:
+        the endpoint's slot the try holds; ``span``: its trace span, if it is traced."""
         self.connections = connections
         self.tunnel = tunnel
         self.pool = pool
@@ -140,6 +147,9 @@ class Exchange:
         self.scope = scope
         self.started = started
         self.deadline = deadline
+        self.load = load
+        self.span = span
+        self.ended = False  # settled: its slot given back, its span ended
         self.per_try = per_try
         self.judge = judge
         self.extra_headers = extra_headers

@@ -28,7 +28,6 @@ import math
 from collections.abc import Coroutine
 from typing import Any
 
-import attrs
 import trio
 
 from meshnode.actors.group import UpstreamGroup
@@ -55,21 +54,30 @@ MAX_RESENDS = 3
 HEDGE_LOST = "hedge-lost"  # a try cancelled because another answered first
 
 
-@attrs.define
-class _Try:
-    """One try in flight: its endpoint's slot, its span, its exchange."""
-
-    endpoint: Endpoint
-    load: EndpointLoad
-    span: Any
-    exchange: Exchange
-    started: float
-    ended: bool = False
-
-
 class Tries:
     """One request's tries against one upstream, under the policy it started with: the
     context every try shares (deadlines, counts, the endpoint to avoid next)."""
+
+    __slots__ = (
+        "capture",
+        "connections",
+        "deadline",
+        "extra_headers",
+        "group",
+        "head_status",
+        "hedge",
+        "limit",
+        "per_try",
+        "policy",
+        "pool",
+        "request",
+        "resends",
+        "skipped",
+        "started",
+        "tries",
+        "try_started",
+        "tunnel",
+    )
 
     def __init__(
         self,
@@ -154,7 +162,7 @@ class Tries:
                 try:
                     if self.hedge is not None:
                         return await self._race(first)
-                    return await self._settled(first, attempt(first.exchange))
+                    return await self._settled(first, attempt(first))
                 except AttemptFailed as failure:
                     failed, resend = failure, failure.resend
             avoid = endpoint.address
@@ -172,14 +180,14 @@ class Tries:
 
     def _begin(
         self, endpoint: Endpoint, load: EndpointLoad, scope: trio.CancelScope, now: float
-    ) -> _Try:
+    ) -> Exchange:
         """A try on ``endpoint``, whose slot ``load`` holds, starting ``now``: its exchange
         and its span."""
         request = self.request
         request.tries += 1
         request.endpoint = endpoint.address
         headers, span = self._headers_for(endpoint.address)
-        exchange = Exchange(
+        return Exchange(
             self.pool,
             endpoint,
             headers,
@@ -189,15 +197,18 @@ class Tries:
             started=now,
             deadline=self.deadline,
             per_try=self.per_try,
+            load=load,
+            span=span,
             judge=self._judge,
             extra_headers=self.extra_headers,
             tap=self.capture,
             connections=self.connections,
             tunnel=self.tunnel,
         )
-        return _Try(endpoint, load, span, exchange, now)
 
-    async def _settled(self, one: _Try, answer: Coroutine[Any, Any, tuple[int, HeaderList]]) -> int:
+    async def _settled(
+        self, one: Exchange, answer: Coroutine[Any, Any, tuple[int, HeaderList]]
+    ) -> int:
         """Await the answer ``one`` relays (``answer``) and settle the try: its slot, its
         span, the counts."""
         status, outcome, failed = 0, None, True  # until it relays an answer that is no failure
@@ -214,11 +225,11 @@ class Tries:
             outcome, resend = failure.condition, self._resend_for(failure)
             raise
         finally:
-            one.exchange.close()
+            one.close()
             self._end(one, status or self.head_status, outcome, failed=failed, unjudged=resend)
 
     def _end(
-        self, one: _Try, status: int, outcome: str | None, *, failed: bool, unjudged: str | None
+        self, one: Exchange, status: int, outcome: str | None, *, failed: bool, unjudged: str | None
     ) -> None:
         """``one`` ended: its endpoint's slot back (with its latency and whether it failed,
         unless it was left unanswered by a recycled connection), its span ended."""
@@ -246,7 +257,7 @@ class Tries:
 
     # -- hedging: more than one try at once ----------------------------------------
 
-    async def _race(self, first: _Try) -> int:
+    async def _race(self, first: Exchange) -> int:
         """``first`` and, each time the hedge delay passes without a response head, a hedge
         on another endpoint (up to ``max_hedges``): the first head the policy would relay
         wins and the others are cancelled (RST_STREAM CANCEL). A head the policy would
@@ -263,26 +274,26 @@ class Tries:
         try_deadline = first.started + self.per_try
         try:
             with trio.CancelScope(deadline=min(first.started + delay, try_deadline)) as waiting:
-                head = await first.exchange.head(None)
+                head = await first.head(None)
         except AttemptFailed as alone:
             self._end_contender(first, alone)
             raise
         except BaseException:  # the request's deadline, or the caller gone
-            first.exchange.close()
+            first.close()
             self._end(first, 0, None, failed=True, unjudged=None)
             raise
         if not waiting.cancelled_caught:
-            return await self._settled(first, first.exchange.relay(head))
+            return await self._settled(first, first.relay(head))
         if trio.current_time() >= try_deadline:
             timed_out = _per_try_timeout(self.per_try)
             self._end_contender(first, timed_out)
             raise timed_out
-        send, results = trio.open_memory_channel[tuple[_Try, ResponseHead | AttemptFailed]](
+        send, results = trio.open_memory_channel[tuple[Exchange, ResponseHead | AttemptFailed]](
             math.inf
         )
         contenders = [first]
-        winner: tuple[_Try, ResponseHead] | None = None
-        spare: tuple[_Try, ResponseHead] | None = None
+        winner: tuple[Exchange, ResponseHead] | None = None
+        spare: tuple[Exchange, ResponseHead] | None = None
         failure: AttemptFailed | None = None
         raced = False  # the race came to an end (not an exception, nor the deadline)
         try:
@@ -318,7 +329,7 @@ class Tries:
             winner = (winner or spare) if raced else None
             for one in contenders:
                 if not one.ended and (winner is None or one is not winner[0]):
-                    one.exchange.close()
+                    one.close()
                     lost = winner is not None
                     why = HEDGE_LOST if lost else None
                     self._end(one, 0, why, failed=not lost, unjudged=None)
@@ -330,29 +341,33 @@ class Tries:
             self.group.stats.hedges["won"] += 1
         self.try_started = one.started
         self.request.endpoint = one.endpoint.address  # the access log names the one relayed
-        return await self._settled(one, one.exchange.relay(head))
+        return await self._settled(one, one.relay(head))
 
     async def _contend(
-        self, one: _Try, results: trio.MemorySendChannel[tuple[_Try, ResponseHead | AttemptFailed]]
+        self,
+        one: Exchange,
+        results: trio.MemorySendChannel[tuple[Exchange, ResponseHead | AttemptFailed]],
     ) -> None:
         """Run ``one`` up to its response head, within its per-try timeout; report it."""
         outcome: ResponseHead | AttemptFailed = _per_try_timeout(self.per_try)
         with trio.CancelScope(deadline=one.started + self.per_try):
             try:
-                outcome = await one.exchange.head(None)
+                outcome = await one.head(None)
             except AttemptFailed as failure:
                 outcome = failure
         results.send_nowait((one, outcome))
 
-    def _end_contender(self, one: _Try, failure: AttemptFailed | None, *, status: int = 0) -> None:
+    def _end_contender(
+        self, one: Exchange, failure: AttemptFailed | None, *, status: int = 0
+    ) -> None:
         """A contender that failed (``failure``) or brought a head the policy refuses
         (``status``) while others still run."""
-        one.exchange.close()
+        one.close()
         resend = None if failure is None else self._resend_for(failure)
         outcome = str(status) if failure is None else failure.condition
         self._end(one, status, outcome, failed=True, unjudged=resend)
 
-    def _hedge(self, last: _Try) -> _Try | None:
+    def _hedge(self, last: Exchange) -> Exchange | None:
         """A hedge, preferably on another endpoint than ``last``'s: None when every endpoint
         is full or the retry budget is spent (hedges and retries share it)."""
         group = self.group
@@ -372,7 +387,7 @@ class Tries:
         trace = self.request.trace
         if trace is not None:
             trace.event("hedge", {"meshnode.hedge.endpoint": str(endpoint.address)})
-        return self._begin(endpoint, load, last.exchange.scope, trio.current_time())
+        return self._begin(endpoint, load, last.scope, trio.current_time())
 
     def _refusable(self, head: ResponseHead) -> bool:
         """Whether the policy might refuse to relay ``head``: a retry or a fallback could

@@ -14,6 +14,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
+from meshnode.actors.picking import EndpointLoad
 from meshnode.net.stream import CANCEL, ResponseHead
 from meshnode.policy.models import Endpoint
 from meshnode.policy.units import Address
@@ -71,15 +72,17 @@ async def try_with_head_after(
     started = trio.current_time()
     opening = started + (PER_TRY if opened_with_try_deadline else REQUEST_DEADLINE)
     with trio.CancelScope(deadline=opening) as scope:
+        endpoint = Endpoint(Address("127.0.0.1", 1))
         exchange = Exchange(
             Pool(upstream),  # type: ignore[arg-type]
-            Endpoint(Address("127.0.0.1", 1)),
+            endpoint,
             [],
             None,
             client,  # type: ignore[arg-type]
             scope,
             started=started,
             deadline=started + REQUEST_DEADLINE,
+            load=EndpointLoad(endpoint.address),
             per_try=PER_TRY,
         )
         try:

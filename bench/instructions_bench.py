@@ -12,11 +12,19 @@ warm-up, differ by the cost of N requests alone.
     ./dev bench instructions                       # this checkout
     ./dev bench instructions --before /tmp/old     # and another (git worktree add /tmp/old REV)
     ./dev bench instructions --h2-inbound          # requests on an inbound HTTP/2 connection
+    ./dev bench instructions --bytecodes           # Python bytecodes a request, by function
+
+``--bytecodes`` counts, without valgrind, the Python bytecodes each function runs per
+request (``sys.settrace`` opcode events; the same difference of N and 2N requests): exact
+and the same on every run, in seconds, and it says where. Native work (a C function, the
+kernel) is not in it, and one bytecode is not one cost, so it guides a change on the
+request path; the instructions and the proxy bench judge it.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import re
 import shutil
@@ -24,6 +32,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import attrs
 import trio
@@ -142,6 +152,48 @@ def per_request(source: Path, count: int, options: tuple[str, ...] = ()) -> floa
     return (counted(source, 2 * count, options) - counted(source, count, options)) / count
 
 
+def bytecodes(count: int, *, h2_inbound: bool = False) -> collections.Counter[str]:
+    """Bytecodes a request runs in each function (``module:qualified name``): the counts of
+    2 * ``count`` requests less those of ``count``, divided by ``count``."""
+
+    def counted_run(requests_served: int) -> collections.Counter[str]:
+        counts: collections.Counter[str] = collections.Counter()
+
+        def trace(frame: FrameType, event: str, arg: Any) -> Any:
+            frame.f_trace_opcodes = True
+            if event == "opcode":
+                code = frame.f_code
+                counts[f"{frame.f_globals.get('__name__')}:{code.co_qualname}"] += 1
+            return trace
+
+        sys.settrace(trace)
+        try:
+            requests(requests_served, h2_inbound=h2_inbound)
+        finally:
+            sys.settrace(None)
+        return counts
+
+    once, twice = counted_run(count), counted_run(2 * count)
+    twice.subtract(once)
+    return collections.Counter({name: n / count for name, n in twice.items() if n > 0})
+
+
+def print_bytecodes(per_function: collections.Counter[str], shown: int = 30) -> None:
+    """The total, each package's share, and the functions of meshnode that run the most."""
+    total = sum(per_function.values())
+    print(f"{total:,.0f} bytecodes per request")
+    packages: collections.Counter[str] = collections.Counter()
+    for name, n in per_function.items():
+        parts = name.partition(":")[0].split(".")
+        packages[".".join(parts[:2]) if parts[0] == "meshnode" else parts[0]] += n
+    for package, n in packages.most_common(12):
+        print(f"  {n:8,.0f}  {package}")
+    print("meshnode's functions that run the most:")
+    ours = [(name, n) for name, n in per_function.most_common() if name.startswith("meshnode.")]
+    for name, n in ours[:shown]:
+        print(f"  {n:8,.0f}  {name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400)
@@ -154,10 +206,18 @@ def main() -> None:
         action="store_true",
         help="requests on an inbound HTTP/2 connection, not through LocalExchange",
     )
+    parser.add_argument(
+        "--bytecodes",
+        action="store_true",
+        help="count Python bytecodes per request by function instead (no valgrind)",
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the counted run itself
     args = parser.parse_args()
     if args.serve is not None:
         requests(args.serve, hedged=args.hedge, h2_inbound=args.h2_inbound)
+        return
+    if args.bytecodes:
+        print_bytecodes(bytecodes(args.requests // 4, h2_inbound=args.h2_inbound))
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is missing: apt-get install valgrind")

@@ -1,5 +1,6 @@
 """Per-upstream request-path state built from policy: rate limiter, retry budget, stale cache,
-adaptive concurrency limit, and the recent latencies a percentile hedge delay reads.
+adaptive concurrency limit, the recent latencies a percentile hedge delay reads, and the
+fault plan ``[chaos]`` draws from (made once here, not looked up per request).
 
 The request path is the only writer of these, so they need no actor of their
 own. A reload rebuilds only what its policy change concerns: an unchanged
@@ -20,6 +21,7 @@ import attrs
 
 from meshnode.net.pulse import Pulse
 from meshnode.policy.models import (
+    ChaosPolicy,
     ConcurrencyLimitPolicy,
     FallbackPolicy,
     HedgePolicy,
@@ -29,6 +31,7 @@ from meshnode.policy.models import (
 )
 from meshnode.resilience.core.budget import RetryBudget
 from meshnode.resilience.core.concurrency import LimitConfig, LimiterCore
+from meshnode.resilience.core.faults import FaultPlan
 from meshnode.resilience.core.latencies import RecentLatencies
 from meshnode.resilience.core.lru import LRU
 from meshnode.resilience.core.rate_limit import RateLimiter
@@ -56,6 +59,7 @@ class Protections:
         self.stale_cache: LRU[bytes, CachedResponse] | None
         self.head_latencies: RecentLatencies | None  # read by a percentile hedge delay
         self.rng: random.Random  # jitter, chaos and the random strategies share one source
+        self.fault_plan = _fault_plan(policy.chaos)
         if previous is None:
             self.rate_limiter = _rate_limiter(policy.rate_limit)
             self.retry_budget = _budget(self.budget_policy)
@@ -105,6 +109,12 @@ class Protections:
             return math.inf
         found = latencies.percentile(percentile)
         return math.inf if found is None else found
+
+
+def _fault_plan(chaos: ChaosPolicy | None) -> FaultPlan | None:
+    if chaos is None:
+        return None
+    return FaultPlan(chaos.abort_percent, chaos.abort_status, chaos.delay_percent, chaos.delay)
 
 
 def _budget_policy(policy: UpstreamPolicy) -> RetryBudgetPolicy | None:

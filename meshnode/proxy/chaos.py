@@ -3,7 +3,6 @@ request's fault headers ask for when ``header_faults`` is on."""
 
 from __future__ import annotations
 
-import functools
 import random
 
 from meshnode.errors import BadRequest
@@ -18,17 +17,15 @@ FINAL_STATUSES = (200, 599)
 MAX_HEADER_DELAY = 60.0
 
 
-@functools.lru_cache(maxsize=256)
-def _plan_of(chaos: ChaosPolicy) -> FaultPlan:
-    """The fault plan of a [chaos] policy (policies are frozen: one plan each)."""
-    return FaultPlan(chaos.abort_percent, chaos.abort_status, chaos.delay_percent, chaos.delay)
-
-
-def fault_for(chaos: ChaosPolicy, rng: random.Random, headers: HeaderList) -> Fault:
-    """This request's fault. A header the node could not honour (a status that is no final
-    answer, a delay that is no duration or over ``MAX_HEADER_DELAY``) is the caller's
-    mistake, answered 400: relayed, an invalid status broke the caller's stream."""
-    fault = decide(_plan_of(chaos), rng)
+def fault_for(
+    chaos: ChaosPolicy, plan: FaultPlan, rng: random.Random, headers: HeaderList
+) -> Fault:
+    """This request's fault: ``plan``'s draw (the upstream's, made from ``chaos`` as its
+    policy loaded), or what the fault headers ask for. A header the node could not honour
+    (a status that is no final answer, a delay that is no duration or over
+    ``MAX_HEADER_DELAY``) is the caller's mistake, answered 400: relayed, an invalid status
+    broke the caller's stream."""
+    fault = decide(plan, rng)
     if not chaos.header_faults:
         return fault
     for name, value in headers:

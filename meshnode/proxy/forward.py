@@ -261,8 +261,9 @@ class Proxy:
                 if request.trace is not None:
                     request.trace.event("rate-limited", {"meshnode.retry_after_s": wait})
                 raise RateLimited(f"over {limiter.rate:g} requests a second", group.name, wait)
-        if policy.chaos is not None:
-            fault = fault_for(policy.chaos, protections.rng, request.headers)
+        faults = protections.fault_plan
+        if policy.chaos is not None and faults is not None:
+            fault = fault_for(policy.chaos, faults, protections.rng, request.headers)
             if request.trace is not None and fault is not NO_FAULT:
                 request.trace.event(
                     "fault-injected",

@@ -20,6 +20,12 @@ if TYPE_CHECKING:  # the OpenTelemetry SDK is imported only when [tracing] asks 
     from meshnode.tracing.tracer import RequestTrace
 
 
+# The fields ``read_head`` takes.
+_HEAD_FIELDS = frozenset(
+    (b":authority", b"host", b":path", b":method", b"content-type", b"grpc-timeout")
+)
+
+
 class Request:
     """One request as it goes. Its head fields are read once, by ``read_head``."""
 
@@ -70,6 +76,8 @@ class Request:
         """Take the method, path and authority (``host`` when there is no ``:authority``)."""
         authority = path = method = b""
         for name, value in self.headers:
+            if name not in _HEAD_FIELDS:  # most fields: one test instead of five
+                continue
             if name == b":authority" or (name == b"host" and not authority):
                 authority = value
             elif name == b":path":

@@ -24,6 +24,7 @@ from meshnode.net.pool import UpstreamPool
 from meshnode.net.stream import REFUSED_STREAM, Data, ResponseHead, Stream, Trailers
 from meshnode.policy.models import (
     BalancerPolicy,
+    ChaosPolicy,
     CircuitBreakerPolicy,
     ConcurrencyLimitPolicy,
     Endpoint,
@@ -432,6 +433,18 @@ async def test_the_per_try_timeout_counts_from_when_the_try_goes_not_from_the_wa
         callers.start_soon(one)
         callers.start_soon(one)
     assert answered == [(200, pytest.approx(0.4)), (200, pytest.approx(0.8))]
+
+
+async def test_a_reload_of_chaos_draws_from_the_new_plan_at_once(nursery, clock) -> None:
+    mesh = Mesh(nursery, [status(200)])
+    group = await mesh.add(upstream_policy(chaos=ChaosPolicy(abort_percent=0.0)))
+    assert (await mesh.call())[0] == 200
+    always = ChaosPolicy(abort_percent=100.0, abort_status=418)
+    await group.update_policy(attrs.evolve(group.policy, chaos=always))
+    answer, head, _ = await mesh.call()
+    assert (answer, head[b"x-meshnode-error"]) == (418, b"chaos-abort")
+    await group.update_policy(attrs.evolve(group.policy, chaos=None))
+    assert (await mesh.call())[0] == 200
 
 
 async def test_a_slow_try_is_hedged_on_another_endpoint_and_the_first_head_wins(

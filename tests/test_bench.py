@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 
 from common import write_report
 from h2_floor import floor_us
-from instructions_bench import requests
+from instructions_bench import bytecodes, requests
 from proxy_bench import h2_layer_us
 
 
@@ -28,6 +29,20 @@ def test_the_h2_floor_is_measured() -> None:
 def test_meshnode_s_codec_is_measured_on_the_same_steps() -> None:
     """In its own process, as the bench runs it."""
     assert 0 < h2_layer_us(requests=500) < 100_000
+
+
+def test_the_bytecodes_of_a_request_are_counted_by_function() -> None:
+    """The same requests counted twice give the same request path: a count, not a sample
+    (the rest, trio's scheduling above all, batches differently from run to run)."""
+    first, second = bytecodes(4), bytecodes(4)
+
+    def request_path(counts: Counter[str]) -> dict[str, float]:
+        return {name: n for name, n in counts.items() if name.startswith("meshnode.proxy.")}
+
+    assert request_path(first) == request_path(second)
+    assert first["meshnode.proxy.forward:Proxy._serve"] > 0
+    assert first["meshnode.proxy.tries:Tries.run"] > 0
+    assert sum(first.values()) > sum(request_path(first).values()) > 100
 
 
 def test_a_report_says_which_machine_it_ran_on(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import functools
 import time
 
 from meshnode.net.stream import StreamReset
@@ -25,12 +26,20 @@ def head_condition(status: int, headers: HeaderList, retry_on: tuple[str, ...]) 
     text = str(status)
     if text in retry_on:
         return text
+    if not _names_a_grpc_status(retry_on):  # most policies: no field of the head to read
+        return None
     for name, value in headers:
         if name == b"grpc-status":
             grpc = _GRPC_NAMES.get(int(value) if value.isdigit() else -1)
             if grpc is not None and grpc in retry_on:
                 return grpc
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _names_a_grpc_status(retry_on: tuple[str, ...]) -> bool:
+    """Whether ``retry_on`` lists a gRPC status (a policy's list: a few of them a node)."""
+    return not GRPC_RETRY_STATUSES.keys().isdisjoint(retry_on)
 
 
 def may_resend(condition: str, method: bytes, headers: HeaderList, policy: RetryPolicy) -> bool:

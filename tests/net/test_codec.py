@@ -23,11 +23,13 @@ from hypothesis import strategies as st
 from meshnode.net.h2.codec import (
     COMPRESSION_ERROR,
     FLOW_CONTROL_ERROR,
+    INVALID_LENGTH,
     REFUSED_STREAM,
     STREAM_CLOSED,
     Codec,
     ProtocolViolation,
     StreamUnusable,
+    _content_length,
 )
 from meshnode.net.h2.framing import (
     CLIENT_PREFACE,
@@ -703,3 +705,30 @@ def test_a_send_on_a_closed_stream_is_refused_not_written() -> None:
         pair.ours.send_data(1, b"more", end_stream=True)
     with pytest.raises(StreamUnusable):
         pair.ours.local_flow_control_window(1)
+
+
+def _content_length_by_rule(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """RFC 9110 8.6 as a loop reads it: every value a number, and all of them the same."""
+    length = None
+    for name, value in headers:
+        if name == b"content-length":
+            if not value.isdigit() or (length is not None and int(value) != length):
+                return INVALID_LENGTH
+            length = int(value)
+    return length
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"content-length", b"content-type", b"x-length"]),
+            st.one_of(
+                st.sampled_from([b"0", b"3", b"03", b"1024", b"", b"-1", b"3 ", b"\xd9\xa3"]),
+                st.binary(max_size=4),
+            ),
+        ),
+        max_size=5,
+    )
+)
+def test_the_declared_length_follows_the_rule_however_many_fields_declare_it(headers) -> None:
+    assert _content_length(headers) == _content_length_by_rule(headers)

@@ -33,6 +33,50 @@ def test_every_block_decodes_to_the_fields_given(blocks: list[list[tuple[bytes, 
     assert len(decoder.header_table.dynamic_entries) == 0
 
 
+def _marked(block: list[tuple[bytes, bytes]], marks: list[bool]) -> list[tuple[bytes, bytes]]:
+    """``block`` with the fields ``marks`` picks arrived never-indexed (as a decoder hands
+    them on)."""
+    return [
+        hpack.NeverIndexedHeaderTuple(*field) if marked else field
+        for field, marked in zip(block, marks, strict=False)
+    ] + block[len(marks) :]
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), st.lists(st.booleans(), max_size=4)),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_a_repeated_block_is_encoded_as_a_fresh_encoder_encodes_it(sends) -> None:
+    """Blocks repeat (the same answer head relayed again), some with fields that came
+    never-indexed: each is encoded as an encoder that never saw the others would."""
+    heads = [
+        [(b":status", b"200"), (b"server", b"nginx"), (b"x-api-key", b"k-1")],
+        [(b":status", b"200"), (b"x-request-id", b"7"), (b"server", b"nginx")],
+        [(b":status", b"404"), (b"authorization", b"Bearer s"), (b"server", b"nginx")],
+    ]
+    encoder = StaticTableEncoder()
+    encoder.encode([(b":status", b"200")])  # past the first block's table size update
+    for which, marks in sends:
+        block = _marked(heads[which], marks)
+        fresh = StaticTableEncoder()
+        fresh.encode([(b":status", b"200")])
+        assert encoder.encode(block) == fresh.encode(block)
+
+
+def test_a_repeated_head_is_one_block_and_a_field_come_never_indexed_still_goes_so() -> None:
+    encoder = StaticTableEncoder()
+    encoder.encode([(b":status", b"200")])
+    head = [(b":status", b"200"), (b"x-api-key", b"k-1")]
+    first = encoder.encode(head)
+    assert encoder.encode(list(head)) is first  # the repeat: the block kept, not rebuilt
+    came = [(b":status", b"200"), hpack.NeverIndexedHeaderTuple(b"x-api-key", b"k-1")]
+    decoded = hpack.Decoder().decode(encoder.encode(came), raw=True)
+    assert [type(field) for field in decoded] == [hpack.HeaderTuple, hpack.NeverIndexedHeaderTuple]
+
+
 def test_the_first_block_empties_the_peers_table_once() -> None:
     encoder = StaticTableEncoder()
     first = encoder.encode([(b":method", b"GET")])

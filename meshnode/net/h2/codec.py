@@ -44,6 +44,7 @@ from the start (frame size at the gate, header list size in the decoder).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import itemgetter
 from typing import Final
 
 from hpack import NeverIndexedHeaderTuple
@@ -826,8 +827,13 @@ def _cookies_joined(headers: Headers) -> Headers:
 def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
     """The body length a message declares; ``INVALID_LENGTH`` when a value is not a number
     or two disagree (RFC 9110 8.6)."""
+    fields = list(headers)
+    declared = list(map(itemgetter(0), fields)).count(b"content-length")  # no Python loop
+    if declared == 1:  # almost every message: one value, read without a loop either
+        value = dict(fields)[b"content-length"]
+        return int(value) if value.isdigit() else INVALID_LENGTH
     length = None
-    for name, value in headers:
+    for name, value in fields if declared else ():
         if name == b"content-length":
             if not value.isdigit() or (length is not None and int(value) != length):
                 return INVALID_LENGTH

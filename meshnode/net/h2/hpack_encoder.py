@@ -130,6 +130,11 @@ class StaticTableEncoder(hpack.Encoder):
 
     def __init__(self) -> None:  # hpack's table is not made: it would stay empty
         self._first_block = True
+        # The last block encoded whose every field was cached (nothing never-indexed, no
+        # credential, no id unique to its message), and its fields: a proxy relays the
+        # same answer head over and over, and its repeat is one comparison.
+        self._last_fields: list[Field] | None = None
+        self._last_block = b""
 
     @property
     def header_table_size(self) -> int:
@@ -143,26 +148,37 @@ class StaticTableEncoder(hpack.Encoder):
         self, headers: Iterable[Field], huffman: bool = True
     ) -> bytes:
         """The header block for ``headers``, a sequence of (name, value) byte pairs."""
+        fields = list(headers)
+        if fields == self._last_fields and NeverIndexedHeaderTuple not in set(map(type, fields)):
+            return self._last_block  # equal fields, none of them to be sent never-indexed
         cache = _encoded
         parts = []
-        if self._first_block:
+        first_block = self._first_block
+        if first_block:
             self._first_block = False
             parts.append(TABLE_SIZE_ZERO)
-        for field in headers:
+        repeatable = not first_block  # each field cached: the block is the same next time
+        for field in fields:
             name, value = field
             if type(field) is NeverIndexedHeaderTuple:  # RFC 7541 6.2.3: passed on as it came
                 parts.append(encode_field(name, value, never_indexed=True))
+                repeatable = False
                 continue
             encoded = cache.get(field)
             if encoded is None:
                 if name in UNIQUE_PER_MESSAGE:
                     parts.append(encode_field(name, value, huffman_value=False))
+                    repeatable = False
                     continue
                 if name in CREDENTIAL_FIELDS:
                     flagged = must_never_index(name, value)
                     parts.append(encode_field(name, value, never_indexed=flagged))
+                    repeatable = False
                     continue
                 encoded = encode_field(name, value)
                 cache.remember(field, encoded)
             parts.append(encoded)
-        return b"".join(parts)
+        block = b"".join(parts)
+        if repeatable:
+            self._last_fields, self._last_block = fields, block
+        return block

@@ -16,8 +16,8 @@ warm-up, differ by the cost of N requests alone.
 
 ``--bytecodes`` counts, without valgrind, the Python bytecodes each function runs per
 request (``sys.settrace`` opcode events; the same difference of N and 2N requests), in
-seconds, and says where: the request path's own modules count the same on every run, the
-total moves by a tenth of a percent (trio batches its scheduling differently). Native
+seconds, and says where: the request path's own modules count nearly the same on every
+run, the total within a fraction of a percent (trio batches its scheduling differently). Native
 work (a C function, the kernel) is not in it, and one bytecode is not one cost, so it
 guides a change on the request path; the instructions and the proxy bench judge it.
 """

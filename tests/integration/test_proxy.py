@@ -64,6 +64,34 @@ async def test_caller_request_id_is_kept(tmp_path, start_node: Start, hypercorn_
     assert json.loads(body)["x-request-id"] == "abc-123"
 
 
+async def test_the_same_answer_relayed_again_on_one_connection_arrives_whole(
+    tmp_path, start_node: Start, hypercorn_upstream
+):
+    """nghttp asks for the same bytes three times on one connection, another length once
+    between: a repeated answer's head block is the one the node's encoder built before (an
+    equal head, relayed again), the other its own. nghttp, in its own process, must read
+    each of them whole and as sent."""
+    node = await start_node(
+        write_policies(tmp_path, {"api": upstream_toml("api", hypercorn_upstream)})
+    )
+    sizes = [1000, 1000, 999, 1000]  # the third head differs, in its length alone
+    urls = [f"http://{node.outbound[0]}/bytes/{size}?n={n}" for n, size in enumerate(sizes)]
+    result = await trio.run_process(
+        [require("nghttp"), "-v", "-H", ":authority: api", *urls],
+        capture_stdout=True,
+        check=True,
+    )
+    received = [  # "[  0.003] recv (stream_id=3) :status: 200": a field nghttp decoded
+        line.partition(b"recv (stream_id=")[2].partition(b") ")[2]
+        for line in result.stdout.splitlines()
+        if b"recv (stream_id=" in line
+    ]
+    assert received.count(b":status: 200") == 4
+    lengths = [field for field in received if field.startswith(b"content-length: ")]
+    assert sorted(lengths) == sorted(b"content-length: %d" % size for size in sizes)
+    assert b"recv GOAWAY" not in result.stdout and b"recv RST_STREAM" not in result.stdout
+
+
 async def test_route_by_path_prefix(tmp_path, start_node: Start, hypercorn_upstream):
     extra = '[[routes]]\npath_prefix = "/bytes/"\n'
     node = await start_node(

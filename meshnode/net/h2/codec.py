@@ -828,11 +828,13 @@ def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
     or two disagree (RFC 9110 8.6)."""
     fields = list(headers)
     declared = list(map(itemgetter(0), fields)).count(b"content-length")  # no Python loop
+    if not declared:
+        return None
     if declared == 1:  # almost every message: one value, read without a loop either
         value = dict(fields)[b"content-length"]
         return int(value) if value.isdigit() else INVALID_LENGTH
     length = None
-    for name, value in fields if declared else ():
+    for name, value in fields:
         if name == b"content-length":
             if not value.isdigit() or (length is not None and int(value) != length):
                 return INVALID_LENGTH
